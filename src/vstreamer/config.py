@@ -1,0 +1,172 @@
+"""Settings: one pydantic-settings class, built by entry points (never at import time).
+
+Precedence, highest first: explicit overrides (CLI flags) > ``VSTREAMER_*`` environment variables >
+TOML file (``--config`` or ``VSTREAMER_CONFIG``) > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from vstreamer.errors import ConfigError
+
+BackendName = Literal["local", "openai", "fake"]
+LocalModelName = Literal["smollm2", "qwen2.5-0.5b"]
+
+DEFAULT_UI_PORT = 8310
+DEFAULT_GATEWAY_PORT = 8320
+VLLM_DEFAULT_PORT = 8000
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "your-api-key", "your_api_key", "xxx", "sk-xxx", "<api-key>"}
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "vstreamer"
+
+
+class VLLMSettings(BaseModel):
+    """How ``vstreamer vllm-command`` launches the production vLLM server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    served_model_name: str = "qwen2.5-7b-instruct"
+    host: str = "0.0.0.0"
+    port: int = Field(VLLM_DEFAULT_PORT, ge=1, le=65535)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=1)
+    dtype: Literal["auto", "bfloat16", "float16", "float32", "half"] = "auto"
+    max_model_len: int = Field(32768, ge=256)
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=256)
+    quantization: Literal["none", "awq", "gptq"] = "none"
+    enable_tool_calling: bool = True
+    tool_call_parser: str = "hermes"
+    api_key: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    """All configuration of vstreamer."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VSTREAMER_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    # --- LLM backend
+    backend: BackendName = "local"
+    base_url: str = f"http://127.0.0.1:{VLLM_DEFAULT_PORT}/v1"
+    api_key: SecretStr = SecretStr("EMPTY")
+    model: str = "qwen2.5-7b-instruct"
+    local_model: LocalModelName = "smollm2"
+    model_path: Path | None = None
+    n_threads: int | None = Field(None, ge=1)
+
+    # --- generation and context
+    context_window: int = Field(4096, ge=256)
+    max_tokens: int = Field(384, ge=1)
+    reserve_tokens: int = Field(32, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.9, gt=0, le=1)
+
+    # --- resilience
+    connect_timeout: float = Field(5.0, gt=0)
+    first_token_timeout: float = Field(60.0, gt=0)
+    stall_timeout: float = Field(30.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+
+    # --- product
+    persona: str = "xiaoxing"
+    user_name: str = "观众"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    ui_port: int = Field(DEFAULT_UI_PORT, ge=1, le=65535)
+    gateway_port: int = Field(DEFAULT_GATEWAY_PORT, ge=1, le=65535)
+
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+
+    _toml_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        toml_file = _CONFIG_FILE_HINT.get("path")
+        if toml_file is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml_file),)
+        return sources
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().strip().lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("api_key is a placeholder; set a real key (or EMPTY for a local server)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_budget_and_ports(self) -> Settings:
+        if self.context_window < self.max_tokens + self.reserve_tokens + 64:
+            raise ValueError(
+                f"context_window ({self.context_window}) must exceed max_tokens ({self.max_tokens}) + "
+                f"reserve_tokens ({self.reserve_tokens}) by at least 64 tokens for the prompt"
+            )
+        if self.ui_port == self.vllm.port:
+            raise ValueError(f"ui_port {self.ui_port} collides with the vLLM server port; choose another")
+        if self.gateway_port in (self.vllm.port, self.ui_port):
+            raise ValueError(f"gateway_port {self.gateway_port} collides with the UI or vLLM port")
+        if self.model_path is not None and not self.model_path.is_file():
+            raise ValueError(f"model_path {self.model_path} is not a file")
+        return self
+
+    @property
+    def personas_dir(self) -> Path:
+        return self.data_dir / "personas"
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from defaults, a TOML file, the environment and explicit overrides.
+
+        Raises:
+            ConfigError: with every validation problem listed in one readable message.
+        """
+        path = config_file or os.environ.get("VSTREAMER_CONFIG")
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"config file not found: {path}")
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        _CONFIG_FILE_HINT["path"] = Path(path) if path else None
+        try:
+            return cls(**clean)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from None
+        finally:
+            _CONFIG_FILE_HINT["path"] = None
+
+
+# pydantic-settings builds sources from a classmethod; this carries the file path for one load() call.
+_CONFIG_FILE_HINT: dict[str, Path | None] = {"path": None}
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "settings"
+        lines.append(f"  - {where}: {err['msg']}")
+    return "\n".join(lines)
