@@ -1,0 +1,116 @@
+"""CHARX (Character Card V3 zip) reading, defended against zip bombs and hostile member names."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from typing import Any
+
+from vstreamer.errors import PersonaError
+from vstreamer.persona.limits import (
+    MAX_FILE_BYTES,
+    MAX_TEXT_BYTES,
+    MAX_ZIP_MEMBERS,
+    MAX_ZIP_TOTAL_BYTES,
+    parse_json,
+)
+from vstreamer.persona.png import SIGNATURE
+
+CARD_MEMBER = "card.json"
+_EMBEDDED = "embeded://"  # sic: the spec's spelling
+
+
+def _check_name(name: str, where: str) -> None:
+    parts = name.replace("\\", "/").split("/")
+    if (
+        name.startswith(("/", "\\"))
+        or "\\" in name
+        or ".." in parts
+        or (len(name) > 1 and name[1] == ":")
+        or "\0" in name
+    ):
+        raise PersonaError(f"{where}: unsafe path in archive: {name[:200]!r}")
+
+
+class _Budget:
+    """Counts bytes actually inflated, whatever the headers claim."""
+
+    def __init__(self) -> None:
+        self.left = MAX_ZIP_TOTAL_BYTES
+
+    def read(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, where: str) -> bytes:
+        cap = min(limit, self.left)
+        chunks: list[bytes] = []
+        size = 0
+        with archive.open(info) as member:
+            while True:
+                block = member.read(min(65536, cap + 1 - size))
+                if not block:
+                    break
+                size += len(block)
+                chunks.append(block)
+                if size > cap:
+                    raise PersonaError(f"{where}: {info.filename} inflates past {cap} bytes")
+        self.left -= size
+        return b"".join(chunks)
+
+
+def read_charx(data: bytes, where: str) -> tuple[Any, bytes | None]:
+    """(parsed card.json, main icon PNG bytes or None) from a CHARX archive."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise PersonaError(f"{where}: not a valid CHARX (zip) file: {exc}") from exc
+    with archive:
+        try:
+            return _read_members(archive, where)
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            ValueError,
+            OSError,
+            EOFError,
+            NotImplementedError,
+        ) as exc:
+            raise PersonaError(f"{where}: corrupt CHARX archive: {exc}") from exc
+
+
+def _read_members(archive: zipfile.ZipFile, where: str) -> tuple[Any, bytes | None]:
+    infos = archive.infolist()
+    if len(infos) > MAX_ZIP_MEMBERS:
+        raise PersonaError(f"{where}: {len(infos)} archive members, more than the {MAX_ZIP_MEMBERS} allowed")
+    declared = 0
+    for info in infos:
+        _check_name(info.filename, where)
+        declared += info.file_size
+        if info.flag_bits & 0x1:
+            raise PersonaError(f"{where}: encrypted archives are not supported ({info.filename})")
+    if declared > MAX_ZIP_TOTAL_BYTES:
+        raise PersonaError(f"{where}: archive inflates to {declared} bytes, more than {MAX_ZIP_TOTAL_BYTES}")
+    by_name = {info.filename: info for info in infos}
+    card_info = by_name.get(CARD_MEMBER)
+    if card_info is None:
+        raise PersonaError(f"{where}: no {CARD_MEMBER} at the root of the CHARX archive")
+    budget = _Budget()
+    card = parse_json(budget.read(archive, card_info, MAX_TEXT_BYTES, where), f"{where}: {CARD_MEMBER}")
+    icon_name = _main_icon(card)
+    icon_info = by_name.get(icon_name) if icon_name else None
+    if icon_info is None:
+        return card, None
+    icon = budget.read(archive, icon_info, MAX_FILE_BYTES, where)
+    return card, icon if icon.startswith(SIGNATURE) else None
+
+
+def _main_icon(card: Any) -> str | None:
+    """The archive path of the card's main icon, if it names an embedded one."""
+    data = card.get("data") if isinstance(card, dict) else None
+    assets = data.get("assets") if isinstance(data, dict) else None
+    if not isinstance(assets, list):
+        return None
+    icons = [a for a in assets if isinstance(a, dict) and a.get("type") == "icon"]
+    icons.sort(key=lambda a: a.get("name") != "main")
+    for asset in icons:
+        uri = asset.get("uri")
+        if isinstance(uri, str) and uri.startswith(_EMBEDDED):
+            return uri[len(_EMBEDDED) :]
+    return None

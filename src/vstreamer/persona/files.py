@@ -1,0 +1,166 @@
+"""Loading personas from files: format detection by content and suffix, with size limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from vstreamer.errors import PersonaError
+from vstreamer.persona.cards import card_kind, persona_from_card
+from vstreamer.persona.charx import read_charx
+from vstreamer.persona.limits import (
+    MAX_FILE_BYTES,
+    MAX_TEXT_BYTES,
+    describe_validation_error,
+    parse_json,
+    parse_toml,
+    parse_yaml,
+)
+from vstreamer.persona.model import Persona
+from vstreamer.persona.png import SIGNATURE, read_card_chunks, strip_card_chunks
+
+logger = logging.getLogger(__name__)
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_TEXT_SUFFIXES = {".json", ".yaml", ".yml", ".toml"}
+# Python errors that malformed input could still surface from the stdlib or pydantic
+_INPUT_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+    UnicodeError,
+    OverflowError,
+    zlib.error,
+    struct.error,
+)
+
+
+def looks_binary(data: bytes) -> bool:
+    """True for PNG and zip (CHARX) content."""
+    return data.startswith(SIGNATURE) or data.startswith(_ZIP_MAGIC)
+
+
+def read_limited(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a file of at most ``limit`` bytes."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError as exc:
+        raise PersonaError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise PersonaError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if len(data) > limit:
+        raise PersonaError(f"{path.name}: file is larger than the {limit} bytes allowed")
+    return data
+
+
+def load_persona(path: str | Path) -> Persona:
+    """Load a persona from our YAML/TOML/JSON, a card JSON (V1/V2/V3), a card PNG or a CHARX file."""
+    path = Path(path)
+    return load_persona_bytes(read_limited(path), path.name)
+
+
+def load_persona_bytes(data: bytes, filename: str) -> Persona:
+    """Like ``load_persona`` for bytes; ``filename`` gives the suffix and names the file in errors."""
+    where = Path(filename).name or "persona"
+    if len(data) > MAX_FILE_BYTES:
+        raise PersonaError(f"{where}: file is {len(data)} bytes, more than the {MAX_FILE_BYTES} allowed")
+    try:
+        return _dispatch(data, where, Path(filename).suffix.lower())
+    except PersonaError:
+        raise
+    except _INPUT_ERRORS as exc:
+        logger.warning("unexpected error parsing persona file %s", where, exc_info=True)
+        raise PersonaError(f"{where}: malformed persona file ({type(exc).__name__}: {exc})") from exc
+
+
+def _dispatch(data: bytes, where: str, suffix: str) -> Persona:
+    if data.startswith(SIGNATURE) or suffix in (".png", ".apng"):
+        return _from_png(data, where)
+    if data.startswith(_ZIP_MAGIC) or suffix == ".charx":
+        return _from_charx(data, where)
+    if len(data) > MAX_TEXT_BYTES:
+        raise PersonaError(f"{where}: text file is larger than the {MAX_TEXT_BYTES} bytes allowed")
+    if suffix in (".yaml", ".yml"):
+        return persona_from_mapping(parse_yaml(data, where), where)
+    if suffix == ".toml":
+        return persona_from_mapping(parse_toml(data, where), where)
+    if suffix == ".json" or data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+        return _from_json_object(parse_json(data, where), where)
+    raise PersonaError(f"{where}: unsupported persona file type (use .yaml, .toml, .json, .png or .charx)")
+
+
+def _from_json_object(obj: Any, where: str) -> Persona:
+    if not isinstance(obj, dict):
+        raise PersonaError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if card_kind(obj) is not None:
+        return persona_from_card(obj, where)
+    if obj.get("spec") == "lorebook_v3" or ("entries" in obj and "name" not in obj):
+        raise PersonaError(f"{where}: this is a lorebook, not a persona (load it with load_lorebook)")
+    return persona_from_mapping(obj, where)
+
+
+def persona_from_mapping(obj: Any, where: str) -> Persona:
+    """A Persona from our own format (the Persona fields; the lorebook nested)."""
+    if not isinstance(obj, dict):
+        raise PersonaError(f"{where}: expected a mapping of persona fields, got {type(obj).__name__}")
+    if "avatar_png" in obj:
+        raise PersonaError(f"{where}: 'avatar_png' cannot be set in a persona file")
+    try:
+        return Persona.model_validate({**obj, "source_format": "vstreamer"})
+    except ValidationError as exc:
+        raise PersonaError(describe_validation_error(exc, where)) from exc
+
+
+def decode_chunk_json(text: str, where: str) -> Any:
+    """The JSON inside a card text chunk: base64 of UTF-8 (raw JSON is accepted too)."""
+    compact = "".join(text.split())
+    if compact.startswith("{"):
+        try:  # tEXt is read as Latin-1: get the original (UTF-8) bytes back
+            return parse_json(text.encode("latin-1"), where)
+        except UnicodeEncodeError:  # iTXt, already real text
+            return parse_json(text, where)
+    if len(compact) > MAX_TEXT_BYTES * 4 // 3 + 4:
+        raise PersonaError(f"{where}: card chunk is larger than {MAX_TEXT_BYTES} bytes")
+    compact += "=" * (-len(compact) % 4)
+    try:
+        raw = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PersonaError(f"{where}: card chunk is not valid base64 ({exc})") from exc
+    return parse_json(raw, where)
+
+
+def _from_png(data: bytes, where: str) -> Persona:
+    chunks = read_card_chunks(data, where)
+    keyword = "ccv3" if "ccv3" in chunks else "chara" if "chara" in chunks else None
+    if keyword is None:
+        raise PersonaError(f"{where}: PNG holds no character card (no 'chara' or 'ccv3' text chunk)")
+    obj = decode_chunk_json(chunks[keyword], f"{where}: '{keyword}' chunk")
+    if not isinstance(obj, dict):
+        raise PersonaError(f"{where}: '{keyword}' chunk is not a JSON object")
+    persona = persona_from_card(obj, where)
+    return persona.model_copy(update={"avatar_png": strip_card_chunks(data, where)})
+
+
+def _from_charx(data: bytes, where: str) -> Persona:
+    card, icon = read_charx(data, where)
+    if not isinstance(card, dict):
+        raise PersonaError(f"{where}: card.json is not a JSON object")
+    persona = persona_from_card(card, f"{where}: card.json")
+    avatar = None
+    if icon is not None:
+        try:
+            avatar = strip_card_chunks(icon, f"{where}: icon")
+        except PersonaError as exc:  # a broken picture does not make the card unusable
+            logger.warning("ignoring the icon of %s: %s", where, exc)
+    return persona.model_copy(update={"avatar_png": avatar})

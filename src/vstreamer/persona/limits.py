@@ -1,0 +1,139 @@
+"""Size limits for untrusted persona files, and safe parsing of their JSON/YAML/TOML text.
+
+Every loader in this package goes through these helpers, so one place decides how big, how deep and
+how wide a persona file may be.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from vstreamer.errors import PersonaError
+
+MiB = 1024 * 1024
+#: whole file (PNG, CHARX)
+MAX_FILE_BYTES = 20 * MiB
+#: JSON/YAML/TOML text, and the decoded card inside a PNG chunk
+MAX_TEXT_BYTES = 2 * MiB
+#: decompressed zTXt/iTXt chunk
+MAX_INFLATED_BYTES = 2 * MiB
+#: CHARX (zip) limits
+MAX_ZIP_MEMBERS = 1000
+MAX_ZIP_TOTAL_BYTES = 50 * MiB
+#: one string field of a persona or lore entry
+MAX_STRING_CHARS = 100_000
+#: entries of one lorebook
+MAX_LORE_ENTRIES = 5000
+#: items of a list field (tags, greetings, keys)
+MAX_LIST_ITEMS = 1000
+#: nesting of parsed data (extensions may hold arbitrary JSON)
+MAX_NESTING = 64
+#: values visited in one parsed document (stops YAML alias "billion laughs")
+MAX_NODES = 1_000_000
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_text(data: bytes, where: str) -> str:
+    """UTF-8 text of at most MAX_TEXT_BYTES (a BOM is dropped)."""
+    if len(data) > MAX_TEXT_BYTES:
+        raise PersonaError(f"{where}: text is {len(data)} bytes, more than the {MAX_TEXT_BYTES} allowed")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PersonaError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def parse_json(data: bytes | str, where: str) -> Any:
+    """Parse JSON text within the size, depth and node limits."""
+    text = decode_text(data, where) if isinstance(data, bytes) else data
+    if len(text) > MAX_TEXT_BYTES:
+        raise PersonaError(f"{where}: JSON text is longer than {MAX_TEXT_BYTES} characters")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise PersonaError(f"{where}: JSON is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError is a ValueError
+        raise PersonaError(f"{where}: invalid JSON: {exc}") from exc
+    check_tree(value, where)
+    return value
+
+
+def parse_yaml(data: bytes, where: str) -> Any:
+    """Parse YAML with ``yaml.safe_load`` within the limits; only JSON-like values are allowed."""
+    text = decode_text(data, where)
+    try:
+        value = yaml.safe_load(text)
+    except RecursionError as exc:
+        raise PersonaError(f"{where}: YAML is nested too deeply") from exc
+    except yaml.YAMLError as exc:
+        raise PersonaError(f"{where}: invalid YAML: {exc}") from exc
+    check_tree(value, where)
+    return value
+
+
+def parse_toml(data: bytes, where: str) -> Any:
+    """Parse TOML within the limits; only JSON-like values are allowed."""
+    text = decode_text(data, where)
+    try:
+        value = tomllib.loads(text)
+    except RecursionError as exc:
+        raise PersonaError(f"{where}: TOML is nested too deeply") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PersonaError(f"{where}: invalid TOML: {exc}") from exc
+    check_tree(value, where)
+    return value
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_tree(value: Any, where: str) -> None:
+    """Reject values that are too deep, too many (aliases, cycles) or not JSON-like.
+
+    Iterative, so hostile nesting cannot exhaust the Python stack.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    visited = 0
+    while stack:
+        node, depth, path = stack.pop()
+        visited += 1
+        if visited > MAX_NODES:
+            raise PersonaError(f"{where}: document holds more than {MAX_NODES} values")
+        if depth > MAX_NESTING:
+            raise PersonaError(f"{where}: data nested deeper than {MAX_NESTING} levels at {path or '<root>'}")
+        if isinstance(node, _SCALARS):
+            continue
+        if isinstance(node, Mapping):
+            for key, item in node.items():
+                if not isinstance(key, str):
+                    raise PersonaError(f"{where}: non-string key {key!r} at {path or '<root>'}")
+                stack.append((item, depth + 1, f"{path}.{key}" if path else key))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(node))
+        else:
+            kind = type(node).__name__
+            raise PersonaError(f"{where}: unsupported value of type {kind} at {path or '<root>'}")
+
+
+def describe_validation_error(exc: ValidationError, where: str, max_errors: int = 5) -> str:
+    """One readable line per problem, naming the offending field."""
+    parts: list[str] = []
+    for err in exc.errors()[:max_errors]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field '{loc}'")
+        else:
+            parts.append(f"field '{loc}': {err['msg']}")
+    more = exc.error_count() - max_errors
+    if more > 0:
+        parts.append(f"and {more} more problem(s)")
+    return f"{where}: invalid persona: " + "; ".join(parts)
