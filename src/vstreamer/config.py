@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     local_model: LocalModelName = "smollm2"
     model_path: Path | None = None
     n_threads: int | None = Field(None, ge=1)
+    fake_delay: float = Field(0.0, ge=0, le=10)
+    """Seconds between pieces of the ``fake`` backend (demos and tests)."""
 
     # --- generation and context
     context_window: int = Field(4096, ge=256)

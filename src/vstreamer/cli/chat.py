@@ -1,0 +1,128 @@
+"""``vstreamer chat``: an interactive terminal chat that streams the persona's replies.
+
+Ctrl-C during a reply stops it (and the generation behind it) and keeps the partial reply; Ctrl-C at the prompt
+only clears the line; Ctrl-D or ``/exit`` quits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TextIO
+
+from vstreamer.config import Settings
+from vstreamer.engine import Conversation, Turn
+from vstreamer.errors import BackendError, ContextBudgetError, PersonaError
+from vstreamer.persona import Persona
+from vstreamer.runtime import Runtime, build_runtime
+
+HELP = "命令 / commands: /reset 清空对话 · /persona 名字 切换角色 · /personas 列出角色 · /exit 退出"
+
+
+class ChatSession:
+    """The state of one terminal chat."""
+
+    def __init__(self, runtime: Runtime, persona: Persona, out: TextIO) -> None:
+        self.runtime = runtime
+        self.out = out
+        self.persona = persona
+        self.conversation = self._new_conversation()
+
+    def _new_conversation(self) -> Conversation:
+        conversation = Conversation(self.persona.id, user_name=self.runtime.settings.user_name)
+        greetings = self.persona.greetings()
+        if greetings:
+            greeting = self.persona.render(greetings[0], conversation.user_name)
+            conversation.turns.append(Turn("assistant", greeting))
+            self.say(f"{self.persona.name}: {greeting}\n")
+        return conversation
+
+    def say(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def command(self, line: str) -> bool:
+        """Handle a slash command; return False to quit."""
+        name, _, arg = line[1:].partition(" ")
+        if name in ("exit", "quit", "q"):
+            return False
+        if name == "reset":
+            self.say("（对话已清空 / conversation reset）\n")
+            self.conversation = self._new_conversation()
+        elif name == "persona" and arg.strip():
+            try:
+                self.persona = self.runtime.personas.get(arg.strip())
+            except PersonaError as exc:
+                self.say(f"{exc}\n")
+                return True
+            self.say(f"（切换到 / switched to {self.persona.name}）\n")
+            self.conversation = self._new_conversation()
+        elif name == "personas":
+            for persona in self.runtime.personas.list():
+                self.say(f"  {persona.id:<16} {persona.name}\n")
+        else:
+            self.say(HELP + "\n")
+        return True
+
+    async def reply(self, text: str) -> None:
+        self.say(f"{self.persona.name}: ")
+        stream = self.runtime.engine.reply(self.conversation, self.persona, text)
+        try:
+            async for event in stream:
+                if event.kind == "delta":
+                    self.say(event.text)
+        except asyncio.CancelledError:
+            await stream.aclose()
+            self.say(" …（已停止 / stopped）\n")
+            raise
+        except (BackendError, ContextBudgetError) as exc:
+            self.say(f"\n（出错了 / error: {exc}）\n")
+            return
+        finally:
+            await stream.aclose()
+        self.say("\n")
+
+
+def run(settings: Settings, *, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
+    """Run the chat loop until /exit or end of input."""
+    stdin = stdin or sys.stdin
+    out = out or sys.stdout
+    interactive = stdin.isatty()
+    with asyncio.Runner() as runner:
+        runtime = build_runtime(settings)
+        persona = runtime.personas.get(settings.persona)
+        if settings.backend == "local":
+            out.write("（正在加载模型 / loading the model…）\n")
+            out.flush()
+        health = runner.run(runtime.backend.health())
+        if not health.ok:
+            out.write(f"（模型不可用 / backend unavailable: {health.detail}）\n")
+        session = ChatSession(runtime, persona, out)
+        session.say(HELP + "\n")
+        try:
+            while True:
+                try:
+                    line = input(f"{settings.user_name}> ") if interactive else stdin.readline()
+                except KeyboardInterrupt:
+                    session.say("\n")
+                    continue
+                except EOFError:
+                    break
+                if not interactive and line == "":
+                    break
+                line = line.strip()
+                if not line:
+                    continue
+                if line.startswith("/"):
+                    if not session.command(line):
+                        break
+                    continue
+                try:
+                    runner.run(session.reply(line))
+                except KeyboardInterrupt:
+                    # asyncio.Runner cancelled the reply task: the stream is closed, the partial reply kept.
+                    continue
+        finally:
+            runner.run(runtime.aclose())
+    session.say("再见 / bye!\n")
+    return 0

@@ -1,0 +1,87 @@
+"""``vstreamer personas list | show NAME | import FILE | delete NAME``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vstreamer.config import Settings
+from vstreamer.persona import Persona, PersonaLibrary
+
+
+def add_commands(
+    commands: Any,
+    settings_options: Callable[[argparse.ArgumentParser], None],
+    load_settings: Callable[[argparse.Namespace], Settings],
+) -> None:
+    parser = commands.add_parser("personas", help="list, show, import and delete personas")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", help="list the available personas")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    show = actions.add_parser("show", help="show one persona")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print the persona as a Character Card V2 JSON")
+    imp = actions.add_parser("import", help="import a persona file (YAML/TOML, card JSON/PNG, CHARX)")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--replace", action="store_true", help="replace a persona with the same id")
+    delete = actions.add_parser("delete", help="delete an imported persona")
+    delete.add_argument("name")
+    for sub in (listing, show, imp, delete):
+        settings_options(sub)
+        sub.set_defaults(handler=lambda a: run(a, load_settings(a)))
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    library = PersonaLibrary(settings.personas_dir)
+    if args.action == "list":
+        items = library.list()
+        if args.json:
+            print(json.dumps([_summary(p) for p in items], ensure_ascii=False, indent=2))  # noqa: T201
+        for persona in [] if args.json else items:
+            print(f"{persona.id:<20} {persona.name:<16} {_first_line(persona.description)}")  # noqa: T201
+    elif args.action == "show":
+        persona = library.get(args.name)
+        if args.json:
+            from vstreamer.persona import export_card_json
+
+            print(json.dumps(export_card_json(persona), ensure_ascii=False, indent=2))  # noqa: T201
+        else:
+            print(_describe(persona))  # noqa: T201
+    elif args.action == "import":
+        persona = library.import_file(args.file, replace=args.replace)
+        print(f"imported {persona.id} ({persona.name})")  # noqa: T201
+    elif args.action == "delete":
+        persona = library.get(args.name)
+        library.delete(persona.id)
+        print(f"deleted {persona.id}")  # noqa: T201
+    return 0
+
+
+def _first_line(text: str, width: int = 60) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _summary(persona: Persona) -> dict[str, Any]:
+    return {"id": persona.id, "name": persona.name, "language": persona.language, "tags": persona.tags}
+
+
+def _describe(persona: Persona) -> str:
+    lines = [f"{persona.name}  (id: {persona.id}, language: {persona.language}, format: {persona.source_format})"]
+    for label, value in (
+        ("description", persona.description),
+        ("personality", persona.personality),
+        ("scenario", persona.scenario),
+        ("greeting", persona.greeting),
+    ):
+        if value.strip():
+            lines.append(f"\n[{label}]\n{value.strip()}")
+    if persona.alternate_greetings:
+        lines.append(f"\n[alternate greetings] {len(persona.alternate_greetings)}")
+    if persona.lorebook is not None:
+        lines.append(f"[lorebook] {len(persona.lorebook.entries)} entries")
+    return "\n".join(lines)

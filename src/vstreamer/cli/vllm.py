@@ -1,0 +1,110 @@
+"""``vstreamer vllm-command | vllm-serve | vllm-wait``: run the production LLM server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from vstreamer.config import Settings, VLLMSettings, format_validation_error
+from vstreamer.errors import BackendNotInstalled, ConfigError
+from vstreamer.llm.vllm_launch import VLLMLaunch, build_vllm_command, wait_until_ready
+
+
+def add_commands(
+    commands: Any,
+    settings_options: Callable[[argparse.ArgumentParser], None],
+    load_settings: Callable[[argparse.Namespace], Settings],
+) -> None:
+    show = commands.add_parser("vllm-command", help="print the vLLM launch command for the configured model")
+    serve = commands.add_parser("vllm-serve", help="run vLLM for the configured model (vLLM must be installed)")
+    serve.add_argument("--wait", action="store_true", help="report when the server is ready to answer")
+    serve.add_argument("--timeout", type=float, default=900.0, help="seconds --wait allows (default 900)")
+    for sub in (show, serve):
+        settings_options(sub)
+        _vllm_options(sub)
+    show.set_defaults(handler=lambda a: print_command(_launch(a, load_settings(a))))
+    serve.set_defaults(handler=lambda a: serve_vllm(a, _launch(a, load_settings(a))))
+
+    wait = commands.add_parser("vllm-wait", help="wait until an OpenAI-compatible server is ready")
+    wait.add_argument("--url", default=None, help="server URL (default: the configured base_url)")
+    wait.add_argument("--timeout", type=float, default=600.0)
+    settings_options(wait)
+    wait.set_defaults(handler=lambda a: _wait(a.url or load_settings(a).base_url, a.timeout))
+
+
+def _vllm_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("vLLM")
+    group.add_argument("--vllm-model", help="Hugging Face model id or path (default Qwen/Qwen2.5-7B-Instruct)")
+    group.add_argument("--served-model-name")
+    group.add_argument("--host")
+    group.add_argument("--port", type=int, help="vLLM port (default 8000; never the web UI's port)")
+    group.add_argument("--tensor-parallel-size", type=int)
+    group.add_argument("--gpu-memory-utilization", type=float)
+    group.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32", "half"])
+    group.add_argument("--max-model-len", type=int, help="context length; above 32768 enables YaRN")
+    group.add_argument("--max-num-seqs", type=int)
+    group.add_argument("--max-num-batched-tokens", type=int)
+    group.add_argument("--quantization", choices=["none", "awq", "gptq"])
+    group.add_argument("--no-tools", action="store_true", help="disable tool calling (hermes parser)")
+
+
+def _launch(args: argparse.Namespace, settings: Settings) -> VLLMLaunch:
+    fields = {
+        "model": args.vllm_model,
+        "served_model_name": args.served_model_name,
+        "host": args.host,
+        "port": args.port,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "quantization": args.quantization,
+        "enable_tool_calling": False if args.no_tools else None,
+    }
+    merged = settings.vllm.model_dump() | {k: v for k, v in fields.items() if v is not None}
+    try:
+        vllm_settings = VLLMSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    if vllm_settings.port in (settings.ui_port, settings.gateway_port):
+        raise ConfigError(f"vLLM port {vllm_settings.port} collides with the web UI or gateway port; choose another")
+    return build_vllm_command(vllm_settings)
+
+
+def print_command(launch: VLLMLaunch) -> int:
+    for warning in launch.warnings:
+        print(f"# warning: {warning}", file=sys.stderr)  # noqa: T201
+    print(launch.shell())  # noqa: T201
+    return 0
+
+
+def serve_vllm(args: argparse.Namespace, launch: VLLMLaunch) -> int:
+    if shutil.which(launch.argv[0]) is None:
+        raise BackendNotInstalled("vLLM is not installed here (no `vllm` command); see `vstreamer vllm-command`")
+    for warning in launch.warnings:
+        print(f"# warning: {warning}", file=sys.stderr)  # noqa: T201
+    process = subprocess.Popen(launch.argv, env=os.environ | launch.env)
+    try:
+        if args.wait:
+            port = launch.argv[launch.argv.index("--port") + 1]
+            _wait(f"http://127.0.0.1:{port}/v1", args.timeout)
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        return process.wait()
+
+
+def _wait(url: str, timeout: float) -> int:
+    ready = asyncio.run(wait_until_ready(url, timeout=timeout))
+    print(f"ready: {ready['url']} serves {ready['models']}")  # noqa: T201
+    return 0

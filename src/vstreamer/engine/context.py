@@ -1,0 +1,139 @@
+"""Builds each turn's prompt within the token budget.
+
+The persona (system message) and the post-history note are pinned; the newest turns fill what is left and the
+oldest leave first. Work per turn is bounded by the window, not by the length of the whole history: turn token
+counts are cached on the turns and the walk back through history stops at the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vstreamer.engine import prompt
+from vstreamer.engine.conversation import Conversation, Turn
+from vstreamer.errors import ContextBudgetError
+from vstreamer.llm.base import ChatMessage, LLMBackend
+from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.tokenize import LRUCache
+
+if TYPE_CHECKING:
+    from vstreamer.persona import LoreEntry, Persona
+
+
+@dataclass(frozen=True, slots=True)
+class ContextBudget:
+    """How the model's context window is shared."""
+
+    context_window: int
+    """Total tokens the model accepts (prompt + reply)."""
+    max_tokens: int
+    """Tokens kept for the reply."""
+    reserve_tokens: int = 32
+    """Safety margin (generation prompt, template quirks)."""
+
+    @property
+    def prompt_budget(self) -> int:
+        return self.context_window - self.max_tokens - self.reserve_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltContext:
+    """The prompt of one turn and how it was assembled."""
+
+    messages: tuple[ChatMessage, ...]
+    prompt_tokens: int
+    """Tokens of ``messages`` as counted by the backend (exact where its tokenizer is reachable)."""
+    budget: int
+    history_turns: int
+    """History turns that fit (the new user message not included)."""
+    lore: tuple[LoreEntry, ...]
+
+
+class ContextBuilder:
+    """Assembles prompts for one backend and budget."""
+
+    def __init__(self, backend: LLMBackend, budget: ContextBudget) -> None:
+        if budget.prompt_budget <= 0:
+            raise ContextBudgetError("the context window leaves no room for a prompt")
+        self.backend = backend
+        self.budget = budget
+        self._system_cache = LRUCache(256)
+
+    async def build(
+        self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
+    ) -> BuiltContext:
+        """Prompt for replying to the conversation's last turn (the new user message)."""
+        if not conversation.turns or conversation.turns[-1].role != "user":
+            raise ValueError("the conversation must end with the user message to answer")
+        user = conversation.user_name
+        current = conversation.turns[-1]
+        lore = self._active_lore(conversation, persona)
+        note_text = prompt.post_history_note(persona, user)
+        tail = [current.as_message()] + ([ChatMessage("system", note_text)] if note_text else [])
+        budget = self.budget.prompt_budget
+        fixed_cost = await self._turn_tokens(current)
+        for message in tail[1:]:
+            fixed_cost += await self._count(message)
+
+        system: ChatMessage | None = None
+        for include_lore, include_examples in ((True, True), (True, False), (False, False)):
+            text = prompt.system_message(
+                persona, user, lore=lore if include_lore else (), memory=memory, include_examples=include_examples
+            )
+            candidate = ChatMessage("system", text)
+            if fixed_cost + await self._count(candidate) <= budget:
+                system, lore = candidate, lore if include_lore else ()
+                break
+        if system is None:
+            raise ContextBudgetError(
+                f"the persona prompt and the new message need more than the {budget}-token prompt budget; "
+                "shorten the message or raise context_window"
+            )
+        room = budget - fixed_cost - await self._count(system)
+        history = await self._fit_history(conversation.turns[:-1], room)
+        messages = [system, *(t.as_message() for t in history), *tail]
+        total = await self.backend.count_tokens(messages)
+        while total > budget and history:
+            # Per-message shares are close but not always exact (template quirks): trim until the exact count fits.
+            history.pop(0)
+            messages = [system, *(t.as_message() for t in history), *tail]
+            total = await self.backend.count_tokens(messages)
+        if total > budget:
+            raise ContextBudgetError(f"the prompt needs {total} tokens, over the {budget}-token budget")
+        return BuiltContext(tuple(messages), total, budget, len(history), tuple(lore))
+
+    async def _fit_history(self, turns: Sequence[Turn], room: int) -> list[Turn]:
+        chosen: list[Turn] = []
+        for turn in reversed(turns):
+            if not turn.in_prompt:
+                continue
+            cost = await self._turn_tokens(turn)
+            if cost > room:
+                break
+            room -= cost
+            chosen.append(turn)
+        chosen.reverse()
+        return chosen
+
+    def _active_lore(self, conversation: Conversation, persona: Persona) -> list[LoreEntry]:
+        book = persona.lorebook
+        if book is None or not book.entries:
+            return []
+        depth = max(book.scan_depth, 1)
+        recent = [t.content for t in conversation.turns[-depth:] if t.in_prompt or t is conversation.turns[-1]]
+        return list(book.activate(recent, count_tokens=estimate_tokens))
+
+    async def _turn_tokens(self, turn: Turn) -> int:
+        if turn.prompt_tokens is None:
+            turn.prompt_tokens = await self.backend.count_message_tokens(turn.as_message())
+        return turn.prompt_tokens
+
+    async def _count(self, message: ChatMessage) -> int:
+        key = message.role + "\x00" + message.content
+        cached = self._system_cache.get(key)
+        if cached is None:
+            cached = await self.backend.count_message_tokens(message)
+            self._system_cache.put(key, cached)
+        return cached

@@ -1,0 +1,60 @@
+"""A conversation: a persona, a viewer, and the turns so far."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vstreamer.llm.base import ChatMessage, Usage
+
+TurnStatus = Literal["complete", "interrupted", "failed", "blocked", "streaming"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Turn:
+    """One message of the conversation. Mutable while the reply streams, then left alone."""
+
+    role: Literal["user", "assistant"]
+    """``user`` for the viewer, ``assistant`` for the persona."""
+    content: str
+    """The text as shown (a partial reply keeps what was streamed before it stopped)."""
+    status: TurnStatus = "complete"
+    """``interrupted``: cancelled mid-reply; ``failed``: the backend broke; ``blocked``: moderation stopped it."""
+    id: str = field(default_factory=new_id)
+    created_at: float = field(default_factory=time.time)
+    usage: Usage | None = None
+    """Tokens the generation used (assistant turns)."""
+    error: str | None = None
+    """Why the turn failed, for operators."""
+    prompt_tokens: int | None = None
+    """Cached share of the prompt this turn takes (filled by the context builder)."""
+
+    @property
+    def in_prompt(self) -> bool:
+        """Whether later prompts should include this turn."""
+        return bool(self.content.strip()) and self.status in ("complete", "interrupted")
+
+    def as_message(self) -> ChatMessage:
+        return ChatMessage(self.role, self.content)
+
+
+@dataclass(slots=True)
+class Conversation:
+    """A persona talking with one viewer (or one live room)."""
+
+    persona_id: str
+    user_name: str = "观众"
+    id: str = field(default_factory=new_id)
+    turns: list[Turn] = field(default_factory=list)
+    summary: str = ""
+    """A running summary of turns that left the context window (filled by the memory layer)."""
+
+    def reset(self) -> None:
+        self.turns.clear()
+        self.summary = ""

@@ -1,0 +1,118 @@
+"""The dialogue engine: one turn = prompt within budget → streamed reply → stored turn.
+
+Adapters only translate: every behaviour (persona, budget, moderation, interruption) lives here so the CLI,
+the gateway, the web UI and the live-chat loop behave the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
+from vstreamer.engine.conversation import Conversation, Turn
+from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
+from vstreamer.errors import BackendError
+from vstreamer.llm.base import LLMBackend, SamplingParams, StreamEnd
+
+if TYPE_CHECKING:
+    from vstreamer.persona import Persona
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOverrides:
+    """Per-request changes to the sampling defaults (``None`` keeps the default)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+
+
+class DialogueEngine:
+    """Answers conversations with a backend, keeping each persona in character and within budget."""
+
+    def __init__(
+        self,
+        backend: LLMBackend,
+        budget: ContextBudget,
+        *,
+        defaults: SamplingParams | None = None,
+    ) -> None:
+        self.backend = backend
+        self.budget = budget
+        self.defaults = defaults or SamplingParams(max_tokens=budget.max_tokens)
+        self.context = ContextBuilder(backend, budget)
+
+    def sampling_for(self, persona: Persona, overrides: SamplingOverrides | None = None) -> SamplingParams:
+        """Engine defaults, then the persona's defaults, then the request's overrides."""
+        params = self.defaults
+        for layer in (persona.sampling, overrides):
+            if layer is None:
+                continue
+            changes = {
+                k: getattr(layer, k)
+                for k in ("temperature", "top_p", "max_tokens", "seed")
+                if getattr(layer, k, None) is not None
+            }
+            params = replace(params, **changes)
+        return replace(params, max_tokens=min(params.max_tokens, self.budget.max_tokens))
+
+    async def build_context(
+        self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
+    ) -> BuiltContext:
+        return await self.context.build(conversation, persona, memory=memory)
+
+    async def reply(
+        self,
+        conversation: Conversation,
+        persona: Persona,
+        user_text: str,
+        *,
+        overrides: SamplingOverrides | None = None,
+    ) -> AsyncIterator[EngineEvent]:
+        """Add the user's message and stream the persona's reply.
+
+        Closing the iterator early (client gone, stop button, Ctrl-C) stops the generation upstream and keeps the
+        partial reply as an ``interrupted`` turn. A backend failure keeps it as ``failed`` and re-raises.
+        """
+        conversation.turns.append(Turn("user", user_text))
+        context = await self.build_context(conversation, persona)
+        params = self.sampling_for(persona, overrides)
+        async with aclosing(self._generate(conversation, context, params)) as events:
+            async for event in events:
+                yield event
+
+    async def _generate(
+        self, conversation: Conversation, context: BuiltContext, params: SamplingParams
+    ) -> AsyncIterator[EngineEvent]:
+        turn = Turn("assistant", "", status="streaming")
+        conversation.turns.append(turn)
+        started = time.perf_counter()
+        parts: list[str] = []
+        try:
+            yield ReplyStarted(turn, context.prompt_tokens)
+            async with aclosing(self.backend.stream(context.messages, params)) as stream:
+                async for delta in stream:
+                    if isinstance(delta, StreamEnd):
+                        turn.usage = delta.usage
+                        continue
+                    parts.append(delta.text)
+                    turn.content = "".join(parts)
+                    yield ReplyDelta(delta.text)
+            turn.status = "complete"
+            logger.debug("reply of %d chars in %.2fs", len(turn.content), time.perf_counter() - started)
+            yield ReplyFinished(turn)
+        except BackendError as exc:
+            turn.status, turn.error = "failed", str(exc)
+            raise
+        finally:
+            turn.content = "".join(parts)
+            if turn.status == "streaming":
+                turn.status = "interrupted"

@@ -1,0 +1,32 @@
+"""Wires settings into the running parts (backend, engine, personas) for every entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vstreamer.config import Settings
+from vstreamer.engine import ContextBudget, DialogueEngine
+from vstreamer.llm import LLMBackend, SamplingParams, create_backend
+from vstreamer.persona import PersonaLibrary
+
+
+@dataclass
+class Runtime:
+    """Everything an adapter needs to serve conversations."""
+
+    settings: Settings
+    backend: LLMBackend
+    engine: DialogueEngine
+    personas: PersonaLibrary
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+
+def build_runtime(settings: Settings, backend: LLMBackend | None = None) -> Runtime:
+    """Build the runtime; ``backend`` replaces the configured one (tests, embedding)."""
+    backend = backend or create_backend(settings)
+    budget = ContextBudget(settings.context_window, settings.max_tokens, settings.reserve_tokens)
+    defaults = SamplingParams(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
+    engine = DialogueEngine(backend, budget, defaults=defaults)
+    return Runtime(settings, backend, engine, PersonaLibrary(settings.personas_dir))
