@@ -1,0 +1,126 @@
+"""PersonaLibrary: bundled plus user personas, import, replace, delete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vstreamer.errors import PersonaError, PersonaNotFound
+from vstreamer.persona import DEFAULT_PERSONA_ID, PersonaLibrary, export_card_png
+
+
+def test_bundled_only(tmp_path: Path) -> None:
+    lib = PersonaLibrary(tmp_path / "does-not-exist-yet")
+    ids = [p.id for p in lib.list()]
+    assert ids == sorted(ids) and DEFAULT_PERSONA_ID in ids and "nova" in ids
+    assert lib.get(DEFAULT_PERSONA_ID).name == "小星"
+    assert lib.get("小星").id == DEFAULT_PERSONA_ID
+    assert lib.get("NOVA").id == "nova"
+    assert not (tmp_path / "does-not-exist-yet").exists()
+    assert PersonaLibrary(None).get("nova").language == "en"
+
+
+def test_get_unknown_lists_available_ids() -> None:
+    with pytest.raises(PersonaNotFound, match="xiaoxing") as info:
+        PersonaLibrary(None).get("nobody")
+    assert isinstance(info.value, PersonaError)
+
+
+def test_import_json_card_then_list_get_delete(tmp_path: Path, cardkit: Any) -> None:
+    source = tmp_path / "aria.json"
+    source.write_text(json.dumps(cardkit.v2()), encoding="utf-8")
+    lib = PersonaLibrary(tmp_path / "user")
+    aria = lib.import_file(source)
+    assert aria.id == "aria"
+    ids = [p.id for p in lib.list()]
+    assert ids[-1] == "aria" and ids.index("aria") > ids.index(DEFAULT_PERSONA_ID)
+    stored = tmp_path / "user" / "aria"
+    assert (stored / "persona.json").is_file() and (stored / "original.json").read_bytes() == source.read_bytes()
+    # a fresh library (another process) sees the same persona
+    again = PersonaLibrary(tmp_path / "user").get("Aria")
+    assert again == aria and again.source_format == "chara_card_v2"
+    lib.delete("aria")
+    assert not stored.exists()
+    with pytest.raises(PersonaNotFound):
+        lib.get("aria")
+    with pytest.raises(PersonaNotFound):
+        lib.delete("aria")
+
+
+def test_import_png_keeps_avatar(tmp_path: Path, seraphina_path: Path) -> None:
+    lib = PersonaLibrary(tmp_path)
+    sera = lib.import_file(seraphina_path)
+    assert (tmp_path / sera.id / "avatar.png").read_bytes() == sera.avatar_png
+    assert (tmp_path / sera.id / "original.png").read_bytes() == seraphina_path.read_bytes()
+    reloaded = PersonaLibrary(tmp_path).get("seraphina")
+    assert reloaded == sera
+
+
+def test_collision_and_replace(tmp_path: Path, cardkit: Any) -> None:
+    lib = PersonaLibrary(tmp_path)
+    lib.import_bytes(json.dumps(cardkit.v2(description="one")).encode(), "a.json")
+    with pytest.raises(PersonaError, match="already exists"):
+        lib.import_bytes(json.dumps(cardkit.v2(description="two")).encode(), "a.json")
+    assert lib.get("aria").description == "one"
+    lib.import_bytes(json.dumps(cardkit.v2(description="two")).encode(), "a.json", replace=True)
+    assert lib.get("aria").description == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aria"]  # no staging leftovers
+
+
+def test_bundled_ids_are_reserved_and_undeletable(tmp_path: Path) -> None:
+    lib = PersonaLibrary(tmp_path)
+    with pytest.raises(PersonaError, match="bundled"):
+        lib.import_bytes(b"id: xiaoxing\nname: Impostor\n", "x.yaml", replace=True)
+    with pytest.raises(PersonaError, match="bundled"):
+        lib.delete(DEFAULT_PERSONA_ID)
+
+
+def test_delete_rejects_path_tricks(tmp_path: Path) -> None:
+    (tmp_path / "user").mkdir()
+    lib = PersonaLibrary(tmp_path / "user")
+    for trick in ("../user", "..", "/etc", ""):
+        with pytest.raises(PersonaNotFound):
+            lib.delete(trick)
+    assert (tmp_path / "user").is_dir()
+
+
+def test_import_needs_a_user_dir() -> None:
+    with pytest.raises(PersonaError, match="directory"):
+        PersonaLibrary(None).import_bytes(b"name: X\n", "x.yaml")
+
+
+def test_invalid_import_stores_nothing(tmp_path: Path) -> None:
+    lib = PersonaLibrary(tmp_path)
+    with pytest.raises(PersonaError):
+        lib.import_bytes(b"\x89PNG\r\n\x1a\nbroken", "x.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_broken_stored_persona_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lib = PersonaLibrary(tmp_path)
+    lib.import_bytes(b"name: Good\n", "g.yaml")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "persona.json").write_text("{nope", encoding="utf-8")
+    assert [p.id for p in lib.list()][-1] == "good"
+    assert "bad" in caplog.text
+
+
+def test_user_edits_are_picked_up(tmp_path: Path) -> None:
+    lib = PersonaLibrary(tmp_path)
+    lib.import_bytes(b"name: Edit\n", "e.yaml")
+    path = tmp_path / "edit" / "persona.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["description"] = "changed by hand"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert lib.get("edit").description == "changed by hand"
+
+
+def test_exported_png_imports(tmp_path: Path) -> None:
+    lib = PersonaLibrary(tmp_path)
+    nova = lib.get("nova").model_copy(update={"id": "nova2", "name": "Nova Two"})
+    imported = lib.import_bytes(export_card_png(nova), "nova2.png")
+    assert imported.id == "nova2" and imported.name == "Nova Two"
+    assert [p.id for p in lib.list()][-1] == "nova2"
