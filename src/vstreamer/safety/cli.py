@@ -1,0 +1,50 @@
+"""``vstreamer moderate``: one message per stdin line in, one JSON object per line out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from vstreamer.errors import VStreamerError
+from vstreamer.safety.audit import MemoryAuditLog
+from vstreamer.safety.pipeline import SafetyPipeline
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vstreamer moderate", description="Moderate one message per line (JSON lines out).")
+    p.add_argument("--direction", choices=("input", "output"), default="input")
+    p.add_argument("--source", choices=("web", "live", "api", "cli"), default="cli")
+    p.add_argument("--lexicon", action="append", default=[], type=Path, metavar="DIR", help="extra lexicon folder")
+    p.add_argument("--no-default-lexicon", action="store_true", help="do not load the curated default lexicon")
+    return p
+
+
+def run_moderate(argv: list[str] | None, stdin: TextIO, stdout: TextIO) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad arguments or lexicon)."""
+    args = build_parser().parse_args(argv)
+    try:
+        pipeline = SafetyPipeline.default(
+            lexicon_dirs=args.lexicon, audit=MemoryAuditLog(maxlen=1), include_default=not args.no_default_lexicon
+        )
+    except VStreamerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in stdin:
+        text = line.rstrip("\r\n")
+        result = pipeline.moderate(text, direction=args.direction, source=args.source)
+        stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+        stdout.flush()
+    return 0
+
+
+def main() -> None:  # pragma: no cover - thin wrapper
+    sys.stdin.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
+    sys.stdout.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
+    raise SystemExit(run_moderate(None, sys.stdin, sys.stdout))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Aho-Corasick matching of a compiled lexicon over normalised text, mapped back to the original.
+
+The automaton comes from a library: ``ahocorasick_rs`` (Rust, fastest) when it is installed,
+else ``pyahocorasick``. The pyahocorasick trie is always built too: the streaming guard asks it
+whether the end of a partial reply could still grow into a term.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import ahocorasick
+
+from vstreamer.safety.lexicon import Category, Lexicon, Term
+from vstreamer.safety.normalize import NormalizedText, fold, fold_with_map, normalize, normalize_with_map
+from vstreamer.safety.types import Match
+
+logger = logging.getLogger(__name__)
+
+try:  # optional accelerator
+    import ahocorasick_rs as _acrs
+except ImportError:  # pragma: no cover - depends on the environment
+    _acrs = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    term: Term | None
+    """None for an allow-list phrase."""
+    part: int
+    runs: tuple[int, ...]
+    allow_category: str | None = None
+    needs_left: bool = False
+    needs_right: bool = False
+
+
+def _is_word_char(c: str) -> bool:
+    return c.isascii() and c.isalnum()
+
+
+class CompiledLexicon:
+    """An immutable, shareable matcher for one :class:`Lexicon`."""
+
+    def __init__(self, lexicon: Lexicon, *, backend: str = "auto") -> None:
+        self.lexicon = lexicon
+        self.categories: dict[str, Category] = dict(lexicon.categories)
+        self._keys: list[str] = []
+        self._entries: list[list[_Entry]] = []
+        index: dict[str, int] = {}
+        for term in lexicon.terms:
+            for part_no, part in enumerate(term.parts):
+                self._add(index, part, term, part_no, None)
+        for allow in lexicon.allows:
+            self._add(index, allow.phrase, None, 0, allow.category)
+        self._patterns = [(c, re.compile(p), name) for c, p, name in lexicon.patterns]
+        self.max_key_length = max((len(k) for k in self._keys), default=0)
+        self.trie = ahocorasick.Automaton()
+        for i, key in enumerate(self._keys):
+            self.trie.add_word(key, i)
+        use_rs = backend == "rs" or (backend == "auto" and _acrs is not None)
+        self.backend = "ahocorasick_rs" if use_rs and self._keys else "pyahocorasick"
+        self._rs = _acrs.AhoCorasick(self._keys) if self.backend == "ahocorasick_rs" and _acrs else None
+        if self._keys:
+            self.trie.make_automaton()
+        logger.debug("compiled %d keys (%s)", len(self._keys), self.backend)
+
+    def _add(self, index: dict[str, int], raw: str, term: Term | None, part: int, allow: str | None) -> None:
+        nm = normalize_with_map(raw)
+        key = nm.text
+        if len(key) < self.lexicon.min_length and term is not None and len(term.parts) == 1:
+            return
+        if not key:
+            return
+        entry = _Entry(
+            term,
+            part,
+            nm.runs,
+            allow,
+            needs_left=term is not None and not term.open_start and _is_word_char(key[0]),
+            needs_right=term is not None and not term.open_end and _is_word_char(key[-1]),
+        )
+        slot = index.get(key)
+        if slot is None:
+            slot = index[key] = len(self._keys)
+            self._keys.append(key)
+            self._entries.append([])
+        self._entries[slot].append(entry)
+
+    @property
+    def size(self) -> int:
+        """Number of distinct normalised keys."""
+        return len(self._keys)
+
+    def candidates(self, normalized: str) -> list[tuple[int, int, int]]:
+        """All (start, end, key index) occurrences in already-normalised text."""
+        if not self._keys:
+            return []
+        if self._rs is not None:
+            return [(s, e, k) for k, s, e in self._rs.find_matches_as_indexes(normalized, overlapping=True)]
+        return [(end + 1 - len(self._keys[k]), end + 1, k) for end, k in self.trie.iter(normalized)]
+
+    def could_grow(self, normalized_suffix: str) -> bool:
+        """Whether some key starts with ``normalized_suffix`` (or equals it)."""
+        return bool(self._keys) and self.trie.match(normalized_suffix)
+
+    def scan(self, text: str, *, at_end: bool = True) -> list[Match]:
+        """Verified matches in ``text`` (spans in the original text).
+
+        Args:
+            text: the original text.
+            at_end: whether the text is complete; when False, a Latin term touching the end is
+                not reported yet (the next character may make it part of a longer word).
+        """
+        normalized = normalize(text)
+        found = self.candidates(normalized)
+        matches = self._pattern_matches(text) if self._patterns else []
+        if not found:
+            return _dedupe(matches)
+        nm = normalize_with_map(text)
+        if nm.text != normalized:  # pragma: no cover - guarded by property tests
+            logger.warning("fast and mapped normalisation differ; using the mapped one")
+            found = self.candidates(nm.text)
+        return _dedupe(matches + self._verify(nm, found, at_end))
+
+    def _pattern_matches(self, text: str) -> list[Match]:
+        folded = fold(text)
+        hits = [(c, m, n) for c, p, n in self._patterns for m in p.finditer(folded) if m.end() > m.start()]
+        if not hits:
+            return []
+        _, starts = fold_with_map(text)
+        out = []
+        for category, m, name in hits:
+            s, e = starts[m.start()], starts[m.end() - 1] + 1
+            out.append(Match(s, e, category, text[s:e], f"pattern:{name}"))
+        return out
+
+    def _verify(self, nm: NormalizedText, found: list[tuple[int, int, int]], at_end: bool) -> list[Match]:
+        allowed: list[tuple[int, int, str | None]] = []
+        hits: list[tuple[int, int, _Entry]] = []
+        for s, e, k in found:
+            for entry in self._entries[k]:
+                if not _runs_ok(nm.runs, s, entry.runs):
+                    continue
+                if entry.term is None:
+                    allowed.append((s, e, entry.allow_category))
+                elif _bounds_ok(nm.text, s, e, entry, at_end):
+                    hits.append((s, e, entry))
+        hits = [h for h in hits if not _suppressed(h, allowed)]
+        parts_seen: dict[Term, dict[int, list[tuple[int, int]]]] = defaultdict(lambda: defaultdict(list))
+        for s, e, entry in hits:
+            assert entry.term is not None
+            parts_seen[entry.term][entry.part].append((s, e))
+        out: list[Match] = []
+        for term, parts in parts_seen.items():
+            if len(parts) < len(term.parts):
+                continue
+            for spans in parts.values():
+                for s, e in spans:
+                    os, oe = nm.span(s, e)
+                    out.append(Match(os, oe, term.category, term.text, term.rule))
+        return out
+
+
+def _runs_ok(runs: Sequence[int], start: int, needed: Sequence[int]) -> bool:
+    # "ass" normalises to "as"; the text must have had at least two s's there.
+    return all(runs[start + i] >= n for i, n in enumerate(needed) if n > 1)
+
+
+def _bounds_ok(text: str, s: int, e: int, entry: _Entry, at_end: bool) -> bool:
+    if entry.needs_left and s > 0 and _is_word_char(text[s - 1]):
+        return False
+    if entry.needs_right:
+        if e < len(text):
+            return not _is_word_char(text[e])
+        return at_end
+    return True
+
+
+def _suppressed(hit: tuple[int, int, _Entry], allowed: list[tuple[int, int, str | None]]) -> bool:
+    s, e, entry = hit
+    assert entry.term is not None
+    cat = entry.term.category
+    return any(a <= s and e <= b and c in (None, cat) for a, b, c in allowed)
+
+
+def _dedupe(matches: list[Match]) -> list[Match]:
+    seen: set[tuple[int, int, str]] = set()
+    out = []
+    for m in sorted(matches, key=lambda m: (m.start, -m.end, m.category)):
+        key = (m.start, m.end, m.category)
+        if key not in seen:
+            seen.add(key)
+            out.append(m)
+    return out

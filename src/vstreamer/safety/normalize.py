@@ -1,0 +1,215 @@
+"""Text normalisation before lexicon matching, with a map back to the original text.
+
+One function defines what "the same word" means for the matcher. It folds, in order:
+
+1. per character (one lookup table built once): ``str.lower``, Unicode NFKC (full-width to
+   half-width, compatibility forms, math alphanumerics), case folding, accent stripping,
+   traditional to simplified Chinese (OpenCC ``t2s``, single characters), a few Cyrillic and
+   Greek look-alike letters; zero-width, format and combining characters are deleted;
+2. separator characters between two Chinese characters are removed ("冰 毒", "冰*毒");
+3. runs of three or more single Latin letters split by separators are joined ("f.u.c.k");
+4. digits and symbols that touch a Latin letter become the letter they imitate ("sh1t", "@ss");
+5. runs of one repeated character collapse to one ("fuuuck", "傻傻傻逼"); how long each run was is
+   kept so that the matcher can check that a term really had its doubled letters.
+
+:func:`normalize` is the fast path (C-level ``str`` methods and ``re``); :func:`normalize_with_map`
+computes the same string plus, for each output character, the span of original characters it
+came from. It is only called when the fast path found a candidate match.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Characters used to split words apart ("冰 毒", "f.u.c.k"); not sentence punctuation, which
+# after NFKC is , ! ? ; : and must keep separating words.
+_SEP = r"\s*._\-~|/\\·•‧・+=^#'\"`"
+
+_CJK_SEP = re.compile(f"(?<=[{_CJK}])[{_SEP}]+(?=[{_CJK}])")
+_SPACED_LETTERS = re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
+_SEP_CHARS = re.compile(f"[{_SEP}]+")
+_LOOKALIKE_MAP = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
+_LOOKALIKE = re.compile(r"(?<=[a-z])[013457@$]|[013457@$](?=[a-z])")
+_REPEAT = re.compile(r"(.)\1+", re.S)
+_RUNS = re.compile(r"(.)\1*", re.S)
+
+# Look-alike letters from other scripts that NFKC keeps distinct.
+_HOMOGLYPHS = {
+    "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+    "т": "t", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ɡ": "g", "ο": "o",
+    "α": "a", "ν": "v", "ι": "i", "κ": "k", "τ": "t", "ρ": "p", "ε": "e", "υ": "u", "χ": "x",
+}  # fmt: skip
+# Invisible characters that are not in a format category.
+_INVISIBLE = {0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800, 0x180E, 0x034F}
+_T2S_RANGES = ((0x3400, 0xA000), (0xF900, 0xFB00), (0x20000, 0x2FA20))
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedText:
+    """A normalised string and where each of its characters came from."""
+
+    text: str
+    """The normalised text (equal to :func:`normalize` of the original)."""
+    starts: tuple[int, ...]
+    """For each normalised character, the index of its first original character."""
+    ends: tuple[int, ...]
+    """For each normalised character, one past the index of its last original character."""
+    runs: tuple[int, ...]
+    """For each normalised character, how many repeated characters it stands for."""
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """Map a span of the normalised text to the span of original text it covers."""
+        return self.starts[start], self.ends[end - 1]
+
+
+def _fold_char(c: str, t2s: dict[str, str]) -> str:
+    if ord(c) in _INVISIBLE:
+        return ""
+    t = unicodedata.normalize("NFKC", c).casefold()
+    t = "".join(x for x in unicodedata.normalize("NFKD", t) if not unicodedata.combining(x))
+    t = unicodedata.normalize("NFC", t)
+    out = []
+    for x in t:
+        cat = unicodedata.category(x)
+        if cat in ("Cf", "Mn", "Me"):
+            continue
+        out.append(_HOMOGLYPHS.get(x, t2s.get(x, x)))
+    return "".join(out)
+
+
+def _t2s_chars() -> dict[str, str]:
+    import opencc
+
+    chars = [chr(cp) for lo, hi in _T2S_RANGES for cp in range(lo, hi)]
+    converted = opencc.OpenCC("t2s").convert("\n".join(chars)).split("\n")
+    if len(converted) != len(chars):  # pragma: no cover - OpenCC keeps line breaks
+        return {}
+    return {a: b for a, b in zip(chars, converted, strict=True) if a != b and len(b) == 1}
+
+
+@cache
+def char_table() -> dict[int, str]:
+    """The per-character fold table (built once per process, ~0.2 s)."""
+    t2s = _t2s_chars()
+    table: dict[int, str] = {}
+    for cp in range(0x30000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        if unicodedata.category(c) == "Cn":
+            continue
+        folded = _fold_char(c, t2s)
+        if folded != c:
+            table[cp] = folded
+    # Make the table idempotent: what it produces must not be folded again.
+    for cp, value in list(table.items()):
+        for _ in range(3):
+            nxt = value.translate(table)
+            if nxt == value:
+                break
+            value = nxt
+        table[cp] = value
+    # ASCII is handled by str.lower() and the regex stages; keeping it out of the table lets the
+    # fast path skip the table for ASCII text.
+    return {cp: v for cp, v in table.items() if cp >= 0x80}
+
+
+def _char_class(codepoints: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = codepoints[0]
+    for cp in [*codepoints[1:], -2]:
+        if cp == prev + 1:
+            prev = cp
+            continue
+        parts.append(re.escape(chr(start)) if start == prev else f"{re.escape(chr(start))}-{re.escape(chr(prev))}")
+        start = prev = cp
+    return "".join(parts)
+
+
+@cache
+def _table_run_pattern() -> re.Pattern[str]:
+    return re.compile(f"[{_char_class(sorted(char_table()))}]+")
+
+
+def _translate_run(m: re.Match[str]) -> str:
+    return m.group().translate(char_table())
+
+
+def _join_letters(m: re.Match[str]) -> str:
+    return _SEP_CHARS.sub("", m.group())
+
+
+def _lookalike(m: re.Match[str]) -> str:
+    return _LOOKALIKE_MAP[m.group()]
+
+
+def fold(text: str) -> str:
+    """Only the per-character fold (stage 1): what regular-expression rules match against."""
+    s = text.lower()
+    return s if s.isascii() else _table_run_pattern().sub(_translate_run, s)
+
+
+def normalize(text: str) -> str:
+    """Normalise ``text`` for matching (fast path, no position map)."""
+    s = text.lower()
+    if not s.isascii():
+        s = _table_run_pattern().sub(_translate_run, s)
+        s = _CJK_SEP.sub("", s)
+    s = _SPACED_LETTERS.sub(_join_letters, s)
+    s = _LOOKALIKE.sub(_lookalike, s)
+    return _REPEAT.sub(r"\1", s)
+
+
+def _drop(chars: list[str], starts: list[int], ends: list[int], keep: list[bool]) -> None:
+    chars[:] = [c for c, k in zip(chars, keep, strict=True) if k]
+    starts[:] = [c for c, k in zip(starts, keep, strict=True) if k]
+    ends[:] = [c for c, k in zip(ends, keep, strict=True) if k]
+
+
+def fold_with_map(text: str) -> tuple[str, list[int]]:
+    """Only the per-character fold (stage 1), and the original index of each output character."""
+    table = char_table()
+    chars: list[str] = []
+    starts: list[int] = []
+    for i, c in enumerate(text):
+        for low in c.lower():
+            for ch in table.get(ord(low), low):
+                chars.append(ch)
+                starts.append(i)
+    return "".join(chars), starts
+
+
+def normalize_with_map(text: str) -> NormalizedText:
+    """Normalise ``text`` and map every output character back to the original text."""
+    folded, starts = fold_with_map(text)
+    chars = list(folded)
+    ends = [i + 1 for i in starts]
+    s = "".join(chars)
+    keep = [True] * len(chars)
+    for m in _CJK_SEP.finditer(s):
+        keep[m.start() : m.end()] = [False] * (m.end() - m.start())
+    _drop(chars, starts, ends, keep)
+    s = "".join(chars)
+    keep = [True] * len(chars)
+    for m in _SPACED_LETTERS.finditer(s):
+        for j in range(m.start(), m.end()):
+            keep[j] = not _SEP_CHARS.fullmatch(s[j])
+    _drop(chars, starts, ends, keep)
+    s = "".join(chars)
+    for m in _LOOKALIKE.finditer(s):
+        chars[m.start()] = _LOOKALIKE_MAP[m.group()]
+    s = "".join(chars)
+    out_starts: list[int] = []
+    out_ends: list[int] = []
+    runs: list[int] = []
+    out: list[str] = []
+    for m in _RUNS.finditer(s):
+        out.append(m.group(1))
+        out_starts.append(starts[m.start()])
+        out_ends.append(ends[m.end() - 1])
+        runs.append(m.end() - m.start())
+    return NormalizedText("".join(out), tuple(out_starts), tuple(out_ends), tuple(runs))
