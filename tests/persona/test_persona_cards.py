@@ -68,7 +68,10 @@ def test_our_settings_travel_in_the_vstreamer_extension(cardkit: type[CardKit]) 
 
 
 def test_v1_card(cardkit: type[CardKit]) -> None:
-    v1 = {k: cardkit.v2()["data"][k] for k in ("name", "description", "personality", "scenario", "first_mes", "mes_example")}
+    v1 = {
+        k: cardkit.v2()["data"][k]
+        for k in ("name", "description", "personality", "scenario", "first_mes", "mes_example")
+    }
     p = _as_json(v1)
     assert p.name == "Aria" and p.greeting == "Hello {{user}}!" and p.lorebook is None
 
@@ -123,7 +126,13 @@ def test_lenient_real_world_types(cardkit: type[CardKit]) -> None:
     assert p.tags == ["a", "b"] and p.alternate_greetings == [] and p.character_version == "3"
     assert p.lorebook is not None
     e = p.lorebook.entries[0]
-    assert (e.keys, e.insertion_order, e.priority, e.enabled, e.position) == (["lute"], 12, 10, True, "after_char")
+    assert (e.keys, e.insertion_order, e.priority, e.enabled, e.position) == (
+        ["lute"],
+        12,
+        10,
+        True,
+        "after_char",
+    )
 
 
 @pytest.mark.parametrize(
@@ -135,7 +144,10 @@ def test_lenient_real_world_types(cardkit: type[CardKit]) -> None:
         ({"extensions": [1]}, "data.extensions"),
         ({"character_book": "book"}, "character_book"),
         ({"character_book": {"entries": {"a": 1}}}, "character_book.entries"),
-        ({"character_book": {"entries": [{"keys": ["a"], "content": "b", "insertion_order": "soon"}]}}, "insertion_order"),
+        (
+            {"character_book": {"entries": [{"keys": ["a"], "content": "b", "insertion_order": "soon"}]}},
+            "insertion_order",
+        ),
         ({"character_book": {"entries": [{"keys": ["a"], "content": "b", "enabled": "maybe"}]}}, "enabled"),
         ({"character_book": {"entries": [42]}}, r"entries\[0\]"),
     ],
@@ -226,7 +238,12 @@ def test_charx_with_embedded_icon(cardkit: type[CardKit]) -> None:
     card = cardkit.v3()
     card["data"]["assets"] = [
         {"type": "icon", "uri": "embeded://assets/icon/images/main.png", "name": "main", "ext": "png"},
-        {"type": "emotion", "uri": "embeded://assets/emotion/images/happy.png", "name": "happy", "ext": "png"},
+        {
+            "type": "emotion",
+            "uri": "embeded://assets/emotion/images/happy.png",
+            "name": "happy",
+            "ext": "png",
+        },
     ]
     icon = tiny_png((1, 2, 3, 255))
     data = cardkit.charx(

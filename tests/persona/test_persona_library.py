@@ -38,7 +38,9 @@ def test_import_json_card_then_list_get_delete(tmp_path: Path, cardkit: Any) -> 
     ids = [p.id for p in lib.list()]
     assert ids[-1] == "aria" and ids.index("aria") > ids.index(DEFAULT_PERSONA_ID)
     stored = tmp_path / "user" / "aria"
-    assert (stored / "persona.json").is_file() and (stored / "original.json").read_bytes() == source.read_bytes()
+    assert (stored / "persona.json").is_file() and (
+        stored / "original.json"
+    ).read_bytes() == source.read_bytes()
     # a fresh library (another process) sees the same persona
     again = PersonaLibrary(tmp_path / "user").get("Aria")
     assert again == aria and again.source_format == "chara_card_v2"

@@ -73,12 +73,20 @@ def test_constant_entries_always_fire() -> None:
 
 
 def test_disabled_and_empty_entries_never_fire() -> None:
-    b = book(entry(["x"], enabled=False), entry([], "c", constant=True, enabled=False), LoreEntry(keys=["x"], content=" "))
+    b = book(
+        entry(["x"], enabled=False),
+        entry([], "c", constant=True, enabled=False),
+        LoreEntry(keys=["x"], content=" "),
+    )
     assert b.activate(["x"]) == []
 
 
 def test_sorted_by_insertion_order_then_file_order() -> None:
-    b = book(entry(["a"], "A", insertion_order=30), entry(["b"], "B", insertion_order=10), entry(["c"], "C", insertion_order=30))
+    b = book(
+        entry(["a"], "A", insertion_order=30),
+        entry(["b"], "B", insertion_order=10),
+        entry(["c"], "C", insertion_order=30),
+    )
     assert names(b.activate(["a b c"])) == ["B", "A", "C"]
 
 
@@ -96,7 +104,12 @@ def test_token_budget_drops_lowest_priority_first() -> None:
     kept = b.activate(["k"], count_tokens=count)
     # b (priority 20) and c (priority 10, lower insertion_order than d) survive, in insertion order
     assert [e.content[0] for e in kept] == ["b", "c"]
-    assert [e.content[0] for e in book(*entries, token_budget=0).activate(["k"], count)] == ["a", "b", "c", "d"]
+    assert [e.content[0] for e in book(*entries, token_budget=0).activate(["k"], count)] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
 
 
 def test_token_budget_keeps_constants_if_possible() -> None:
@@ -153,7 +166,11 @@ def test_recursive_scanning() -> None:
     b_ = entry(["brom"], "Brom lives in Carvahall.")
     c = entry(["carvahall"], "Carvahall is a village.")
     assert names(book(a, b_, c).activate(["a sword"])) == [a.content]
-    assert names(book(a, b_, c, recursive_scanning=True).activate(["a sword"])) == [a.content, b_.content, c.content]
+    assert names(book(a, b_, c, recursive_scanning=True).activate(["a sword"])) == [
+        a.content,
+        b_.content,
+        c.content,
+    ]
 
 
 def test_recursion_is_bounded() -> None:
@@ -243,7 +260,10 @@ def test_world_info_field_mapping() -> None:
 
 
 def test_load_lorebook_other_shapes(cardkit: Any) -> None:
-    v3 = {"spec": "lorebook_v3", "data": {"name": "L", "entries": [{"keys": ["k"], "content": "c", "use_regex": False}]}}
+    v3 = {
+        "spec": "lorebook_v3",
+        "data": {"name": "L", "entries": [{"keys": ["k"], "content": "c", "use_regex": False}]},
+    }
     assert load_lorebook(json.dumps(v3).encode()).name == "L"
     bare = {"entries": [{"keys": ["k"], "content": "c"}]}
     assert len(load_lorebook(json.dumps(bare).encode()).entries) == 1
@@ -254,7 +274,14 @@ def test_load_lorebook_other_shapes(cardkit: Any) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"[]", b"{}", b'{"entries": 3}', b'{"entries": {"1": {"key": {"a": 1}}}}', b"not json", b"\x89PNG\r\n\x1a\n"],
+    [
+        b"[]",
+        b"{}",
+        b'{"entries": 3}',
+        b'{"entries": {"1": {"key": {"a": 1}}}}',
+        b"not json",
+        b"\x89PNG\r\n\x1a\n",
+    ],
 )
 def test_load_lorebook_rejects_malformed(data: bytes) -> None:
     with pytest.raises(PersonaError):

@@ -67,9 +67,9 @@ def test_id_must_be_a_slug() -> None:
 
 def test_persona_forbids_unknown_fields() -> None:
     with pytest.raises(ValueError, match="colour"):
-        Persona(name="x", colour="red")  # type: ignore[call-arg]
+        Persona(name="x", colour="red")
     with pytest.raises(ValueError):
-        SamplingDefaults(temperature=0.5, top_k=3)  # type: ignore[call-arg]
+        SamplingDefaults(temperature=0.5, top_k=3)
 
 
 def test_avatar_is_not_in_repr() -> None:
