@@ -124,6 +124,22 @@ def test_deep_nesting() -> None:
     _rejects(deep.encode(), "deep.json", "nested")
 
 
+@pytest.mark.parametrize(
+    ("filename", "data"),
+    [
+        ("deep.yaml", b"name: x\nextensions: " + b"[" * 20000 + b"]" * 20000),
+        ("deep.toml", b'name = "x"\nextensions = ' + b"[" * 20000 + b"]" * 20000),
+        ("cycle.yaml", b"name: x\nextensions: &a {b: *a}\n"),
+        ("set.yaml", b"name: x\nextensions: !!set {a, b}\n"),
+        ("binary.yaml", b"name: x\nextensions: {a: !!binary aGVsbG8=}\n"),
+        ("keys.yaml", b"name: x\nextensions: {1: one}\n"),
+        ("bigint.json", b'{"name": "x", "extensions": {"a": ' + b"9" * 5000 + b"}}"),
+    ],
+)
+def test_hostile_text_formats(filename: str, data: bytes) -> None:
+    _rejects(data, filename)
+
+
 def test_too_many_lore_entries(cardkit: Any) -> None:
     book = {"entries": [{"keys": ["k"], "content": "c"}] * 5001}
     _rejects(json.dumps(cardkit.v2(character_book=book)).encode(), "many.json", "5000")

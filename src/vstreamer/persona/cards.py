@@ -230,6 +230,8 @@ def book_to_card(book: Lorebook) -> dict[str, Any]:
 
 def _entry_to_card(entry: LoreEntry) -> dict[str, Any]:
     out = entry.model_dump(mode="json")
+    if out["id"] is None:
+        del out["id"]  # optional in the spec, and a number or string when present
     out["extensions"], parked = _split_fields(entry.extensions)
     for key, value in parked.items():
         out.setdefault(key, value)

@@ -109,7 +109,8 @@ def check_tree(value: Any, where: str) -> None:
         if visited > MAX_NODES:
             raise PersonaError(f"{where}: document holds more than {MAX_NODES} values")
         if depth > MAX_NESTING:
-            raise PersonaError(f"{where}: data nested deeper than {MAX_NESTING} levels at {path or '<root>'}")
+            shown = path if len(path) <= 120 else path[:120] + "..."
+            raise PersonaError(f"{where}: data nested deeper than {MAX_NESTING} levels at {shown}")
         if isinstance(node, _SCALARS):
             continue
         if isinstance(node, Mapping):
