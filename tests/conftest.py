@@ -47,7 +47,9 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'vstreamer[local]')")
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (pip install 'vstreamer[local]')"
+    )
     from vstreamer.llm.models import smollm2_path
 
     return smollm2_path()

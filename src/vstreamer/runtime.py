@@ -27,6 +27,8 @@ def build_runtime(settings: Settings, backend: LLMBackend | None = None) -> Runt
     """Build the runtime; ``backend`` replaces the configured one (tests, embedding)."""
     backend = backend or create_backend(settings)
     budget = ContextBudget(settings.context_window, settings.max_tokens, settings.reserve_tokens)
-    defaults = SamplingParams(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
+    defaults = SamplingParams(
+        temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens
+    )
     engine = DialogueEngine(backend, budget, defaults=defaults)
     return Runtime(settings, backend, engine, PersonaLibrary(settings.personas_dir))

@@ -18,7 +18,9 @@ async def test_echoes_last_user_message_in_pieces() -> None:
 
 
 async def test_max_tokens_cuts_the_reply() -> None:
-    completion = await FakeBackend().complete([ChatMessage("user", "a b c d e f")], SamplingParams(max_tokens=3))
+    completion = await FakeBackend().complete(
+        [ChatMessage("user", "a b c d e f")], SamplingParams(max_tokens=3)
+    )
     assert completion.finish_reason == "length"
     assert completion.text == "收到："
 

@@ -71,7 +71,9 @@ async def test_cancel_stops_generation_within_a_token(backend: LocalBackend) -> 
 
 async def test_concurrent_requests_are_queued_not_crashed(backend: LocalBackend) -> None:
     prompts = [[ChatMessage("user", f"Count to {n}.")] for n in (3, 4, 5, 6)]
-    results = await asyncio.gather(*(backend.complete(p, SamplingParams(max_tokens=12, seed=n)) for n, p in enumerate(prompts)))
+    results = await asyncio.gather(
+        *(backend.complete(p, SamplingParams(max_tokens=12, seed=n)) for n, p in enumerate(prompts))
+    )
     assert all(r.text for r in results)
 
 

@@ -16,7 +16,9 @@ from vstreamer.llm.openai_compat import OpenAICompatBackend
 
 pytestmark = pytest.mark.integration
 
-LONG_PROMPT = [ChatMessage("user", "Write a very long story about a dragon and a knight, with many chapters.")]
+LONG_PROMPT = [
+    ChatMessage("user", "Write a very long story about a dragon and a knight, with many chapters.")
+]
 
 
 def backend_for(url: str, **kwargs: float) -> OpenAICompatBackend:
@@ -94,7 +96,9 @@ async def test_token_counts_use_server_tokenizer(llama_server: LlamaServer) -> N
 
 
 async def test_unreachable_server_fails_fast_with_clear_error() -> None:
-    backend = backend_for(f"http://127.0.0.1:{free_port()}/v1", connect_timeout=1.0, max_retries=1, retry_backoff=0.05)
+    backend = backend_for(
+        f"http://127.0.0.1:{free_port()}/v1", connect_timeout=1.0, max_retries=1, retry_backoff=0.05
+    )
     started = time.perf_counter()
     with pytest.raises(BackendUnavailable, match="cannot reach"):
         await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
@@ -125,7 +129,9 @@ async def stalling_server(send_first_chunk: bool) -> AsyncIterator[str]:
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         if send_first_chunk:
             event = (
                 b'data: {"id":"x","object":"chat.completion.chunk","created":0,"model":"m",'
@@ -168,7 +174,9 @@ async def test_stalled_stream_times_out_keeping_partial_text() -> None:
 
 
 async def test_http_error_is_mapped(llama_server: LlamaServer) -> None:
-    backend = OpenAICompatBackend(base_url=llama_server.base_url.replace("/v1", "/nope"), model="m", max_retries=0)
+    backend = OpenAICompatBackend(
+        base_url=llama_server.base_url.replace("/v1", "/nope"), model="m", max_retries=0
+    )
     with pytest.raises(BackendResponseError) as info:
         await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
     assert info.value.status_code == 404

@@ -30,7 +30,10 @@ def test_default_is_qwen_7b_with_tools() -> None:
     assert launch.warnings == []
 
 
-@pytest.mark.parametrize(("quant", "model"), [("awq", "Qwen/Qwen2.5-7B-Instruct-AWQ"), ("gptq", "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4")])
+@pytest.mark.parametrize(
+    ("quant", "model"),
+    [("awq", "Qwen/Qwen2.5-7B-Instruct-AWQ"), ("gptq", "Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4")],
+)
 def test_quantised_variants(quant: str, model: str) -> None:
     argv = build_vllm_command(VLLMSettings(quantization=quant)).argv  # type: ignore[arg-type]
     assert argv[2] == model
@@ -49,7 +52,8 @@ def test_long_context_only_with_yarn() -> None:
 
 def test_batching_options_and_api_key_stays_out_of_argv() -> None:
     launch = build_vllm_command(
-        VLLMSettings(max_num_seqs=32, max_num_batched_tokens=8192, tensor_parallel_size=2), api_key="s3cret-key"
+        VLLMSettings(max_num_seqs=32, max_num_batched_tokens=8192, tensor_parallel_size=2),
+        api_key="s3cret-key",
     )
     assert option(launch.argv, "--max-num-seqs") == "32"
     assert option(launch.argv, "--max-num-batched-tokens") == "8192"
@@ -62,10 +66,10 @@ def test_batching_options_and_api_key_stays_out_of_argv() -> None:
 
 async def test_wait_times_out_with_clear_message() -> None:
     with pytest.raises(BackendTimeout, match="not ready after"):
-        await wait_until_ready(f"http://127.0.0.1:{free_port()}/v1", timeout=1.0, interval=0.2)
+        await wait_until_ready(f"http://127.0.0.1:{free_port()}/v1", wait_s=1.0, interval=0.2)
 
 
 @pytest.mark.integration
 async def test_wait_sees_a_ready_server(llama_server: LlamaServer) -> None:
-    ready = await wait_until_ready(llama_server.base_url, timeout=10)
+    ready = await wait_until_ready(llama_server.base_url, wait_s=10)
     assert ready["models"] == ["smollm2"]

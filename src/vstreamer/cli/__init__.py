@@ -69,9 +69,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except VStreamerError as exc:
         logging.getLogger("vstreamer").debug("command failed", exc_info=True)
-        print(f"错误 / error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"错误 / error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -35,29 +35,31 @@ def add_commands(
         sub.set_defaults(handler=lambda a: run(a, load_settings(a)))
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: C901
     library = PersonaLibrary(settings.personas_dir)
     if args.action == "list":
         items = library.list()
         if args.json:
-            print(json.dumps([_summary(p) for p in items], ensure_ascii=False, indent=2))  # noqa: T201
+            print(json.dumps([_summary(p) for p in items], ensure_ascii=False, indent=2))
         for persona in [] if args.json else items:
-            print(f"{persona.id:<20} {persona.name:<16} {_first_line(persona.description)}")  # noqa: T201
+            print(
+                f"{persona.id:<20} {persona.name:<16} {_first_line(persona.render(persona.description, settings.user_name))}"
+            )
     elif args.action == "show":
         persona = library.get(args.name)
         if args.json:
             from vstreamer.persona import export_card_json
 
-            print(json.dumps(export_card_json(persona), ensure_ascii=False, indent=2))  # noqa: T201
+            print(json.dumps(export_card_json(persona), ensure_ascii=False, indent=2))
         else:
-            print(_describe(persona))  # noqa: T201
+            print(_describe(persona))
     elif args.action == "import":
         persona = library.import_file(args.file, replace=args.replace)
-        print(f"imported {persona.id} ({persona.name})")  # noqa: T201
+        print(f"imported {persona.id} ({persona.name})")
     elif args.action == "delete":
         persona = library.get(args.name)
         library.delete(persona.id)
-        print(f"deleted {persona.id}")  # noqa: T201
+        print(f"deleted {persona.id}")
     return 0
 
 
@@ -71,7 +73,9 @@ def _summary(persona: Persona) -> dict[str, Any]:
 
 
 def _describe(persona: Persona) -> str:
-    lines = [f"{persona.name}  (id: {persona.id}, language: {persona.language}, format: {persona.source_format})"]
+    lines = [
+        f"{persona.name}  (id: {persona.id}, language: {persona.language}, format: {persona.source_format})"
+    ]
     for label, value in (
         ("description", persona.description),
         ("personality", persona.personality),

@@ -24,7 +24,9 @@ def add_commands(
     load_settings: Callable[[argparse.Namespace], Settings],
 ) -> None:
     show = commands.add_parser("vllm-command", help="print the vLLM launch command for the configured model")
-    serve = commands.add_parser("vllm-serve", help="run vLLM for the configured model (vLLM must be installed)")
+    serve = commands.add_parser(
+        "vllm-serve", help="run vLLM for the configured model (vLLM must be installed)"
+    )
     serve.add_argument("--wait", action="store_true", help="report when the server is ready to answer")
     serve.add_argument("--timeout", type=float, default=900.0, help="seconds --wait allows (default 900)")
     for sub in (show, serve):
@@ -42,7 +44,9 @@ def add_commands(
 
 def _vllm_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("vLLM")
-    group.add_argument("--vllm-model", help="Hugging Face model id or path (default Qwen/Qwen2.5-7B-Instruct)")
+    group.add_argument(
+        "--vllm-model", help="Hugging Face model id or path (default Qwen/Qwen2.5-7B-Instruct)"
+    )
     group.add_argument("--served-model-name")
     group.add_argument("--host")
     group.add_argument("--port", type=int, help="vLLM port (default 8000; never the web UI's port)")
@@ -77,22 +81,26 @@ def _launch(args: argparse.Namespace, settings: Settings) -> VLLMLaunch:
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
     if vllm_settings.port in (settings.ui_port, settings.gateway_port):
-        raise ConfigError(f"vLLM port {vllm_settings.port} collides with the web UI or gateway port; choose another")
+        raise ConfigError(
+            f"vLLM port {vllm_settings.port} collides with the web UI or gateway port; choose another"
+        )
     return build_vllm_command(vllm_settings)
 
 
 def print_command(launch: VLLMLaunch) -> int:
     for warning in launch.warnings:
-        print(f"# warning: {warning}", file=sys.stderr)  # noqa: T201
-    print(launch.shell())  # noqa: T201
+        print(f"# warning: {warning}", file=sys.stderr)
+    print(launch.shell())
     return 0
 
 
 def serve_vllm(args: argparse.Namespace, launch: VLLMLaunch) -> int:
     if shutil.which(launch.argv[0]) is None:
-        raise BackendNotInstalled("vLLM is not installed here (no `vllm` command); see `vstreamer vllm-command`")
+        raise BackendNotInstalled(
+            "vLLM is not installed here (no `vllm` command); see `vstreamer vllm-command`"
+        )
     for warning in launch.warnings:
-        print(f"# warning: {warning}", file=sys.stderr)  # noqa: T201
+        print(f"# warning: {warning}", file=sys.stderr)
     process = subprocess.Popen(launch.argv, env=os.environ | launch.env)
     try:
         if args.wait:
@@ -105,6 +113,6 @@ def serve_vllm(args: argparse.Namespace, launch: VLLMLaunch) -> int:
 
 
 def _wait(url: str, timeout: float) -> int:
-    ready = asyncio.run(wait_until_ready(url, timeout=timeout))
-    print(f"ready: {ready['url']} serves {ready['models']}")  # noqa: T201
+    ready = asyncio.run(wait_until_ready(url, wait_s=timeout))
+    print(f"ready: {ready['url']} serves {ready['models']}")
     return 0

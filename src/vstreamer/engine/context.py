@@ -80,11 +80,15 @@ class ContextBuilder:
         system: ChatMessage | None = None
         for include_lore, include_examples in ((True, True), (True, False), (False, False)):
             text = prompt.system_message(
-                persona, user, lore=lore if include_lore else (), memory=memory, include_examples=include_examples
+                persona,
+                user,
+                lore=lore if include_lore else (),
+                memory=memory,
+                include_examples=include_examples,
             )
             candidate = ChatMessage("system", text)
             if fixed_cost + await self._count(candidate) <= budget:
-                system, lore = candidate, lore if include_lore else ()
+                system, lore = candidate, lore if include_lore else []
                 break
         if system is None:
             raise ContextBudgetError(
@@ -122,7 +126,9 @@ class ContextBuilder:
         if book is None or not book.entries:
             return []
         depth = max(book.scan_depth, 1)
-        recent = [t.content for t in conversation.turns[-depth:] if t.in_prompt or t is conversation.turns[-1]]
+        recent = [
+            t.content for t in conversation.turns[-depth:] if t.in_prompt or t is conversation.turns[-1]
+        ]
         return list(book.activate(recent, count_tokens=estimate_tokens))
 
     async def _turn_tokens(self, turn: Turn) -> int:

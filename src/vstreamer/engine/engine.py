@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -76,7 +76,7 @@ class DialogueEngine:
         user_text: str,
         *,
         overrides: SamplingOverrides | None = None,
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent, None]:
         """Add the user's message and stream the persona's reply.
 
         Closing the iterator early (client gone, stop button, Ctrl-C) stops the generation upstream and keeps the
@@ -91,7 +91,7 @@ class DialogueEngine:
 
     async def _generate(
         self, conversation: Conversation, context: BuiltContext, params: SamplingParams
-    ) -> AsyncIterator[EngineEvent]:
+    ) -> AsyncGenerator[EngineEvent, None]:
         turn = Turn("assistant", "", status="streaming")
         conversation.turns.append(turn)
         started = time.perf_counter()

@@ -29,7 +29,12 @@ _MAIN_PROMPT = {
 
 _LABELS = {
     "zh": {"description": "角色设定", "personality": "性格", "scenario": "场景", "examples": "对话示例"},
-    "en": {"description": "Character", "personality": "Personality", "scenario": "Scenario", "examples": "Example dialogue"},
+    "en": {
+        "description": "Character",
+        "personality": "Personality",
+        "scenario": "Scenario",
+        "examples": "Example dialogue",
+    },
 }
 
 

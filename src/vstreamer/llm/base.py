@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -106,7 +106,9 @@ class LLMBackend(Protocol):
     name: str
     model: str
 
-    def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> AsyncIterator[Delta]: ...
+    def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncGenerator[Delta, None]: ...
 
     async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion: ...
 

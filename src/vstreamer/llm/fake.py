@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from vstreamer.errors import BackendUnavailable
 from vstreamer.llm.base import (
@@ -56,7 +56,9 @@ class FakeBackend:
         self.pieces_sent = 0
         """Pieces streamed over the backend's life (tests check generation stopped)."""
 
-    async def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncGenerator[Delta, None]:
         self.requests.append(list(messages))
         text = self.responder(messages)
         pieces = _split_pieces(text)[: max(params.max_tokens, 1)]

@@ -9,14 +9,15 @@ stops within one token.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -75,6 +76,16 @@ class LoadedModel:
 
 _models: dict[tuple[str, int], LoadedModel] = {}
 _models_lock = threading.Lock()
+
+
+@atexit.register
+def _close_models() -> None:
+    """Free models before interpreter teardown (llama.cpp's finaliser fails once modules are gone)."""
+    with _models_lock:
+        for model in _models.values():
+            model.executor.shutdown(wait=False, cancel_futures=True)
+            model.llama.close()
+        _models.clear()
 
 
 def load_model(path: Path, n_ctx: int, n_threads: int | None = None) -> LoadedModel:
@@ -137,10 +148,14 @@ class LocalBackend:
         if self._loaded is None:
             async with self._load_lock:
                 if self._loaded is None:
-                    self._loaded = await asyncio.to_thread(load_model, self.model_path, self.n_ctx, self.n_threads)
+                    self._loaded = await asyncio.to_thread(
+                        load_model, self.model_path, self.n_ctx, self.n_threads
+                    )
         return self._loaded
 
-    async def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncGenerator[Delta, None]:
         model = await self.loaded()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -169,7 +184,7 @@ class LocalBackend:
                     raise item
                 if isinstance(item, Exception):
                     raise BackendResponseError(f"local model failed: {type(item).__name__}: {item}") from item
-                yield item  # type: ignore[misc]
+                yield cast(Delta, item)
         finally:
             cancel.set()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import httpx
@@ -66,8 +66,12 @@ class OpenAICompatBackend:
         self.stall_timeout = stall_timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
-        timeout = openai.Timeout(connect=connect_timeout, read=stall_timeout, write=stall_timeout, pool=connect_timeout)
-        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0)
+        timeout = openai.Timeout(
+            connect=connect_timeout, read=stall_timeout, write=stall_timeout, pool=connect_timeout
+        )
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0
+        )
         headers = {"Authorization": f"Bearer {api_key}"}
         self._http = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(stall_timeout, connect=connect_timeout)
@@ -76,7 +80,9 @@ class OpenAICompatBackend:
 
     # --- generation -------------------------------------------------------------------------------------
 
-    async def stream(self, messages: Sequence[ChatMessage], params: SamplingParams) -> AsyncIterator[Delta]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncGenerator[Delta, None]:
         request = self._request_body(messages, params)
         attempt = 0
         while True:
@@ -91,7 +97,9 @@ class OpenAICompatBackend:
                 if produced_text or attempt >= self.max_retries or not _is_retryable(exc):
                     raise
                 attempt += 1
-                logger.warning("upstream failed before the first token (%s); retry %d/%d", exc, attempt, self.max_retries)
+                logger.warning(
+                    "upstream failed before the first token (%s); retry %d/%d", exc, attempt, self.max_retries
+                )
                 await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
             finally:
                 # Closing the HTTP response makes vLLM abort the request (it watches for disconnects).
@@ -111,7 +119,7 @@ class OpenAICompatBackend:
                 logger.warning("upstream request failed (%s); retry %d/%d", error, attempt, self.max_retries)
                 await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
 
-    async def _read_stream(self, upstream: openai.AsyncStream[Any]) -> AsyncIterator[Delta]:
+    async def _read_stream(self, upstream: openai.AsyncStream[Any]) -> AsyncGenerator[Delta, None]:
         iterator = upstream.__aiter__()
         finish_reason: str | None = None
         usage: Usage | None = None
@@ -181,11 +189,15 @@ class OpenAICompatBackend:
             response.raise_for_status()
             served = [m.get("id", "") for m in response.json().get("data", [])]
         except (httpx.HTTPError, ValueError) as exc:
-            return BackendHealth(ok=False, backend=self.name, model=self.model, detail=f"{type(exc).__name__}: {exc}")
+            return BackendHealth(
+                ok=False, backend=self.name, model=self.model, detail=f"{type(exc).__name__}: {exc}"
+            )
         version = await self.tokenizer.server_version()
         if served and self.model not in served:
             detail = f"model {self.model!r} not served; the server offers {served}"
-            return BackendHealth(ok=False, backend=self.name, model=self.model, detail=detail, version=version)
+            return BackendHealth(
+                ok=False, backend=self.name, model=self.model, detail=detail, version=version
+            )
         return BackendHealth(ok=True, backend=self.name, model=self.model, version=version)
 
     async def aclose(self) -> None:
@@ -208,7 +220,9 @@ def _map_error(exc: BaseException, limit: float, *, mid_stream: bool = False) ->
         return BackendResponseError(f"LLM server returned HTTP {exc.status_code}: {message}", exc.status_code)
     if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
         return BackendUnavailable(f"cannot reach the LLM server ({where}): {type(exc).__name__}")
-    return BackendResponseError(f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}")
+    return BackendResponseError(
+        f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}"
+    )
 
 
 def _status_message(exc: openai.APIStatusError) -> str:

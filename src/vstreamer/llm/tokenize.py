@@ -109,7 +109,9 @@ class RemoteTokenizer:
                 two = [ChatMessage("user", "x"), ChatMessage("assistant", "x")]
                 a, b = await self._vllm_tokenize(messages=one), await self._vllm_tokenize(messages=two)
                 text = await self.count_text("x")
-                self._overhead = max(b - a - text, 0) + 1 if a is not None and b is not None else MESSAGE_OVERHEAD
+                self._overhead = (
+                    max(b - a - text, 0) + 1 if a is not None and b is not None else MESSAGE_OVERHEAD
+                )
             else:
                 self._overhead = _TEXT_ONLY_OVERHEAD if kind == "llama_cpp" else MESSAGE_OVERHEAD
         return self._overhead
@@ -136,7 +138,9 @@ class RemoteTokenizer:
         return await self._post_count(f"{self._root}/tokenize", body, "count")
 
     async def _llama_tokenize(self, text: str) -> int | None:
-        return await self._post_count(f"{self._v1.removesuffix('/v1')}/extras/tokenize", {"input": text}, "tokens")
+        return await self._post_count(
+            f"{self._v1.removesuffix('/v1')}/extras/tokenize", {"input": text}, "tokens"
+        )
 
     async def _post_count(self, url: str, body: dict[str, object], field: str) -> int | None:
         try:

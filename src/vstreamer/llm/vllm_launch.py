@@ -48,7 +48,9 @@ def build_vllm_command(settings: VLLMSettings, *, api_key: str | None = None) ->
         if model == _DEFAULT_MODEL:
             model = _QUANTIZED_VARIANTS[settings.quantization]
         elif settings.quantization.upper() not in model.upper():
-            warnings.append(f"--quantization {settings.quantization} expects a {settings.quantization.upper()} checkpoint; {model} may not be one")
+            warnings.append(
+                f"--quantization {settings.quantization} expects a {settings.quantization.upper()} checkpoint; {model} may not be one"
+            )
         if dtype == "auto":
             dtype = "float16"  # AWQ/GPTQ kernels run in fp16
     argv = [
@@ -92,14 +94,16 @@ def build_vllm_command(settings: VLLMSettings, *, api_key: str | None = None) ->
     return VLLMLaunch(argv, warnings, env)
 
 
-async def wait_until_ready(base_url: str, *, timeout: float = 600.0, interval: float = 1.0) -> dict[str, object]:
+async def wait_until_ready(
+    base_url: str, *, wait_s: float = 600.0, interval: float = 1.0
+) -> dict[str, object]:
     """Poll ``/v1/models`` until the server answers; return what it serves.
 
     Raises:
-        BackendTimeout: the server was not ready within ``timeout`` seconds (with the last error seen).
+        BackendTimeout: the server was not ready within ``wait_s`` seconds (with the last error seen).
     """
     v1 = base_url.rstrip("/")
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     last_error = "no answer yet"
     async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
         while time.monotonic() < deadline:
@@ -112,4 +116,4 @@ async def wait_until_ready(base_url: str, *, timeout: float = 600.0, interval: f
             except (httpx.HTTPError, ValueError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             await asyncio.sleep(interval)
-    raise BackendTimeout(f"LLM server at {v1} not ready after {timeout:g}s (last: {last_error})")
+    raise BackendTimeout(f"LLM server at {v1} not ready after {wait_s:g}s (last: {last_error})")

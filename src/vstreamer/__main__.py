@@ -1,0 +1,7 @@
+"""``python -m vstreamer`` runs the command line."""
+
+import sys
+
+from vstreamer.cli import main
+
+sys.exit(main())

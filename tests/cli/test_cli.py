@@ -1,0 +1,115 @@
+"""The ``vstreamer`` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from vstreamer.cli import main
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vstreamer.cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=120,
+        env=os.environ | (env or {}),
+    )
+
+
+@pytest.fixture
+def data_env(tmp_path: Path) -> dict[str, str]:
+    return {"VSTREAMER_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_personas_list_and_show(data_env: dict[str, str]) -> None:
+    listing = run_cli("personas", "list", "--json", env=data_env)
+    assert listing.returncode == 0, listing.stderr
+    ids = [p["id"] for p in json.loads(listing.stdout)]
+    assert "xiaoxing" in ids and "nova" in ids
+    show = run_cli("personas", "show", "xiaoxing", env=data_env)
+    assert show.returncode == 0 and "小星" in show.stdout
+    missing = run_cli("personas", "show", "nobody", env=data_env)
+    assert missing.returncode == 2 and "xiaoxing" in missing.stderr
+
+
+def test_import_real_card_then_delete(data_env: dict[str, str], shared_data: Path, tmp_path: Path) -> None:
+    card = tmp_path / "seraphina.png"
+    shutil.copy(shared_data / "cards" / "seraphina.png", card)
+    imported = run_cli("personas", "import", str(card), env=data_env)
+    assert imported.returncode == 0, imported.stderr
+    assert "Seraphina" in run_cli("personas", "list", env=data_env).stdout
+    again = run_cli("personas", "import", str(card), env=data_env)
+    assert again.returncode == 2  # id collision without --replace
+    assert run_cli("personas", "delete", "seraphina", env=data_env).returncode == 0
+    assert "Seraphina" not in run_cli("personas", "list", env=data_env).stdout
+
+
+def test_import_hostile_file_is_a_clear_error(data_env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\xff" * 64)
+    result = run_cli("personas", "import", str(bad), env=data_env)
+    assert result.returncode == 2
+    assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_vllm_command_and_port_collision(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["vllm-command", "--tensor-parallel-size", "2", "--quantization", "gptq"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vllm serve Qwen/Qwen2.5-7B-Instruct-GPTQ-Int4 ")
+    assert "--tensor-parallel-size 2" in out and "--port 8000" in out
+    assert main(["vllm-command", "--port", "8310"]) == 2
+    assert "collides" in capsys.readouterr().err
+
+
+def test_bad_config_is_reported_without_traceback(data_env: dict[str, str]) -> None:
+    result = run_cli("chat", "--backend", "openai", "--base-url", "ftp://x", env=data_env)
+    assert result.returncode == 2
+    assert "base_url" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("chat", "--context-window", "300", "--max-tokens", "290", env=data_env)
+    assert result.returncode == 2 and "context_window" in result.stderr
+
+
+def test_chat_from_piped_input_with_commands(data_env: dict[str, str]) -> None:
+    script = "hello there\n/persona nova\n/reset\nsecond message\n/exit\n"
+    result = run_cli("chat", "--backend", "fake", stdin=script, env=data_env)
+    assert result.returncode == 0, result.stderr
+    assert "小星: 收到：hello there" in result.stdout
+    assert "Nova: 收到：second message" in result.stdout
+    assert "switched to Nova" in result.stdout
+
+
+def test_ctrl_c_stops_the_reply_not_the_program(data_env: dict[str, str]) -> None:
+    env = (
+        os.environ
+        | data_env
+        | {"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.05", "PYTHONUNBUFFERED": "1"}
+    )
+    child = pexpect.spawn(
+        sys.executable, ["-m", "vstreamer.cli", "chat"], env=env, encoding="utf-8", timeout=30
+    )
+    try:
+        child.expect("观众> ")
+        child.sendline(" ".join(f"word{i}" for i in range(300)))  # ~15 s of streaming at 0.05 s a piece
+        child.expect("收到：word0 word1 word2 ")
+        child.sendintr()
+        child.expect("stopped")
+        child.expect("观众> ")
+        child.sendline("still alive?")
+        child.expect("收到：still alive\\?")
+        child.sendline("/exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0

@@ -1,0 +1,84 @@
+"""The turn pipeline: streaming, interruption, failure, sampling defaults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, SamplingOverrides
+from vstreamer.errors import BackendUnavailable
+from vstreamer.llm import FakeBackend
+from vstreamer.llm.base import SamplingParams
+from vstreamer.persona import Persona, SamplingDefaults
+
+
+def engine_for(backend: FakeBackend) -> DialogueEngine:
+    return DialogueEngine(backend, ContextBudget(2048, 256), defaults=SamplingParams(max_tokens=256))
+
+
+async def test_reply_streams_and_is_stored(persona: Persona) -> None:
+    conversation = Conversation("tester", user_name="Bob")
+    kinds: list[str] = []
+    text = ""
+    async for event in engine_for(FakeBackend()).reply(conversation, persona, "hello there"):
+        kinds.append(event.kind)
+        if event.kind == "delta":
+            text += event.text
+    assert kinds[0] == "started" and kinds[-1] == "finished" and kinds.count("delta") > 2
+    assert text == "收到：hello there"
+    user, reply = conversation.turns
+    assert (user.role, user.content, user.status) == ("user", "hello there", "complete")
+    assert (reply.role, reply.content, reply.status) == ("assistant", text, "complete")
+    assert reply.usage is not None
+
+
+async def test_closing_the_stream_keeps_partial_reply_as_interrupted(persona: Persona) -> None:
+    backend = FakeBackend(delay=0.01)
+    conversation = Conversation("tester")
+    stream = engine_for(backend).reply(conversation, persona, "one two three four five six seven eight")
+    async for event in stream:
+        if event.kind == "delta" and len(conversation.turns[-1].content) > 4:
+            break
+    await stream.aclose()
+    reply = conversation.turns[-1]
+    assert reply.status == "interrupted"
+    assert reply.content and "收到：one two three four five six seven eight".startswith(reply.content)
+    sent = backend.pieces_sent
+    await asyncio.sleep(0.1)
+    assert backend.pieces_sent == sent  # generation stopped
+
+
+async def test_cancelled_task_keeps_partial_reply(persona: Persona) -> None:
+    conversation = Conversation("tester")
+    engine = engine_for(FakeBackend(delay=0.02))
+
+    async def consume() -> None:
+        async for _ in engine.reply(conversation, persona, "a b c d e f g h i j k l m n o p"):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.15)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert conversation.turns[-1].status == "interrupted"
+    assert conversation.turns[-1].content
+
+
+async def test_backend_failure_marks_turn_failed(persona: Persona) -> None:
+    conversation = Conversation("tester")
+    with pytest.raises(BackendUnavailable):
+        async for _ in engine_for(FakeBackend(fail_after=5)).reply(conversation, persona, "x y z w v"):
+            pass
+    reply = conversation.turns[-1]
+    assert reply.status == "failed" and reply.error and reply.content == "收到：x y"
+
+
+def test_sampling_precedence(persona: Persona) -> None:
+    engine = DialogueEngine(FakeBackend(), ContextBudget(2048, 300))
+    assert engine.sampling_for(persona) == SamplingParams(max_tokens=300)
+    styled = persona.model_copy(update={"sampling": SamplingDefaults(temperature=0.3, max_tokens=1000)})
+    params = engine.sampling_for(styled, SamplingOverrides(top_p=0.5))
+    assert (params.temperature, params.top_p, params.max_tokens) == (0.3, 0.5, 300)  # capped by the budget

@@ -1,0 +1,59 @@
+"""Settings: precedence, validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vstreamer.config import Settings
+from vstreamer.errors import ConfigError
+
+
+def test_defaults_follow_the_seed() -> None:
+    settings = Settings.load()
+    assert (settings.temperature, settings.top_p) == (0.7, 0.9)
+    assert settings.backend == "local"
+    assert settings.ui_port != settings.vllm.port == 8000
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "vstreamer.toml"
+    config.write_text('backend = "openai"\nmax_tokens = 111\ntemperature = 0.2\n[vllm]\nport = 8100\n')
+    monkeypatch.setenv("VSTREAMER_MAX_TOKENS", "222")
+    settings = Settings.load(config, temperature=0.5)
+    assert settings.backend == "openai"  # file
+    assert settings.max_tokens == 222  # env beats file
+    assert settings.temperature == 0.5  # flag beats both
+    assert settings.vllm.port == 8100
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"base_url": "localhost:8000"}, "base_url must be an http"),
+        ({"backend": "gpt"}, "backend"),
+        ({"context_window": 512, "max_tokens": 500}, "context_window"),
+        ({"api_key": "changeme"}, "placeholder"),
+        ({"ui_port": 8000}, "collides"),
+        ({"temperature": 3}, "temperature"),
+        ({"model_path": "/nonexistent.gguf"}, "not a file"),
+    ],
+)
+def test_invalid_settings_give_clear_errors(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.load(**overrides)
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("temprature = 0.3\n")
+    with pytest.raises(ConfigError, match="temprature"):
+        Settings.load(config)
+    with pytest.raises(ConfigError, match="not found"):
+        Settings.load(tmp_path / "missing.toml")
+
+
+def test_secret_is_not_shown() -> None:
+    settings = Settings.load(api_key="sk-realsecret123456")
+    assert "sk-realsecret123456" not in repr(settings)
