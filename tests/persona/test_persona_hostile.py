@@ -263,6 +263,28 @@ def test_fuzz_mutated_png_with_fixed_crc(data: st.DataObject) -> None:
     _only_persona_error(CardKit.png(CardKit.chunk(b"tEXt", b"ccv3\0" + bytes(text))), "f.png")
 
 
+def _valid_charx() -> bytes:
+    from tests.persona.conftest import CardKit
+
+    card = CardKit.v3()
+    card["data"]["assets"] = [{"type": "icon", "uri": "embeded://icon.png", "name": "main", "ext": "png"}]
+    return CardKit.charx({"card.json": json.dumps(card).encode(), "icon.png": tiny_png()})
+
+
+VALID_CHARX = _valid_charx()
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_mutated_charx(data: st.DataObject) -> None:
+    archive = bytearray(VALID_CHARX)
+    for _ in range(data.draw(st.integers(1, 8))):
+        archive[data.draw(st.integers(0, len(archive) - 1))] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        archive = archive[: data.draw(st.integers(0, len(archive)))]
+    _only_persona_error(bytes(archive), "m.charx")
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from typing import Any
 
 from vstreamer.errors import PersonaError
@@ -18,6 +19,18 @@ from vstreamer.persona.png import SIGNATURE
 
 CARD_MEMBER = "card.json"
 _EMBEDDED = "embeded://"  # sic: the spec's spelling
+# what zipfile and its decompressors raise on corrupt archives
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    ValueError,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    UnicodeDecodeError,
+)
 
 
 def _check_name(name: str, where: str) -> None:
@@ -59,7 +72,7 @@ def read_charx(data: bytes, where: str) -> tuple[Any, bytes | None]:
     """(parsed card.json, main icon PNG bytes or None) from a CHARX archive."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise PersonaError(f"{where}: not a valid CHARX (zip) file: {exc}") from exc
     with archive:
         try:
