@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ def test_only_the_last_scan_depth_messages_are_scanned() -> None:
     assert b.activate(["dragon", "hello", "there"]) == []
     assert names(b.activate(["hello", "dragon", "there"])) == ["about dragon"]
     assert book(entry(["dragon"]), scan_depth=0).activate(["dragon"]) == []
+    assert names(b.activate(deque(["dragon", "x"]))) == ["about dragon"]
 
 
 def test_keys_do_not_span_messages() -> None:

@@ -158,7 +158,7 @@ class Lorebook(BaseModel):
         ``priority`` goes first (ties: highest ``insertion_order``), constants last.
         """
         compiled = [c for c in self._matchers() if not c.never]
-        window = list(recent[-self.scan_depth :]) if self.scan_depth else []
+        window = list(recent)[-self.scan_depth :] if self.scan_depth else []  # deques too
         base = "\n".join(window)
         active = {c.index: c for c in compiled if c.always}
         found = self._scan(compiled, active, ScanText.of(base)) if window else []
