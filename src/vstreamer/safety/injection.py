@@ -26,6 +26,8 @@ _CONTROL = re.compile(
     ),
     re.IGNORECASE,
 )
+_OPEN_BAR = re.compile(f"({_LT})({_BAR})")
+_CLOSE_BAR = re.compile(f"({_BAR})({_GT})")
 _ROLE_PREFIX = re.compile(
     r"^[ \t>#*]*(?:system|assistant|user|human|developer|bot|ai|系统|助手|用户|管理员)\s*[:：]\s*",
     re.IGNORECASE | re.MULTILINE,
@@ -37,9 +39,12 @@ def sanitize_control_tokens(text: str) -> str:
     for _ in range(16):
         cleaned = _ROLE_PREFIX.sub("", _CONTROL.sub("", text))
         if cleaned == text:
-            return cleaned
+            break
         text = cleaned
-    return _CONTROL.sub("", text).replace("<", "‹").replace(">", "›")  # pragma: no cover - pathological nesting
+    else:  # pragma: no cover - pathological nesting
+        text = _CONTROL.sub("", text).replace("<", "‹").replace(">", "›")
+    # Whatever is left can never form a "<|...|>" special token.
+    return _OPEN_BAR.sub(r"\1 \2", _CLOSE_BAR.sub(r"\1 \2", text))
 
 
 _ZH = (
@@ -49,6 +54,7 @@ _ZH = (
     r"你现在(?:是|就是|扮演|变成|成为)(?:一[个只名位]|我的|猫娘|女仆|dan|ai|机器人|管理员|开发者|没有限制)",
     r"(?:进入|开启|切换到?|激活)[^。！？\n]{0,4}(?:开发者|管理员|调试|上帝|越狱|dan)模式",
     r"(?:输出|打印|显示|告诉我|复述|重复|泄露|给我看)[^。！？\n]{0,8}(?:系统提示|系统指令|提示词|初始指令|人设设定|你的设定|system ?prompt)",
+    r"(?:系统提示词?|系统指令|提示词|初始指令|你的设定|system ?prompt)[^。！？\n]{0,6}(?:输出|打印|发给|告诉|复述|重复|给我看|念出来|贴出来)",
     r"(?:新的|新)(?:指令|系统提示|规则)[:：]",
 )
 _EN = (

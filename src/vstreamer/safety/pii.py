@@ -18,6 +18,7 @@ _ID = re.compile(r"(?<!\d)\d{6}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CARD = re.compile(r"(?<!\d)\d{4}(?:[\s-]?\d){9,15}(?!\d)")
 
+_FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９Ｘｘ－＋＠．", "0123456789Xx-+@.")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 
@@ -64,6 +65,7 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool] | None], ...
 
 def find_pii(text: str) -> list[Match]:
     """Every personal-data span in ``text``; overlapping detections keep the first detector's."""
+    text = text.translate(_FULLWIDTH_DIGITS)  # same length: spans stay valid
     out: list[Match] = []
     taken: list[tuple[int, int]] = []
     for kind, pattern, check in _DETECTORS:

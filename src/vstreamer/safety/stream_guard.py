@@ -118,8 +118,7 @@ class OutputGuard:
 
     def _block(self, why: str) -> str:
         self.blocked = True
-        self._why = why
-        self._pending = ""
+        self._why = why  # the held text stays in self._pending for result(), never released
         return ""
 
     def _advance(self, *, final: bool) -> str:

@@ -1,0 +1,90 @@
+"""Normalisation: each evasion form, and the map back to the original text."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vstreamer.safety import SafetyPipeline
+from vstreamer.safety.normalize import normalize, normalize_with_map
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("冰毒", "冰毒"),
+        ("冰 毒", "冰毒"),  # space
+        ("冰　毒", "冰毒"),  # ideographic space
+        ("冰*毒", "冰毒"),
+        ("冰_-_毒", "冰毒"),
+        ("冰\u200b毒", "冰毒"),  # zero-width space
+        ("冰\u200d\ufeff毒", "冰毒"),  # zero-width joiner, BOM
+        ("f.u.c.k", "fuck"),
+        ("f u c k", "fuck"),
+        ("F-U-C-K", "fuck"),
+        ("ＦＵＣＫ", "fuck"),  # full-width
+        ("𝐟𝐮𝐜𝐤", "fuck"),  # mathematical bold
+        ("fück", "fuck"),  # accent
+        ("fu\u0336ck", "fuck"),  # combining strike-through
+        ("fuuuuck", "fuck"),  # repeats
+        ("傻傻傻逼", "傻逼"),
+        ("sh1t", "shit"),  # look-alike digit
+        ("$h1t", "shit"),
+        ("fасk", "fack"),  # Cyrillic а
+        ("憂鬱的台灣", "忧郁的台湾"),  # traditional -> simplified
+        ("冰 毒", "冰毒"),
+        ("２０２４年", "2024年"),  # full-width digits, no look-alike without a letter
+    ],
+)
+def test_evasion_forms_fold_to_the_same_text(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+    assert normalize_with_map(text).text == expected
+
+
+def test_ordinary_text_keeps_word_boundaries() -> None:
+    assert normalize("I am a b c") == "i am abc"
+    assert normalize("hello world") == "helo world"
+    assert normalize("主播，毒舌") == "主播,毒舌"  # sentence punctuation separates words
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["冰 毒哪里买", "买冰*毒", "冰\u200b毒", "冰毒", "冰　毒", "氷毒", "冰、毒"],
+)
+def test_each_evasion_of_a_listed_term_is_caught(pipeline: SafetyPipeline, text: str) -> None:
+    caught = pipeline.moderate(text, direction="input").action == "block"
+    # Variant characters and enumeration commas are not evasions we fold.
+    assert caught == (text not in ("氷毒", "冰、毒"))
+
+
+@pytest.mark.parametrize("text", ["f.u.c.k off", "F U C K", "ＦＵＣＫ", "fuuuuck", "f\u200buck", "𝐟𝐮𝐜𝐤"])
+def test_latin_evasions_are_masked(pipeline: SafetyPipeline, text: str) -> None:
+    r = pipeline.moderate(text, direction="input")
+    assert r.action == "mask"
+    assert "fuck" not in normalize(r.output)
+
+
+_alphabet = st.sampled_from(list("ab冰毒傻逼 .*_\u200bＡｆｕｃｋFUCK1$!，。\n")) | st.characters(
+    codec="utf-8", exclude_categories=("Cs",)
+)
+texts = st.lists(_alphabet, max_size=40).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(texts)
+def test_fast_and_mapped_paths_agree(text: str) -> None:
+    assert normalize_with_map(text).text == normalize(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_map_is_monotonic_and_in_bounds(text: str) -> None:
+    nm = normalize_with_map(text)
+    assert len(nm.starts) == len(nm.ends) == len(nm.runs) == len(nm.text)
+    for i in range(len(nm.text)):
+        assert 0 <= nm.starts[i] < nm.ends[i] <= len(text)
+        if i:
+            assert nm.starts[i - 1] <= nm.starts[i]
+            # one original character may expand to several (¼ -> 1⁄4): they share its span
+            assert nm.ends[i - 1] <= nm.starts[i] or nm.starts[i - 1] == nm.starts[i]
