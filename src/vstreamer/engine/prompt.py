@@ -72,12 +72,12 @@ def system_message(
     """The pinned system message: main prompt, character definition, active lore, memory, examples."""
     labels = _LABELS[_lang(persona)]
     parts = [main_prompt(persona, user)]
-    parts += [persona.render(e.content, user) for e in lore if e.position == "before_char"]
+    parts += [persona.render(e.prompt_text, user) for e in lore if e.position == "before_char"]
     for key in ("description", "personality", "scenario"):
         value = getattr(persona, key).strip()
         if value:
             parts.append(f"【{labels[key]}】\n{persona.render(value, user)}")
-    parts += [persona.render(e.content, user) for e in lore if e.position == "after_char"]
+    parts += [persona.render(e.prompt_text, user) for e in lore if e.position == "after_char"]
     parts += [block for block in memory if block.strip()]
     if include_examples and persona.example_dialogue.strip():
         parts.append(f"【{labels['examples']}】\n{persona.render(persona.example_dialogue.strip(), user)}")

@@ -100,7 +100,7 @@ def load_model(path: Path, n_ctx: int, n_threads: int | None = None) -> LoadedMo
             raise BackendNotInstalled(
                 "the local backend needs llama-cpp-python: pip install 'vstreamer[local]'"
             ) from None
-        threads = n_threads or max(os.cpu_count() or 1, 1)
+        threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
         logger.info("loading %s (n_ctx=%d, threads=%d)", path.name, n_ctx, threads)
         try:
             llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
