@@ -31,6 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vstreamer.errors import ConfigError
+from vstreamer.safety.normalize import normalize
 
 Action = Literal["block", "mask", "flag"]
 DEFAULT_DIR = Path(__file__).with_name("lexicon")
@@ -47,6 +48,7 @@ class CategoryConfig(BaseModel):
     allow: list[str] = []
     files: list[str] | None = None
     ignore: list[str] = []
+    """Listed terms to drop (compared after normalisation, so variants go too)."""
     label: str = ""
 
 
@@ -70,7 +72,10 @@ class LexiconConfig(BaseModel):
     file_map: dict[str, str] = {}
     """Profile only: file stem -> category name, for folders without their own config."""
     min_length: int = 2
-    """Terms shorter than this (in normalised characters) are dropped."""
+    """Terms of this folder shorter than this (in normalised characters) are dropped."""
+    min_ascii_length: int = 1
+    """Terms of this folder made only of Latin letters and shorter than this are dropped
+    (third-party lists hold English stop words such as "is", "this")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +169,7 @@ def _load_folder(folder: Path, lex: Lexicon) -> None:
         if old is None or c.severity >= old.severity:
             lex.categories[name] = Category(name, c.action, c.severity, c.label or name)
         lex.allows.extend(Allow(p, name) for p in c.allow)
-        lex.ignored.update(c.ignore)
+        lex.ignored.update(normalize(x) for x in c.ignore)
     lex.allows.extend(Allow(p, None) for p in cfg.allow)
     for i, p in enumerate(cfg.patterns):
         lex.patterns.append((p.category, p.pattern, p.name or f"{folder.name}/pattern[{i}]"))
@@ -178,8 +183,17 @@ def _load_folder(folder: Path, lex: Lexicon) -> None:
         rel = f"{folder.name}/{path.relative_to(folder).as_posix()}"
         for n, line in enumerate(lines, 1):
             term = parse_term(line, category, f"{rel}:{n}")
-            if term is not None and term.text not in lex.ignored:
+            if term is not None and normalize(term.text) not in lex.ignored and _long_enough(term, cfg):
                 lex.terms.append(term)
+
+
+def _long_enough(term: Term, cfg: LexiconConfig) -> bool:
+    if len(term.parts) > 1:
+        return True
+    text = term.parts[0]
+    if text.isascii() and text.isalpha() and len(text) < cfg.min_ascii_length:
+        return False
+    return len(normalize(text)) >= cfg.min_length
 
 
 def load_lexicon(folders: Sequence[Path], *, include_default: bool = True) -> Lexicon:
@@ -187,8 +201,6 @@ def load_lexicon(folders: Sequence[Path], *, include_default: bool = True) -> Le
     lex = Lexicon()
     for folder in ([DEFAULT_DIR] if include_default else []) + [Path(f) for f in folders]:
         _load_folder(folder, lex)
-    if lex.ignored:
-        lex.terms = [t for t in lex.terms if t.text not in lex.ignored]
     return lex
 
 
