@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     persona: str = "xiaoxing"
     user_name: str = "观众"
     data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    """``sqlite:///path.db`` or ``postgresql://user:pass@host/db``; default: SQLite file in data_dir."""
     ui_port: int = Field(DEFAULT_UI_PORT, ge=1, le=65535)
     gateway_port: int = Field(DEFAULT_GATEWAY_PORT, ge=1, le=65535)
 

@@ -8,6 +8,7 @@ from vstreamer.config import Settings
 from vstreamer.engine import ContextBudget, DialogueEngine
 from vstreamer.llm import LLMBackend, SamplingParams, create_backend
 from vstreamer.persona import PersonaLibrary
+from vstreamer.store import Store, open_store
 
 
 @dataclass
@@ -18,17 +19,28 @@ class Runtime:
     backend: LLMBackend
     engine: DialogueEngine
     personas: PersonaLibrary
+    store: Store | None = None
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+        if self.store is not None:
+            await self.store.close()
 
 
-def build_runtime(settings: Settings, backend: LLMBackend | None = None) -> Runtime:
+def build_runtime(
+    settings: Settings, backend: LLMBackend | None = None, store: Store | None = None
+) -> Runtime:
     """Build the runtime; ``backend`` replaces the configured one (tests, embedding)."""
     backend = backend or create_backend(settings)
     budget = ContextBudget(settings.context_window, settings.max_tokens, settings.reserve_tokens)
     defaults = SamplingParams(
         temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens
     )
-    engine = DialogueEngine(backend, budget, defaults=defaults)
-    return Runtime(settings, backend, engine, PersonaLibrary(settings.personas_dir))
+    engine = DialogueEngine(backend, budget, defaults=defaults, store=store)
+    return Runtime(settings, backend, engine, PersonaLibrary(settings.personas_dir), store)
+
+
+async def open_runtime(settings: Settings, backend: LLMBackend | None = None) -> Runtime:
+    """Build the runtime with its persistent store opened (and migrated)."""
+    store = await open_store(settings.database_url, settings.data_dir)
+    return build_runtime(settings, backend, store)

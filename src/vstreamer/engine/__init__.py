@@ -2,7 +2,7 @@
 
 from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
 from vstreamer.engine.conversation import Conversation, Turn, TurnStatus
-from vstreamer.engine.engine import DialogueEngine, SamplingOverrides
+from vstreamer.engine.engine import DialogueEngine, SamplingOverrides, TurnStore
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "ReplyStarted",
     "SamplingOverrides",
     "Turn",
+    "TurnStore",
     "TurnStatus",
 ]

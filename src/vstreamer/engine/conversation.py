@@ -32,8 +32,12 @@ class Turn:
     """Tokens the generation used (assistant turns)."""
     error: str | None = None
     """Why the turn failed, for operators."""
+    first_token_ms: int | None = None
+    """Milliseconds from the request to the first streamed text (assistant turns)."""
+    duration_ms: int | None = None
+    """Milliseconds the whole reply took (assistant turns)."""
     prompt_tokens: int | None = None
-    """Cached share of the prompt this turn takes (filled by the context builder)."""
+    """Cached share of the prompt this turn takes (filled by the context builder; not stored)."""
 
     @property
     def in_prompt(self) -> bool:

@@ -6,12 +6,13 @@ the gateway, the web UI and the live-chat loop behave the same.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
 from vstreamer.engine.conversation import Conversation, Turn
@@ -35,6 +36,12 @@ class SamplingOverrides:
     seed: int | None = None
 
 
+class TurnStore(Protocol):
+    """Where turns are committed (the ``store`` package implements it)."""
+
+    async def save_turn(self, conversation: Conversation, turn: Turn) -> None: ...
+
+
 class DialogueEngine:
     """Answers conversations with a backend, keeping each persona in character and within budget."""
 
@@ -44,8 +51,10 @@ class DialogueEngine:
         budget: ContextBudget,
         *,
         defaults: SamplingParams | None = None,
+        store: TurnStore | None = None,
     ) -> None:
         self.backend = backend
+        self.store = store
         self.budget = budget
         self.defaults = defaults or SamplingParams(max_tokens=budget.max_tokens)
         self.context = ContextBuilder(backend, budget)
@@ -82,7 +91,9 @@ class DialogueEngine:
         Closing the iterator early (client gone, stop button, Ctrl-C) stops the generation upstream and keeps the
         partial reply as an ``interrupted`` turn. A backend failure keeps it as ``failed`` and re-raises.
         """
-        conversation.turns.append(Turn("user", user_text))
+        user_turn = Turn("user", user_text)
+        conversation.turns.append(user_turn)
+        await self._save(conversation, user_turn)  # committed before generation starts
         context = await self.build_context(conversation, persona)
         params = self.sampling_for(persona, overrides)
         async with aclosing(self._generate(conversation, context, params)) as events:
@@ -103,6 +114,8 @@ class DialogueEngine:
                     if isinstance(delta, StreamEnd):
                         turn.usage = delta.usage
                         continue
+                    if not parts:
+                        turn.first_token_ms = round((time.perf_counter() - started) * 1000)
                     parts.append(delta.text)
                     turn.content = "".join(parts)
                     yield ReplyDelta(delta.text)
@@ -114,5 +127,12 @@ class DialogueEngine:
             raise
         finally:
             turn.content = "".join(parts)
+            turn.duration_ms = round((time.perf_counter() - started) * 1000)
             if turn.status == "streaming":
                 turn.status = "interrupted"
+            # Shielded: a reply cancelled by its client is still committed with its partial text.
+            await asyncio.shield(self._save(conversation, turn))
+
+    async def _save(self, conversation: Conversation, turn: Turn) -> None:
+        if self.store is not None:
+            await self.store.save_turn(conversation, turn)

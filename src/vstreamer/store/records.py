@@ -1,0 +1,32 @@
+"""Plain records the store returns (the ORM rows never leave the store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A stored conversation's header."""
+
+    id: str
+    persona_id: str
+    owner: str
+    platform: str
+    viewer_id: str | None
+    user_name: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """An API key's public facts (never the key itself)."""
+
+    id: str
+    name: str
+    prefix: str
+    created_at: datetime
+    revoked: bool

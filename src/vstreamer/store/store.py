@@ -1,0 +1,275 @@
+"""The store: sessions and their messages, imported personas, API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from vstreamer.engine.conversation import Conversation, Turn, new_id
+from vstreamer.errors import StoreError
+from vstreamer.llm.base import Usage
+from vstreamer.store.database import create_engine, default_url, migrate
+from vstreamer.store.records import ApiKeyRecord, SessionRecord
+from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow
+
+KEY_PREFIX = "vs-"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _session_record(row: SessionRow) -> SessionRecord:
+    return SessionRecord(
+        row.id, row.persona_id, row.owner, row.platform, row.viewer_id, row.user_name, row.title,
+        _aware(row.created_at), _aware(row.updated_at),
+    )  # fmt: skip
+
+
+def _turn(row: MessageRow) -> Turn:
+    usage = (
+        Usage(row.prompt_tokens or 0, row.completion_tokens or 0)
+        if row.completion_tokens is not None
+        else None
+    )
+    return Turn(
+        role=row.role,
+        content=row.content,
+        status=row.status,
+        id=row.id,
+        created_at=_aware(row.created_at).timestamp(),
+        usage=usage,
+        error=row.error,
+        first_token_ms=row.first_token_ms,
+        duration_ms=row.duration_ms,
+    )
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class Store:
+    """Async persistence over SQLAlchemy. Every method is one short transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions.begin() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> None:
+        async with self._tx() as session:
+            await session.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # --- sessions -------------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        persona_id: str,
+        *,
+        owner: str,
+        platform: str = "web",
+        viewer_id: str | None = None,
+        user_name: str = "",
+        title: str = "",
+        session_id: str | None = None,
+    ) -> SessionRecord:
+        now = _now()
+        row = SessionRow(
+            id=session_id or new_id(), persona_id=persona_id, owner=owner, platform=platform,
+            viewer_id=viewer_id, user_name=user_name, title=title[:200], summary="", created_at=now, updated_at=now,
+        )  # fmt: skip
+        async with self._tx() as session:
+            session.add(row)
+        return _session_record(row)
+
+    async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionRecord | None:
+        async with self._tx() as session:
+            row = await session.get(SessionRow, session_id)
+        if row is None or (owner is not None and row.owner != owner):
+            return None
+        return _session_record(row)
+
+    async def list_sessions(self, *, owner: str, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
+        query = (
+            select(SessionRow)
+            .where(SessionRow.owner == owner)
+            .order_by(SessionRow.updated_at.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._tx() as session:
+            rows = (await session.scalars(query)).all()
+        return [_session_record(r) for r in rows]
+
+    async def rename_session(self, session_id: str, title: str) -> None:
+        async with self._tx() as session:
+            await session.execute(
+                update(SessionRow).where(SessionRow.id == session_id).values(title=title[:200])
+            )
+
+    async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
+        query = delete(SessionRow).where(SessionRow.id == session_id)
+        if owner is not None:
+            query = query.where(SessionRow.owner == owner)
+        async with self._tx() as session:
+            await session.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
+            result = await session.execute(query)
+        return bool(getattr(result, "rowcount", 0))
+
+    # --- messages -------------------------------------------------------------------------------------
+
+    async def load_conversation(self, session_id: str, *, recent: int = 200) -> Conversation:
+        """The session as an engine conversation, with its ``recent`` newest turns (older ones live in the summary)."""
+        async with self._tx() as session:
+            header = await session.get(SessionRow, session_id)
+            if header is None:
+                raise StoreError(f"no session {session_id}")
+            query = (
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id)
+                .order_by(MessageRow.pk.desc())
+                .limit(recent)
+            )
+            rows = list((await session.scalars(query)).all())
+        rows.reverse()
+        return Conversation(
+            header.persona_id, user_name=header.user_name or "观众", id=header.id,
+            turns=[_turn(r) for r in rows], summary=header.summary,
+        )  # fmt: skip
+
+    async def list_messages(self, session_id: str, *, limit: int = 1000, offset: int = 0) -> list[Turn]:
+        query = (
+            select(MessageRow)
+            .where(MessageRow.session_id == session_id)
+            .order_by(MessageRow.pk)
+            .limit(limit)
+            .offset(offset)
+        )
+        async with self._tx() as session:
+            return [_turn(r) for r in (await session.scalars(query)).all()]
+
+    async def count_messages(self, session_id: str) -> int:
+        query = select(func.count()).select_from(MessageRow).where(MessageRow.session_id == session_id)
+        async with self._tx() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    async def save_turn(self, conversation: Conversation, turn: Turn) -> None:
+        """Insert the turn, or update it if it was saved before (a reply saved again when it ends)."""
+        values = {
+            "role": turn.role,
+            "content": turn.content,
+            "status": turn.status,
+            "prompt_tokens": turn.usage.prompt_tokens if turn.usage else None,
+            "completion_tokens": turn.usage.completion_tokens if turn.usage else None,
+            "first_token_ms": turn.first_token_ms,
+            "duration_ms": turn.duration_ms,
+            "error": turn.error,
+        }
+        now = _now()
+        async with self._tx() as session:
+            result = await session.execute(
+                update(MessageRow).where(MessageRow.id == turn.id).values(**values)
+            )
+            if not getattr(result, "rowcount", 0):
+                created = datetime.fromtimestamp(turn.created_at, UTC)
+                session.add(MessageRow(id=turn.id, session_id=conversation.id, created_at=created, **values))
+            await session.execute(
+                update(SessionRow).where(SessionRow.id == conversation.id).values(updated_at=now)
+            )
+
+    async def save_summary(self, session_id: str, summary: str) -> None:
+        async with self._tx() as session:
+            await session.execute(
+                update(SessionRow).where(SessionRow.id == session_id).values(summary=summary)
+            )
+
+    # --- personas imported through the API -----------------------------------------------------------
+
+    async def save_persona(
+        self, persona_id: str, name: str, data: str, *, owner: str, avatar_png: bytes | None
+    ) -> None:
+        async with self._tx() as session:
+            await session.merge(
+                PersonaRow(
+                    id=persona_id, name=name, owner=owner, data=data, avatar_png=avatar_png, created_at=_now()
+                )
+            )
+
+    async def persona_rows(self) -> list[tuple[str, bytes | None]]:
+        """Every stored persona's JSON and avatar."""
+        async with self._tx() as session:
+            rows = (await session.scalars(select(PersonaRow).order_by(PersonaRow.id))).all()
+        return [(r.data, r.avatar_png) for r in rows]
+
+    async def delete_persona(self, persona_id: str) -> bool:
+        async with self._tx() as session:
+            result = await session.execute(delete(PersonaRow).where(PersonaRow.id == persona_id))
+        return bool(getattr(result, "rowcount", 0))
+
+    # --- API keys ------------------------------------------------------------------------------------
+
+    async def create_api_key(self, name: str) -> tuple[ApiKeyRecord, str]:
+        """Make a key; the plaintext is returned once and never stored."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKeyRow(
+            id=new_id()[:16], name=name[:100], key_hash=hash_key(key), prefix=key[:10], created_at=_now()
+        )
+        async with self._tx() as session:
+            session.add(row)
+        return ApiKeyRecord(row.id, row.name, row.prefix, row.created_at, False), key
+
+    async def verify_api_key(self, key: str) -> ApiKeyRecord | None:
+        digest = hash_key(key)
+        async with self._tx() as session:
+            row = (await session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))).first()
+        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        return ApiKeyRecord(row.id, row.name, row.prefix, _aware(row.created_at), False)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        async with self._tx() as session:
+            rows = (await session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all()
+        return [
+            ApiKeyRecord(r.id, r.name, r.prefix, _aware(r.created_at), r.revoked_at is not None) for r in rows
+        ]
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        async with self._tx() as session:
+            result = await session.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+                .values(revoked_at=_now())
+            )
+        return bool(getattr(result, "rowcount", 0))
+
+
+async def open_store(url: str | None, data_dir: Path) -> Store:
+    """Open (creating and migrating as needed) the database at ``url``, or the SQLite file in ``data_dir``."""
+    engine = create_engine(url or default_url(data_dir))
+    await migrate(engine)
+    return Store(engine)
