@@ -1,0 +1,127 @@
+"""The store against real databases: a SQLite file and a PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, Turn
+from vstreamer.errors import BackendUnavailable, ConfigError, StoreError
+from vstreamer.llm import FakeBackend
+from vstreamer.persona import PersonaLibrary
+from vstreamer.store import Store, open_store
+
+
+async def test_sessions_are_per_owner(store: Store) -> None:
+    alice = await store.create_session("xiaoxing", owner="alice", title="hi")
+    await store.create_session("nova", owner="bob")
+    assert [s.id for s in await store.list_sessions(owner="alice")] == [alice.id]
+    assert await store.get_session(alice.id, owner="bob") is None
+    assert (await store.get_session(alice.id, owner="alice")) == alice
+    assert not await store.delete_session(alice.id, owner="bob")
+    assert await store.delete_session(alice.id, owner="alice")
+    assert await store.get_session(alice.id) is None
+
+
+async def test_turns_round_trip_with_status_and_order(store: Store) -> None:
+    record = await store.create_session("xiaoxing", owner="alice", user_name="小明")
+    conversation = await store.load_conversation(record.id)
+    turns = [Turn("user", "你好"), Turn("assistant", "嗨～", status="interrupted"), Turn("user", "again")]
+    for turn in turns:
+        await store.save_turn(conversation, turn)
+    turns[1].content, turns[1].status = "嗨～欢迎", "complete"
+    await store.save_turn(conversation, turns[1])  # an update, not a second row
+    loaded = await store.load_conversation(record.id)
+    assert loaded.user_name == "小明"
+    assert [(t.id, t.content, t.status) for t in loaded.turns] == [
+        (turns[0].id, "你好", "complete"),
+        (turns[1].id, "嗨～欢迎", "complete"),
+        (turns[2].id, "again", "complete"),
+    ]
+    assert [t.content for t in (await store.load_conversation(record.id, recent=2)).turns] == [
+        "嗨～欢迎",
+        "again",
+    ]
+    assert await store.count_messages(record.id) == 3
+
+
+async def test_engine_commits_user_turn_before_generation(store: Store) -> None:
+    persona = PersonaLibrary(None).get("xiaoxing")
+    engine = DialogueEngine(FakeBackend(delay=0.01), ContextBudget(4096, 256), store=store)
+    record = await store.create_session(persona.id, owner="alice")
+    conversation = await store.load_conversation(record.id)
+    stream = engine.reply(conversation, persona, "one two three four five six")
+    await anext(stream)  # started: the prompt is built, nothing generated yet
+    stored = await store.list_messages(record.id)
+    assert [(t.role, t.content) for t in stored] == [("user", "one two three four five six")]
+    async for _ in stream:
+        pass
+    reply = (await store.list_messages(record.id))[-1]
+    assert (reply.role, reply.status, reply.content) == (
+        "assistant",
+        "complete",
+        "收到：one two three four five six",
+    )
+    assert reply.duration_ms is not None and reply.first_token_ms is not None and reply.usage is not None
+
+
+async def test_cancelled_and_failed_replies_are_stored_with_partial_text(store: Store) -> None:
+    persona = PersonaLibrary(None).get("nova")
+    record = await store.create_session(persona.id, owner="alice")
+    conversation = await store.load_conversation(record.id)
+    slow = DialogueEngine(FakeBackend(delay=0.02), ContextBudget(4096, 256), store=store)
+
+    async def consume() -> None:
+        async for _ in slow.reply(conversation, persona, "a b c d e f g h i j k l m n o p q r"):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    failing = DialogueEngine(FakeBackend(fail_after=5), ContextBudget(4096, 256), store=store)
+    with pytest.raises(BackendUnavailable):
+        async for _ in failing.reply(conversation, persona, "x y z w"):
+            pass
+    stored = await store.list_messages(record.id)
+    assert [t.status for t in stored] == ["complete", "interrupted", "complete", "failed"]
+    assert stored[1].content and "收到：a b c d e f g h i j k l m n o p q r".startswith(stored[1].content)
+    assert stored[3].content == "收到：x y" and stored[3].error
+
+
+async def test_api_keys_hashed_and_revocable(store: Store) -> None:
+    record, key = await store.create_api_key("ci")
+    assert key.startswith("vs-") and len(key) > 40
+    assert (await store.verify_api_key(key)) == record
+    assert await store.verify_api_key(key + "x") is None
+    assert all(key not in (k.prefix + k.name) for k in await store.list_api_keys())
+    assert await store.revoke_api_key(record.id)
+    assert await store.verify_api_key(key) is None
+
+
+async def test_reopening_keeps_data_and_migrations_are_idempotent(tmp_path: Path) -> None:
+    first = await open_store(None, tmp_path)
+    record = await first.create_session("xiaoxing", owner="a")
+    await first.close()
+    second = await open_store(f"sqlite:///{tmp_path / 'vstreamer.db'}", tmp_path)
+    assert await second.get_session(record.id) is not None
+    await second.close()
+
+
+async def test_bad_urls_and_unreachable_databases_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unsupported database"):
+        await open_store("mysql://x/y", tmp_path)
+    with pytest.raises(StoreError, match="cannot open"):
+        await open_store("postgresql://nobody@127.0.0.1:1/none", tmp_path)
+
+
+async def test_conversation_id_must_exist(store: Store) -> None:
+    with pytest.raises(StoreError):
+        await store.load_conversation("missing")
+    conversation = Conversation("xiaoxing", id="missing")
+    with pytest.raises(StoreError):
+        await store.save_turn(conversation, Turn("user", "orphan"))
