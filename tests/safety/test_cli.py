@@ -31,7 +31,9 @@ def test_run_moderate_writes_one_json_object_per_line() -> None:
 
 def test_extra_lexicon_folder(custom_lexicon: Path) -> None:
     stdout = io.StringIO()
-    code = run_moderate(["--lexicon", str(custom_lexicon), "--no-default-lexicon"], io.StringIO("你这个笨蛋\n傻逼\n"), stdout)
+    code = run_moderate(
+        ["--lexicon", str(custom_lexicon), "--no-default-lexicon"], io.StringIO("你这个笨蛋\n傻逼\n"), stdout
+    )
     assert code == 0
     first, second = (json.loads(x) for x in stdout.getvalue().splitlines())
     assert first["action"] == "mask" and first["categories"] == ["rude"]

@@ -23,7 +23,9 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(self.delay)
         if self.path.endswith("/moderations"):
             flagged = "kill" in body["input"]
-            payload = {"results": [{"flagged": flagged, "categories": {"violence": flagged, "sexual": False}}]}
+            payload = {
+                "results": [{"flagged": flagged, "categories": {"violence": flagged, "sexual": False}}]
+            }
         elif self.path.endswith("/chat/completions"):
             text = body["messages"][0]["content"]
             answer = "UNSAFE: harassment" if "loser" in text else "SAFE"

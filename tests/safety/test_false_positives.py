@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,9 @@ def test_konsheng_lexicon_false_positive_rate(konsheng: Path, capsys: pytest.Cap
     for name, messages, max_flag in (("tuning set", ordinary_chat(), 0.01), ("held-out set", holdout, 0.05)):
         flag_rate, act_rate, examples = _rates(pipeline, messages)
         with capsys.disabled():
-            print(f"\nkonsheng on {name} ({len(messages)} msgs): flagged {flag_rate:.1%}, masked/blocked {act_rate:.1%}")
+            sys.stdout.write(
+                f"\nkonsheng on {name} ({len(messages)} msgs): flagged {flag_rate:.1%}, masked/blocked {act_rate:.1%}\n"
+            )
         assert act_rate == 0.0, examples
         assert flag_rate <= max_flag, examples
 

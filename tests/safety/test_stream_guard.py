@@ -34,7 +34,9 @@ BLOCKED = ["我们聊聊冰毒吧。", "教你怎么约炮哦", "I will kill you
 
 @pytest.mark.parametrize("text", MASKED)
 @pytest.mark.parametrize("pieces", [2, 3])
-def test_masked_terms_split_anywhere_come_out_masked(pipeline: SafetyPipeline, text: str, pieces: int) -> None:
+def test_masked_terms_split_anywhere_come_out_masked(
+    pipeline: SafetyPipeline, text: str, pieces: int
+) -> None:
     expected = pipeline.moderate(text, direction="output").output
     for chunks in _splits(text, pieces):
         guard = pipeline.output_guard()

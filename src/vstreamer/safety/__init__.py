@@ -5,7 +5,12 @@ LLM text stream in :meth:`SafetyPipeline.output_guard`.
 """
 
 from vstreamer.safety.audit import AuditLog, AuditRecord, JsonlAuditLog, LoggingAuditLog, MemoryAuditLog
-from vstreamer.safety.external import ExternalChecker, ExternalVerdict, LLMJudgeChecker, OpenAIModerationChecker
+from vstreamer.safety.external import (
+    ExternalChecker,
+    ExternalVerdict,
+    LLMJudgeChecker,
+    OpenAIModerationChecker,
+)
 from vstreamer.safety.injection import find_injections, sanitize_control_tokens
 from vstreamer.safety.leak import LeakDetector
 from vstreamer.safety.normalize import normalize, normalize_with_map

@@ -14,11 +14,17 @@ from vstreamer.safety.pipeline import SafetyPipeline
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vstreamer moderate", description="Moderate one message per line (JSON lines out).")
+    p = argparse.ArgumentParser(
+        prog="vstreamer moderate", description="Moderate one message per line (JSON lines out)."
+    )
     p.add_argument("--direction", choices=("input", "output"), default="input")
     p.add_argument("--source", choices=("web", "live", "api", "cli"), default="cli")
-    p.add_argument("--lexicon", action="append", default=[], type=Path, metavar="DIR", help="extra lexicon folder")
-    p.add_argument("--no-default-lexicon", action="store_true", help="do not load the curated default lexicon")
+    p.add_argument(
+        "--lexicon", action="append", default=[], type=Path, metavar="DIR", help="extra lexicon folder"
+    )
+    p.add_argument(
+        "--no-default-lexicon", action="store_true", help="do not load the curated default lexicon"
+    )
     return p
 
 
@@ -27,10 +33,12 @@ def run_moderate(argv: list[str] | None, stdin: TextIO, stdout: TextIO) -> int:
     args = build_parser().parse_args(argv)
     try:
         pipeline = SafetyPipeline.default(
-            lexicon_dirs=args.lexicon, audit=MemoryAuditLog(maxlen=1), include_default=not args.no_default_lexicon
+            lexicon_dirs=args.lexicon,
+            audit=MemoryAuditLog(maxlen=1),
+            include_default=not args.no_default_lexicon,
         )
     except VStreamerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")
         return 2
     for line in stdin:
         text = line.rstrip("\r\n")

@@ -53,7 +53,9 @@ class _HttpChecker:
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         if self._client is not None:
-            r = await self._client.post(self.base_url + path, json=body, headers=self._headers, timeout=self.timeout)
+            r = await self._client.post(
+                self.base_url + path, json=body, headers=self._headers, timeout=self.timeout
+            )
         else:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 r = await client.post(self.base_url + path, json=body, headers=self._headers)
@@ -61,7 +63,9 @@ class _HttpChecker:
         return r.json()
 
     def _failed(self, exc: BaseException) -> ExternalVerdict:
-        logger.warning("%s checker failed (%s): %s", self.name, "fail-open" if self.fail_open else "fail-closed", exc)
+        logger.warning(
+            "%s checker failed (%s): %s", self.name, "fail-open" if self.fail_open else "fail-closed", exc
+        )
         cats = () if self.fail_open else ("checker_unavailable",)
         return ExternalVerdict(not self.fail_open, cats, self.name, error=f"{type(exc).__name__}: {exc}")
 

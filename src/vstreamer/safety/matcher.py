@@ -12,15 +12,24 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ahocorasick
 
 from vstreamer.safety.lexicon import Category, Lexicon, Term
-from vstreamer.safety.normalize import NormalizedText, fold, fold_with_map, normalize, normalize_with_map
+from vstreamer.safety.normalize import (
+    NormalizedText,
+    fold,
+    fold_with_map,
+    normalize,
+    normalize_runs,
+    normalize_with_map,
+)
 from vstreamer.safety.types import Match
 
 logger = logging.getLogger(__name__)
 
+_acrs: Any
 try:  # optional accelerator
     import ahocorasick_rs as _acrs
 except ImportError:  # pragma: no cover - depends on the environment
@@ -69,8 +78,7 @@ class CompiledLexicon:
         logger.debug("compiled %d keys (%s)", len(self._keys), self.backend)
 
     def _add(self, index: dict[str, int], raw: str, term: Term | None, part: int, allow: str | None) -> None:
-        nm = normalize_with_map(raw)
-        key = nm.text
+        key, runs = normalize_runs(raw)
         if len(key) < self.lexicon.min_length and term is not None and len(term.parts) == 1:
             return
         if not key:
@@ -78,7 +86,7 @@ class CompiledLexicon:
         entry = _Entry(
             term,
             part,
-            nm.runs,
+            runs,
             allow,
             needs_left=term is not None and not term.open_start and _is_word_char(key[0]),
             needs_right=term is not None and not term.open_end and _is_word_char(key[-1]),

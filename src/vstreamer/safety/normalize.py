@@ -33,7 +33,8 @@ _CJK_SEP = re.compile(f"(?<=[{_CJK}])[{_SEP}]+(?=[{_CJK}])")
 _SPACED_LETTERS = re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
 _SEP_CHARS = re.compile(f"[{_SEP}]+")
 _LOOKALIKE_MAP = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
-_LOOKALIKE = re.compile(r"(?<=[a-z])[013457@$]|[013457@$](?=[a-z])")
+# Written to start with a character class so that re can skip ahead quickly.
+_LOOKALIKE = re.compile(r"[013457@$](?:(?<=[a-z].)|(?=[a-z]))", re.S)
 _REPEAT = re.compile(r"(.)\1+", re.S)
 _RUNS = re.compile(r"(.)\1*", re.S)
 
@@ -125,14 +126,20 @@ def _char_class(codepoints: list[int]) -> str:
         if cp == prev + 1:
             prev = cp
             continue
-        parts.append(re.escape(chr(start)) if start == prev else f"{re.escape(chr(start))}-{re.escape(chr(prev))}")
+        parts.append(
+            re.escape(chr(start)) if start == prev else f"{re.escape(chr(start))}-{re.escape(chr(prev))}"
+        )
         start = prev = cp
     return "".join(parts)
 
 
 @cache
 def _table_run_pattern() -> re.Pattern[str]:
-    return re.compile(f"[{_char_class(sorted(char_table()))}]+")
+    # Only BMP characters are listed one by one: re tests a BMP class with a bitmap, but walks a
+    # list of ranges for astral ones. Every astral character is sent to the table instead (the
+    # table leaves characters it does not list unchanged).
+    bmp = sorted(cp for cp in char_table() if cp <= 0xFFFF)
+    return re.compile(f"[{_char_class(bmp)}\U00010000-\U0010ffff]+")
 
 
 def _translate_run(m: re.Match[str]) -> str:
@@ -153,15 +160,24 @@ def fold(text: str) -> str:
     return s if s.isascii() else _table_run_pattern().sub(_translate_run, s)
 
 
-def normalize(text: str) -> str:
-    """Normalise ``text`` for matching (fast path, no position map)."""
+def _before_collapse(text: str) -> str:
     s = text.lower()
     if not s.isascii():
         s = _table_run_pattern().sub(_translate_run, s)
         s = _CJK_SEP.sub("", s)
     s = _SPACED_LETTERS.sub(_join_letters, s)
-    s = _LOOKALIKE.sub(_lookalike, s)
-    return _REPEAT.sub(r"\1", s)
+    return _LOOKALIKE.sub(_lookalike, s)
+
+
+def normalize(text: str) -> str:
+    """Normalise ``text`` for matching (fast path, no position map)."""
+    return _REPEAT.sub(r"\1", _before_collapse(text))
+
+
+def normalize_runs(text: str) -> tuple[str, tuple[int, ...]]:
+    """The normalised text and, per character, the length of the run it collapsed (no span map)."""
+    matches = list(_RUNS.finditer(_before_collapse(text)))
+    return "".join(m.group(1) for m in matches), tuple(m.end() - m.start() for m in matches)
 
 
 def _drop(chars: list[str], starts: list[int], ends: list[int], keep: list[bool]) -> None:

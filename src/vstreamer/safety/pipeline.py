@@ -38,12 +38,17 @@ class SharedLexicon:
 
     def _build(self) -> CompiledLexicon:
         self.fingerprint = fingerprint(self.folders, include_default=self.include_default)
-        return CompiledLexicon(load_lexicon(self.folders, include_default=self.include_default), backend=self.backend)
+        return CompiledLexicon(
+            load_lexicon(self.folders, include_default=self.include_default), backend=self.backend
+        )
 
     def reload(self, *, force: bool = True) -> bool:
         """Re-read the files (only if they changed, unless ``force``); True when rebuilt."""
         with self._lock:
-            if not force and fingerprint(self.folders, include_default=self.include_default) == self.fingerprint:
+            if (
+                not force
+                and fingerprint(self.folders, include_default=self.include_default) == self.fingerprint
+            ):
                 return False
             self.compiled = self._build()  # one attribute swap: readers see old or new, never half
             return True
@@ -100,7 +105,12 @@ class SafetyPipeline:
         include_default: bool = True,
     ) -> SafetyPipeline:
         """The curated lexicon plus ``lexicon_dirs``, compiled once per process and shared."""
-        return cls(shared_lexicon(lexicon_dirs, include_default=include_default), policy=policy, audit=audit, external=external)
+        return cls(
+            shared_lexicon(lexicon_dirs, include_default=include_default),
+            policy=policy,
+            audit=audit,
+            external=external,
+        )
 
     @property
     def compiled(self) -> CompiledLexicon:
@@ -125,12 +135,18 @@ class SafetyPipeline:
             out.append((m, rule.actions.get(m.category, default)))
         return out
 
-    def analyse(self, text: str, *, direction: Direction, source: Source, at_end: bool = True) -> list[tuple[Match, Action]]:
+    def analyse(
+        self, text: str, *, direction: Direction, source: Source, at_end: bool = True
+    ) -> list[tuple[Match, Action]]:
         """Every match in ``text`` with the action the policy gives it."""
         matches = self.compiled.scan(text, at_end=at_end) + find_pii(text)
-        return self._actions(sorted(matches, key=lambda m: (m.start, m.end)), self.policy.rule(direction, source))
+        return self._actions(
+            sorted(matches, key=lambda m: (m.start, m.end)), self.policy.rule(direction, source)
+        )
 
-    def decide(self, text: str, acted: Sequence[tuple[Match, Action]], *, extra_reason: str = "") -> ModerationResult:
+    def decide(
+        self, text: str, acted: Sequence[tuple[Match, Action]], *, extra_reason: str = ""
+    ) -> ModerationResult:
         """Combine matches into one result (block > mask > pass)."""
         actions = {a for _, a in acted}
         verdict: Verdict = "block" if "block" in actions else "mask" if "mask" in actions else "pass"
@@ -162,10 +178,14 @@ class SafetyPipeline:
         self._record(result, direction, source)
         return result
 
-    def _record(self, result: ModerationResult, direction: Direction, source: Source, *, injection: bool = False) -> None:
+    def _record(
+        self, result: ModerationResult, direction: Direction, source: Source, *, injection: bool = False
+    ) -> None:
         store = self.policy.rule(direction, source).store
         try:
-            self.audit.record(make_record(result, direction=direction, source=source, store=store, injection=injection))
+            self.audit.record(
+                make_record(result, direction=direction, source=source, store=store, injection=injection)
+            )
         except Exception:  # the audit log must never break a conversation
             logger.exception("audit log failed")
 

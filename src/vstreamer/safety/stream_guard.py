@@ -128,7 +128,9 @@ class OutputGuard:
         for m, action in found:
             if action == "block":
                 return self._block(f"{m.category}: {m.term} ({m.rule})")
-        if self._leak.active and self._leak.leaks(self.text[-(3 * self._leak.min_span + len(self._pending)) :]):
+        if self._leak.active and self._leak.leaks(
+            self.text[-(3 * self._leak.min_span + len(self._pending)) :]
+        ):
             return self._block("leak: reproduces the protected system prompt")
         hold = len(t) if final else self._hold_point(t, base)
         masks = [(m.start, m.end) for m, _ in found]

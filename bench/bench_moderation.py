@@ -1,0 +1,163 @@
+"""Throughput of normalise + match with the ~51k-term konsheng lexicon, and the stream guard's latency.
+
+Run: PYTHONPATH=src python bench/bench_moderation.py [--mb 8]
+Prints characters per second for a plain single-library baseline (pyahocorasick, and ahocorasick_rs
+when installed) over the raw text next to our normalisation and matching, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KONSHENG = ROOT.parent / "shared" / "data" / "lexicon" / "konsheng-sensitive-lexicon"
+CHAT = ROOT / "tests" / "safety" / "data"
+
+
+def build_text(target_chars: int, terms: list[str], seed: int = 7) -> tuple[str, list[str]]:
+    rng = random.Random(seed)
+    lines = []
+    for name in ("ordinary_chat_zh.txt", "ordinary_chat_en.txt"):
+        lines += [x for x in (CHAT / name).read_text(encoding="utf-8").splitlines() if x]
+    variants = [lambda s: s, str.upper, lambda s: " ".join(s), lambda s: s.translate({0x20: 0x3000})]
+    messages, size = [], 0
+    while size < target_chars:
+        msg = rng.choice(lines)
+        r = rng.random()
+        if r < 0.02:  # a listed term, sometimes disguised
+            msg = msg + rng.choice(variants)(rng.choice(terms))
+        elif r < 0.05:  # full-width text
+            msg = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in msg)
+        messages.append(msg)
+        size += len(msg) + 1
+    return "\n".join(messages), messages
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def report(name: str, chars: int, seconds: float) -> None:
+    print(f"  {name:<58} {chars / seconds / 1e6:9.1f} M chars/s   ({seconds * 1e3:8.1f} ms)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=float, default=4.0, help="millions of characters of mixed text")
+    args = ap.parse_args(argv)
+    if not KONSHENG.is_dir():
+        print(f"skip: konsheng lexicon not found at {KONSHENG}")
+        return 0
+
+    import ahocorasick
+
+    from vstreamer.safety import SafetyPipeline
+    from vstreamer.safety.lexicon import load_lexicon
+    from vstreamer.safety.matcher import CompiledLexicon
+    from vstreamer.safety.normalize import char_table, normalize
+
+    char_table()
+    raw_terms = sorted(
+        {
+            line.strip()
+            for f in KONSHENG.rglob("*.txt")
+            for line in f.read_text(encoding="utf-8", errors="replace").splitlines()
+            if len(line.strip()) > 1
+        }
+    )
+    text, messages = build_text(int(args.mb * 1e6), raw_terms)
+    n = len(text)
+    print(
+        f"python {sys.version.split()[0]}; text: {n:,} chars in {len(messages):,} messages; raw terms: {len(raw_terms):,}"
+    )
+
+    t = time.perf_counter()
+    base = ahocorasick.Automaton()
+    for w in raw_terms:
+        base.add_word(w, len(w))
+    base.make_automaton()
+    print(f"build: baseline pyahocorasick {time.perf_counter() - t:.2f} s", end="; ")
+    t = time.perf_counter()
+    lex = load_lexicon([KONSHENG])
+    ours = {b: CompiledLexicon(lex, backend=b) for b in ("pyahocorasick", "auto")}
+    print(
+        f"ours (load+normalise terms+both automata) {time.perf_counter() - t:.2f} s; keys {ours['auto'].size:,}"
+    )
+
+    print("\nwhole text:")
+    report("baseline: pyahocorasick.iter over raw text", n, best_of(lambda: sum(1 for _ in base.iter(text))))
+    try:
+        import ahocorasick_rs
+
+        rs = ahocorasick_rs.AhoCorasick(raw_terms)
+        report(
+            "baseline: ahocorasick_rs over raw text",
+            n,
+            best_of(lambda: rs.find_matches_as_indexes(text, overlapping=True)),
+        )
+    except ImportError:
+        print("  (ahocorasick_rs not installed)")
+    normalized = normalize(text)
+    report("ours: normalise only", n, best_of(lambda: normalize(text)))
+    for compiled in ours.values():
+        label = compiled.backend
+        report(
+            f"ours: normalise + match candidates ({label})",
+            n,
+            best_of(lambda c=compiled: c.candidates(normalize(text))),
+        )
+    print(f"  candidate matches: {len(ours['auto'].candidates(normalized)):,}")
+
+    print("\nper message (full decision: normalise, match, verify, map spans, PII, policy):")
+    pipe = SafetyPipeline.default(lexicon_dirs=[KONSHENG])
+    sample = messages[:20000]
+    chars = sum(len(m) for m in sample)
+    secs = best_of(
+        lambda: [pipe.decide(m, pipe.analyse(m, direction="input", source="live")) for m in sample], 1
+    )
+    report(f"ours: moderate() x {len(sample):,} messages", chars, secs)
+    print(f"  mean latency per message: {secs / len(sample) * 1e6:.1f} us")
+    default = SafetyPipeline.default()
+    secs = best_of(
+        lambda: [default.decide(m, default.analyse(m, direction="input", source="live")) for m in sample], 1
+    )
+    report("ours: moderate() default lexicon only", chars, secs)
+
+    print("\nstream guard (tokens of 1-4 characters):")
+    rng = random.Random(3)
+    replies = [" ".join(rng.sample(messages, 6)) for _ in range(200)]
+    for name, p in (("default lexicon", default), ("with konsheng", pipe)):
+        lat: list[float] = []
+        held = 0
+        for reply in replies:
+            guard = p.output_guard(protected_texts=["你是虚拟主播小星，性格开朗，喜欢游戏和唱歌。"])
+            i = 0
+            while i < len(reply) and not guard.blocked:
+                k = rng.randint(1, 4)
+                t = time.perf_counter()
+                guard.feed(reply[i : i + k])
+                lat.append(time.perf_counter() - t)
+                i += k
+            guard.finish()
+            held = max(held, guard.max_held)
+        lat.sort()
+        print(
+            f"  {name:<16} added latency per token: median {statistics.median(lat) * 1e6:.0f} us, "
+            f"p99 {lat[int(len(lat) * 0.99)] * 1e6:.0f} us; most chars held back: {held}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
