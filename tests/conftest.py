@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 import hypothesis  # noqa: F401  - imported up front: a late first import in pytest's summary trips a CPython 3.11 AST bug
 import pytest
+
+from vstreamer.llm.vllm_cpu import VLLMCPUServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -55,14 +58,32 @@ def smollm2_gguf() -> Path:
     return smollm2_path()
 
 
+#: What llama.cpp's OpenAI-compatible server lacks that vLLM has, and why a shared test degrades there.
+LLAMA_CPP_MISSING = {
+    "tokenize": "llama.cpp's server has no /tokenize for chat messages (only /extras/tokenize for plain text)",
+    "stream_usage": "llama.cpp's server streams no usage, even with stream_options.include_usage",
+    "min_tokens": "llama.cpp's server ignores min_tokens",
+    "version": "llama.cpp's server has no /version or /health",
+    "json_schema": "llama.cpp's server does not enforce response_format json_schema",
+    "concurrency": "llama.cpp's server generates for one request at a time",
+}
+
+
 class LlamaServer:
     """``python -m llama_cpp.server`` with the embedded model, on a free port."""
+
+    kind = "llama_cpp"
 
     def __init__(self, model: Path, alias: str = "smollm2") -> None:
         self.model = model
         self.alias = alias
+        self.served_name = alias
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+
+    def missing(self, feature: str) -> str | None:
+        """Why this server lacks ``feature``, or ``None`` when it has it."""
+        return LLAMA_CPP_MISSING.get(feature)
 
     @property
     def base_url(self) -> str:
@@ -102,3 +123,69 @@ def private_llama_server(smollm2_gguf: Path) -> Iterator[LlamaServer]:
     server.start()
     yield server
     server.stop()
+
+
+class VLLMServer:
+    """vLLM CPU (the production server code) serving the embedded SmolLM2, converted to Hugging Face format."""
+
+    kind = "vllm"
+
+    def __init__(self, server: VLLMCPUServer) -> None:
+        self.server = server
+        self.served_name = server.served_name
+        self.alias = server.served_name
+        self.port = server.port
+        self.base_url = server.base_url
+        self.root_url = server.root_url
+        self.log_path = server.log_path
+
+    def missing(self, feature: str) -> str | None:
+        return None
+
+
+OpenAIServer = LlamaServer | VLLMServer
+
+
+def _say(request: pytest.FixtureRequest, message: str) -> None:
+    """Progress a person watching CI should see even while pytest captures output."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(f"\n[vllm-cpu] {message}", file=sys.stderr, flush=True)  # noqa: T201
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """One vLLM CPU server for the whole session (~4 GB RAM, ~30 s to start); its log is printed on failure."""
+    if os.environ.get("VSTREAMER_SKIP_VLLM"):
+        pytest.skip("VSTREAMER_SKIP_VLLM is set: vLLM CPU tests are off")
+    from vstreamer.errors import BackendNotInstalled
+    from vstreamer.llm import vllm_cpu
+
+    try:
+        prepared = vllm_cpu.prepare("smollm2", progress=lambda m: _say(request, m))
+    except BackendNotInstalled as exc:
+        pytest.skip(f"the vLLM CPU environment cannot be built here: {exc}")
+    launch = vllm_cpu.build_cpu_command(
+        prepared.python, prepared.model_dir, served_model_name=prepared.served_name, port=free_port()
+    )
+    server = vllm_cpu.VLLMCPUServer(launch, tmp_path_factory.mktemp("vllm") / "server.log")
+    server.start(wait_s=240, progress=lambda m: _say(request, m))
+    yield VLLMServer(server)
+    server.stop()
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("llama_cpp", marks=pytest.mark.integration),
+        pytest.param("vllm", marks=[pytest.mark.integration, pytest.mark.vllm]),
+    ],
+)
+def openai_server(request: pytest.FixtureRequest) -> OpenAIServer:
+    """Each OpenAI-compatible server the shared tests run against: llama.cpp's and vLLM's."""
+    server: OpenAIServer = request.getfixturevalue(
+        "llama_server" if request.param == "llama_cpp" else "vllm_server"
+    )
+    return server

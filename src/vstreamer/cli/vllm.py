@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,11 +30,14 @@ def add_commands(
     )
     serve.add_argument("--wait", action="store_true", help="report when the server is ready to answer")
     serve.add_argument("--timeout", type=float, default=900.0, help="seconds --wait allows (default 900)")
+    serve.add_argument(
+        "--setup-only", action="store_true", help="with --cpu: build the environment and model, then exit"
+    )
     for sub in (show, serve):
         settings_options(sub)
         _vllm_options(sub)
-    show.set_defaults(handler=lambda a: print_command(_launch(a, load_settings(a))))
-    serve.set_defaults(handler=lambda a: serve_vllm(a, _launch(a, load_settings(a))))
+    show.set_defaults(handler=lambda a: _show(a, load_settings(a)))
+    serve.set_defaults(handler=lambda a: _serve(a, load_settings(a)))
 
     wait = commands.add_parser("vllm-wait", help="wait until an OpenAI-compatible server is ready")
     wait.add_argument("--url", default=None, help="server URL (default: the configured base_url)")
@@ -58,6 +62,29 @@ def _vllm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-batched-tokens", type=int)
     group.add_argument("--quantization", choices=["none", "awq", "gptq"])
     group.add_argument("--no-tools", action="store_true", help="disable tool calling (hermes parser)")
+    cpu = parser.add_argument_group("vLLM on CPU (tests and development; GPU is the production default)")
+    cpu.add_argument(
+        "--cpu",
+        action="store_true",
+        help="the vllm-cpu profile: its own cached virtual environment, serving the embedded model "
+        "(--local-model / --model-path) converted to Hugging Face format",
+    )
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    if args.cpu:
+        from vstreamer.llm import vllm_cpu
+
+        return print_command(
+            cpu_launch(args, settings, vllm_cpu.venv_python(), _cpu_model_dir(args, settings))
+        )
+    return print_command(_launch(args, settings))
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.cpu:
+        return serve_cpu(args, settings)
+    return serve_vllm(args, _launch(args, settings))
 
 
 def _launch(args: argparse.Namespace, settings: Settings) -> VLLMLaunch:
@@ -116,3 +143,73 @@ def _wait(url: str, timeout: float) -> int:
     ready = asyncio.run(wait_until_ready(url, wait_s=timeout))
     print(f"ready: {ready['url']} serves {ready['models']}")
     return 0
+
+
+# --- the CPU profile -----------------------------------------------------------------------------------------
+
+
+def _progress(message: str) -> None:
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+def _cpu_model_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    """Where the converted model is (or will be): printing the command builds nothing."""
+    from vstreamer.llm import vllm_cpu
+
+    if args.vllm_model:
+        return Path(args.vllm_model)
+    gguf = vllm_cpu.gguf_for(settings.local_model, model_path=settings.model_path)
+    return vllm_cpu.converted_dir(gguf)
+
+
+def cpu_launch(args: argparse.Namespace, settings: Settings, python: Path, model_dir: Path) -> VLLMLaunch:
+    from vstreamer.llm import vllm_cpu
+
+    served = args.served_model_name or (
+        vllm_cpu.SERVED_NAMES[settings.local_model] if settings.model_path is None else model_dir.name
+    )
+    port = args.port or settings.vllm.port
+    if port in (settings.ui_port, settings.gateway_port):
+        raise ConfigError(f"vLLM port {port} collides with the web UI or gateway port; choose another")
+    key = settings.vllm.api_key.get_secret_value() if settings.vllm.api_key else None
+    return vllm_cpu.build_cpu_command(
+        python,
+        model_dir,
+        served_model_name=served,
+        host=args.host or "127.0.0.1",
+        port=port,
+        max_model_len=args.max_model_len or vllm_cpu.DEFAULT_MAX_MODEL_LEN,
+        max_num_seqs=args.max_num_seqs,
+        api_key=key,
+    )
+
+
+def serve_cpu(args: argparse.Namespace, settings: Settings) -> int:
+    """Build (once, cached) the vLLM CPU environment and model, then run the server in the foreground."""
+    from vstreamer.llm import vllm_cpu
+
+    python = vllm_cpu.ensure_venv(progress=_progress)
+    if args.vllm_model:
+        model_dir = Path(args.vllm_model)
+    else:
+        gguf = vllm_cpu.gguf_for(settings.local_model, model_path=settings.model_path)
+        model_dir = vllm_cpu.ensure_hf_model(gguf, python, progress=_progress)
+    launch = cpu_launch(args, settings, python, model_dir)
+    if args.setup_only:
+        _progress(f"ready to serve; start it with: {launch.shell()}")
+        return 0
+    server = vllm_cpu.VLLMCPUServer(
+        launch, vllm_cpu.cache_root() / "logs" / f"serve-{server_port(launch)}.log"
+    )
+    server.start(wait_s=args.timeout, progress=_progress)
+    print(f"ready: {server.base_url} serves {server.served_name} (Ctrl-C stops it)", flush=True)
+    assert server.process is not None
+    try:
+        return server.process.wait()
+    except KeyboardInterrupt:
+        server.stop()
+        return 130
+
+
+def server_port(launch: VLLMLaunch) -> str:
+    return launch.argv[launch.argv.index("--port") + 1]

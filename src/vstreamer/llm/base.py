@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "user", "assistant"]
 
@@ -37,6 +37,14 @@ class SamplingParams:
     """vLLM / llama.cpp extension."""
     min_tokens: int | None = None
     """vLLM extension."""
+    response_format: dict[str, Any] | None = None
+    """Structured output, as in the OpenAI API: ``{"type": "json_object"}`` or a JSON schema (see
+    :func:`json_schema_format`). vLLM enforces it while decoding; backends that cannot ignore it."""
+
+
+def json_schema_format(name: str, schema: dict[str, Any], *, strict: bool = True) -> dict[str, Any]:
+    """A ``response_format`` that makes the reply a JSON document valid against ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +53,8 @@ class Usage:
 
     prompt_tokens: int
     completion_tokens: int
+    estimated: bool = False
+    """True when the server reported no usage and the backend counted it itself (possibly approximately)."""
 
     @property
     def total_tokens(self) -> int:

@@ -89,7 +89,7 @@ class OpenAICompatBackend:
             upstream = await self._open_stream(request)
             produced_text = False
             try:
-                async for delta in self._read_stream(upstream):
+                async for delta in self._read_stream(upstream, messages):
                     produced_text = produced_text or isinstance(delta, TextDelta)
                     yield delta
                 return
@@ -119,10 +119,13 @@ class OpenAICompatBackend:
                 logger.warning("upstream request failed (%s); retry %d/%d", error, attempt, self.max_retries)
                 await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
 
-    async def _read_stream(self, upstream: openai.AsyncStream[Any]) -> AsyncGenerator[Delta, None]:
+    async def _read_stream(
+        self, upstream: openai.AsyncStream[Any], messages: Sequence[ChatMessage]
+    ) -> AsyncGenerator[Delta, None]:
         iterator = upstream.__aiter__()
         finish_reason: str | None = None
         usage: Usage | None = None
+        parts: list[str] = []
         first = True
         while True:
             limit = self.first_token_timeout if first else self.stall_timeout
@@ -139,10 +142,24 @@ class OpenAICompatBackend:
                 text = choice.delta.content if choice.delta else None
                 if text:
                     first = False
+                    parts.append(text)
                     yield TextDelta(text)
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
+        if usage is None:
+            usage = await self._count_usage(messages, "".join(parts))
         yield StreamEnd(finish_reason, usage)
+
+    async def _count_usage(self, messages: Sequence[ChatMessage], text: str) -> Usage | None:
+        """Usage for servers that stream none (llama.cpp ignores ``stream_options``), counted with their tokenizer."""
+        if await self.tokenizer.detect() == "estimate":
+            return None
+        try:
+            prompt = await self.tokenizer.count(messages)
+            completion = await self.tokenizer.count_text(text) if text else 0
+        except httpx.HTTPError:
+            return None
+        return Usage(prompt, completion, estimated=True)
 
     async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
         return await collect(self.stream(messages, params))
@@ -173,6 +190,8 @@ class OpenAICompatBackend:
         if extra:
             # vLLM reads these from the body; servers that do not know them ignore them.
             body["extra_body"] = extra
+        if params.response_format is not None:
+            body["response_format"] = params.response_format
         return body
 
     # --- introspection ----------------------------------------------------------------------------------
@@ -193,12 +212,26 @@ class OpenAICompatBackend:
                 ok=False, backend=self.name, model=self.model, detail=f"{type(exc).__name__}: {exc}"
             )
         version = await self.tokenizer.server_version()
+        extras = {"engine": "vllm"} if version is not None else {}
         if served and self.model not in served:
             detail = f"model {self.model!r} not served; the server offers {served}"
             return BackendHealth(
-                ok=False, backend=self.name, model=self.model, detail=detail, version=version
+                ok=False, backend=self.name, model=self.model, detail=detail, version=version, extras=extras
             )
-        return BackendHealth(ok=True, backend=self.name, model=self.model, version=version)
+        if version is not None and not await self._engine_healthy():
+            detail = "vLLM's /health reports the engine unhealthy"
+            return BackendHealth(
+                ok=False, backend=self.name, model=self.model, detail=detail, version=version, extras=extras
+            )
+        return BackendHealth(ok=True, backend=self.name, model=self.model, version=version, extras=extras)
+
+    async def _engine_healthy(self) -> bool:
+        """vLLM's ``/health`` answers 200 only while its engine loop is alive (``/v1/models`` can outlive it)."""
+        try:
+            response = await self._http.get(f"{self.tokenizer.root_url}/health")
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -1,8 +1,9 @@
 """Token counting against a remote OpenAI-compatible server.
 
 vLLM serves ``/tokenize`` (plain text, or chat ``messages`` rendered with the model's chat template): counts are
-exact. llama.cpp's server offers ``/extras/tokenize`` for plain text only: message counts add a measured-free
-template overhead. Anything else falls back to the conservative estimate.
+exact, and per-message shares use overheads measured with the server's own template. llama.cpp's server offers
+``/extras/tokenize`` for plain text only: text counts are exact, the template overhead is approximated.
+Anything else falls back to the conservative estimate. ``reason`` says why a count is not exact.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 
 import httpx
 
-from vstreamer.llm.base import ChatMessage
+from vstreamer.llm.base import ChatMessage, Role
 from vstreamer.llm.estimate import MESSAGE_OVERHEAD, estimate_tokens
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class RemoteTokenizer:
         self._root = self._v1.removesuffix("/v1")
         self._model = model
         self._cache = LRUCache()
-        self._overhead: int | None = None
+        self._overheads: dict[Role, int] = {}
         self.kind: TokenizerKind | None = None
         """Which tokenizer answered; ``None`` until the first count."""
         self.reason = ""
@@ -65,6 +66,10 @@ class RemoteTokenizer:
                 self.kind = "vllm"
             elif await self._llama_tokenize("ping") is not None:
                 self.kind = "llama_cpp"
+                self.reason = (
+                    "llama.cpp's server tokenizes plain text only (/extras/tokenize, no chat messages): text "
+                    f"counts are exact, the chat template's overhead is approximated ({_TEXT_ONLY_OVERHEAD}/message)"
+                )
             else:
                 self.kind = "estimate"
                 self.reason = "the server exposes no tokenizer endpoint; using a conservative estimate"
@@ -98,23 +103,52 @@ class RemoteTokenizer:
         return total
 
     async def count_message(self, message: ChatMessage) -> int:
-        """One message's share of a prompt: its text plus the template's per-message overhead."""
-        return await self.count_text(message.content) + await self.message_overhead()
+        """One message's share of a prompt: its text plus the template's overhead for its role.
+
+        On vLLM the shares of a prompt that starts with a system message add up to the exact count of the whole
+        (the system share carries the template's fixed prefix, such as a BOS token).
+        """
+        return await self.count_text(message.content) + await self.role_overhead(message.role)
 
     async def message_overhead(self) -> int:
-        if self._overhead is None:
-            kind = await self.detect()
-            if kind == "vllm":
-                one = [ChatMessage("user", "x")]
-                two = [ChatMessage("user", "x"), ChatMessage("assistant", "x")]
-                a, b = await self._vllm_tokenize(messages=one), await self._vllm_tokenize(messages=two)
-                text = await self.count_text("x")
-                self._overhead = (
-                    max(b - a - text, 0) + 1 if a is not None and b is not None else MESSAGE_OVERHEAD
-                )
-            else:
-                self._overhead = _TEXT_ONLY_OVERHEAD if kind == "llama_cpp" else MESSAGE_OVERHEAD
-        return self._overhead
+        """The largest per-message template overhead (for callers that do not know the role)."""
+        return max([await self.role_overhead(role) for role in ("system", "user", "assistant")])
+
+    async def role_overhead(self, role: Role) -> int:
+        if not self._overheads:
+            self._overheads = await self._measure_overheads()
+        return self._overheads[role]
+
+    async def _measure_overheads(self) -> dict[Role, int]:
+        kind = await self.detect()
+        if kind == "vllm":
+            # Render [system x] and [system x, role x] with the server's own chat template; the differences are
+            # exact, template quirks included (a default system prompt is only added when none is given).
+            text = await self.count_text("x")
+            base = await self._vllm_tokenize(messages=[ChatMessage("system", "x")])
+            overheads: dict[Role, int] = {}
+            if base is not None:
+                overheads["system"] = base - text
+                for role in ("user", "assistant"):
+                    two = await self._vllm_tokenize(
+                        messages=[ChatMessage("system", "x"), ChatMessage(role, "x")]
+                    )
+                    if two is None:
+                        break
+                    overheads[role] = two - base - text
+                else:
+                    return overheads
+            logger.info("vLLM /tokenize refused chat messages; using an estimated template overhead")
+            self.reason = "the server's /tokenize does not render chat messages; template overhead estimated"
+            return dict.fromkeys(("system", "user", "assistant"), MESSAGE_OVERHEAD)
+        if kind == "llama_cpp":
+            return dict.fromkeys(("system", "user", "assistant"), _TEXT_ONLY_OVERHEAD)
+        return dict.fromkeys(("system", "user", "assistant"), MESSAGE_OVERHEAD)
+
+    @property
+    def root_url(self) -> str:
+        """The server's root (without ``/v1``), where vLLM serves ``/tokenize``, ``/health`` and ``/version``."""
+        return self._root
 
     async def server_version(self) -> str | None:
         try:
