@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     first_token_timeout: float = Field(60.0, gt=0)
     stall_timeout: float = Field(30.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
+    fallback: Literal["none", "local"] = "none"
+    """Backend to use while the primary one is down (``local``: the embedded model)."""
+    circuit_threshold: int = Field(3, ge=1)
+    """Consecutive upstream failures that open the circuit breaker."""
+    circuit_reset_s: float = Field(30.0, gt=0)
 
     # --- product
     persona: str = "xiaoxing"
@@ -103,6 +108,13 @@ class Settings(BaseSettings):
     """``sqlite:///path.db`` or ``postgresql://user:pass@host/db``; default: SQLite file in data_dir."""
     ui_port: int = Field(DEFAULT_UI_PORT, ge=1, le=65535)
     gateway_port: int = Field(DEFAULT_GATEWAY_PORT, ge=1, le=65535)
+    gateway_host: str = "127.0.0.1"
+    auth: bool = True
+    """Require API keys on the gateway (``vstreamer keys create``); off only for local use."""
+    cors_origins: list[str] = Field(default_factory=list)
+    max_input_chars: int = Field(4000, ge=1)
+    """Longest accepted user message."""
+    sse_keepalive_s: float = Field(15.0, gt=0)
 
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 

@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from vstreamer.cli import chat, personas, vllm
+from vstreamer.cli import chat, personas, serve, vllm
+from vstreamer.cli import ui
 from vstreamer.config import Settings
 from vstreamer.errors import VStreamerError
 from vstreamer.logs import configure_logging
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     personas.add_commands(commands, _settings_options, load_settings)
     vllm.add_commands(commands, _settings_options, load_settings)
+    ui.add_commands(commands, _settings_options, load_settings)
+    serve.add_commands(commands, _settings_options, load_settings)
 
     moderate = commands.add_parser("moderate", help="moderate messages from stdin, one JSON result per line",
                                    add_help=False)  # fmt: skip

@@ -32,6 +32,8 @@ class Turn:
     """Tokens the generation used (assistant turns)."""
     error: str | None = None
     """Why the turn failed, for operators."""
+    finish_reason: str | None = None
+    """Why generation ended (``stop``, ``length``...), as the backend said."""
     first_token_ms: int | None = None
     """Milliseconds from the request to the first streamed text (assistant turns)."""
     duration_ms: int | None = None

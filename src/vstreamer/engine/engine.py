@@ -112,7 +112,7 @@ class DialogueEngine:
             async with aclosing(self.backend.stream(context.messages, params)) as stream:
                 async for delta in stream:
                     if isinstance(delta, StreamEnd):
-                        turn.usage = delta.usage
+                        turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
                         continue
                     if not parts:
                         turn.first_token_ms = round((time.perf_counter() - started) * 1000)

@@ -36,10 +36,21 @@ __all__ = [
 
 
 def create_backend(settings: Settings) -> LLMBackend:
-    """Build the backend the settings name (imports optional dependencies only when needed)."""
-    if settings.backend == "fake":
+    """Build the configured backend, behind a circuit breaker (and the fallback) when it is remote."""
+    primary = _create(settings, settings.backend)
+    if settings.backend != "openai":
+        return primary
+    from vstreamer.llm.resilience import CircuitBreaker, ResilientBackend
+
+    fallback = _create(settings, "local") if settings.fallback == "local" else None
+    breaker = CircuitBreaker(settings.circuit_threshold, settings.circuit_reset_s)
+    return ResilientBackend(primary, fallback=fallback, breaker=breaker)
+
+
+def _create(settings: Settings, backend: str) -> LLMBackend:
+    if backend == "fake":
         return FakeBackend(delay=settings.fake_delay)
-    if settings.backend == "openai":
+    if backend == "openai":
         from vstreamer.llm.openai_compat import OpenAICompatBackend
 
         return OpenAICompatBackend(

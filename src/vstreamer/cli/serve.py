@@ -1,0 +1,97 @@
+"""``vstreamer serve`` (the gateway) and ``vstreamer keys create | list | revoke``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from vstreamer.config import Settings
+from vstreamer.errors import ConfigError
+
+
+def add_commands(
+    commands: Any,
+    settings_options: Callable[[argparse.ArgumentParser], None],
+    load_settings: Callable[[argparse.Namespace], Settings],
+) -> None:
+    serve = commands.add_parser("serve", help="run the OpenAI-compatible gateway and REST API")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8320)")
+    serve.add_argument("--no-auth", action="store_true", help="no API keys; only allowed on localhost")
+    serve.add_argument("--database-url", help="sqlite:///file.db or postgresql://user@host/db")
+    settings_options(serve)
+    serve.set_defaults(handler=lambda a: run_serve(a, load_settings(a)))
+
+    keys = commands.add_parser("keys", help="manage the gateway's API keys")
+    actions = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a key (shown once)")
+    create.add_argument("name")
+    actions.add_parser("list", help="list keys (prefixes only)")
+    revoke = actions.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+    for sub in (create, revoke, *[a for n, a in actions.choices.items() if n == "list"]):
+        sub.add_argument("--database-url")
+        settings_options(sub)
+        sub.set_defaults(handler=lambda a: asyncio.run(run_keys(a, load_settings(a))))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from vstreamer.gateway import create_app
+    from vstreamer.runtime import open_runtime
+
+    updates: dict[str, Any] = {}
+    if args.host:
+        updates["gateway_host"] = args.host
+    if args.port:
+        updates["gateway_port"] = args.port
+    if args.no_auth:
+        updates["auth"] = False
+    if args.database_url:
+        updates["database_url"] = args.database_url
+    settings = settings.model_copy(update=updates)
+    if not settings.auth and not _is_loopback(settings.gateway_host):
+        raise ConfigError(
+            "--no-auth is for local use only: bind to 127.0.0.1 (or create keys with `vstreamer keys`)"
+        )
+    runtime = asyncio.run(open_runtime(settings))
+    app = create_app(runtime, close_runtime=True)
+    print(f"vstreamer gateway on http://{settings.gateway_host}:{settings.gateway_port}/v1 "
+          f"(auth {'on' if settings.auth else 'off'})", flush=True)  # fmt: skip
+    uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
+                timeout_graceful_shutdown=5)  # fmt: skip
+    return 0
+
+
+async def run_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from vstreamer.store import open_store
+
+    store = await open_store(args.database_url or settings.database_url, settings.data_dir)
+    try:
+        if args.action == "create":
+            record, key = await store.create_api_key(args.name)
+            print(f"created key {record.id} ({record.name}). Keep it now; it is not shown again:\n{key}")
+        elif args.action == "list":
+            for k in await store.list_api_keys():
+                state = "revoked" if k.revoked else "active"
+                print(f"{k.id}  {k.prefix}…  {k.name:<20} {state}  {k.created_at:%Y-%m-%d}")
+        elif args.action == "revoke":
+            if not await store.revoke_api_key(args.key_id):
+                raise ConfigError(f"no active key {args.key_id!r}")
+            print(f"revoked {args.key_id}")
+    finally:
+        await store.close()
+    return 0

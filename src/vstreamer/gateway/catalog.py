@@ -1,0 +1,65 @@
+"""The personas the gateway serves: bundled and file-imported ones, plus those imported through the API."""
+
+from __future__ import annotations
+
+import asyncio
+
+from vstreamer.errors import PersonaError, PersonaNotFound
+from vstreamer.persona import Persona, PersonaLibrary, load_persona_bytes
+from vstreamer.store import Store
+
+
+class PersonaCatalog:
+    """Read-mostly: stored personas are loaded once and kept in memory; imports update both."""
+
+    def __init__(self, library: PersonaLibrary, store: Store) -> None:
+        self.library = library
+        self.store = store
+        self._stored: dict[str, Persona] = {}
+
+    async def load(self) -> None:
+        rows = await self.store.persona_rows()
+        loaded = {}
+        for data, avatar in rows:
+            persona = Persona.model_validate_json(data).model_copy(update={"avatar_png": avatar})
+            loaded[persona.id] = persona
+        self._stored = loaded
+
+    async def list(self) -> list[Persona]:
+        files = await asyncio.to_thread(self.library.list)
+        known = {p.id for p in files}
+        return files + [p for i, p in sorted(self._stored.items()) if i not in known]
+
+    async def get(self, id_or_name: str) -> Persona:
+        if id_or_name in self._stored:
+            return self._stored[id_or_name]
+        try:
+            return await asyncio.to_thread(self.library.get, id_or_name)
+        except PersonaNotFound:
+            for persona in self._stored.values():
+                if persona.name.casefold() == id_or_name.casefold():
+                    return persona
+            raise
+
+    def is_stored(self, persona_id: str) -> bool:
+        return persona_id in self._stored
+
+    async def import_bytes(self, data: bytes, filename: str, *, owner: str, replace: bool = False) -> Persona:
+        persona = await asyncio.to_thread(load_persona_bytes, data, filename)
+        existing = {p.id for p in await self.list()}
+        if persona.id in existing and not (replace and self.is_stored(persona.id)):
+            raise PersonaError(f"a persona with id {persona.id!r} exists already")
+        payload = persona.model_copy(update={"avatar_png": None}).model_dump_json()
+        await self.store.save_persona(
+            persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png
+        )
+        self._stored[persona.id] = persona
+        return persona
+
+    async def delete(self, persona_id: str) -> None:
+        if not self.is_stored(persona_id):
+            raise PersonaError(
+                f"{persona_id!r} is not a persona imported through the API; it cannot be deleted here"
+            )
+        await self.store.delete_persona(persona_id)
+        self._stored.pop(persona_id, None)

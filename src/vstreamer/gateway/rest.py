@@ -1,0 +1,152 @@
+"""Product REST routes: models, personas, sessions, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from vstreamer.engine import Turn
+from vstreamer.gateway.errors import APIError
+from vstreamer.gateway.state import gateway_state, principal
+from vstreamer.persona import Persona
+from vstreamer.persona.limits import MAX_FILE_BYTES
+from vstreamer.store import SessionRecord
+
+router = APIRouter()
+
+
+def _persona_summary(persona: Persona) -> dict[str, Any]:
+    return {
+        "id": persona.id, "name": persona.name, "language": persona.language, "tags": persona.tags,
+        "description": persona.render(persona.description, "{{user}}")[:500], "greetings": persona.greetings(),
+        "has_avatar": persona.avatar_png is not None, "source_format": persona.source_format,
+    }  # fmt: skip
+
+
+def _session(record: SessionRecord) -> dict[str, Any]:
+    return {
+        "id": record.id, "persona_id": record.persona_id, "platform": record.platform, "title": record.title,
+        "created_at": record.created_at.isoformat(), "updated_at": record.updated_at.isoformat(),
+    }  # fmt: skip
+
+
+def _message(turn: Turn) -> dict[str, Any]:
+    return {
+        "id": turn.id, "role": turn.role, "content": turn.content, "status": turn.status,
+        "created_at": turn.created_at, "first_token_ms": turn.first_token_ms, "duration_ms": turn.duration_ms,
+        "usage": None if turn.usage is None else {"prompt_tokens": turn.usage.prompt_tokens,
+                                                   "completion_tokens": turn.usage.completion_tokens},
+    }  # fmt: skip
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, _: str = Depends(principal)) -> dict[str, Any]:
+    personas = await gateway_state(request).catalog.list()
+    data = [
+        {"id": p.id, "object": "model", "created": 0, "owned_by": "vstreamer", "name": p.name}
+        for p in personas
+    ]
+    return {"object": "list", "data": data}
+
+
+@router.get("/api/personas")
+async def list_personas(request: Request, _: str = Depends(principal)) -> dict[str, Any]:
+    return {"data": [_persona_summary(p) for p in await gateway_state(request).catalog.list()]}
+
+
+@router.get("/api/personas/{persona_id}")
+async def get_persona(persona_id: str, request: Request, _: str = Depends(principal)) -> dict[str, Any]:
+    return _persona_summary(await gateway_state(request).catalog.get(persona_id))
+
+
+@router.post("/api/personas", status_code=201)
+async def import_persona(
+    request: Request,
+    filename: str = Query(..., min_length=1, max_length=200, description="original file name, e.g. card.png"),
+    replace: bool = False,
+    owner: str = Depends(principal),
+) -> dict[str, Any]:
+    """Import a persona file sent as the raw request body (YAML/TOML/JSON card, PNG card, CHARX)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_FILE_BYTES:
+        raise APIError(413, f"persona files are limited to {MAX_FILE_BYTES // 2**20} MiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise APIError(413, f"persona files are limited to {MAX_FILE_BYTES // 2**20} MiB")
+        chunks.append(chunk)
+    persona = await gateway_state(request).catalog.import_bytes(b"".join(chunks), filename, owner=owner,
+                                                                 replace=replace)  # fmt: skip
+    return _persona_summary(persona)
+
+
+@router.delete("/api/personas/{persona_id}", status_code=204)
+async def delete_persona(persona_id: str, request: Request, _: str = Depends(principal)) -> Response:
+    await gateway_state(request).catalog.delete(persona_id)
+    return Response(status_code=204)
+
+
+@router.get("/api/sessions")
+async def list_sessions(
+    request: Request,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0, le=1_000_000),
+    owner: str = Depends(principal),
+) -> dict[str, Any]:
+    records = await gateway_state(request).store.list_sessions(owner=owner, limit=limit, offset=offset)
+    return {"data": [_session(r) for r in records]}
+
+
+@router.get("/api/sessions/{session_id}/messages")
+async def session_messages(
+    session_id: str,
+    request: Request,
+    limit: int = Query(1000, ge=1, le=5000),
+    offset: int = Query(0, ge=0, le=10_000_000),
+    owner: str = Depends(principal),
+) -> dict[str, Any]:
+    store = gateway_state(request).store
+    if await store.get_session(session_id, owner=owner) is None:
+        raise APIError(404, f"no session {session_id!r}", code="session_not_found")
+    return {"data": [_message(t) for t in await store.list_messages(session_id, limit=limit, offset=offset)]}
+
+
+@router.delete("/api/sessions/{session_id}", status_code=204)
+async def delete_session(session_id: str, request: Request, owner: str = Depends(principal)) -> Response:
+    if not await gateway_state(request).store.delete_session(session_id, owner=owner):
+        raise APIError(404, f"no session {session_id!r}", code="session_not_found")
+    return Response(status_code=204)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, response: Response) -> dict[str, Any]:
+    """Readiness: the database answers and the LLM backend is healthy."""
+    state = gateway_state(request)
+    checks: dict[str, Any] = {}
+    try:
+        await asyncio.wait_for(state.store.ping(), 5)
+        checks["database"] = {"ok": True}
+    except Exception as exc:  # any failure means not ready; the reason is reported
+        checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
+    health = await state.runtime.backend.health()
+    checks["llm"] = {"ok": health.ok, "backend": health.backend, "model": health.model, "detail": health.detail,
+                     "version": health.version} | health.extras  # fmt: skip
+    ready = all(c["ok"] for c in checks.values())
+    response.status_code = 200 if ready else 503
+    return {"status": "ready" if ready else "not ready", "checks": checks}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(gateway_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,135 @@
+"""A circuit breaker and an optional fallback around any backend.
+
+While the primary backend keeps failing, the breaker opens: requests fail fast (or go to the fallback, e.g.
+vLLM → embedded model) instead of each waiting for a timeout. After ``reset_after`` seconds one request is let
+through to probe; a success closes the breaker. A reply is never switched to the fallback mid-stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+
+from vstreamer.errors import BackendError, BackendResponseError, BackendUnavailable
+from vstreamer.llm.base import (
+    BackendHealth,
+    ChatMessage,
+    Completion,
+    Delta,
+    LLMBackend,
+    SamplingParams,
+    TextDelta,
+    collect,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class CircuitBreaker:
+    """Counts consecutive failures; open after ``threshold`` of them, half-open after ``reset_after`` s."""
+
+    def __init__(self, threshold: int = 3, reset_after: float = 30.0) -> None:
+        self.threshold = threshold
+        self.reset_after = reset_after
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if time.monotonic() - self.opened_at >= self.reset_after else "open"
+
+    def allow(self) -> bool:
+        return self.state != "open"
+
+    def success(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold or self.opened_at is not None:
+            self.opened_at = time.monotonic()
+
+
+def _counts_as_outage(error: BackendError) -> bool:
+    # A 4xx means our request was wrong, not that the server is down.
+    return not (
+        isinstance(error, BackendResponseError) and error.status_code is not None and error.status_code < 500
+    )
+
+
+class ResilientBackend:
+    """Wraps ``primary`` with a :class:`CircuitBreaker` and an optional ``fallback`` backend."""
+
+    name = "resilient"
+
+    def __init__(
+        self,
+        primary: LLMBackend,
+        *,
+        fallback: LLMBackend | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.breaker = breaker or CircuitBreaker()
+        self.model = primary.model
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncGenerator[Delta, None]:
+        if not self.breaker.allow():
+            if self.fallback is None:
+                raise BackendUnavailable("the LLM server is down (circuit open); retrying in a few seconds")
+            async with aclosing(self.fallback.stream(messages, params)) as stream:
+                async for delta in stream:
+                    yield delta
+            return
+        started_text = False
+        try:
+            async with aclosing(self.primary.stream(messages, params)) as stream:
+                async for delta in stream:
+                    started_text = started_text or isinstance(delta, TextDelta)
+                    yield delta
+        except BackendError as exc:
+            if _counts_as_outage(exc):
+                self.breaker.failure()
+            if started_text or self.fallback is None or not _counts_as_outage(exc):
+                raise
+            logger.warning("primary backend failed before the first token (%s); using the fallback", exc)
+            async with aclosing(self.fallback.stream(messages, params)) as stream:
+                async for delta in stream:
+                    yield delta
+            return
+        self.breaker.success()
+
+    async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
+        return await collect(self.stream(messages, params))
+
+    def _counter(self) -> LLMBackend:
+        return self.primary if self.breaker.allow() or self.fallback is None else self.fallback
+
+    async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return await self._counter().count_tokens(messages)
+
+    async def count_message_tokens(self, message: ChatMessage) -> int:
+        return await self._counter().count_message_tokens(message)
+
+    async def health(self) -> BackendHealth:
+        health = await self.primary.health()
+        extras = dict(health.extras) | {"circuit": self.breaker.state}
+        if not health.ok and self.fallback is not None:
+            fallback = await self.fallback.health()
+            if fallback.ok:
+                detail = f"primary down ({health.detail}); serving from fallback {fallback.backend}"
+                return BackendHealth(True, health.backend, health.model, detail, health.version, extras)
+        return BackendHealth(health.ok, health.backend, health.model, health.detail, health.version, extras)
+
+    async def aclose(self) -> None:
+        await self.primary.aclose()
+        if self.fallback is not None:
+            await self.fallback.aclose()
