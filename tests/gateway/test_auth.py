@@ -1,0 +1,60 @@
+"""API keys: required by default, hashed at rest, sessions isolated per key; --no-auth stays on localhost."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def create_key(data_dir: Path, name: str) -> str:
+    env = os.environ | {"VSTREAMER_DATA_DIR": str(data_dir)}
+    out = subprocess.run([sys.executable, "-m", "vstreamer", "keys", "create", name], env=env, capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return out.strip().splitlines()[-1]
+
+
+def test_keys_required_and_sessions_isolated(start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path / "gw"
+    alice, bob = create_key(data_dir, "alice"), create_key(data_dir, "bob")
+    server = start_gateway({"VSTREAMER_BACKEND": "fake"}, auth=True)
+    url = f"{server.url}/v1"
+    assert httpx.get(f"{url}/models").status_code == 401
+    assert httpx.get(f"{url}/models", headers={"Authorization": "Bearer vs-wrong"}).json()["error"][
+        "type"
+    ] == ("authentication_error")
+    as_alice = openai.OpenAI(base_url=url, api_key=alice, max_retries=0)
+    as_bob = openai.OpenAI(base_url=url, api_key=bob, max_retries=0)
+    as_alice.chat.completions.create(
+        model="nova", user="shared-name", messages=[{"role": "user", "content": "secret"}]
+    )
+    with pytest.raises(openai.NotFoundError):  # bob cannot write into alice's session
+        as_bob.chat.completions.create(
+            model="nova", user="shared-name", messages=[{"role": "user", "content": "x"}]
+        )
+    bob_sessions = httpx.get(f"{server.url}/api/sessions", headers={"Authorization": f"Bearer {bob}"}).json()[
+        "data"
+    ]
+    assert bob_sessions == []
+    leak = httpx.get(
+        f"{server.url}/api/sessions/shared-name/messages", headers={"Authorization": f"Bearer {bob}"}
+    )
+    assert leak.status_code == 404
+    with sqlite3.connect(data_dir / "vstreamer.db") as db:
+        stored = [row[0] for row in db.execute("SELECT key_hash FROM api_keys")]
+    assert alice not in stored and bob not in stored and len(stored[0]) == 64
+
+
+def test_no_auth_refuses_public_bind(tmp_path: Path) -> None:
+    env = os.environ | {"VSTREAMER_DATA_DIR": str(tmp_path), "VSTREAMER_BACKEND": "fake"}
+    result = subprocess.run([sys.executable, "-m", "vstreamer", "serve", "--no-auth", "--host", "0.0.0.0"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "local use only" in result.stderr
