@@ -64,7 +64,8 @@ LLAMA_CPP_MISSING = {
     "stream_usage": "llama.cpp's server streams no usage, even with stream_options.include_usage",
     "min_tokens": "llama.cpp's server ignores min_tokens",
     "version": "llama.cpp's server has no /version or /health",
-    "json_schema": "llama.cpp's server does not enforce response_format json_schema",
+    "json_schema": "llama.cpp's server takes JSON schemas only in its own json_object dialect (our backend "
+    "translates) and its grammar ignores numeric bounds such as minimum/maximum",
     "concurrency": "llama.cpp's server generates for one request at a time",
 }
 

@@ -84,6 +84,8 @@ class OpenAICompatBackend:
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncGenerator[Delta, None]:
         request = self._request_body(messages, params)
+        if params.response_format is not None:
+            request["response_format"] = await self._response_format(params.response_format)
         attempt = 0
         while True:
             upstream = await self._open_stream(request)
@@ -160,6 +162,12 @@ class OpenAICompatBackend:
         except httpx.HTTPError:
             return None
         return Usage(prompt, completion, estimated=True)
+
+    async def _response_format(self, requested: dict[str, Any]) -> dict[str, Any]:
+        """vLLM takes the OpenAI form; llama.cpp's server only knows its own ``json_object`` + ``schema`` dialect."""
+        if requested.get("type") == "json_schema" and await self.tokenizer.detect() == "llama_cpp":
+            return {"type": "json_object", "schema": requested.get("json_schema", {}).get("schema", {})}
+        return requested
 
     async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
         return await collect(self.stream(messages, params))
