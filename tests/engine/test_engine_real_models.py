@@ -1,4 +1,4 @@
-"""The engine over real models: the embedded one directly and llama.cpp's OpenAI-compatible server."""
+"""The engine over real models: the embedded one directly, and llama.cpp's and vLLM's OpenAI-compatible servers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LlamaServer
+from tests.conftest import OpenAIServer
 from vstreamer.engine import ContextBudget, ContextBuilder, Conversation, DialogueEngine, Turn
 from vstreamer.llm.base import LLMBackend, SamplingParams
 from vstreamer.llm.local import LocalBackend
@@ -36,14 +36,14 @@ async def test_budget_holds_with_embedded_tokenizer(smollm2_gguf: Path) -> None:
     await _long_conversation_fits(LocalBackend(smollm2_gguf, n_ctx=2048))
 
 
-async def test_budget_holds_with_server_tokenizer(llama_server: LlamaServer) -> None:
-    backend = OpenAICompatBackend(base_url=llama_server.base_url, model="smollm2")
+async def test_budget_holds_with_server_tokenizer(openai_server: OpenAIServer) -> None:
+    backend = OpenAICompatBackend(base_url=openai_server.base_url, model=openai_server.served_name)
     await _long_conversation_fits(backend)
     await backend.aclose()
 
 
-async def test_persona_reply_through_server(llama_server: LlamaServer) -> None:
-    backend = OpenAICompatBackend(base_url=llama_server.base_url, model="smollm2")
+async def test_persona_reply_through_server(openai_server: OpenAIServer) -> None:
+    backend = OpenAICompatBackend(base_url=openai_server.base_url, model=openai_server.served_name)
     persona = PersonaLibrary(None).get("nova")
     engine = DialogueEngine(backend, ContextBudget(4096, 64), defaults=SamplingParams(max_tokens=64, seed=7))
     conversation = Conversation(persona.id, user_name="Sam")
@@ -54,5 +54,9 @@ async def test_persona_reply_through_server(llama_server: LlamaServer) -> None:
     ]
     await backend.aclose()
     assert len(deltas) > 3
-    assert conversation.turns[-1].status == "complete"
-    assert conversation.turns[-1].content == "".join(deltas)
+    reply = conversation.turns[-1]
+    assert reply.status == "complete"
+    assert reply.content == "".join(deltas)
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+    # vLLM reports usage itself; llama.cpp's server streams none, so the backend counted it.
+    assert reply.usage.estimated == (openai_server.missing("stream_usage") is not None)
