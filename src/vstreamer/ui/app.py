@@ -1,0 +1,195 @@
+"""The Chainlit app: a thin adapter that turns browser events into engine calls.
+
+Loaded by :mod:`vstreamer.ui.launcher` (``vstreamer ui``) after it configured :mod:`vstreamer.ui.state`.
+Personas are chat profiles; the persona greets first; replies stream from the engine; the stop button and a
+closed tab both cancel the reply task, which closes the engine stream and so the generation upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import chainlit as cl
+from chainlit.context import context
+from chainlit.types import ThreadDict
+
+from vstreamer.engine import Conversation, SamplingOverrides, Turn
+from vstreamer.errors import VStreamerError
+from vstreamer.persona import Persona
+from vstreamer.ui import auth, profiles, texts
+from vstreamer.ui import state as ui_state
+from vstreamer.ui.datalayer import StoreDataLayer
+from vstreamer.ui.emotion import EmotionFilter
+from vstreamer.ui.options import LOCAL_USER
+from vstreamer.ui.stopping import install_quiet_stop
+
+logger = logging.getLogger(__name__)
+STATE = ui_state.current()
+
+
+@cl.on_app_startup
+async def _startup() -> None:
+    await STATE.start()
+
+
+@cl.on_app_shutdown
+async def _shutdown() -> None:
+    await STATE.stop()
+
+
+@cl.data_layer
+def _data_layer() -> StoreDataLayer:
+    return StoreDataLayer(STATE.store, STATE.describe, decorate=STATE.shown_turn)
+
+
+if STATE.options.auth == "password":
+
+    @cl.password_auth_callback
+    async def _login(username: str, password: str) -> cl.User | None:
+        identifier = auth.check_password(STATE.options, username, password)
+        return cl.User(identifier=identifier) if identifier else None
+
+else:
+
+    @cl.header_auth_callback
+    async def _local_user(headers: Any) -> cl.User | None:
+        return cl.User(identifier=auth.local_user())
+
+
+@cl.set_chat_profiles
+async def _chat_profiles(user: cl.User | None, language: str | None = None) -> list[cl.ChatProfile]:
+    user_name = _user_name(user)
+    default = STATE.persona(None).id
+    ordered = sorted(STATE.personas(), key=lambda p: p.id != default)  # the default persona first
+    return [profiles.chat_profile(p, user_name, default=p.id == default) for p in ordered]
+
+
+@cl.on_chat_start
+async def _chat_start() -> None:
+    persona = STATE.persona(cl.user_session.get("chat_profile"))
+    conversation = Conversation(persona.id, user_name=_user_name(cl.user_session.get("user")))
+    conversation.id = context.session.thread_id
+    greetings = persona.greetings()
+    if greetings:
+        greeting = Turn("assistant", persona.render(greetings[0], conversation.user_name))
+        conversation.turns.append(greeting)
+        await cl.Message(content=greeting.content, author=persona.name, id=greeting.id).send()
+    _remember(persona, conversation, stored=False)
+    await profiles.settings_panel(STATE.require_runtime().engine, persona).send()
+
+
+@cl.on_chat_resume
+async def _chat_resume(thread: ThreadDict) -> None:
+    store = STATE.store()
+    user = cl.user_session.get("user")
+    record = await store.get_session(thread["id"], owner=user.identifier if user else None)
+    if record is None:
+        return
+    persona = STATE.persona(record.persona_id)
+    conversation = await store.load_conversation(record.id)
+    _remember(persona, conversation, stored=True)
+    await profiles.settings_panel(STATE.require_runtime().engine, persona).send()
+
+
+@cl.on_settings_update
+async def _settings_update(values: dict[str, Any]) -> None:
+    cl.user_session.set("overrides", _overrides(values))
+
+
+@cl.on_message
+async def _message(message: cl.Message) -> None:
+    persona: Persona = cl.user_session.get("persona")
+    conversation: Conversation = cl.user_session.get("conversation")
+    if persona is None or conversation is None:  # a message before the chat started (reconnect race)
+        await _chat_start()
+        persona, conversation = cl.user_session.get("persona"), cl.user_session.get("conversation")
+    await _ensure_stored(conversation, title=message.content)
+    await _reply(persona, conversation, message.content)
+
+
+@cl.on_chat_end
+async def _chat_end() -> None:
+    # Chainlit keeps a task running when the browser goes away; an abandoned reply must stop spending tokens.
+    task = context.session.current_task
+    if task is not None and not task.done():
+        logger.info("browser left mid-reply: cancelling the generation")
+        task.cancel()
+
+
+install_quiet_stop()
+
+
+async def _reply(persona: Persona, conversation: Conversation, text: str) -> None:
+    engine = STATE.require_runtime().engine
+    overrides: SamplingOverrides | None = cl.user_session.get("overrides")
+    reply = cl.Message(content="", author=persona.name)
+    emotion_filter = EmotionFilter()
+    stream = engine.reply(conversation, persona, text, overrides=overrides)
+    status, error = "complete", ""
+    try:
+        async for event in stream:
+            if event.kind == "delta":
+                await reply.stream_token(emotion_filter.feed(event.text))
+    except asyncio.CancelledError:
+        status = "interrupted"
+        raise
+    except VStreamerError as exc:
+        logger.warning("reply failed: %s", exc)
+        status, error = "failed", texts.error_text(persona, exc)
+    finally:
+        await stream.aclose()  # stops the generation upstream when we leave early
+        if conversation.turns and conversation.turns[-1].role == "assistant":
+            status = conversation.turns[-1].status if status == "complete" else status
+        reply.content += emotion_filter.flush()
+        reply.content = texts.shown_reply(persona, reply.content, status, emotion_filter.emotions, error)
+        await asyncio.shield(_finish(reply))
+
+
+async def _finish(reply: cl.Message) -> None:
+    try:
+        await reply.send()
+    except Exception:  # the browser may be gone; the turn is stored anyway
+        logger.debug("could not send the final reply", exc_info=True)
+
+
+async def _ensure_stored(conversation: Conversation, *, title: str) -> None:
+    """Create the store session on the first message (opening the page alone stores nothing)."""
+    if cl.user_session.get("stored"):
+        return
+    user = cl.user_session.get("user")
+    store = STATE.store()
+    await store.create_session(
+        conversation.persona_id, owner=user.identifier if user else LOCAL_USER, platform="web",
+        user_name=conversation.user_name, title=title.strip()[:80], session_id=conversation.id,
+    )  # fmt: skip
+    for turn in conversation.turns:  # the greeting
+        await store.save_turn(conversation, turn)
+    cl.user_session.set("stored", True)
+
+
+def _remember(persona: Persona, conversation: Conversation, *, stored: bool) -> None:
+    cl.user_session.set("persona", persona)
+    cl.user_session.set("conversation", conversation)
+    cl.user_session.set("stored", stored)
+    cl.user_session.set("overrides", None)
+
+
+def _user_name(user: cl.User | None) -> str:
+    if user is None or user.identifier == LOCAL_USER:
+        return STATE.settings.user_name
+    return user.display_name or user.identifier
+
+
+def _overrides(values: dict[str, Any]) -> SamplingOverrides:
+    def number(key: str) -> float | None:
+        value = values.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    max_tokens = number("max_tokens")
+    return SamplingOverrides(
+        temperature=number("temperature"),
+        top_p=number("top_p"),
+        max_tokens=int(max_tokens) if max_tokens else None,
+    )

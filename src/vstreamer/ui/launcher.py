@@ -1,0 +1,142 @@
+"""Starts the Chainlit web UI in this process: prepares its app root, then serves it with uvicorn.
+
+The app root lives under ``data_dir/ui``: Chainlit's ``.chainlit/config.toml`` (written from the options on
+every start), ``chainlit.md``, ``public/avatars/`` and the login-cookie secret. Chainlit reads its app root when
+first imported, so nothing here imports Chainlit before :func:`prepare` has set it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vstreamer.config import Settings
+from vstreamer.errors import BackendNotInstalled
+from vstreamer.persona import PersonaLibrary
+from vstreamer.ui import state as ui_state
+from vstreamer.ui.auth import ensure_jwt_secret
+from vstreamer.ui.avatars import write_avatars
+from vstreamer.ui.options import UIOptions
+
+logger = logging.getLogger(__name__)
+
+_README = """\
+# vstreamer · 虚拟主播
+
+和虚拟主播聊天：选择左上角的角色，发一条消息，看着回复一个字一个字地出来。
+**停止**按钮会立刻停下生成，已经说出的部分会保留。
+
+Chat with a virtual streamer: pick a persona at the top left, send a message and watch the reply stream.
+The **stop** button ends the generation at once and keeps what was already said.
+"""
+
+
+def _config_toml(options: UIOptions, chainlit_version: str) -> str:
+    return f"""\
+# Written by `vstreamer ui` on every start; edit the vstreamer settings instead.
+[project]
+user_env = []
+session_timeout = 600
+user_session_timeout = 1296000
+cache = false
+persist_user_env = false
+allow_origins = ["*"]
+
+[features]
+unsafe_allow_html = false
+latex = false
+user_message_markdown = false
+auto_tag_thread = false
+edit_message = false
+allow_thread_sharing = false
+favorites = false
+
+[features.spontaneous_file_upload]
+enabled = false
+
+[features.audio]
+enabled = false
+
+[features.mcp]
+enabled = false
+
+[UI]
+name = "vstreamer"
+description = "LLM virtual streamer"
+cot = "hidden"
+default_sidebar_state = "open"
+
+[meta]
+generated_by = "{chainlit_version}"
+"""
+
+
+def app_root(settings: Settings) -> Path:
+    return settings.data_dir / "ui"
+
+
+def prepare(settings: Settings, options: UIOptions) -> Path:
+    """Write the app root and point Chainlit at it (environment), before Chainlit is imported."""
+    try:
+        version = importlib.metadata.version("chainlit")
+    except importlib.metadata.PackageNotFoundError:
+        raise BackendNotInstalled("the web UI needs Chainlit: pip install 'vstreamer[ui]'") from None
+    root = app_root(settings)
+    (root / ".chainlit").mkdir(parents=True, exist_ok=True)
+    (root / ".chainlit" / "config.toml").write_text(_config_toml(options, version), encoding="utf-8")
+    for name in ("chainlit.md", "chainlit_zh-CN.md", "chainlit_en-US.md"):
+        (root / name).write_text(_README, encoding="utf-8")
+    os.environ["CHAINLIT_APP_ROOT"] = str(root)
+    os.environ["CHAINLIT_AUTH_SECRET"] = ensure_jwt_secret(root)
+    write_avatars(PersonaLibrary(settings.personas_dir).list(), root / "public")
+    return root
+
+
+def serve(
+    settings: Settings, options: UIOptions, *, on_ready: Callable[[str, float], None] | None = None
+) -> int:
+    """Run the web UI until interrupted; ``on_ready(url, seconds_since_launch)`` once it answers."""
+    started = time.perf_counter()
+    root = prepare(settings, options)
+    if "chainlit.config" in sys.modules and os.path.realpath(
+        sys.modules["chainlit.config"].APP_ROOT
+    ) != os.path.realpath(root):
+        raise RuntimeError("Chainlit was imported before the web UI set its app root")
+    ui_state.configure(ui_state.UIState(settings, options, root))
+
+    import nest_asyncio
+    import uvicorn
+
+    # As `chainlit run` does: Chainlit computes per-profile session config with a nested run_until_complete.
+    nest_asyncio.apply()
+    from chainlit.config import config
+    from chainlit.server import app
+
+    import vstreamer.ui.app  # noqa: F401  - registers the Chainlit callbacks
+
+    config.run.host, config.run.port, config.run.headless = options.host, options.port, True
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", ws="auto")
+    )
+
+    async def announce() -> None:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            await asyncio.sleep(0.05)
+        if on_ready is not None:
+            on_ready(f"http://{options.host}:{options.port}", time.perf_counter() - started)
+
+    async def run() -> None:
+        announcer = asyncio.create_task(announce())
+        try:
+            await server.serve()
+        finally:
+            announcer.cancel()
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,104 @@
+"""The web UI's process-wide state: settings, options and the runtime (opened on the server's own loop)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from vstreamer.config import Settings
+from vstreamer.engine import Turn
+from vstreamer.errors import PersonaError
+from vstreamer.persona import Persona
+from vstreamer.runtime import Runtime, open_runtime
+from vstreamer.store import Store
+from vstreamer.ui import texts
+from vstreamer.ui.emotion import strip_emotions
+from vstreamer.ui.options import UIOptions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class UIState:
+    """What every Chainlit callback shares."""
+
+    settings: Settings
+    options: UIOptions
+    app_root: Path
+    """Chainlit's app root: ``.chainlit/`` config, ``public/`` avatars, ``chainlit.md``."""
+    runtime: Runtime | None = None
+
+    async def start(self) -> None:
+        """Open the store and the backend; called once the server's event loop runs."""
+        if self.runtime is not None:
+            return
+        self.runtime = await open_runtime(self.settings)
+        health = await self.runtime.backend.health()
+        logger.info("backend %s (%s): %s", health.backend, health.model, "ok" if health.ok else health.detail)
+
+    async def stop(self) -> None:
+        if self.runtime is not None:
+            runtime, self.runtime = self.runtime, None
+            await runtime.aclose()
+
+    def require_runtime(self) -> Runtime:
+        if self.runtime is None:
+            raise RuntimeError("the web UI runtime is not started yet")
+        return self.runtime
+
+    def store(self) -> Store:
+        store = self.require_runtime().store
+        if store is None:
+            raise RuntimeError("the web UI needs the store")
+        return store
+
+    def personas(self) -> list[Persona]:
+        return self.require_runtime().personas.list()
+
+    def persona(self, persona_id: str | None) -> Persona:
+        """The persona by id, else the configured default (a deleted persona falls back too)."""
+        library = self.require_runtime().personas
+        for wanted in (persona_id, self.settings.persona):
+            if wanted:
+                try:
+                    return library.get(wanted)
+                except PersonaError:
+                    logger.warning("persona %r not found; using the default", wanted)
+        return library.list()[0]
+
+    def describe(self, persona_id: str) -> tuple[str, str]:
+        """(display name, chat profile name) of a persona id, for stored threads."""
+        try:
+            persona = self.require_runtime().personas.get(persona_id)
+        except PersonaError:
+            return persona_id, persona_id
+        return persona.name, persona.id
+
+    def shown_turn(self, turn: Turn, persona_id: str) -> str:
+        """A stored turn's text as the chat shows it."""
+        if turn.role == "user":
+            return turn.content
+        persona = self.persona(persona_id)
+        content, emotions = strip_emotions(turn.content)
+        return texts.shown_reply(persona, content, turn.status, emotions)
+
+
+_STATE: UIState | None = None
+
+
+def configure(state: UIState) -> None:
+    """Set by the launcher before Chainlit imports the app module."""
+    global _STATE
+    _STATE = state
+
+
+def current() -> UIState:
+    """The configured state, or one built from the environment (``chainlit run`` on the app file)."""
+    global _STATE
+    if _STATE is None:
+        import os
+
+        settings = Settings.load()
+        _STATE = UIState(settings, UIOptions.from_settings(settings), Path(os.getcwd()))
+    return _STATE
