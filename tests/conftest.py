@@ -154,25 +154,42 @@ def _say(request: pytest.FixtureRequest, message: str) -> None:
         print(f"\n[vllm-cpu] {message}", file=sys.stderr, flush=True)  # noqa: T201
 
 
-@pytest.fixture(scope="session")
-def vllm_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VLLMServer]:
-    """One vLLM CPU server for the whole session (~4 GB RAM, ~30 s to start); its log is printed on failure."""
+def _start_vllm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_model: str
+) -> VLLMCPUServer:
     if os.environ.get("VSTREAMER_SKIP_VLLM"):
         pytest.skip("VSTREAMER_SKIP_VLLM is set: vLLM CPU tests are off")
     from vstreamer.errors import BackendNotInstalled
     from vstreamer.llm import vllm_cpu
 
     try:
-        prepared = vllm_cpu.prepare("smollm2", progress=lambda m: _say(request, m))
+        prepared = vllm_cpu.prepare(local_model, progress=lambda m: _say(request, m))
     except BackendNotInstalled as exc:
-        pytest.skip(f"the vLLM CPU environment cannot be built here: {exc}")
+        pytest.skip(f"vLLM CPU cannot serve {local_model} here: {exc}")
     launch = vllm_cpu.build_cpu_command(
         prepared.python, prepared.model_dir, served_model_name=prepared.served_name, port=free_port()
     )
-    server = vllm_cpu.VLLMCPUServer(launch, tmp_path_factory.mktemp("vllm") / "server.log")
+    server = vllm_cpu.VLLMCPUServer(launch, tmp_path_factory.mktemp("vllm") / f"{local_model}.log")
     server.start(wait_s=240, progress=lambda m: _say(request, m))
+    return server
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """One vLLM CPU server (SmolLM2) for the whole session (~4 GB RAM, ~30 s to start); its log is shown on failure."""
+    server = _start_vllm(request, tmp_path_factory, "smollm2")
+    yield VLLMServer(server)
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_qwen_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VLLMServer]:
+    """vLLM CPU serving Qwen2.5-0.5B: the production model's tokenizer and chat template (opt-in extra ``qwen``)."""
+    server = _start_vllm(request, tmp_path_factory, "qwen2.5-0.5b")
     yield VLLMServer(server)
     server.stop()
 

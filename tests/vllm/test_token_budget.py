@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import OpenAIServer
+from tests.conftest import OpenAIServer, VLLMServer
 from vstreamer.engine import ContextBudget, ContextBuilder, Conversation, Turn
 from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.llm.local import LocalBackend
@@ -109,5 +109,30 @@ async def test_budgeter_counts_equal_the_servers(
     assert completion.usage is not None and not completion.usage.estimated
     assert completion.usage.prompt_tokens == await server_count(
         openai_server, built.messages, generation=True
+    )
+    await backend.aclose()
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("language", sorted(CONVERSATIONS))
+async def test_budgeter_counts_equal_vllm_with_the_qwen_tokenizer(
+    language: str, vllm_qwen_server: VLLMServer
+) -> None:
+    """The production family's tokenizer and chat template (Qwen2.5), where the opt-in model is installed."""
+    backend = OpenAICompatBackend(base_url=vllm_qwen_server.base_url, model=vllm_qwen_server.served_name)
+    conversation, persona = conversation_for(language)
+    built = await ContextBuilder(backend, ContextBudget(context_window=2048, max_tokens=128)).build(
+        conversation,
+        persona,  # type: ignore[arg-type]
+    )
+    assert built.history_turns == len(conversation.turns) - 1
+    shares = [await backend.count_message_tokens(m) for m in built.messages]
+    tokenized = await server_count(vllm_qwen_server, built.messages, generation=False)
+    assert built.prompt_tokens == tokenized
+    assert sum(shares) == tokenized, f"per-message shares {shares} do not add up to {tokenized}"
+    completion = await backend.complete(list(built.messages), SamplingParams(max_tokens=4, temperature=0))
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == await server_count(
+        vllm_qwen_server, built.messages, generation=True
     )
     await backend.aclose()
