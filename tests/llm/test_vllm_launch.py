@@ -1,14 +1,19 @@
-"""The production vLLM launch command."""
+"""The production vLLM launch command (GPU), and the vllm-cpu profile for tests and development."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import LlamaServer, free_port
 from vstreamer.config import VLLMSettings
-from vstreamer.errors import BackendTimeout, ConfigError
+from vstreamer.errors import BackendTimeout, BackendUnavailable, ConfigError
+from vstreamer.llm import vllm_cpu
 from vstreamer.llm.vllm_launch import build_vllm_command, wait_until_ready
 
 
@@ -73,3 +78,80 @@ async def test_wait_times_out_with_clear_message() -> None:
 async def test_wait_sees_a_ready_server(llama_server: LlamaServer) -> None:
     ready = await wait_until_ready(llama_server.base_url, wait_s=10)
     assert ready["models"] == ["smollm2"]
+
+
+# --- the CPU profile (vllm-cpu) ---------------------------------------------------------------------------------
+
+
+def test_cpu_command_uses_the_module_entry_point_and_cpu_env(tmp_path: Path) -> None:
+    launch = vllm_cpu.build_cpu_command(
+        tmp_path / "bin" / "python", tmp_path / "model", served_model_name="smollm2", port=8123, api_key="k3y"
+    )
+    argv = launch.argv
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]  # `vllm serve` fails in this build
+    assert option(argv, "--model") == str(tmp_path / "model")
+    assert option(argv, "--served-model-name") == "smollm2"
+    assert option(argv, "--host") == "127.0.0.1"
+    assert option(argv, "--dtype") == "bfloat16"
+    assert option(argv, "--max-model-len") == "2048"
+    assert "--enforce-eager" in argv and "--gpu-memory-utilization" not in argv
+    assert launch.env["VLLM_CPU_KVCACHE_SPACE"] == "1" and launch.env["HF_HUB_OFFLINE"] == "1"
+    assert launch.env["VLLM_API_KEY"] == "k3y" and "k3y" not in argv
+
+
+def test_cpu_cache_is_keyed_by_the_pinned_versions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VSTREAMER_VLLM_CPU_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert vllm_cpu.cache_root() == tmp_path / "vstreamer" / "vllm-cpu"
+    name = vllm_cpu.venv_dir().name
+    assert vllm_cpu.VLLM_CPU_VERSION in name and vllm_cpu.TORCH_VERSION in name
+    gguf = tmp_path / "Model.Q4.gguf"
+    gguf.write_bytes(b"x" * 10)
+    assert vllm_cpu.converted_dir(gguf).name == f"model.q4-10-{vllm_cpu.CONVERT_FORMAT}"
+
+
+def test_a_built_environment_is_reused(tmp_path: Path) -> None:
+    python = vllm_cpu.venv_python(tmp_path)
+    python.parent.mkdir(parents=True)
+    (vllm_cpu.venv_dir(tmp_path) / ".vstreamer-ready.json").write_text("{}")
+    said: list[str] = []
+    assert vllm_cpu.ensure_venv(tmp_path, progress=said.append) == python
+    assert said == []  # nothing rebuilt, nothing to report
+
+
+def test_file_lock_reports_waiting(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    with vllm_cpu.file_lock(lock, "thing"):
+        code = (
+            "import sys; from pathlib import Path; from vstreamer.llm.vllm_cpu import file_lock\n"
+            "with file_lock(Path(sys.argv[1]), 'thing', print): pass"
+        )
+        waiter = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert waiter.poll() is None  # blocked while we hold the lock
+    out, _ = waiter.communicate(timeout=20)
+    assert "waiting for another process that is preparing thing" in out
+
+
+def test_cpu_server_that_dies_shows_its_log(tmp_path: Path) -> None:
+    script = tmp_path / "fake_vllm.py"
+    script.write_text("import sys; print('boom: not enough memory for the KV cache'); sys.exit(3)\n")
+    launch = vllm_cpu.build_cpu_command(
+        Path(sys.executable), tmp_path, served_model_name="m", port=free_port()
+    )
+    launch.argv[1:3] = [str(script)]
+    server = vllm_cpu.VLLMCPUServer(launch, tmp_path / "log" / "server.log")
+    with pytest.raises(BackendUnavailable, match="not enough memory for the KV cache"):
+        server.start(wait_s=20)
+    assert server.process is None
+
+
+def test_cli_prints_the_cpu_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from vstreamer.cli import main
+
+    assert main(["vllm-command", "--cpu", "--port", "8124"]) == 0
+    out = capsys.readouterr().out
+    assert "-m vllm.entrypoints.openai.api_server" in out and "--port 8124" in out
+    assert "VLLM_CPU_KVCACHE_SPACE=1" in out and "--served-model-name smollm2" in out
+    assert main(["vllm-command"]) == 0  # the GPU profile stays the default
+    assert capsys.readouterr().out.startswith("vllm serve Qwen/Qwen2.5-7B-Instruct ")
