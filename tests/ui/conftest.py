@@ -76,6 +76,24 @@ class UIServer:
         with sqlite3.connect(self.data_dir / "vstreamer.db") as db:
             return db.execute(sql, params).fetchall()
 
+    def replies(self, session_id: str) -> list[tuple[str, str]]:
+        """(content, status) of a session's stored replies after the greeting."""
+        rows = self.query(
+            "SELECT content, status FROM messages WHERE session_id = ? AND role = 'assistant' ORDER BY pk",
+            session_id,
+        )
+        return rows[1:]
+
+    def wait_reply_committed(self, session_id: str, count: int, timeout: float = 5.0) -> tuple[str, str]:
+        """The session's ``count``-th reply once the engine committed it (it commits a reply when it ends)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            turns = self.replies(session_id)
+            if len(turns) >= count:
+                return turns[count - 1]
+            time.sleep(0.05)
+        raise AssertionError(f"reply {count} of session {session_id} was not committed within {timeout}s")
+
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 

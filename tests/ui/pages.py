@@ -34,6 +34,12 @@ def send(page: Any, text: str) -> None:
     )
 
 
+def thread_id(page: Any) -> str:
+    """The conversation's id, from the URL Chainlit moves to after the first message."""
+    page.wait_for_url("**/thread/*")
+    return str(page.url).rsplit("/", 1)[-1]
+
+
 def last_reply(page: Any) -> str:
     return str(page.locator(ASSISTANT).last.inner_text()).strip()
 

@@ -17,6 +17,7 @@ from tests.ui.pages import (
     open_chat,
     sample_growth,
     send,
+    thread_id,
     wait_reply,
 )
 
@@ -28,31 +29,6 @@ LONG = "请给我讲一个很长很长的故事，" * 12
 
 def login(browser: Any, server: UIServer, user: str = "alice") -> Any:
     return open_chat(browser, server.url, user, USERS[user])
-
-
-def thread_id(page: Any) -> str:
-    page.wait_for_url("**/thread/*")
-    return str(page.url).rsplit("/", 1)[-1]
-
-
-def reply_turns(server: UIServer, session_id: str) -> list[tuple[str, str]]:
-    """(content, status) of the session's stored replies after the greeting."""
-    rows = server.query(
-        "SELECT content, status FROM messages WHERE session_id = ? AND role = 'assistant' ORDER BY pk",
-        session_id,
-    )
-    return rows[1:]
-
-
-def wait_stored_reply(server: UIServer, session_id: str, count: int, timeout: float = 5.0) -> tuple[str, str]:
-    """The session's ``count``-th reply once the engine committed it (it commits a reply when it ends)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        turns = reply_turns(server, session_id)
-        if len(turns) >= count:
-            return turns[count - 1]
-        time.sleep(0.05)
-    raise AssertionError(f"reply {count} of session {session_id} was not committed within {timeout}s")
 
 
 def test_greeting_then_streamed_reply(browser: Any, ui_server: UIServer, screenshot: Any) -> None:
@@ -89,13 +65,13 @@ def test_stop_button_stops_generation_and_keeps_partial(
     screenshot(page, "04-stopped")
 
     session_id = thread_id(page)
-    content, status = wait_stored_reply(ui_server, session_id, 1)
+    content, status = ui_server.wait_reply_committed(session_id, 1)
     full = "收到：" + LONG
     assert status == "interrupted"
     assert 0 < len(content) < len(full) and full.startswith(content)
     time.sleep(1.0)
     assert last_reply(page) == shown, "the reply kept growing after stop"
-    assert reply_turns(ui_server, session_id) == [(content, status)], "generation went on after stop"
+    assert ui_server.replies(session_id) == [(content, status)], "generation went on after stop"
     assert "Task manually stopped" not in page.content()
 
     send(page, "还在吗？")  # the chat goes on after a stop
@@ -110,7 +86,7 @@ def test_closing_the_tab_stops_generation(browser: Any, ui_server: UIServer) -> 
     page.context.close()  # the viewer leaves mid-reply
 
     # Streaming the whole reply would take over 8 s; the reply must end (and be committed) at once instead.
-    content, status = wait_stored_reply(ui_server, session_id, 1, timeout=3.0)
+    content, status = ui_server.wait_reply_committed(session_id, 1, timeout=3.0)
     assert status == "interrupted", "an abandoned reply must stop spending tokens"
     assert len(content) < len("收到：" + LONG)
 

@@ -14,7 +14,7 @@ from vstreamer.persona import Persona
 
 _TEXTS: dict[str, dict[str, str]] = {
     "zh": {
-        "unavailable": "（{name}暂时连不上大脑了：模型服务没有响应。请稍等片刻再发一次消息，恢复后会自动继续。）",
+        "unavailable": "（{name}暂时连不上大脑了：模型服务没有响应。请稍后再发一次消息试试。）",
         "timeout": "（{name}想得太久了：模型服务响应超时。请稍后再试一次。）",
         "backend": "（模型服务出了点问题，{name}这次没能回答。请稍后再试。）",
         "too_long": "（这条消息太长了，{name}装不下。请缩短一点再发。）",
@@ -27,7 +27,7 @@ _TEXTS: dict[str, dict[str, str]] = {
     },
     "en": {
         "unavailable": "({name} can't reach the model right now: the model server is not answering. Send your "
-        "message again in a moment; the chat resumes as soon as it is back.)",
+        "message again in a moment.)",
         "timeout": "({name} took too long: the model server timed out. Please try again in a moment.)",
         "backend": "(The model server had a problem and {name} couldn't answer. Please try again later.)",
         "too_long": "(That message is too long for {name} to take in. Please shorten it.)",
