@@ -39,13 +39,22 @@ async def chat_completions(
     )  # fmt: skip
     started = time.perf_counter()
     events = state.runtime.engine.reply(conversation, persona, user_text, overrides=overrides)
-    # Read up to the first text before answering, so failures before it become proper HTTP errors.
+    # Read up to the first text before answering, so failures before it become proper HTTP errors;
+    # a client that leaves meanwhile (its request queued upstream, say) cancels the generation at once.
     head: list[EngineEvent] = []
+    reading = asyncio.ensure_future(_read_head(events, head))
+    gone = asyncio.ensure_future(_client_gone(request))
     try:
-        async for event in events:
-            head.append(event)
-            if event.kind != "started":
-                break
+        await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not reading.done():
+            reading.cancel()
+            await asyncio.wait({reading})
+            await events.aclose()
+            return JSONResponse(error_body("client closed the request", "invalid_request_error"), 499)
+    try:
+        reading.result()
     except VStreamerError as exc:
         await events.aclose()
         _count_failure(state, exc)
@@ -59,6 +68,19 @@ async def chat_completions(
             stream, media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"}
         )
     return JSONResponse(await _whole(state, events, head, reply), headers=headers)
+
+
+async def _read_head(events: AsyncGenerator[EngineEvent, None], head: list[EngineEvent]) -> None:
+    async for event in events:
+        head.append(event)
+        if event.kind != "started":
+            return
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the request body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class ReplyMeta:

@@ -66,8 +66,11 @@ class OpenAICompatBackend:
         self.stall_timeout = stall_timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
+        # The transport's read limit must allow the first token; the first-token and stall limits themselves
+        # are enforced per chunk in _read_stream.
+        read_limit = max(first_token_timeout, stall_timeout) + 1
         timeout = openai.Timeout(
-            connect=connect_timeout, read=stall_timeout, write=stall_timeout, pool=connect_timeout
+            connect=connect_timeout, read=read_limit, write=stall_timeout, pool=connect_timeout
         )
         self._client = openai.AsyncOpenAI(
             base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +25,8 @@ from vstreamer.store.records import ApiKeyRecord, SessionRecord
 from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow
 
 KEY_PREFIX = "vs-"
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -59,6 +64,20 @@ def _turn(row: MessageRow) -> Turn:
     )
 
 
+def _shielded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Let a database call finish even if its caller is cancelled.
+
+    A transaction cut off mid-way (a client gone, a stop button) could otherwise keep SQLite's write lock until
+    it is garbage-collected and stall every other writer.
+    """
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.shield(method(*args, **kwargs))
+
+    return run
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
@@ -87,6 +106,7 @@ class Store:
 
     # --- sessions -------------------------------------------------------------------------------------
 
+    @_shielded
     async def create_session(
         self,
         persona_id: str,
@@ -107,6 +127,7 @@ class Store:
             session.add(row)
         return _session_record(row)
 
+    @_shielded
     async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionRecord | None:
         async with self._tx() as session:
             row = await session.get(SessionRow, session_id)
@@ -114,6 +135,7 @@ class Store:
             return None
         return _session_record(row)
 
+    @_shielded
     async def list_sessions(self, *, owner: str, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
         query = (
             select(SessionRow)
@@ -126,12 +148,14 @@ class Store:
             rows = (await session.scalars(query)).all()
         return [_session_record(r) for r in rows]
 
+    @_shielded
     async def rename_session(self, session_id: str, title: str) -> None:
         async with self._tx() as session:
             await session.execute(
                 update(SessionRow).where(SessionRow.id == session_id).values(title=title[:200])
             )
 
+    @_shielded
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         query = delete(SessionRow).where(SessionRow.id == session_id)
         if owner is not None:
@@ -143,6 +167,7 @@ class Store:
 
     # --- messages -------------------------------------------------------------------------------------
 
+    @_shielded
     async def load_conversation(self, session_id: str, *, recent: int = 200) -> Conversation:
         """The session as an engine conversation, with its ``recent`` newest turns (older ones live in the summary)."""
         async with self._tx() as session:
@@ -162,6 +187,7 @@ class Store:
             turns=[_turn(r) for r in rows], summary=header.summary,
         )  # fmt: skip
 
+    @_shielded
     async def list_messages(self, session_id: str, *, limit: int = 1000, offset: int = 0) -> list[Turn]:
         query = (
             select(MessageRow)
@@ -173,11 +199,13 @@ class Store:
         async with self._tx() as session:
             return [_turn(r) for r in (await session.scalars(query)).all()]
 
+    @_shielded
     async def count_messages(self, session_id: str) -> int:
         query = select(func.count()).select_from(MessageRow).where(MessageRow.session_id == session_id)
         async with self._tx() as session:
             return int((await session.execute(query)).scalar_one())
 
+    @_shielded
     async def save_turn(self, conversation: Conversation, turn: Turn) -> None:
         """Insert the turn, or update it if it was saved before (a reply saved again when it ends)."""
         values = {
@@ -202,6 +230,7 @@ class Store:
                 update(SessionRow).where(SessionRow.id == conversation.id).values(updated_at=now)
             )
 
+    @_shielded
     async def save_summary(self, session_id: str, summary: str) -> None:
         async with self._tx() as session:
             await session.execute(
@@ -210,6 +239,7 @@ class Store:
 
     # --- personas imported through the API -----------------------------------------------------------
 
+    @_shielded
     async def save_persona(
         self, persona_id: str, name: str, data: str, *, owner: str, avatar_png: bytes | None
     ) -> None:
@@ -220,12 +250,14 @@ class Store:
                 )
             )
 
+    @_shielded
     async def persona_rows(self) -> list[tuple[str, bytes | None]]:
         """Every stored persona's JSON and avatar."""
         async with self._tx() as session:
             rows = (await session.scalars(select(PersonaRow).order_by(PersonaRow.id))).all()
         return [(r.data, r.avatar_png) for r in rows]
 
+    @_shielded
     async def delete_persona(self, persona_id: str) -> bool:
         async with self._tx() as session:
             result = await session.execute(delete(PersonaRow).where(PersonaRow.id == persona_id))
@@ -233,6 +265,7 @@ class Store:
 
     # --- API keys ------------------------------------------------------------------------------------
 
+    @_shielded
     async def create_api_key(self, name: str) -> tuple[ApiKeyRecord, str]:
         """Make a key; the plaintext is returned once and never stored."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -243,6 +276,7 @@ class Store:
             session.add(row)
         return ApiKeyRecord(row.id, row.name, row.prefix, row.created_at, False), key
 
+    @_shielded
     async def verify_api_key(self, key: str) -> ApiKeyRecord | None:
         digest = hash_key(key)
         async with self._tx() as session:
@@ -251,6 +285,7 @@ class Store:
             return None
         return ApiKeyRecord(row.id, row.name, row.prefix, _aware(row.created_at), False)
 
+    @_shielded
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         async with self._tx() as session:
             rows = (await session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all()
@@ -258,6 +293,7 @@ class Store:
             ApiKeyRecord(r.id, r.name, r.prefix, _aware(r.created_at), r.revoked_at is not None) for r in rows
         ]
 
+    @_shielded
     async def revoke_api_key(self, key_id: str) -> bool:
         async with self._tx() as session:
             result = await session.execute(
