@@ -48,11 +48,13 @@ async def chat_completions(
         await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        if not reading.done():
+        client_left = not reading.done()
+        if client_left:
             reading.cancel()
             await asyncio.wait({reading})
             await events.aclose()
-            return JSONResponse(error_body("client closed the request", "invalid_request_error"), 499)
+    if client_left:
+        return JSONResponse(error_body("client closed the request", "invalid_request_error"), 499)
     try:
         reading.result()
     except VStreamerError as exc:
