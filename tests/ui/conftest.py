@@ -35,6 +35,7 @@ class UIServer:
         self.name = name
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
         self.log_path = ARTIFACTS / f"server-{name}.log"
         self.log_path.unlink(missing_ok=True)
         self.ready_s = 0.0
@@ -49,11 +50,11 @@ class UIServer:
         env = os.environ | {"VSTREAMER_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1"} | self.env
         env.pop("CHAINLIT_APP_ROOT", None)
         env.pop("CHAINLIT_AUTH_SECRET", None)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process for its lifetime
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vstreamer", "ui", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.data_dir,
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.data_dir,
         )  # fmt: skip
         wait_http(self.url + "/", timeout=timeout, process=self.process)
         self.ready_s = time.perf_counter() - started
@@ -66,6 +67,9 @@ class UIServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def restart(self) -> None:
         self.stop()
@@ -108,8 +112,10 @@ def _ensure_chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Headless Chromium, per test module: Playwright's sync API holds an event loop open while it runs,
+    which the asyncio tests of other modules must not meet."""
     pytest.importorskip("chainlit", reason="the web UI needs Chainlit (pip install 'vstreamer[ui]')")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
     executable = _ensure_chromium()

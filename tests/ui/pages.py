@@ -25,12 +25,15 @@ def open_chat(browser: Any, url: str, user: str | None = None, password: str | N
     return page
 
 
-def send(page: Any, text: str) -> None:
+def send(page: Any, text: str, timeout: float = 20.0) -> None:
+    """Send a message and wait until the persona's reply starts (its message appears)."""
     count = page.locator(ASSISTANT).count()
     page.fill("#chat-input", text)
     page.keyboard.press("Enter")
     page.wait_for_function(
-        "([sel, n]) => document.querySelectorAll(sel).length > n", arg=[ASSISTANT, count], timeout=20_000
+        "([sel, n]) => document.querySelectorAll(sel).length > n",
+        arg=[ASSISTANT, count],
+        timeout=timeout * 1000,
     )
 
 

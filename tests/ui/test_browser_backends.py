@@ -79,10 +79,10 @@ def test_embedded_model_streams_a_reply(browser: Any, ui_embedded: UIServer, scr
     record_timing("page_load_to_greeting_embedded_s", time.perf_counter() - started)
 
     started = time.perf_counter()
-    send(page, "Hi! What games do you like to play on stream?")
-    wait_reply(page, lambda t: len(t) > 0, timeout=120)
+    send(page, "Hi! What games do you like to play on stream?", timeout=180)
+    wait_reply(page, lambda t: len(t) > 0, timeout=60)
     record_timing("send_to_first_visible_token_embedded_s", time.perf_counter() - started)
-    content, status = ui_embedded.wait_reply_committed(thread_id(page), 1, timeout=120)
+    content, status = ui_embedded.wait_reply_committed(thread_id(page), 1, timeout=180)
     record_timing("send_to_reply_done_embedded_s", time.perf_counter() - started)
     assert status == "complete" and content.strip()
     time.sleep(0.5)

@@ -9,6 +9,7 @@ from pathlib import Path
 from vstreamer.config import Settings
 from vstreamer.engine import Turn
 from vstreamer.errors import PersonaError
+from vstreamer.llm import ChatMessage
 from vstreamer.persona import Persona
 from vstreamer.runtime import Runtime, open_runtime
 from vstreamer.store import Store
@@ -34,6 +35,9 @@ class UIState:
         if self.runtime is not None:
             return
         self.runtime = await open_runtime(self.settings)
+        if self.settings.backend == "local":
+            # Load the embedded model now (counting tokens needs it), not on the first viewer's message.
+            await self.runtime.backend.count_tokens([ChatMessage("user", "hi")])
         health = await self.runtime.backend.health()
         logger.info("backend %s (%s): %s", health.backend, health.model, "ok" if health.ok else health.detail)
 
