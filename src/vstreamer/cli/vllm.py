@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -201,14 +202,17 @@ def serve_cpu(args: argparse.Namespace, settings: Settings) -> int:
     server = vllm_cpu.VLLMCPUServer(
         launch, vllm_cpu.cache_root() / "logs" / f"serve-{server_port(launch)}.log"
     )
+    # SIGTERM (service managers, `kill`) must stop vLLM too, not orphan it: turn it into a normal exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     server.start(wait_s=args.timeout, progress=_progress)
     print(f"ready: {server.base_url} serves {server.served_name} (Ctrl-C stops it)", flush=True)
     assert server.process is not None
     try:
         return server.process.wait()
     except KeyboardInterrupt:
-        server.stop()
         return 130
+    finally:
+        server.stop()
 
 
 def server_port(launch: VLLMLaunch) -> str:
