@@ -1,4 +1,4 @@
-# One entry point for humans and CI. `make run` chats on the embedded model; `make test` runs every check.
+# One entry point for humans and CI. `make run` opens the web chat on the embedded model; `make test` runs every check.
 VENV ?= .venv
 BIN := $(VENV)/bin
 export VSTREAMER_VENV := $(VENV)
@@ -6,18 +6,26 @@ export VSTREAMER_VENV := $(VENV)
 # `make test VLLM_MODELS=smollm2` leaves it out (its tests then skip with the reason).
 VLLM_MODELS ?= smollm2 qwen2.5-0.5b
 
-.PHONY: run chat install install-dev check format test test-fast test-vllm vllm-cpu bench bench-backends clean
+.PHONY: run chat serve install install-dev system-deps check format test test-fast test-vllm vllm-cpu bench \
+	bench-backends clean
 
-run: install                      ## install and chat with the default persona on the embedded model
+run: install                      ## install and open the web chat on the embedded model (http://127.0.0.1:8310)
+	$(BIN)/vstreamer ui
+
+chat: install                     ## the same persona in the terminal
 	$(BIN)/vstreamer chat
 
-chat: run
+serve: install                    ## the OpenAI-compatible gateway (http://127.0.0.1:8320/v1, local only)
+	$(BIN)/vstreamer serve --no-auth
 
 install:
-	scripts/install.sh local
+	scripts/install.sh local,ui,server
 
 install-dev:
 	scripts/install.sh local,dev
+
+system-deps:                      ## PostgreSQL and Chromium for the integration tests (apt-get, as root)
+	scripts/install-system.sh
 
 check: install-dev                ## formatting, lint, types
 	$(BIN)/ruff format --check src tests bench
@@ -32,7 +40,7 @@ vllm-cpu: install-dev             ## the vLLM CPU environment and models, cached
 	$(if $(filter qwen2.5-0.5b,$(VLLM_MODELS)),scripts/install.sh qwen)
 	@for model in $(VLLM_MODELS); do scripts/vllm-cpu setup --model $$model || exit 1; done
 
-test: check vllm-cpu              ## everything CI runs: checks, unit, integration and vLLM tests
+test: system-deps check vllm-cpu  ## everything CI runs: checks, unit, integration and vLLM tests
 	$(BIN)/python -m pytest
 
 test-vllm: vllm-cpu               ## only the tests against the real vLLM CPU server

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     """Consecutive upstream failures that open the circuit breaker."""
     circuit_reset_s: float = Field(30.0, gt=0)
 
+    # --- safety
+    moderation: bool = True
+    """Moderate viewer input and the streamed output (curated lexicon, PII, injection and leak guards)."""
+    lexicon_dirs: list[Path] = Field(default_factory=list)
+    """Extra lexicon folders (one term per line, a file per category)."""
+    audit_log: Path | None = None
+    """JSON-lines file for moderation decisions (default: the log)."""
+
     # --- product
     persona: str = "xiaoxing"
     user_name: str = "观众"
@@ -107,6 +115,11 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """``sqlite:///path.db`` or ``postgresql://user:pass@host/db``; default: SQLite file in data_dir."""
     ui_port: int = Field(DEFAULT_UI_PORT, ge=1, le=65535)
+    ui_host: str = "127.0.0.1"
+    ui_auth: Literal["none", "password"] = "none"
+    """``password``: users log in (``ui_users``) and each sees only their own conversations."""
+    ui_users: dict[str, SecretStr] = Field(default_factory=dict)
+    """User name -> password for the web chat, e.g. ``VSTREAMER_UI_USERS='{"alice": "s3cret"}'``."""
     gateway_port: int = Field(DEFAULT_GATEWAY_PORT, ge=1, le=65535)
     gateway_host: str = "127.0.0.1"
     auth: bool = True

@@ -8,6 +8,7 @@ from vstreamer.config import Settings
 from vstreamer.engine import ContextBudget, DialogueEngine
 from vstreamer.llm import LLMBackend, SamplingParams, create_backend
 from vstreamer.persona import PersonaLibrary
+from vstreamer.safety import JsonlAuditLog, SafetyPipeline
 from vstreamer.store import Store, open_store
 
 
@@ -36,8 +37,16 @@ def build_runtime(
     defaults = SamplingParams(
         temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens
     )
-    engine = DialogueEngine(backend, budget, defaults=defaults, store=store)
+    engine = DialogueEngine(backend, budget, defaults=defaults, store=store, safety=build_safety(settings))
     return Runtime(settings, backend, engine, PersonaLibrary(settings.personas_dir), store)
+
+
+def build_safety(settings: Settings) -> SafetyPipeline | None:
+    """The moderation pipeline the settings ask for (lexicons are compiled once per process and shared)."""
+    if not settings.moderation:
+        return None
+    audit = JsonlAuditLog(settings.audit_log) if settings.audit_log else None
+    return SafetyPipeline.default(lexicon_dirs=settings.lexicon_dirs, audit=audit)
 
 
 async def open_runtime(settings: Settings, backend: LLMBackend | None = None) -> Runtime:

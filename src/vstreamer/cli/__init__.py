@@ -7,8 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from vstreamer.cli import chat, personas, serve, vllm
-from vstreamer.cli import ui
+from vstreamer.cli import chat, personas, serve, ui, vllm
 from vstreamer.config import Settings
 from vstreamer.errors import VStreamerError
 from vstreamer.logs import configure_logging

@@ -66,7 +66,7 @@ class ChatSession:
 
     async def reply(self, text: str) -> None:
         self.say(f"{self.persona.name}: ")
-        stream = self.runtime.engine.reply(self.conversation, self.persona, text)
+        stream = self.runtime.engine.reply(self.conversation, self.persona, text, source="cli")
         try:
             async for event in stream:
                 if event.kind == "delta":

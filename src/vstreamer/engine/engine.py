@@ -22,6 +22,7 @@ from vstreamer.llm.base import LLMBackend, SamplingParams, StreamEnd
 
 if TYPE_CHECKING:
     from vstreamer.persona import Persona
+    from vstreamer.safety import InputDecision, OutputGuard, SafetyPipeline, Source
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,11 @@ class DialogueEngine:
         *,
         defaults: SamplingParams | None = None,
         store: TurnStore | None = None,
+        safety: SafetyPipeline | None = None,
     ) -> None:
         self.backend = backend
         self.store = store
+        self.safety = safety
         self.budget = budget
         self.defaults = defaults or SamplingParams(max_tokens=budget.max_tokens)
         self.context = ContextBuilder(backend, budget)
@@ -85,28 +88,70 @@ class DialogueEngine:
         user_text: str,
         *,
         overrides: SamplingOverrides | None = None,
+        source: Source = "web",
     ) -> AsyncGenerator[EngineEvent, None]:
         """Add the user's message and stream the persona's reply.
 
-        Closing the iterator early (client gone, stop button, Ctrl-C) stops the generation upstream and keeps the
-        partial reply as an ``interrupted`` turn. A backend failure keeps it as ``failed`` and re-raises.
+        With a safety pipeline, the message is moderated and neutralised before it reaches the prompt, and the
+        reply is guarded while it streams. Closing the iterator early (client gone, stop button, Ctrl-C) stops the
+        generation upstream and keeps the partial reply as an ``interrupted`` turn. A backend failure keeps it as
+        ``failed`` and re-raises.
         """
-        user_turn = Turn("user", user_text)
+        decision = self.safety.prepare_user_text(user_text, source=source) if self.safety else None
+        if decision is not None and decision.action == "block":
+            async for event in self._refuse(conversation, decision):
+                yield event
+            return
+        user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
         conversation.turns.append(user_turn)
         await self._save(conversation, user_turn)  # committed before generation starts
         context = await self.build_context(conversation, persona)
         params = self.sampling_for(persona, overrides)
-        async with aclosing(self._generate(conversation, context, params)) as events:
+        guard = self._guard(persona, context, source)
+        async with aclosing(self._generate(conversation, context, params, guard)) as events:
             async for event in events:
                 yield event
 
+    async def _refuse(
+        self, conversation: Conversation, decision: InputDecision
+    ) -> AsyncGenerator[EngineEvent, None]:
+        """A blocked message: stored as blocked (masked), answered with the policy's message, never sent on."""
+        conversation.turns.append(user_turn := Turn("user", decision.result.output, status="blocked"))
+        await self._save(conversation, user_turn)
+        conversation.turns.append(turn := Turn("assistant", decision.user_message or "", status="blocked"))
+        await self._save(conversation, turn)
+        yield ReplyStarted(turn, 0)
+        if turn.content:
+            yield ReplyDelta(turn.content)
+        yield ReplyFinished(turn)
+
+    def _guard(self, persona: Persona, context: BuiltContext, source: Source) -> OutputGuard | None:
+        if self.safety is None:
+            return None
+        protected = [m.content for m in context.messages if m.role == "system"]
+        return self.safety.output_guard(
+            protected_texts=protected, language=persona.language, persona_name=persona.name, source=source
+        )
+
     async def _generate(
-        self, conversation: Conversation, context: BuiltContext, params: SamplingParams
+        self,
+        conversation: Conversation,
+        context: BuiltContext,
+        params: SamplingParams,
+        guard: OutputGuard | None,
     ) -> AsyncGenerator[EngineEvent, None]:
         turn = Turn("assistant", "", status="streaming")
         conversation.turns.append(turn)
         started = time.perf_counter()
         parts: list[str] = []
+
+        def shown(text: str) -> ReplyDelta:
+            if not parts:
+                turn.first_token_ms = round((time.perf_counter() - started) * 1000)
+            parts.append(text)
+            turn.content = "".join(parts)
+            return ReplyDelta(text)
+
         try:
             yield ReplyStarted(turn, context.prompt_tokens)
             async with aclosing(self.backend.stream(context.messages, params)) as stream:
@@ -114,12 +159,17 @@ class DialogueEngine:
                     if isinstance(delta, StreamEnd):
                         turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
                         continue
-                    if not parts:
-                        turn.first_token_ms = round((time.perf_counter() - started) * 1000)
-                    parts.append(delta.text)
-                    turn.content = "".join(parts)
-                    yield ReplyDelta(delta.text)
-            turn.status = "complete"
+                    text = guard.feed(delta.text) if guard else delta.text
+                    if text:
+                        yield shown(text)
+                    if guard is not None and guard.blocked:
+                        break  # leaving the block closes the upstream stream: generation stops
+            if guard is not None:
+                tail = guard.deflection if guard.blocked else guard.finish()
+                if tail:
+                    yield shown(tail)
+                guard.result()  # the whole reply's verdict goes to the audit log
+            turn.status = "blocked" if guard is not None and guard.blocked else "complete"
             logger.debug("reply of %d chars in %.2fs", len(turn.content), time.perf_counter() - started)
             yield ReplyFinished(turn)
         except BackendError as exc:

@@ -38,7 +38,7 @@ async def chat_completions(
         seed=body.seed,
     )  # fmt: skip
     started = time.perf_counter()
-    events = state.runtime.engine.reply(conversation, persona, user_text, overrides=overrides)
+    events = state.runtime.engine.reply(conversation, persona, user_text, overrides=overrides, source="api")
     # Read up to the first text before answering, so failures before it become proper HTTP errors;
     # a client that leaves meanwhile (its request queued upstream, say) cancels the generation at once.
     head: list[EngineEvent] = []
