@@ -16,6 +16,7 @@ from tests.gateway.conftest import GatewayServer
 
 pytestmark = pytest.mark.integration
 
+FIRST_CHUNK = "你好呀，欢迎来到直播间！今天我们聊聊游戏。"
 LONG = [
     {"role": "user", "content": "Write a very long story about a dragon and a knight, with many chapters."}
 ]
@@ -165,7 +166,7 @@ async def stalling_upstream(send_first_chunk: bool) -> AsyncIterator[str]:
             )
             if send_first_chunk:
                 event = (b'data: {"id":"x","object":"chat.completion.chunk","created":0,"model":"m",'
-                         b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n')  # fmt: skip
+                         b'"choices":[{"index":0,"delta":{"content":"' + FIRST_CHUNK.encode() + b'"},"finish_reason":null}]}\n\n')  # fmt: skip
                 writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
             await writer.drain()
             await asyncio.sleep(60)
@@ -199,4 +200,5 @@ async def test_slow_first_token_and_stalled_stream(start_gateway) -> None:  # ty
                 lines = [line async for line in response.aiter_lines() if line]
         assert lines[-1] == "data: [DONE]" and "mid-stream" in lines[-2]
         reply = (await asyncio.to_thread(server.messages, "stalled"))[-1]
-        assert (reply.status, reply.content) == ("failed", "Hi")
+        # What was shown before the stall is kept (the output guard may hold back a few last characters).
+        assert reply.status == "failed" and reply.content and FIRST_CHUNK.startswith(reply.content)
