@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -30,9 +31,9 @@ GREETING = [ChatMessage("system", "You are a cheerful streamer."), ChatMessage("
 
 
 @pytest.fixture
-async def backend(openai_server: OpenAIServer) -> OpenAICompatBackend:
+async def backend(openai_server: OpenAIServer) -> AsyncIterator[OpenAICompatBackend]:
     client = OpenAICompatBackend(base_url=openai_server.base_url, model=openai_server.served_name)
-    yield client  # type: ignore[misc]
+    yield client
     await client.aclose()
 
 
