@@ -207,3 +207,8 @@ def openai_server(request: pytest.FixtureRequest) -> OpenAIServer:
         "llama_server" if request.param == "llama_cpp" else "vllm_server"
     )
     return server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API drives its own event loop in this process."""
+    items.sort(key=lambda item: "tests/ui/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("ui/"))
