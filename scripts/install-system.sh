@@ -6,7 +6,9 @@ set -uo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
-fc-list 2>/dev/null | grep -qi "noto sans cjk" || need+=(fonts-noto-cjk)
+if command -v dpkg >/dev/null 2>&1; then
+  dpkg -s fonts-noto-cjk >/dev/null 2>&1 || need+=(fonts-noto-cjk)
+fi
 if [ ${#need[@]} -eq 0 ]; then
   echo "==> system packages present (postgresql, chromium, CJK fonts)"
   exit 0

@@ -211,4 +211,6 @@ def openai_server(request: pytest.FixtureRequest) -> OpenAIServer:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Browser tests run last: Playwright's sync API drives its own event loop in this process."""
-    items.sort(key=lambda item: "tests/ui/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("ui/"))
+    items.sort(
+        key=lambda item: "tests/ui/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("ui/")
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vstreamer.gateway import chat, errors, rest
 from vstreamer.gateway.auth import Authenticator
@@ -15,6 +15,32 @@ from vstreamer.gateway.catalog import PersonaCatalog
 from vstreamer.gateway.metrics import GatewayMetrics
 from vstreamer.gateway.state import GatewayState
 from vstreamer.runtime import Runtime
+
+
+class RequestCounter:
+    """Counts requests by route and status (plain ASGI: no buffering of streamed bodies)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, str(status)).inc()
 
 
 def create_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
@@ -49,12 +75,5 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
             expose_headers=[chat.SESSION_HEADER],
         )  # fmt: skip
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        state.metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(RequestCounter, metrics=state.metrics)
     return app

@@ -1,0 +1,74 @@
+"""A minimal, fast OpenAI-compatible streaming server for benchmarks (raw asyncio, no framework).
+
+    python bench/fake_upstream.py PORT [CHUNKS]
+
+Answers ``POST /v1/chat/completions`` (streamed or not) with CHUNKS word pieces at once, and ``GET /v1/models``;
+everything else is 404. It is the upstream that both the direct client and the gateway talk to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+MODEL = "fake"
+
+
+def _chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
+    body = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_body(chunks: int) -> bytes:
+    parts = [_chunk({"role": "assistant", "content": ""})]
+    parts += [_chunk({"content": f" word{i}"}) for i in range(chunks)]
+    parts += [_chunk({}, "stop"), b"data: [DONE]\n\n"]
+    return b"".join(parts)
+
+
+async def serve(port: int, chunks: int) -> None:
+    stream = sse_body(chunks)
+    whole = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": " ".join(f"word{i}" for i in range(chunks))},
+         "finish_reason": "stop"}], "usage": {"prompt_tokens": 10, "completion_tokens": chunks,
+                                              "total_tokens": 10 + chunks}}).encode()  # fmt: skip
+    models = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                line0 = head.split(b"\r\n", 1)[0]
+                if b"/chat/completions" in line0:
+                    streamed = b'"stream":true' in body.replace(b" ", b"")
+                    payload, kind = (
+                        (stream, b"text/event-stream") if streamed else (whole, b"application/json")
+                    )
+                elif b"/models" in line0:
+                    payload, kind = models, b"application/json"
+                else:
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    await writer.drain()
+                    continue
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ncontent-length: "
+                             + str(len(payload)).encode() + b"\r\n\r\n" + payload)  # fmt: skip
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 16))
