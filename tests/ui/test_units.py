@@ -60,8 +60,9 @@ def test_options_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     ("env", "message"),
     [
         ({"VSTREAMER_UI_AUTH": "password"}, "no ui_users"),
-        ({"VSTREAMER_UI_AUTH": "oauth"}, "ui_auth must be"),
-        ({"VSTREAMER_UI_USERS": "alice:pw"}, "JSON object"),
+        ({"VSTREAMER_UI_AUTH": "oauth"}, "ui_auth"),
+        ({"VSTREAMER_UI_USERS": "alice:pw"}, "ui_users"),
+        ({"VSTREAMER_UI_HOST": "0.0.0.0"}, "without login only binds to 127.0.0.1"),
     ],
 )
 def test_bad_options_name_the_setting(

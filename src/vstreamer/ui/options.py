@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,25 +31,37 @@ class UIOptions:
     def from_settings(
         cls, settings: Settings, *, host: str | None = None, port: int | None = None
     ) -> UIOptions:
-        """Read the options from the settings (and, until the settings grow these fields, the environment).
+        """Read the options from the settings (``ui_host``, ``ui_auth``, ``ui_users``; flags override).
 
-        TODO(settings): move ``ui_host``, ``ui_auth`` and ``ui_users`` into :class:`vstreamer.config.Settings`;
-        until then they come from ``VSTREAMER_UI_HOST``, ``VSTREAMER_UI_AUTH`` and ``VSTREAMER_UI_USERS``
-        (a JSON object ``{"name": "password"}``).
+        Without login every browser shares one history, so that mode only binds to the loopback interface.
         """
-        resolved_host = host or _setting(settings, "ui_host") or "127.0.0.1"
+        resolved_host = str(host or _setting(settings, "ui_host") or "127.0.0.1")
         auth = str(_setting(settings, "ui_auth") or "none").lower()
         if auth not in ("none", "password"):
             raise ConfigError(f"ui_auth must be 'none' or 'password', got {auth!r}")
         users = _parse_users(_setting(settings, "ui_users"))
         if auth == "password" and not users:
             raise ConfigError("ui_auth is 'password' but no ui_users are configured (name -> password)")
+        if auth == "none" and not _is_loopback(resolved_host):
+            raise ConfigError(
+                f"the web UI without login only binds to 127.0.0.1 (asked for {resolved_host}); "
+                "set ui_auth='password' and ui_users to serve other machines"
+            )
         resolved_port = port or settings.ui_port
         if resolved_port in (VLLM_DEFAULT_PORT, settings.vllm.port, settings.gateway_port):
             raise ConfigError(
                 f"UI port {resolved_port} collides with the vLLM or gateway port; choose another"
             )
         return cls(host=resolved_host, port=resolved_port, auth=auth, users=users)  # type: ignore[arg-type]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _setting(settings: Settings, name: str) -> object:
