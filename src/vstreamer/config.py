@@ -24,6 +24,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -200,6 +201,8 @@ class Settings(BaseSettings):
             return cls(**clean)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc)) from None
+        except SettingsError as exc:  # e.g. an environment variable that should hold JSON does not
+            raise ConfigError(f"invalid configuration: {exc}") from None
         finally:
             _CONFIG_FILE_HINT["path"] = None
 
