@@ -109,6 +109,26 @@ class Settings(BaseSettings):
     audit_log: Path | None = None
     """JSON-lines file for moderation decisions (default: the log)."""
 
+    # --- memory
+    memory: bool = True
+    """Rolling summaries of what left the context window and long-term facts about each viewer."""
+    memory_summary_tokens: int = Field(256, ge=16)
+    """Longest running summary in the prompt (at most a quarter of the prompt budget)."""
+    memory_facts_tokens: int = Field(128, ge=0)
+    """Prompt tokens for the facts remembered about the viewer (at most an eighth of the prompt budget)."""
+    memory_summary_batch: int = Field(4, ge=1)
+    """Turns out of the context window before they are folded into the summary."""
+    memory_facts_per_viewer: int = Field(200, ge=1)
+    """Newest facts kept per viewer."""
+    memory_facts: bool = True
+    """Extract facts viewers state about themselves (one small LLM request per such message)."""
+    drift_repair: bool = True
+    """Catch replies that break character and regenerate them once, else answer with an in-character line."""
+    embeddings_url: str | None = None
+    """OpenAI-compatible base URL (``.../v1``) whose ``/embeddings`` adds semantic recall of facts."""
+    embeddings_model: str = "text-embedding"
+    embeddings_api_key: SecretStr = SecretStr("EMPTY")
+
     # --- product
     persona: str = "xiaoxing"
     user_name: str = "观众"

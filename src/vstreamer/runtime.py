@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from vstreamer.config import Settings
 from vstreamer.engine import ContextBudget, DialogueEngine
+from vstreamer.engine.embeddings import OpenAIEmbeddings
+from vstreamer.engine.memory import InMemoryFacts, MemoryManager, MemoryPolicy
 from vstreamer.llm import LLMBackend, SamplingParams, create_backend
 from vstreamer.persona import PersonaLibrary
 from vstreamer.safety import JsonlAuditLog, SafetyPipeline
@@ -23,6 +25,9 @@ class Runtime:
     store: Store | None = None
 
     async def aclose(self) -> None:
+        await self.engine.aclose()  # background memory work first: it may still talk to the backend and store
+        if self.engine.memory is not None and self.engine.memory.embedder is not None:
+            await self.engine.memory.embedder.aclose()
         await self.backend.aclose()
         if self.store is not None:
             await self.store.close()
@@ -37,8 +42,32 @@ def build_runtime(
     defaults = SamplingParams(
         temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens
     )
-    engine = DialogueEngine(backend, budget, defaults=defaults, store=store, safety=build_safety(settings))
+    engine = DialogueEngine(
+        backend, budget, defaults=defaults, store=store, safety=build_safety(settings),
+        memory=build_memory(settings, backend, budget, store), drift_repair=settings.drift_repair,
+    )  # fmt: skip
     return Runtime(settings, backend, engine, PersonaLibrary(settings.personas_dir), store)
+
+
+def build_memory(
+    settings: Settings, backend: LLMBackend, budget: ContextBudget, store: Store | None
+) -> MemoryManager | None:
+    """Summaries and viewer facts, kept in the store when there is one (else in the process)."""
+    if not settings.memory:
+        return None
+    policy = MemoryPolicy(
+        facts=settings.memory_facts, summary_tokens=settings.memory_summary_tokens,
+        facts_tokens=settings.memory_facts_tokens, summary_batch=settings.memory_summary_batch,
+        facts_per_viewer=settings.memory_facts_per_viewer,
+    )  # fmt: skip
+    embedder = None
+    if settings.embeddings_url:
+        embedder = OpenAIEmbeddings(
+            settings.embeddings_url, settings.embeddings_model,
+            api_key=settings.embeddings_api_key.get_secret_value(),
+        )  # fmt: skip
+    facts = store if store is not None else InMemoryFacts()
+    return MemoryManager(backend, budget, policy=policy, facts=facts, summaries=store, embedder=embedder)
 
 
 def build_safety(settings: Settings) -> SafetyPipeline | None:

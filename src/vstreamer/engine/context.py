@@ -49,6 +49,10 @@ class BuiltContext:
     history_turns: int
     """History turns that fit (the new user message not included)."""
     lore: tuple[LoreEntry, ...]
+    window_start: int = 0
+    """Index in ``conversation.turns`` of the oldest turn in the prompt: older turns have left the window."""
+    memory: tuple[str, ...] = ()
+    """Memory blocks that made it into the system message (dropped only when the persona alone barely fits)."""
 
 
 class ContextBuilder:
@@ -78,17 +82,19 @@ class ContextBuilder:
             fixed_cost += await self._count(message)
 
         system: ChatMessage | None = None
-        for include_lore, include_examples in ((True, True), (True, False), (False, False)):
+        ladder = ((True, True, True), (True, False, True), (False, False, True), (False, False, False))
+        for include_lore, include_examples, include_memory in ladder:
             text = prompt.system_message(
                 persona,
                 user,
                 lore=lore if include_lore else (),
-                memory=memory,
+                memory=memory if include_memory else (),
                 include_examples=include_examples,
             )
             candidate = ChatMessage("system", text)
             if fixed_cost + await self._count(candidate) <= budget:
                 system, lore = candidate, lore if include_lore else []
+                memory = memory if include_memory else ()
                 break
         if system is None:
             raise ContextBudgetError(
@@ -96,28 +102,39 @@ class ContextBuilder:
                 "shorten the message or raise context_window"
             )
         room = budget - fixed_cost - await self._count(system)
-        history = await self._fit_history(conversation.turns[:-1], room)
-        messages = [system, *(t.as_message() for t in history), *tail]
+        history = await self._fit_history(conversation.turns, room)
+        messages = [system, *(t.as_message() for _, t in history), *tail]
         total = await self.backend.count_tokens(messages)
         while total > budget and history:
             # Per-message shares are close but not always exact (template quirks): trim until the exact count fits.
             history.pop(0)
-            messages = [system, *(t.as_message() for t in history), *tail]
+            messages = [system, *(t.as_message() for _, t in history), *tail]
             total = await self.backend.count_tokens(messages)
         if total > budget:
             raise ContextBudgetError(f"the prompt needs {total} tokens, over the {budget}-token budget")
-        return BuiltContext(tuple(messages), total, budget, len(history), tuple(lore))
+        start = history[0][0] if history else len(conversation.turns) - 1
+        return BuiltContext(
+            tuple(messages),
+            total,
+            budget,
+            len(history),
+            tuple(lore),
+            window_start=start,
+            memory=tuple(memory),
+        )
 
-    async def _fit_history(self, turns: Sequence[Turn], room: int) -> list[Turn]:
-        chosen: list[Turn] = []
-        for turn in reversed(turns):
+    async def _fit_history(self, turns: Sequence[Turn], room: int) -> list[tuple[int, Turn]]:
+        """The newest turns before the last one that fit in ``room``, with their indices, oldest first."""
+        chosen: list[tuple[int, Turn]] = []
+        for index in range(len(turns) - 2, -1, -1):
+            turn = turns[index]
             if not turn.in_prompt:
                 continue
             cost = await self._turn_tokens(turn)
             if cost > room:
                 break
             room -= cost
-            chosen.append(turn)
+            chosen.append((index, turn))
         chosen.reverse()
         return chosen
 

@@ -40,6 +40,8 @@ class Turn:
     """Milliseconds the whole reply took (assistant turns)."""
     prompt_tokens: int | None = None
     """Cached share of the prompt this turn takes (filled by the context builder; not stored)."""
+    summary_id: str | None = None
+    """The running-summary version the prompt of this reply carried (assistant turns; traceability)."""
 
     @property
     def in_prompt(self) -> bool:
@@ -60,7 +62,19 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     summary: str = ""
     """A running summary of turns that left the context window (filled by the memory layer)."""
+    summary_id: str | None = None
+    """The stored version of ``summary`` (``None``: not stored, or no summary yet)."""
+    summary_until: str | None = None
+    """Id of the newest turn folded into ``summary``."""
+    summary_index: int | None = field(default=None, repr=False, compare=False)
+    """Where ``summary_until`` sits in ``turns`` (a cache of the memory layer; not stored)."""
+    platform: str = "web"
+    """Where the viewer comes from (``web``, ``api``, a live platform): with ``viewer_id``, whose memory to use."""
+    viewer_id: str | None = None
+    """The viewer's stable id on ``platform``; ``None`` keeps no long-term memory about them."""
 
     def reset(self) -> None:
         self.turns.clear()
         self.summary = ""
+        self.summary_id = self.summary_until = None
+        self.summary_index = None

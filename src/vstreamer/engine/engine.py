@@ -1,7 +1,8 @@
-"""The dialogue engine: one turn = prompt within budget → streamed reply → stored turn.
+"""The dialogue engine: one turn = memory recall → prompt within budget → streamed reply → stored turn →
+background learning (summary, viewer facts).
 
-Adapters only translate: every behaviour (persona, budget, moderation, interruption) lives here so the CLI,
-the gateway, the web UI and the live-chat loop behave the same.
+Adapters only translate: every behaviour (persona, budget, memory, drift repair, moderation, interruption) lives
+here so the CLI, the gateway, the web UI and the live-chat loop behave the same.
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
+from vstreamer.engine.background import BackgroundTasks
 from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
 from vstreamer.engine.conversation import Conversation, Turn
+from vstreamer.engine.drift import DriftDetector, DriftStream, fallback_line, reinforcement
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
+from vstreamer.engine.memory import MemoryManager, Recall
+from vstreamer.engine.stats import EngineStats
 from vstreamer.errors import BackendError
-from vstreamer.llm.base import LLMBackend, SamplingParams, StreamEnd
+from vstreamer.llm.base import ChatMessage, LLMBackend, SamplingParams, StreamEnd
 
 if TYPE_CHECKING:
     from vstreamer.persona import Persona
@@ -54,13 +59,26 @@ class DialogueEngine:
         defaults: SamplingParams | None = None,
         store: TurnStore | None = None,
         safety: SafetyPipeline | None = None,
+        memory: MemoryManager | None = None,
+        drift_repair: bool = True,
     ) -> None:
         self.backend = backend
         self.store = store
         self.safety = safety
+        self.memory = memory
+        self.drift_repair = drift_repair
         self.budget = budget
         self.defaults = defaults or SamplingParams(max_tokens=budget.max_tokens)
         self.context = ContextBuilder(backend, budget)
+        self.stats = memory.stats if memory is not None else EngineStats()
+        """Drift, summary and fact counters (the gateway exports them as metrics)."""
+        self.tasks = memory.tasks if memory is not None else BackgroundTasks()
+        """Background work (summaries, fact extraction); :meth:`aclose` cancels what is left."""
+        self._detectors: dict[tuple[str, str, str], DriftDetector] = {}
+
+    async def aclose(self) -> None:
+        """Cancel background work (shutdown); replies in flight are their callers' to close."""
+        await self.tasks.aclose()
 
     def sampling_for(self, persona: Persona, overrides: SamplingOverrides | None = None) -> SamplingParams:
         """Engine defaults, then the persona's defaults, then the request's overrides."""
@@ -105,12 +123,20 @@ class DialogueEngine:
         user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
         conversation.turns.append(user_turn)
         await self._save(conversation, user_turn)  # committed before generation starts
-        context = await self.build_context(conversation, persona)
+        recall = (
+            await self.memory.recall(conversation, persona, user_turn.content) if self.memory else Recall()
+        )
+        context = await self.build_context(conversation, persona, memory=recall.blocks)
         params = self.sampling_for(persona, overrides)
         guard = self._guard(persona, context, source)
-        async with aclosing(self._generate(conversation, context, params, guard)) as events:
-            async for event in events:
-                yield event
+        reply = self._generate(conversation, persona, context, params, guard, recall.summary_id)
+        try:
+            async with aclosing(reply) as events:
+                async for event in events:
+                    yield event
+        finally:
+            if self.memory is not None:  # scheduling only: the reply never waits for memory work
+                self.memory.after_turn(conversation, persona, context, user_turn)
 
     async def _refuse(
         self, conversation: Conversation, decision: InputDecision
@@ -136,11 +162,13 @@ class DialogueEngine:
     async def _generate(
         self,
         conversation: Conversation,
+        persona: Persona,
         context: BuiltContext,
         params: SamplingParams,
         guard: OutputGuard | None,
+        summary_id: str | None,
     ) -> AsyncGenerator[EngineEvent, None]:
-        turn = Turn("assistant", "", status="streaming")
+        turn = Turn("assistant", "", status="streaming", summary_id=summary_id)
         conversation.turns.append(turn)
         started = time.perf_counter()
         parts: list[str] = []
@@ -152,18 +180,40 @@ class DialogueEngine:
             turn.content = "".join(parts)
             return ReplyDelta(text)
 
+        def passed(text: str) -> str:
+            return guard.feed(text) if guard is not None and text else text
+
         try:
             yield ReplyStarted(turn, context.prompt_tokens)
-            async with aclosing(self.backend.stream(context.messages, params)) as stream:
-                async for delta in stream:
-                    if isinstance(delta, StreamEnd):
-                        turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
-                        continue
-                    text = guard.feed(delta.text) if guard else delta.text
-                    if text:
-                        yield shown(text)
-                    if guard is not None and guard.blocked:
-                        break  # leaving the block closes the upstream stream: generation stops
+            messages = context.messages
+            for attempt in range(2):
+                drift = self._drift_stream(persona)
+                async with aclosing(self.backend.stream(messages, params)) as stream:
+                    async for delta in stream:
+                        if isinstance(delta, StreamEnd):
+                            turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
+                            continue
+                        text = passed(drift.feed(delta.text) if drift is not None else delta.text)
+                        if text:
+                            yield shown(text)
+                        if guard is not None and guard.blocked:
+                            break  # leaving the block closes the upstream stream: generation stops
+                        if drift is not None and drift.hit is not None:
+                            break  # the drifting words were held back: stop before more of them come
+                if drift is None or (guard is not None and guard.blocked):
+                    break
+                if drift.hit is None and (text := passed(drift.finish())):
+                    yield shown(text)
+                if drift.hit is None:
+                    break
+                repair = self._on_drift(conversation, persona, drift, attempt, bool(parts))
+                if repair == "retry":
+                    messages = await self._reinforced(conversation, persona, context)
+                    continue
+                if repair and (text := passed(repair)):
+                    yield shown(text)
+                turn.finish_reason = "stop"
+                break
             if guard is not None:
                 tail = guard.deflection if guard.blocked else guard.finish()
                 if tail:
@@ -182,6 +232,39 @@ class DialogueEngine:
                 turn.status = "interrupted"
             # Shielded: a reply cancelled by its client is still committed with its partial text.
             await asyncio.shield(self._save(conversation, turn))
+
+    def _drift_stream(self, persona: Persona) -> DriftStream | None:
+        if not self.drift_repair:
+            return None
+        key = (persona.id, persona.name, persona.char_name)
+        detector = self._detectors.get(key)
+        if detector is None:
+            detector = self._detectors[key] = DriftDetector(persona.char_name, (persona.name, persona.id))
+        return detector.stream()
+
+    def _on_drift(
+        self, conversation: Conversation, persona: Persona, drift: DriftStream, attempt: int, shown: bool
+    ) -> str:
+        """What to do about a reply that broke character: ``retry``, an in-character line, or "" (cut it here)."""
+        assert drift.hit is not None
+        self.stats.drift_events += 1
+        logger.info("persona drift (%s) in %s: %r", drift.hit.reason, conversation.id, drift.hit.text)
+        if shown:
+            return ""  # what was shown is in character; the drifting rest never is
+        if attempt == 0:
+            self.stats.drift_regenerations += 1
+            return "retry"
+        self.stats.drift_fallbacks += 1
+        return fallback_line(persona.language, persona.char_name, seed=conversation.turns[-1].id)
+
+    async def _reinforced(
+        self, conversation: Conversation, persona: Persona, context: BuiltContext
+    ) -> tuple[ChatMessage, ...]:
+        """The same prompt with a reinforced in-character instruction, rebuilt within the budget."""
+        before = Conversation(conversation.persona_id, conversation.user_name, conversation.id,
+                              conversation.turns[:-1])  # fmt: skip
+        note = reinforcement(persona.language, persona.char_name)
+        return (await self.context.build(before, persona, memory=(*context.memory, note))).messages
 
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:

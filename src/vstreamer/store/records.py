@@ -30,3 +30,15 @@ class ApiKeyRecord:
     prefix: str
     created_at: datetime
     revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRecord:
+    """One version of a session's running summary."""
+
+    id: str
+    session_id: str
+    covers_until_turn_id: str | None
+    """The newest turn folded into it."""
+    text: str
+    created_at: datetime

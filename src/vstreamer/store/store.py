@@ -7,7 +7,7 @@ import functools
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +18,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from vstreamer.engine.conversation import Conversation, Turn, new_id
+from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.llm.base import Usage
 from vstreamer.store.database import create_engine, default_url, migrate
-from vstreamer.store.records import ApiKeyRecord, SessionRecord
-from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow
+from vstreamer.store.memory import MemoryTables
+from vstreamer.store.records import ApiKeyRecord, SessionRecord, SummaryRecord
+from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow, SummaryRow
 
 KEY_PREFIX = "vs-"
 P = ParamSpec("P")
@@ -61,6 +63,7 @@ def _turn(row: MessageRow) -> Turn:
         error=row.error,
         first_token_ms=row.first_token_ms,
         duration_ms=row.duration_ms,
+        summary_id=row.summary_id,
     )
 
 
@@ -82,7 +85,7 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-class Store:
+class Store(MemoryTables):
     """Async persistence over SQLAlchemy. Every method is one short transaction."""
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -162,6 +165,7 @@ class Store:
             query = query.where(SessionRow.owner == owner)
         async with self._tx() as session:
             await session.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
+            await session.execute(delete(SummaryRow).where(SummaryRow.session_id == session_id))
             result = await session.execute(query)
         return bool(getattr(result, "rowcount", 0))
 
@@ -181,10 +185,13 @@ class Store:
                 .limit(recent)
             )
             rows = list((await session.scalars(query)).all())
+            latest = await self._latest_summary(session, session_id)
         rows.reverse()
         return Conversation(
             header.persona_id, user_name=header.user_name or "观众", id=header.id,
-            turns=[_turn(r) for r in rows], summary=header.summary,
+            turns=[_turn(r) for r in rows], summary=latest.text if latest else header.summary,
+            summary_id=latest.id if latest else None, summary_until=latest.covers_until_turn_id if latest else None,
+            platform=header.platform, viewer_id=header.viewer_id,
         )  # fmt: skip
 
     @_shielded
@@ -217,6 +224,7 @@ class Store:
             "first_token_ms": turn.first_token_ms,
             "duration_ms": turn.duration_ms,
             "error": turn.error,
+            "summary_id": turn.summary_id,
         }
         now = _now()
         async with self._tx() as session:
@@ -230,12 +238,41 @@ class Store:
                 update(SessionRow).where(SessionRow.id == conversation.id).values(updated_at=now)
             )
 
+    # --- memory: summaries and viewer facts ------------------------------------------------------------
+
     @_shielded
-    async def save_summary(self, session_id: str, summary: str) -> None:
-        async with self._tx() as session:
-            await session.execute(
-                update(SessionRow).where(SessionRow.id == session_id).values(summary=summary)
-            )
+    async def save_summary(self, session_id: str, summary: str, *, covers_until: str | None = None) -> str:
+        """Store a new version of the session's running summary; returns its id (turns refer to it)."""
+        return await self._save_summary(session_id, summary, covers_until)
+
+    @_shielded
+    async def summary_history(self, session_id: str) -> list[SummaryRecord]:
+        """Every summary version of the session, oldest first."""
+        return await self._summary_history(session_id)
+
+    @_shielded
+    async def get_summary(self, summary_id: str) -> SummaryRecord | None:
+        return await self._get_summary(summary_id)
+
+    @_shielded
+    async def add_facts(self, viewer: ViewerKey, facts: Sequence[Fact], *, keep: int = 200) -> list[Fact]:
+        """Remember new facts about the viewer (already known ones are skipped); returns those added."""
+        return await self._add_facts(viewer, facts, keep)
+
+    @_shielded
+    async def viewer_facts(self, viewer: ViewerKey, *, limit: int = 200) -> list[Fact]:
+        """What is remembered about the viewer, newest first."""
+        return await self._viewer_facts(viewer, limit)
+
+    @_shielded
+    async def delete_facts(self, viewer: ViewerKey, *, fact_id: str | None = None) -> int:
+        """Forget one fact, or everything about the viewer ("forget me"); returns how many were deleted."""
+        return await self._delete_facts(viewer, fact_id)
+
+    @_shielded
+    async def export_facts(self, *, platform: str | None = None) -> list[Fact]:
+        """Every remembered fact (of one platform), for operators."""
+        return await self._export_facts(platform)
 
     # --- personas imported through the API -----------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -46,6 +46,8 @@ class MessageRow(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    summary_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The summary version the prompt of this (assistant) turn carried."""
 
 
 class PersonaRow(Base):
@@ -73,3 +75,35 @@ class ApiKeyRow(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SummaryRow(Base):
+    """One version of a session's running summary; each assistant turn names the version its prompt used."""
+
+    __tablename__ = "summaries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    covers_until_turn_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The newest turn folded into this summary."""
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ViewerFactRow(Base):
+    """Something remembered about one viewer, keyed by (platform, user id), never by display name."""
+
+    __tablename__ = "viewer_facts"
+    __table_args__ = (UniqueConstraint("platform", "user_id", "normalized", name="uq_viewer_facts_fact"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str] = mapped_column(String(200))
+    fact: Mapped[str] = mapped_column(Text)
+    normalized: Mapped[str] = mapped_column(String(200))
+    """The fact folded for de-duplication (case, width, punctuation and spaces removed)."""
+    embedding: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """JSON list of floats, when an embedding model is configured."""
+    session_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    turn_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -1,0 +1,208 @@
+"""Persona drift: replies that break character ("作为一个AI语言模型", "I'm Qwen", another name than the persona's).
+
+:class:`DriftDetector` knows the phrases; :class:`DriftStream` watches a streamed reply and holds back only the
+tail that could still become one of them, so a drifting phrase is caught before any of it is shown. The engine
+then regenerates once with a reinforced instruction, or ends with an in-character line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import unicodedata
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+DriftReason = Literal["ai_disclaimer", "model_identity", "wrong_name"]
+
+_ZH_SELF = ("作为", "作为一个", "作为一名", "作为一款", "身为", "身为一个", "身为一名", "我是", "我是一个",
+            "我是一名", "我是一款", "我只是", "我只是一个", "我只是一名", "我仅仅是一个", "我本质上是一个")  # fmt: skip
+_ZH_AI = ("ai语言模型", "ai助手", "ai模型", "ai聊天机器人", "人工智能", "人工智能语言模型", "人工智能助手",
+          "人工智能模型", "语言模型", "大语言模型", "大型语言模型", "大模型", "智能助手", "聊天机器人")  # fmt: skip
+_EN_SELF = ("as an", "as a", "i'm an", "i am an", "i'm a", "i am a", "i'm just an", "i am just an",
+            "i'm only an", "i am only an", "i'm just a", "i am just a", "being an", "being a")  # fmt: skip
+_EN_AI = ("ai", "ai language model", "language model", "large language model", "ai assistant", "ai model",
+          "artificial intelligence", "virtual assistant", "chatbot", "ai chatbot")  # fmt: skip
+_MODELS = ("qwen", "通义千问", "千问", "chatgpt", "gpt-4", "gpt-3.5", "gpt", "claude", "文心一言", "llama",
+           "gemini", "smollm", "deepseek", "豆包", "kimi")  # fmt: skip
+_ORGS = ("阿里云", "阿里巴巴", "openai", "anthropic", "meta", "google", "谷歌", "百度", "hugging face",
+         "huggingface", "深度求索", "字节跳动", "alibaba cloud", "alibaba")  # fmt: skip
+_ZH_IDENTITY = ("我是", "我叫", "我的名字是", "我是由", "我由", "我是{org}开发的")
+_EN_IDENTITY = ("i'm", "i am", "my name is", "i was created by", "i was developed by", "i was trained by",
+                "i was made by", "i am developed by", "i'm developed by", "i'm created by", "i am created by")  # fmt: skip
+
+#: after a model or company name, these mean it is not a self-identification ("我是chatgpt的粉丝")
+_NOT_IDENTITY_NEXT = frozenset("的粉迷用")
+_NAME_CLAIM = re.compile(
+    r"(?:我的名字(?:是|叫)|我名叫|我叫做|my name is|i'm called|i am called)\s*"
+    r"([^\s,.!?;:，。！？；：~～、\"'“”()（）]{1,16})(?=[\s,.!?;:，。！？；：~～、\"'“”()（）]|$)",
+    re.IGNORECASE,
+)
+_NAME_OPEN = re.compile(
+    r"(?:我的名字(?:是|叫)|我名叫|我叫做|my name is|i'm called|i am called)\s*[^\s,.!?;:，。！？；：~～、]{0,16}$"
+)
+
+FALLBACK_ZH = (
+    "诶嘿，{name}刚刚走神了一下～我们接着聊吧！",
+    "唔……{name}刚才差点说串台了，当我没说～你刚刚说到哪啦？",
+    "哎呀，{name}脑子打了个结！重新来，我们继续聊～",
+)
+FALLBACK_EN = (
+    "Oops, {name} zoned out for a second~ where were we?",
+    "Hah, ignore that, {name} got tongue-tied! Let's keep going~",
+    "Wait, scratch that! {name} lost the thread for a moment. What were we saying?",
+)
+REINFORCE_ZH = (
+    "【重要提醒】你就是{name}本人，一位正在直播的虚拟主播。只用{name}的身份和口吻说话；"
+    "绝对不要说自己是AI、人工智能、语言模型或助手，不要提任何模型或公司的名字。"
+)
+REINFORCE_EN = (
+    "[Important] You are {name} yourself, a virtual streamer live right now. Speak only as {name}; never say "
+    "you are an AI, a language model or an assistant, and never mention any model or company name."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftHit:
+    """Why a reply broke character."""
+
+    reason: DriftReason
+    text: str
+    """The phrase that gave it away."""
+
+
+def fold(text: str) -> str:
+    """Lower case, half width, plain apostrophes and spaces; one character in, one character out."""
+    out = []
+    for char in text:
+        folded = unicodedata.normalize("NFKC", char).lower()
+        if len(folded) != 1:
+            folded = char.lower() if len(char.lower()) == 1 else char
+        if folded in "‘’`´":
+            folded = "'"
+        elif folded.isspace():
+            folded = " "
+        out.append(folded)
+    return "".join(out)
+
+
+def _phrases() -> dict[str, DriftReason]:
+    found: dict[str, DriftReason] = {}
+    for prefix, noun in itertools.chain(itertools.product(_ZH_SELF, _ZH_AI)):
+        found[prefix + noun] = "ai_disclaimer"
+    for prefix, noun in itertools.product(_EN_SELF, _EN_AI):
+        found[f"{prefix} {noun}"] = "ai_disclaimer"
+    for prefix, name in itertools.product(_ZH_IDENTITY, _MODELS + _ORGS):
+        found[prefix.format(org=name) if "{org}" in prefix else prefix + name] = "model_identity"
+    for prefix, name in itertools.product(_EN_IDENTITY, _MODELS + _ORGS):
+        found[f"{prefix} {name}"] = "model_identity"
+    return found
+
+
+class DriftDetector:
+    """Finds out-of-character replies for one persona."""
+
+    def __init__(self, persona_name: str, aliases: Iterable[str] = ()) -> None:
+        self.persona_name = persona_name
+        self.allowed_names = {fold(n) for n in (persona_name, *aliases) if n}
+        self._phrases = _phrases()
+        ordered = sorted(self._phrases, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(p) for p in ordered))
+        self._longest = len(ordered[0])
+        self._prefixes = {p[:i] for p in ordered for i in range(1, len(p) + 1)}
+
+    def check(self, text: str) -> DriftHit | None:
+        """Whether the whole reply breaks character."""
+        return self.scan(text, fold(text), 0, final=True)
+
+    def stream(self) -> DriftStream:
+        return DriftStream(self)
+
+    def scan(self, text: str, folded: str, start: int, *, final: bool) -> DriftHit | None:
+        """The first drift in ``text[start:]`` (a phrase that could still continue counts only once final)."""
+        for match in self._pattern.finditer(folded, start):
+            phrase = match.group()
+            if not self._boundary_ok(folded, match.end(), phrase, final):
+                continue
+            return DriftHit(self._phrases[phrase], text[match.start() : match.end()])
+        for match in _NAME_CLAIM.finditer(folded, start):
+            if match.end() == len(folded) and not final:
+                continue
+            name = match.group(1)
+            if not any(name.startswith(n) or n.startswith(name) for n in self.allowed_names):
+                return DriftHit("wrong_name", text[match.start() : match.end()])
+        return None
+
+    def _boundary_ok(self, folded: str, end: int, phrase: str, final: bool) -> bool:
+        """A phrase ending in a Latin letter must end a word; a model name must not start "…的粉丝"."""
+        if end == len(folded):
+            return final
+        after = folded[end]
+        if phrase[-1].isascii() and phrase[-1].isalnum() and after.isascii() and after.isalnum():
+            return False
+        return not (self._phrases[phrase] == "model_identity" and after in _NOT_IDENTITY_NEXT)
+
+    def hold_from(self, folded: str, released: int) -> int:
+        """Where the text that could still become a drift phrase begins (``len`` when none)."""
+        hold = len(folded)
+        for length in range(min(self._longest, len(folded) - released), 0, -1):
+            if folded[-length:] in self._prefixes:
+                hold = len(folded) - length
+                break
+        opened = _NAME_OPEN.search(folded, max(released, len(folded) - 40))
+        if opened is not None:
+            hold = min(hold, opened.start())
+        return max(hold, released)
+
+
+class DriftStream:
+    """Watches one streamed reply: ``feed`` returns what is safe to show, ``finish`` the rest at the end."""
+
+    def __init__(self, detector: DriftDetector) -> None:
+        self.detector = detector
+        self.hit: DriftHit | None = None
+        self._text = ""
+        self._folded = ""
+        self._released = 0
+
+    @property
+    def released(self) -> str:
+        """Text shown so far."""
+        return self._text[: self._released]
+
+    def feed(self, piece: str) -> str:
+        if self.hit is not None:
+            return ""
+        start = max(0, len(self._folded) - self.detector._longest - 24)
+        self._text += piece
+        self._folded += fold(piece)
+        self.hit = self.detector.scan(self._text, self._folded, start, final=False)
+        if self.hit is not None:
+            return ""
+        hold = self.detector.hold_from(self._folded, self._released)
+        out, self._released = self._text[self._released : hold], hold
+        return out
+
+    def finish(self) -> str:
+        if self.hit is not None:
+            return ""
+        start = max(0, self._released - self.detector._longest - 24)
+        self.hit = self.detector.scan(self._text, self._folded, start, final=True)
+        if self.hit is not None:
+            return ""
+        out, self._released = self._text[self._released :], len(self._text)
+        return out
+
+
+def fallback_line(language: str, persona_name: str, seed: str = "") -> str:
+    """An in-character line that replaces a reply that broke character twice."""
+    lines: Sequence[str] = FALLBACK_EN if language.lower().startswith("en") else FALLBACK_ZH
+    return lines[zlib.crc32(seed.encode("utf-8")) % len(lines)].format(name=persona_name)
+
+
+def reinforcement(language: str, persona_name: str) -> str:
+    """The extra instruction of the one retry after a drift."""
+    text = REINFORCE_EN if language.lower().startswith("en") else REINFORCE_ZH
+    return text.format(name=persona_name)

@@ -1,0 +1,132 @@
+"""Facts remembered about viewers: the record, normalisation for de-duplication, and lexical ranking.
+
+Ranking needs no embeddings and works for Chinese: BM25 over character bigrams (CJK) and words (other
+scripts). A viewer's facts are capped, so ranking all of them is cheap and behaves the same on every database.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vstreamer.engine.conversation import new_id
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerKey:
+    """Who a fact is about: the platform and its stable user id (display names can change)."""
+
+    platform: str
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One remembered fact about one viewer."""
+
+    viewer: ViewerKey
+    text: str
+    """As shown to the model and to the viewer, e.g. ``喜欢猫``."""
+    normalized: str = ""
+    """Folded text for de-duplication (filled from ``text`` when empty)."""
+    id: str = field(default_factory=new_id)
+    created_at: float = 0.0
+    """Seconds since the epoch (set by the store)."""
+    session_id: str | None = None
+    """Where it was learnt."""
+    turn_id: str | None = None
+    embedding: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.normalized:
+            object.__setattr__(self, "normalized", normalize_fact(self.text))
+
+
+_DROP = re.compile(r"[\s\W_]+", re.UNICODE)
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def normalize_fact(text: str) -> str:
+    """Fold width and case and drop spaces and punctuation: ``"喜欢 猫！"`` and ``"喜欢猫"`` are one fact."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return _DROP.sub("", folded)[:200]
+
+
+def terms(text: str) -> list[str]:
+    """Search terms: CJK character bigrams (and single characters), other words whole."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    out: list[str] = []
+    for word in _WORD.findall(folded):
+        run = ""
+        for char in word:
+            if _CJK.match(char):
+                run += char
+                continue
+            if run:
+                out += _cjk_terms(run)
+                run = ""
+        if run:
+            out += _cjk_terms(run)
+        latin = "".join(c if not _CJK.match(c) else " " for c in word).split()
+        out += [w for w in latin if len(w) > 1 or w.isdigit()]
+    return out
+
+
+def _cjk_terms(run: str) -> list[str]:
+    return list(run) + [run[i : i + 2] for i in range(len(run) - 1)]
+
+
+def similar(a: str, b: str, threshold: float = 0.8) -> bool:
+    """Near-duplicates by overlap of character bigrams of the normalised texts."""
+    if a == b:
+        return True
+    grams_a = {a[i : i + 2] for i in range(len(a) - 1)} or {a}
+    grams_b = {b[i : i + 2] for i in range(len(b) - 1)} or {b}
+    return len(grams_a & grams_b) / len(grams_a | grams_b) >= threshold
+
+
+def bm25_scores(query: str, documents: Sequence[str], k1: float = 1.2, b: float = 0.75) -> list[float]:
+    """BM25 score of each document for the query (0 when they share no term)."""
+    query_terms = set(terms(query))
+    docs = [Counter(terms(d)) for d in documents]
+    if not docs or not query_terms:
+        return [0.0] * len(documents)
+    average = sum(sum(d.values()) for d in docs) / len(docs) or 1.0
+    scores = []
+    for doc in docs:
+        length = sum(doc.values())
+        score = 0.0
+        for term in query_terms & doc.keys():
+            frequency = sum(1 for d in docs if term in d)
+            idf = math.log(1 + (len(docs) - frequency + 0.5) / (frequency + 0.5))
+            tf = doc[term]
+            score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average))
+        scores.append(score)
+    return scores
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=False))
+    norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norm if norm else 0.0
+
+
+def rank_facts(
+    query: str, facts: Sequence[Fact], *, query_embedding: Sequence[float] | None = None
+) -> list[Fact]:
+    """Most relevant first; facts that match nothing follow, newest first (what a viewer said lately matters)."""
+    lexical = bm25_scores(query, [f.text for f in facts])
+    top = max(lexical, default=0.0) or 1.0
+    scored = []
+    for fact, score in zip(facts, lexical, strict=True):
+        relevance = score / top
+        if query_embedding is not None and fact.embedding is not None:
+            relevance += max(cosine(query_embedding, fact.embedding), 0.0)
+        scored.append((relevance, fact.created_at, fact))
+    scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
+    return [fact for _, _, fact in scored]
