@@ -181,3 +181,20 @@ async def test_http_error_is_mapped(llama_server: LlamaServer) -> None:
         await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
     assert info.value.status_code == 404
     await backend.aclose()
+
+
+async def test_tokenizer_found_once_the_server_comes_back(smollm2_gguf) -> None:  # type: ignore[no-untyped-def]
+    """A server down at start gives estimates, not a permanent 'no tokenizer' verdict."""
+    server = LlamaServer(smollm2_gguf)
+    backend = backend_for(server.base_url)
+    backend.tokenizer._retry_at = 0.0
+    estimated = await backend.count_tokens([ChatMessage("user", "hello there")])
+    assert estimated > 0 and backend.tokenizer.kind is None
+    server.start()
+    try:
+        backend.tokenizer._retry_at = 0.0  # skip the back-off for the test
+        await backend.count_tokens([ChatMessage("user", "hello there")])
+        assert backend.tokenizer.kind == "llama_cpp"
+    finally:
+        server.stop()
+        await backend.aclose()

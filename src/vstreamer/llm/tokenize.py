@@ -9,6 +9,7 @@ Anything else falls back to the conservative estimate. ``reason`` says why a cou
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
@@ -19,6 +20,9 @@ from vstreamer.llm.base import ChatMessage, Role
 from vstreamer.llm.estimate import MESSAGE_OVERHEAD, estimate_tokens
 
 logger = logging.getLogger(__name__)
+
+_REDETECT_AFTER_S = 30.0
+_TOKENIZE_TIMEOUT_S = 5.0
 
 TokenizerKind = Literal["vllm", "llama_cpp", "estimate"]
 #: ChatML-like templates spend ~5 tokens per message on role markers; used where the server cannot say.
@@ -55,6 +59,8 @@ class RemoteTokenizer:
         self._model = model
         self._cache = LRUCache()
         self._overheads: dict[Role, int] = {}
+        self._unreachable = False
+        self._retry_at = 0.0
         self.kind: TokenizerKind | None = None
         """Which tokenizer answered; ``None`` until the first count."""
         self.reason = ""
@@ -62,6 +68,9 @@ class RemoteTokenizer:
 
     async def detect(self) -> TokenizerKind:
         if self.kind is None:
+            if time.monotonic() < self._retry_at:
+                return "estimate"  # the server was unreachable a moment ago: estimate, detect again later
+            self._unreachable = False
             if await self._vllm_tokenize(prompt="ping") is not None:
                 self.kind = "vllm"
             elif await self._llama_tokenize("ping") is not None:
@@ -70,6 +79,10 @@ class RemoteTokenizer:
                     "llama.cpp's server tokenizes plain text only (/extras/tokenize, no chat messages): text "
                     f"counts are exact, the chat template's overhead is approximated ({_TEXT_ONLY_OVERHEAD}/message)"
                 )
+            elif self._unreachable:
+                # Not an answer about tokenizers: count conservatively now and ask again once it is back.
+                self._retry_at = time.monotonic() + _REDETECT_AFTER_S
+                return "estimate"
             else:
                 self.kind = "estimate"
                 self.reason = "the server exposes no tokenizer endpoint; using a conservative estimate"
@@ -88,6 +101,8 @@ class RemoteTokenizer:
             count = await self._llama_tokenize(text)
         if count is None:
             count = estimate_tokens(text)
+            if self.kind is None:
+                return count  # a stand-in while the server is unreachable: not cached
         self._cache.put(text, count)
         return count
 
@@ -178,9 +193,11 @@ class RemoteTokenizer:
 
     async def _post_count(self, url: str, body: dict[str, object], field: str) -> int | None:
         try:
-            response = await self._http.post(url, json=body)
+            # Short limit: a hung tokenizer must not hold up a turn (the estimate stands in).
+            response = await self._http.post(url, json=body, timeout=_TOKENIZE_TIMEOUT_S)
         except httpx.HTTPError as exc:
             logger.debug("tokenize at %s failed: %s", url, exc)
+            self._unreachable = True
             return None
         if response.status_code != 200:
             return None
