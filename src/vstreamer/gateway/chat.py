@@ -20,6 +20,13 @@ from vstreamer.persona import Persona
 
 router = APIRouter()
 SESSION_HEADER = "X-Session-Id"
+VIEWER_HEADER = "X-Viewer-Id"
+API_PLATFORM = "api"
+
+
+def api_viewer_id(owner: str, viewer: str) -> str:
+    """Viewers of the API are scoped to the API key: two keys' "alice" are two people."""
+    return f"{owner}:{viewer}"
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -107,12 +114,14 @@ async def _conversation(
     state: GatewayState, body: ChatCompletionRequest, request: Request, persona: Persona, owner: str
 ) -> Conversation:
     session_id = request.headers.get(SESSION_HEADER) or body.user
+    viewer_header = request.headers.get(VIEWER_HEADER, "").strip()[:100] or session_id
+    viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
     store = state.store
     if session_id:
         record = await store.get_session(session_id)
         if record is None:
-            await store.create_session(persona.id, owner=owner, platform="api", session_id=session_id,
-                                       user_name=state.settings.user_name)  # fmt: skip
+            await store.create_session(persona.id, owner=owner, platform=API_PLATFORM, session_id=session_id,
+                                       user_name=state.settings.user_name, viewer_id=viewer)  # fmt: skip
         elif record.owner != owner:
             raise APIError(
                 404, f"no session {session_id!r} for this API key", param="user", code="session_not_found"
@@ -121,10 +130,12 @@ async def _conversation(
             raise APIError(
                 400, f"session {session_id!r} belongs to persona {record.persona_id!r}", param="model"
             )
-        return await store.load_conversation(session_id)
+        conversation = await store.load_conversation(session_id)
+        conversation.viewer_id = conversation.viewer_id or viewer
+        return conversation
     # Stateless, OpenAI-style: the client sends the history; it is stored as a new session all the same.
     record = await store.create_session(
-        persona.id, owner=owner, platform="api", user_name=state.settings.user_name
+        persona.id, owner=owner, platform=API_PLATFORM, user_name=state.settings.user_name, viewer_id=viewer
     )
     conversation = await store.load_conversation(record.id)
     for message in body.messages[:-1]:

@@ -32,3 +32,6 @@ class GatewayMetrics:
         self.replies = Counter(
             "vstreamer_replies_total", "replies by final status", ["status"], registry=self.registry
         )
+        self.drift_events = Gauge(
+            "vstreamer_persona_drift_events", "replies caught breaking character", registry=self.registry
+        )

@@ -8,7 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from vstreamer.engine import Turn
+from vstreamer.engine import Fact, Turn, ViewerKey
+from vstreamer.gateway.chat import API_PLATFORM, api_viewer_id
 from vstreamer.gateway.errors import APIError
 from vstreamer.gateway.state import gateway_state, principal
 from vstreamer.persona import Persona
@@ -123,6 +124,63 @@ async def delete_session(session_id: str, request: Request, owner: str = Depends
     return Response(status_code=204)
 
 
+def _viewer(platform: str, user_id: str, owner: str) -> ViewerKey:
+    """API viewers live under their key (see ``api_viewer_id``); live-platform viewers are the operator's."""
+    if platform == API_PLATFORM:
+        return ViewerKey(platform, api_viewer_id(owner, user_id))
+    return ViewerKey(platform, user_id)
+
+
+def _fact(fact: Fact, owner: str) -> dict[str, Any]:
+    user_id = fact.viewer.user_id
+    if fact.viewer.platform == API_PLATFORM:
+        user_id = user_id.removeprefix(f"{owner}:")
+    return {
+        "id": fact.id, "platform": fact.viewer.platform, "user_id": user_id, "fact": fact.text,
+        "created_at": fact.created_at, "session_id": fact.session_id, "turn_id": fact.turn_id,
+    }  # fmt: skip
+
+
+@router.get("/api/viewers/{platform}/{user_id}/memory")
+async def viewer_memory(
+    platform: str, user_id: str, request: Request, owner: str = Depends(principal)
+) -> dict[str, Any]:
+    """What is remembered about one viewer, newest first."""
+    facts = await gateway_state(request).store.viewer_facts(_viewer(platform, user_id, owner), limit=1000)
+    return {"data": [_fact(f, owner) for f in facts]}
+
+
+@router.delete("/api/viewers/{platform}/{user_id}/memory")
+async def forget_viewer(
+    platform: str, user_id: str, request: Request, owner: str = Depends(principal)
+) -> dict[str, Any]:
+    """Forget everything about the viewer ("forget me")."""
+    deleted = await gateway_state(request).store.delete_facts(_viewer(platform, user_id, owner))
+    return {"deleted": deleted}
+
+
+@router.delete("/api/viewers/{platform}/{user_id}/memory/{fact_id}")
+async def forget_fact(
+    platform: str, user_id: str, fact_id: str, request: Request, owner: str = Depends(principal)
+) -> dict[str, Any]:
+    deleted = await gateway_state(request).store.delete_facts(
+        _viewer(platform, user_id, owner), fact_id=fact_id
+    )
+    if not deleted:
+        raise APIError(404, f"no remembered fact {fact_id!r} for this viewer", code="fact_not_found")
+    return {"deleted": deleted}
+
+
+@router.get("/api/memory/export")
+async def export_memory(
+    request: Request, platform: str | None = Query(None, max_length=32), owner: str = Depends(principal)
+) -> dict[str, Any]:
+    """Every remembered fact (live-platform viewers, and this key's API viewers), for operators."""
+    facts = await gateway_state(request).store.export_facts(platform=platform)
+    mine = [f for f in facts if f.viewer.platform != API_PLATFORM or f.viewer.user_id.startswith(f"{owner}:")]
+    return {"data": [_fact(f, owner) for f in mine]}
+
+
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
@@ -149,4 +207,6 @@ async def readyz(request: Request, response: Response) -> dict[str, Any]:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(gateway_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    state = gateway_state(request)
+    state.metrics.drift_events.set(state.runtime.engine.stats.drift_events)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

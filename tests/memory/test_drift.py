@@ -1,0 +1,172 @@
+"""Persona drift: detection in Chinese and English, no false alarms on ordinary replies, repair in the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, DriftDetector
+from vstreamer.engine.drift import FALLBACK_EN, FALLBACK_ZH
+from vstreamer.llm import FakeBackend
+from vstreamer.persona import Persona
+from vstreamer.safety import SafetyPipeline
+
+DATA = Path(__file__).parents[1] / "safety" / "data"
+
+DRIFTING_ZH = [
+    "作为一个AI语言模型，我无法回答这个问题。",
+    "作为一个人工智能助手，我没有个人喜好。",
+    "我只是一个语言模型，不能真的玩游戏哦",
+    "你好！我是通义千问，由阿里云开发的超大规模语言模型。",
+    "我是ChatGPT，很高兴为你服务",
+    "其实我是由OpenAI训练的",
+    "我的名字是Qwen。",
+    "我的名字叫小红，是这里的主播！",
+    "身为一名ＡＩ助手，我建议你早点休息",  # full-width letters
+]
+DRIFTING_EN = [
+    "As an AI language model, I don't have feelings.",
+    "I'm an AI assistant, so I can't play games.",
+    "I am just a language model and cannot browse the web.",
+    "I’m Qwen, created by Alibaba Cloud.",  # curly apostrophe
+    "Hi! I am ChatGPT. How can I help?",
+    "I was developed by OpenAI.",
+    "My name is Bob, nice to meet you!",
+]
+IN_CHARACTER = [
+    "我是虚拟主播小星哦～虽然是虚拟的，但陪大家聊天的心意可是真的！",
+    "我的名字是小星！记住了吗？",
+    "作为一个主播，我今天要挑战十连胜！",
+    "哈哈，我是ChatGPT的粉丝，不过我更喜欢跟你们聊天",
+    "我是AI主播这件事你们早就知道啦",
+    "语言模型这个话题好深奥，我们还是聊游戏吧",
+    "As an aide to the mayor in that game, you'd have to build roads first.",
+    "I use ChatGPT sometimes for recipes, haha.",
+    "A language model? That sounds like homework. Let's play instead!",
+    "My name is Nova... just kidding, I'm 小星!",
+]
+
+
+@pytest.fixture
+def detector() -> DriftDetector:
+    return DriftDetector("小星", ["xiaoxing"])
+
+
+@pytest.mark.parametrize("text", DRIFTING_ZH + DRIFTING_EN)
+def test_drift_is_detected(detector: DriftDetector, text: str) -> None:
+    assert detector.check(text) is not None
+
+
+@pytest.mark.parametrize("text", IN_CHARACTER[:-1])
+def test_in_character_replies_pass(detector: DriftDetector, text: str) -> None:
+    assert detector.check(text) is None
+
+
+def test_another_name_is_drift_but_the_persona_name_is_not() -> None:
+    nova = DriftDetector("Nova")
+    assert nova.check("My name is Nova, welcome in!") is None
+    hit = nova.check("My name is Aria, welcome in!")
+    assert hit is not None and hit.reason == "wrong_name"
+    assert DriftDetector("小星").check(IN_CHARACTER[-1]) is not None  # "My name is Nova" for 小星
+
+
+def test_no_false_positives_on_ordinary_chat(detector: DriftDetector) -> None:
+    lines = []
+    for name in ("ordinary_chat_zh.txt", "ordinary_chat_en.txt", "ordinary_chat_holdout.txt"):
+        lines += [line for line in (DATA / name).read_text("utf-8").splitlines() if line.strip()]
+    assert len(lines) > 400
+    flagged = [line for line in lines if detector.check(line) is not None]
+    assert flagged == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80), st.lists(st.integers(1, 7), max_size=20))
+def test_streaming_matches_whole_text(text: str, cuts: list[int]) -> None:
+    detector = DriftDetector("小星")
+    for sample in (text, "开头" + DRIFTING_ZH[0] + text, text + DRIFTING_EN[0]):
+        stream, shown, position = detector.stream(), "", 0
+        for cut in cuts:
+            shown += stream.feed(sample[position : position + cut])
+            position += cut
+        shown += stream.feed(sample[position:]) + stream.finish()
+        if stream.hit is None:
+            assert shown == sample and detector.check(sample) is None
+        else:
+            assert detector.check(sample) is not None
+            assert stream.hit.text not in shown  # the drifting words never went out
+
+
+def test_streaming_holds_back_only_what_could_become_drift(detector: DriftDetector) -> None:
+    stream = detector.stream()
+    assert stream.feed("大家好，") == "大家好，"
+    assert stream.feed("作为") == ""  # could become 作为一个AI…
+    assert stream.feed("一个主播") == "作为一个主播"
+    assert stream.feed("我") == ""
+    assert stream.feed("很开心") == "我很开心"
+
+
+def scripted(*replies: str) -> FakeBackend:
+    answers = list(replies)
+    return FakeBackend(lambda _: answers.pop(0) if len(answers) > 1 else answers[0])
+
+
+async def run(engine: DialogueEngine, persona: Persona, text: str = "你是谁？") -> tuple[str, Conversation]:
+    conversation = Conversation(persona.id)
+    shown = "".join([e.text async for e in engine.reply(conversation, persona, text) if e.kind == "delta"])
+    return shown, conversation
+
+
+async def test_drift_is_regenerated_with_a_reinforced_instruction(xiaoxing: Persona) -> None:
+    backend = scripted("作为一个AI语言模型，我没有名字。", "我是小星呀～今天也要开心！")
+    engine = DialogueEngine(backend, ContextBudget(4096, 256))
+    shown, conversation = await run(engine, xiaoxing)
+    assert shown == "我是小星呀～今天也要开心！" == conversation.turns[-1].content
+    assert conversation.turns[-1].status == "complete"
+    assert len(backend.requests) == 2 and "【重要提醒】" in backend.requests[1][0].content
+    assert (engine.stats.drift_events, engine.stats.drift_regenerations, engine.stats.drift_fallbacks) == (
+        1,
+        1,
+        0,
+    )
+
+
+async def test_drift_twice_falls_back_to_an_in_character_line(xiaoxing: Persona, nova: Persona) -> None:
+    engine = DialogueEngine(scripted("我是通义千问。"), ContextBudget(4096, 256))
+    shown, _ = await run(engine, xiaoxing)
+    assert shown in [line.format(name="小星") for line in FALLBACK_ZH]
+    assert (engine.stats.drift_events, engine.stats.drift_fallbacks) == (2, 1)
+    engine = DialogueEngine(scripted("As an AI language model, I can't."), ContextBudget(4096, 256))
+    shown, _ = await run(engine, nova, "who are you?")
+    assert shown in [line.format(name="Nova") for line in FALLBACK_EN]
+
+
+async def test_drift_mid_reply_is_cut_before_it_shows(xiaoxing: Persona) -> None:
+    backend = scripted("哈哈今天玩星露谷！不过说真的，作为一个AI语言模型，我不会种地。")
+    engine = DialogueEngine(backend, ContextBudget(4096, 256))
+    shown, conversation = await run(engine, xiaoxing)
+    assert shown == "哈哈今天玩星露谷！不过说真的，"
+    assert conversation.turns[-1].content == shown and engine.stats.drift_events == 1
+    assert len(backend.requests) == 1
+
+
+async def test_normal_replies_stream_untouched_and_cost_nothing(xiaoxing: Persona) -> None:
+    backend = FakeBackend()
+    engine = DialogueEngine(backend, ContextBudget(4096, 256))
+    kinds = [e.kind async for e in engine.reply(Conversation(xiaoxing.id), xiaoxing, "one two three four")]
+    assert kinds.count("delta") > 3 and engine.stats.drift_events == 0 and len(backend.requests) == 1
+
+
+async def test_drift_repair_with_moderation_and_switched_off(xiaoxing: Persona) -> None:
+    engine = DialogueEngine(
+        scripted("我是ChatGPT！", "我是小星，欢迎来玩～"),
+        ContextBudget(4096, 256),
+        safety=SafetyPipeline.default(),
+    )
+    shown, _ = await run(engine, xiaoxing)
+    assert shown == "我是小星，欢迎来玩～"
+    plain = DialogueEngine(scripted("我是ChatGPT！"), ContextBudget(4096, 256), drift_repair=False)
+    shown, _ = await run(plain, xiaoxing)
+    assert shown == "我是ChatGPT！" and plain.stats.drift_events == 0

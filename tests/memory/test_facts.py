@@ -1,0 +1,203 @@
+"""Viewer facts: validated extraction that survives garbage, de-duplication, ranking, isolation, embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.memory.conftest import ScriptedBackend, facts_json
+from vstreamer.engine import (
+    ContextBudget,
+    Conversation,
+    DialogueEngine,
+    Fact,
+    InMemoryFacts,
+    MemoryManager,
+    Turn,
+    ViewerKey,
+)
+from vstreamer.engine.embeddings import OpenAIEmbeddings
+from vstreamer.engine.extract import FactParseError, parse_facts, worth_extracting
+from vstreamer.engine.facts import normalize_fact, rank_facts, similar
+from vstreamer.errors import BackendResponseError
+from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.persona import Persona
+
+
+@pytest.mark.parametrize(
+    ("answer", "facts"),
+    [
+        ('{"facts": ["喜欢猫", "下周考试"]}', ["喜欢猫", "下周考试"]),
+        ('```json\n{"facts": ["likes cats"]}\n```', ["likes cats"]),
+        ('Sure! Here you go: {"facts": ["昵称是阿明。"]} Hope that helps', ["昵称是阿明"]),
+        ('["喜欢猫", "喜欢猫", " "]', ["喜欢猫"]),
+        ('{"facts": [], "note": "none"}', []),
+        ('{"facts": ["' + "很长" * 50 + '", "ok fact"]}', ["ok fact"]),
+    ],
+)
+def test_parse_facts_accepts_what_small_models_write(answer: str, facts: list[str]) -> None:
+    assert parse_facts(answer) == facts
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "",
+        "no facts here",
+        '{"facts": "喜欢猫"}',
+        '{"facts": [1, {"a": 2}]}',
+        '{"facts": ["a"',
+        "[[[[",
+        "null",
+    ],
+)
+def test_parse_facts_rejects_garbage(answer: str) -> None:
+    with pytest.raises(FactParseError):
+        parse_facts(answer)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_parse_facts_never_raises_anything_else(answer: str) -> None:
+    try:
+        facts = parse_facts(answer)
+    except FactParseError:
+        return
+    assert all(isinstance(f, str) and 2 <= len(f) <= 60 for f in facts) and len(facts) <= 5
+
+
+def test_normalisation_and_near_duplicates() -> None:
+    assert normalize_fact("喜欢 猫！") == normalize_fact("喜欢猫")
+    assert normalize_fact("Likes CATS.") == normalize_fact("likes cats")
+    assert normalize_fact("ＡＢＣ") == "abc"
+    assert similar(normalize_fact("下周三考试"), normalize_fact("下周三要考试"))
+    assert similar(normalize_fact("likes cats"), normalize_fact("Likes cat"))
+    assert not similar(normalize_fact("喜欢猫"), normalize_fact("喜欢狗"))
+    assert not similar(normalize_fact("喜欢猫"), normalize_fact("喜欢猫和狗"))
+
+
+def test_ranking_finds_chinese_facts_without_embeddings() -> None:
+    viewer = ViewerKey("bilibili", "1")
+    facts = [
+        Fact(viewer, text, created_at=i)
+        for i, text in enumerate(["下周考试", "喜欢猫", "住在上海", "likes jazz"])
+    ]
+    assert rank_facts("你家的猫还好吗？", facts)[0].text == "喜欢猫"
+    assert rank_facts("考试准备得怎么样", facts)[0].text == "下周考试"
+    assert rank_facts("any jazz tonight?", facts)[0].text == "likes jazz"
+    assert [f.text for f in rank_facts("随便聊聊", facts)][0] == "likes jazz"  # nothing matches: newest first
+
+
+def test_worth_extracting_needs_the_viewer_to_speak_about_themselves() -> None:
+    assert worth_extracting("我喜欢猫") and worth_extracting("I have an exam next week")
+    assert not worth_extracting("666") and not worth_extracting("主播今天玩什么？")
+
+
+def script_by_viewer(prompt: str) -> str:
+    text = prompt.split(": ", 1)[1]  # "<display name>: <message>"
+    if "阿明" in text:
+        return facts_json("喜欢猫", "下周考试")
+    if "小红" in text:
+        return facts_json("喜欢狗")
+    return "I can't do JSON, sorry"
+
+
+async def chat(engine: DialogueEngine, conversation: Conversation, persona: Persona, text: str) -> None:
+    async for _ in engine.reply(conversation, persona, text):
+        pass
+    await engine.tasks.drain()
+
+
+async def test_viewer_a_facts_never_reach_viewer_b(xiaoxing: Persona) -> None:
+    backend = ScriptedBackend(facts=script_by_viewer)
+    budget = ContextBudget(4096, 128)
+    engine = DialogueEngine(backend, budget, memory=MemoryManager(backend, budget))
+    alice = Conversation(xiaoxing.id, user_name="阿明", platform="bilibili", viewer_id="111")
+    bob = Conversation(xiaoxing.id, user_name="小红", platform="bilibili", viewer_id="222")
+    same_id_elsewhere = Conversation(xiaoxing.id, user_name="阿明", platform="douyin", viewer_id="111")
+    await chat(engine, alice, xiaoxing, "我是阿明，我喜欢猫，下周考试")
+    await chat(engine, bob, xiaoxing, "我是小红，我喜欢狗")
+    for conversation in (alice, bob, same_id_elsewhere):
+        await chat(engine, conversation, xiaoxing, "你还记得我喜欢什么吗？")
+    prompts = {tuple(p[-1].content for _ in "x"): p for p in backend.kinds["reply"]}
+    alice_prompt, bob_prompt, other_prompt = (p[0].content for p in backend.kinds["reply"][-3:])
+    assert "喜欢猫" in alice_prompt and "下周考试" in alice_prompt and "喜欢狗" not in alice_prompt
+    assert "喜欢狗" in bob_prompt and "喜欢猫" not in bob_prompt and "考试" not in bob_prompt
+    assert "喜欢猫" not in other_prompt and "喜欢狗" not in other_prompt  # same user id, other platform
+    assert prompts
+
+
+async def test_renamed_viewer_keeps_memory_and_garbage_loses_no_turn(xiaoxing: Persona) -> None:
+    backend = ScriptedBackend(facts=script_by_viewer)
+    budget = ContextBudget(4096, 128)
+    engine = DialogueEngine(backend, budget, memory=MemoryManager(backend, budget))
+    first = Conversation(xiaoxing.id, user_name="阿明", platform="bilibili", viewer_id="111")
+    await chat(engine, first, xiaoxing, "我是阿明，我喜欢猫")
+    await chat(engine, first, xiaoxing, "我今天好累")  # the model answers garbage for this one
+    assert engine.stats.extraction_failures == 1
+    assert [t.status for t in first.turns] == ["complete"] * 4
+    renamed = Conversation(xiaoxing.id, user_name="明明不是阿明", platform="bilibili", viewer_id="111")
+    await chat(engine, renamed, xiaoxing, "猫猫今天怎么样")
+    assert "喜欢猫" in backend.kinds["reply"][-1][0].content
+
+
+async def test_duplicates_are_not_stored_twice(xiaoxing: Persona) -> None:
+    backend = ScriptedBackend(facts=lambda _: facts_json("喜欢猫", "喜欢 猫！", "下周三考试"))
+    budget = ContextBudget(4096, 128)
+    memory = MemoryManager(backend, budget)
+    conversation = Conversation(xiaoxing.id, platform="web", viewer_id="u")
+    assert len(await memory.learn(conversation, xiaoxing, Turn("user", "我喜欢猫"))) == 2
+    backend.facts_script = lambda _: facts_json("下周三要考试", "喜欢猫")
+    assert await memory.learn(conversation, xiaoxing, Turn("user", "我下周三要考试")) == []
+    assert (
+        await memory.learn(Conversation(xiaoxing.id), xiaoxing, Turn("user", "我喜欢猫")) == []
+    )  # no viewer
+
+
+async def test_facts_in_the_prompt_stay_within_their_budget(xiaoxing: Persona) -> None:
+    store = InMemoryFacts()
+    viewer = ViewerKey("web", "u")
+    await store.add_facts(viewer, [Fact(viewer, f"第{i}个爱好是收集第{i}种石头") for i in range(100)])
+    backend = ScriptedBackend()
+    memory = MemoryManager(backend, ContextBudget(4096, 128), facts=store)
+    recall = await memory.recall(Conversation(xiaoxing.id, viewer_id="u"), xiaoxing, "石头")
+    assert 0 < len(recall.facts) < 100
+    assert sum(estimate_tokens(f.text) + 2 for f in recall.facts) <= memory.facts_tokens
+    assert "石头" in recall.blocks[-1]
+
+
+def embeddings_server(vectors: dict[str, list[float]], fail: bool = False) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if fail:
+            return httpx.Response(500)
+        body = json.loads(request.content)
+        data = [
+            {"index": i, "embedding": vectors.get(t, [0.0, 0.0, 1.0])} for i, t in enumerate(body["input"])
+        ]
+        return httpx.Response(200, json={"data": data, "model": body["model"]})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_embeddings_add_semantic_recall_and_failures_fall_back(xiaoxing: Persona) -> None:
+    vectors = {"养了一只橘猫": [1.0, 0.0, 0.0], "下周考试": [0.0, 1.0, 0.0], "你的宠物好吗": [0.9, 0.1, 0.0]}
+    embedder = OpenAIEmbeddings("http://embeddings/v1", "bge-m3", transport=embeddings_server(vectors))
+    backend = ScriptedBackend(facts=lambda _: facts_json("养了一只橘猫", "下周考试"))
+    memory = MemoryManager(backend, ContextBudget(4096, 128), embedder=embedder)
+    conversation = Conversation(xiaoxing.id, viewer_id="u")
+    added = await memory.learn(conversation, xiaoxing, Turn("user", "我养了一只橘猫，下周考试"))
+    assert all(f.embedding is not None for f in added)
+    recall = await memory.recall(conversation, xiaoxing, "你的宠物好吗")  # no shared words with the fact
+    assert recall.facts[0].text == "养了一只橘猫"
+    memory.embedder = OpenAIEmbeddings(
+        "http://embeddings/v1", "m", transport=embeddings_server({}, fail=True)
+    )
+    assert len((await memory.recall(conversation, xiaoxing, "考试")).facts) == 2  # lexical only
+    with pytest.raises(BackendResponseError):
+        await memory.embedder.embed(["x"])
+    await embedder.aclose()
+    await memory.embedder.aclose()

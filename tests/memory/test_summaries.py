@@ -1,0 +1,94 @@
+"""Rolling summaries: folded in the background, never delaying a reply, cancellable, within their budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.memory.conftest import ScriptedBackend
+from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, MemoryPolicy, Turn
+from vstreamer.engine.summary import Summarizer
+from vstreamer.errors import BackendUnavailable
+from vstreamer.llm.base import ChatMessage, SamplingParams
+from vstreamer.persona import Persona
+
+
+async def chat(engine: DialogueEngine, conversation: Conversation, persona: Persona, text: str) -> str:
+    return "".join([e.text async for e in engine.reply(conversation, persona, text) if e.kind == "delta"])
+
+
+def filler(index: int) -> str:
+    return f"第{index}条弹幕：今天直播间好热闹啊，大家都在刷礼物和弹幕呢，主播加油！"
+
+
+async def test_replies_never_wait_for_a_summary_and_shutdown_cancels_it(
+    xiaoxing: Persona, small_budget: ContextBudget
+) -> None:
+    gate = (
+        asyncio.Event()
+    )  # the summary request hangs until the gate opens: only a blocking engine would stall
+    backend = ScriptedBackend(summary_gate=gate)
+    engine = DialogueEngine(backend, small_budget, memory=MemoryManager(backend, small_budget))
+    conversation = Conversation(xiaoxing.id)
+    for index in range(150):
+        await asyncio.wait_for(chat(engine, conversation, xiaoxing, filler(index)), 5)
+    assert engine.tasks.running(f"summary:{conversation.id}")  # one fold in flight, no pile-up
+    assert len(engine.tasks) == 1 and engine.stats.summaries == 0
+    await engine.aclose()
+    assert len(engine.tasks) == 0 and engine.stats.summaries == 0 and not conversation.summary
+
+
+async def test_summary_covers_what_left_and_is_used_in_later_prompts(
+    xiaoxing: Persona, small_budget: ContextBudget
+) -> None:
+    backend = ScriptedBackend()
+    engine = DialogueEngine(backend, small_budget, memory=MemoryManager(backend, small_budget))
+    conversation = Conversation(xiaoxing.id, user_name="阿明")
+    await chat(engine, conversation, xiaoxing, "我叫阿明，答应我下次直播唱歌！")
+    for index in range(120):
+        await chat(engine, conversation, xiaoxing, filler(index))
+        await engine.tasks.drain()
+    assert engine.stats.summaries >= 1 and "阿明" in conversation.summary
+    covered = [t.id for t in conversation.turns].index(conversation.summary_until)
+    last_prompt = backend.kinds["reply"][-1]
+    assert "阿明" in last_prompt[0].content and "答应我" not in "".join(m.content for m in last_prompt[1:])
+    assert covered < len(conversation.turns) - 2
+    folded = "\n".join(m.content for p in backend.kinds["summary"] for m in p)
+    assert xiaoxing.render(xiaoxing.description, "阿明")[:30] not in folded  # the persona is never summarised
+
+
+async def test_summary_of_summaries_stays_within_budget(xiaoxing: Persona) -> None:
+    long_answer = "阿明说了很多很多话。" * 200
+    backend = ScriptedBackend(summary=lambda m: long_answer if "压缩" not in m[0].content else "阿明：要点。")
+    summarizer = Summarizer(backend, max_tokens=64)
+    text = await summarizer.fold(xiaoxing, "阿明", "旧摘要", [Turn("user", "你好"), Turn("assistant", "嗨")])
+    assert text == "阿明：要点。"
+    assert len(backend.kinds["summary"]) == 2  # fold, then compress (a summary of the summary)
+
+
+async def test_failed_or_empty_summaries_fold_a_digest_instead(xiaoxing: Persona) -> None:
+    backend = ScriptedBackend(summary=lambda m: "   ")
+    summarizer = Summarizer(backend, max_tokens=128)
+    text = await summarizer.fold(xiaoxing, "阿明", "", [Turn("user", "我下周考试")])
+    assert "我下周考试" in text and summarizer.failures == 1
+
+    class Down(ScriptedBackend):
+        async def complete(self, messages, params):  # type: ignore[no-untyped-def]
+            raise BackendUnavailable("down")
+
+    summarizer = Summarizer(Down(), max_tokens=16)
+    text = await summarizer.fold(xiaoxing, "阿明", "第一行\n第二行", [Turn("user", "最新的一条消息" * 5)])
+    assert await Down().count_message_tokens(ChatMessage("system", text)) <= 16
+
+
+async def test_memory_off_switches_keep_prompts_plain(xiaoxing: Persona, small_budget: ContextBudget) -> None:
+    backend = ScriptedBackend()
+    policy = MemoryPolicy(summaries=False, facts=False)
+    engine = DialogueEngine(
+        backend, small_budget, defaults=SamplingParams(max_tokens=32),
+        memory=MemoryManager(backend, small_budget, policy=policy),
+    )  # fmt: skip
+    conversation = Conversation(xiaoxing.id, viewer_id="v1")
+    for index in range(100):
+        await chat(engine, conversation, xiaoxing, "我" + filler(index))
+    await engine.tasks.drain()
+    assert backend.kinds["summary"] == [] and backend.kinds["facts"] == []
