@@ -10,6 +10,7 @@ from vstreamer.errors import ConfigError
 from vstreamer.safety import MemoryAuditLog, SafetyPipeline
 from vstreamer.safety.lexicon import load_lexicon, parse_term
 from vstreamer.safety.matcher import CompiledLexicon
+from vstreamer.safety.normalize import VECTOR_MIN_LENGTH, normalize_short
 from vstreamer.safety.pii import cn_id_valid, find_pii, luhn_valid
 
 
@@ -161,3 +162,13 @@ def test_audit_log_records_every_decision(pipeline: SafetyPipeline, audit: Memor
     assert b.rules and b.rules[0].startswith("lexicon/hate.txt")
     assert b.text == "你个**"  # the default store mode keeps the masked text
     assert b.source == "live" and b.direction == "input"
+
+
+def test_long_texts_find_what_each_message_finds(pipeline: SafetyPipeline) -> None:
+    compiled = pipeline.compiled
+    messages = ["哪里能买到冰 毒", "f.u.c.k off", "你个傻逼", "远离毒品", "主播晚上好", "this is bullshit"]
+    text = "。".join(messages * 60)
+    assert len(text) >= VECTOR_MIN_LENGTH
+    assert sorted(compiled.find(text)) == sorted(compiled._occurrences(normalize_short(text)))
+    one = len(compiled.scan("。".join(messages)))
+    assert one and len(compiled.scan(text)) == 60 * one

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vstreamer.safety import SafetyPipeline
-from vstreamer.safety.normalize import normalize, normalize_runs, normalize_with_map
+from vstreamer.safety.normalize import (
+    VECTOR_MIN_LENGTH,
+    normalize,
+    normalize_runs,
+    normalize_short,
+    normalize_with_map,
+)
+from vstreamer.safety.vector import normalize_vectorized
 
 
 @pytest.mark.parametrize(
@@ -95,3 +102,30 @@ def test_map_is_monotonic_and_in_bounds(text: str) -> None:
 def test_runs_without_map_agree_with_the_mapped_path(text: str) -> None:
     nm = normalize_with_map(text)
     assert normalize_runs(text) == (nm.text, nm.runs)
+
+
+_vector_alphabet = _alphabet | st.sampled_from(
+    ["ﬁ", "½", "İ", "Σ", "ς", "\u0336", "\u3000", "·", "-", "a", "s", "i", "3", "@", "0", "台", "灣"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_vector_alphabet, max_size=60).map("".join))
+def test_numpy_path_agrees_with_the_str_path(text: str) -> None:
+    assert normalize_vectorized(text) == normalize_short(text)
+
+
+def test_long_texts_take_the_numpy_path_with_the_same_result() -> None:
+    messages = [
+        "冰 毒",
+        "f.u.c.k off",
+        "ＦＵＣＫ",
+        "hello  world",
+        "sh1t",
+        "傻傻傻逼",
+        "憂鬱",
+        "a b c d1 e f g",
+    ]
+    text = "\n".join(messages * (VECTOR_MIN_LENGTH // 40 + 1))
+    assert len(text) >= VECTOR_MIN_LENGTH
+    assert normalize(text) == normalize_short(text) == normalize_with_map(text).text

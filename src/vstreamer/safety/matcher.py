@@ -2,7 +2,9 @@
 
 The automaton comes from a library: ``ahocorasick_rs`` (Rust, fastest) when it is installed,
 else ``pyahocorasick``. The pyahocorasick trie is always built too: the streaming guard asks it
-whether the end of a partial reply could still grow into a term.
+whether the end of a partial reply could still grow into a term. Long texts are normalised with
+numpy and matched by a second Rust automaton over a renumbered, compact alphabet
+(:mod:`vstreamer.safety.automaton`).
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import ahocorasick
 
+from vstreamer.safety.automaton import CodeAutomaton
 from vstreamer.safety.lexicon import Category, Lexicon, Term
 from vstreamer.safety.normalize import (
+    VECTOR_MIN_LENGTH,
     NormalizedText,
     fold,
     fold_with_map,
-    normalize,
     normalize_runs,
+    normalize_short,
     normalize_with_map,
 )
 from vstreamer.safety.types import Match
+from vstreamer.safety.vector import normalize_codes
 
 logger = logging.getLogger(__name__)
 
@@ -105,11 +111,26 @@ class CompiledLexicon:
 
     def candidates(self, normalized: str) -> list[tuple[int, int, int]]:
         """All (start, end, key index) occurrences in already-normalised text."""
+        return [(s, e, k) for k, s, e in self._occurrences(normalized)]
+
+    def _occurrences(self, normalized: str) -> list[tuple[int, int, int]]:
         if not self._keys:
             return []
         if self._rs is not None:
-            return [(s, e, k) for k, s, e in self._rs.find_matches_as_indexes(normalized, overlapping=True)]
-        return [(end + 1 - len(self._keys[k]), end + 1, k) for end, k in self.trie.iter(normalized)]
+            found: list[tuple[int, int, int]] = self._rs.find_matches_as_indexes(normalized, overlapping=True)
+            return found
+        return [(k, end + 1 - len(self._keys[k]), end + 1) for end, k in self.trie.iter(normalized)]
+
+    @cached_property
+    def _code_automaton(self) -> CodeAutomaton | None:
+        return CodeAutomaton(self._keys, _acrs) if self.backend == "ahocorasick_rs" else None
+
+    def find(self, text: str) -> list[tuple[int, int, int]]:
+        """Normalise ``text`` and return every (key index, start, end) occurrence in the normalised
+        text (the order ``ahocorasick_rs`` reports them in, to avoid rebuilding a long list)."""
+        if len(text) < VECTOR_MIN_LENGTH or self._code_automaton is None:
+            return self._occurrences(normalize_short(text))
+        return self._code_automaton.find(normalize_codes(text))
 
     def could_grow(self, normalized_suffix: str) -> bool:
         """Whether some key starts with ``normalized_suffix`` (or equals it)."""
@@ -123,16 +144,11 @@ class CompiledLexicon:
             at_end: whether the text is complete; when False, a Latin term touching the end is
                 not reported yet (the next character may make it part of a longer word).
         """
-        normalized = normalize(text)
-        found = self.candidates(normalized)
+        found = self.find(text) if self._keys else []
         matches = self._pattern_matches(text) if self._patterns else []
         if not found:
             return _dedupe(matches)
-        nm = normalize_with_map(text)
-        if nm.text != normalized:  # pragma: no cover - guarded by property tests
-            logger.warning("fast and mapped normalisation differ; using the mapped one")
-            found = self.candidates(nm.text)
-        return _dedupe(matches + self._verify(nm, found, at_end))
+        return _dedupe(matches + self._verify(normalize_with_map(text), found, at_end))
 
     def _pattern_matches(self, text: str) -> list[Match]:
         folded = fold(text)
@@ -149,7 +165,7 @@ class CompiledLexicon:
     def _verify(self, nm: NormalizedText, found: list[tuple[int, int, int]], at_end: bool) -> list[Match]:
         allowed: list[tuple[int, int, str | None]] = []
         hits: list[tuple[int, int, _Entry]] = []
-        for s, e, k in found:
+        for k, s, e in found:
             for entry in self._entries[k]:
                 if not _runs_ok(nm.runs, s, entry.runs):
                     continue

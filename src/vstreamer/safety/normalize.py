@@ -12,7 +12,8 @@ One function defines what "the same word" means for the matcher. It folds, in or
 5. runs of one repeated character collapse to one ("fuuuck", "傻傻傻逼"); how long each run was is
    kept so that the matcher can check that a term really had its doubled letters.
 
-:func:`normalize` is the fast path (C-level ``str`` methods and ``re``); :func:`normalize_with_map`
+:func:`normalize` is the fast path (C-level ``str`` methods and ``re``; numpy arrays for long texts,
+see :mod:`vstreamer.safety.vector`); :func:`normalize_with_map`
 computes the same string plus, for each output character, the span of original characters it
 came from. It is only called when the fast path found a candidate match.
 """
@@ -169,8 +170,21 @@ def _before_collapse(text: str) -> str:
     return _LOOKALIKE.sub(_lookalike, s)
 
 
+VECTOR_MIN_LENGTH = 2000
+"""From this length on, :func:`normalize` uses the numpy implementation (:mod:`.vector`)."""
+
+
 def normalize(text: str) -> str:
     """Normalise ``text`` for matching (fast path, no position map)."""
+    if len(text) >= VECTOR_MIN_LENGTH:
+        from vstreamer.safety.vector import normalize_vectorized
+
+        return normalize_vectorized(text)
+    return normalize_short(text)
+
+
+def normalize_short(text: str) -> str:
+    """:func:`normalize` with ``str`` methods and regular expressions (faster for short texts)."""
     return _REPEAT.sub(r"\1", _before_collapse(text))
 
 
