@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     """Longest running summary in the prompt (at most a quarter of the prompt budget)."""
     memory_facts_tokens: int = Field(128, ge=0)
     """Prompt tokens for the facts remembered about the viewer (at most an eighth of the prompt budget)."""
-    memory_summary_batch: int = Field(4, ge=1)
+    memory_summary_batch: int = Field(12, ge=1)
     """Turns out of the context window before they are folded into the summary."""
     memory_facts_per_viewer: int = Field(200, ge=1)
     """Newest facts kept per viewer."""

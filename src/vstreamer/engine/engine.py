@@ -75,6 +75,16 @@ class DialogueEngine:
         self.tasks = memory.tasks if memory is not None else BackgroundTasks()
         """Background work (summaries, fact extraction); :meth:`aclose` cancels what is left."""
         self._detectors: dict[tuple[str, str, str], DriftDetector] = {}
+        if memory is not None and safety is not None:
+            memory.fact_filter = self._vet_fact
+
+    def _vet_fact(self, text: str) -> str | None:
+        """A remembered fact goes into later system prompts: moderate it like a message, drop take-over attempts."""
+        assert self.safety is not None
+        decision = self.safety.prepare_user_text(text, source="web")
+        if decision.action == "block" or decision.injection:
+            return None
+        return decision.text_for_prompt.strip() or None
 
     async def aclose(self) -> None:
         """Cancel background work (shutdown); replies in flight are their callers' to close."""

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -43,7 +43,7 @@ class MemoryPolicy:
     """Longest running summary (capped at a quarter of the prompt budget)."""
     facts_tokens: int = 128
     """Prompt tokens for remembered facts (capped at an eighth of the prompt budget)."""
-    summary_batch: int = 4
+    summary_batch: int = 12
     """Turns out of the window before they are folded into the summary."""
     max_fold_turns: int = 64
     """Most turns folded at once (bounds the work per fold)."""
@@ -151,6 +151,9 @@ class MemoryManager:
         self.extractor = FactExtractor(backend, max_tokens=self.policy.extract_max_tokens)
         self.facts_tokens = min(self.policy.facts_tokens, budget.prompt_budget // 8)
         self._pending: dict[str, list[tuple[Conversation, Persona, Turn]]] = {}
+        self.fact_filter: Callable[[str], str | None] | None = None
+        """Vets a fact before it is stored (the engine's moderation: a fact reaches later system prompts, so a
+        viewer must not plant instructions or banned words through it); returns the text to keep, or ``None``."""
 
     # --- recall -----------------------------------------------------------------------------------------
 
@@ -264,6 +267,8 @@ class MemoryManager:
         failures = self.extractor.failures
         texts = await self.extractor.extract(persona, conversation.user_name, turn.content)
         self.stats.extraction_failures += self.extractor.failures - failures
+        if self.fact_filter is not None:
+            texts = [kept for text in texts if (kept := self.fact_filter(text))]
         if not texts:
             return []
         known = await self.facts.viewer_facts(viewer, limit=self.policy.facts_per_viewer)
