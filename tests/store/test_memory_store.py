@@ -16,13 +16,21 @@ BOB = ViewerKey("bilibili", "222")
 async def test_summary_versions_are_kept_and_restored(store: Store) -> None:
     record = await store.create_session("xiaoxing", owner="o", platform="bilibili", viewer_id="111")
     conversation = await store.load_conversation(record.id)
-    assert (conversation.platform, conversation.viewer_id, conversation.summary_id) == ("bilibili", "111", None)
+    assert (conversation.platform, conversation.viewer_id, conversation.summary_id) == (
+        "bilibili",
+        "111",
+        None,
+    )
     turn = Turn("user", "你好")
     await store.save_turn(conversation, turn)
     first = await store.save_summary(record.id, "阿明来了", covers_until=turn.id)
     second = await store.save_summary(record.id, "阿明来了，答应唱歌", covers_until=turn.id)
     loaded = await store.load_conversation(record.id)
-    assert (loaded.summary, loaded.summary_id, loaded.summary_until) == ("阿明来了，答应唱歌", second, turn.id)
+    assert (loaded.summary, loaded.summary_id, loaded.summary_until) == (
+        "阿明来了，答应唱歌",
+        second,
+        turn.id,
+    )
     assert [s.id for s in await store.summary_history(record.id)] == [first, second]
     assert (await store.get_summary(first)).text == "阿明来了"  # type: ignore[union-attr]
     reply = Turn("assistant", "嗨", summary_id=second)
@@ -33,7 +41,9 @@ async def test_summary_versions_are_kept_and_restored(store: Store) -> None:
 
 
 async def test_facts_are_per_viewer_deduplicated_pruned_and_deletable(store: Store) -> None:
-    added = await store.add_facts(ALICE, [Fact(ALICE, "喜欢猫"), Fact(ALICE, "喜欢 猫！"), Fact(ALICE, "下周考试")])
+    added = await store.add_facts(
+        ALICE, [Fact(ALICE, "喜欢猫"), Fact(ALICE, "喜欢 猫！"), Fact(ALICE, "下周考试")]
+    )
     assert [f.text for f in added] == ["喜欢猫", "下周考试"]
     assert await store.add_facts(ALICE, [Fact(ALICE, "喜欢猫")]) == []
     await store.add_facts(BOB, [Fact(BOB, "喜欢狗")])
@@ -60,9 +70,13 @@ async def test_memory_survives_a_restart(tmp_path: Path) -> None:
     backend = ScriptedBackend(facts=lambda t: facts_json("下周考试") if "考试" in t else facts_json())
     memory = MemoryManager(backend, budget, facts=store, summaries=store)
     engine = DialogueEngine(backend, budget, store=store, memory=memory)
-    record = await store.create_session(persona.id, owner="o", platform="bilibili", viewer_id="111", user_name="阿明")
+    record = await store.create_session(
+        persona.id, owner="o", platform="bilibili", viewer_id="111", user_name="阿明"
+    )
     conversation = await store.load_conversation(record.id)
-    texts = ["我叫阿明，我下周考试"] + [f"第{i}条弹幕：今天直播间好热闹，大家都在刷弹幕呢主播加油呀" for i in range(90)]
+    texts = ["我叫阿明，我下周考试"] + [
+        f"第{i}条弹幕：今天直播间好热闹，大家都在刷弹幕呢主播加油呀" for i in range(90)
+    ]
     for text in texts:
         async for _ in engine.reply(conversation, persona, text):
             pass
@@ -80,7 +94,9 @@ async def test_memory_survives_a_restart(tmp_path: Path) -> None:
     assert used and used <= {s.id for s in history}  # every turn's summary can be looked up
     assert [f.text for f in await reopened.viewer_facts(ALICE)] == ["下周考试"]
     backend = ScriptedBackend()
-    engine = DialogueEngine(backend, budget, store=reopened, memory=MemoryManager(backend, budget, facts=reopened))
+    engine = DialogueEngine(
+        backend, budget, store=reopened, memory=MemoryManager(backend, budget, facts=reopened)
+    )
     async for _ in engine.reply(restored, persona, "还记得我吗"):
         pass
     system = backend.kinds["reply"][-1][0].content
