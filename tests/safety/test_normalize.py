@@ -61,8 +61,9 @@ def test_ordinary_text_keeps_word_boundaries() -> None:
 )
 def test_each_evasion_of_a_listed_term_is_caught(pipeline: SafetyPipeline, text: str) -> None:
     caught = pipeline.moderate(text, direction="input").action == "block"
-    # Variant characters and enumeration commas are not evasions we fold.
-    assert caught == (text not in ("氷毒", "冰、毒"))
+    # Enumeration commas are not evasions we fold; the variant 氷 is not folded either, but the
+    # drugs category opts in to homophones (氷 reads bīng too).
+    assert caught == (text != "冰、毒")
 
 
 @pytest.mark.parametrize("text", ["f.u.c.k off", "F U C K", "ＦＵＣＫ", "fuuuuck", "f\u200buck", "𝐟𝐮𝐜𝐤"])

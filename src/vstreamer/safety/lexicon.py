@@ -9,6 +9,7 @@ optional ``categories.toml``::
     allow = ["冰毒品鉴"]       # benign phrases that contain a listed term
     files = ["drugs.txt"]     # default: <category>.txt
     ignore = ["..."]          # listed terms to drop (noisy third-party lists)
+    pinyin = false            # also match homophones and Latin pinyin ("bing du"), see pinyin.py
 
     [[patterns]]              # regular-expression rules over the normalised text
     category = "spam"
@@ -50,6 +51,8 @@ class CategoryConfig(BaseModel):
     ignore: list[str] = []
     """Listed terms to drop (compared after normalisation, so variants go too)."""
     label: str = ""
+    pinyin: bool = False
+    """Also match the Chinese terms written with homophone characters or in Latin pinyin."""
 
 
 class PatternConfig(BaseModel):
@@ -86,6 +89,8 @@ class Category:
     action: Action
     severity: int
     label: str = ""
+    pinyin: bool = False
+    """Whether homophones and Latin pinyin of its terms match too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +172,7 @@ def _load_folder(folder: Path, lex: Lexicon) -> None:
     for name, c in cfg.categories.items():
         old = lex.categories.get(name)
         if old is None or c.severity >= old.severity:
-            lex.categories[name] = Category(name, c.action, c.severity, c.label or name)
+            lex.categories[name] = Category(name, c.action, c.severity, c.label or name, c.pinyin)
         lex.allows.extend(Allow(p, name) for p in c.allow)
         lex.ignored.update(normalize(x) for x in c.ignore)
     lex.allows.extend(Allow(p, None) for p in cfg.allow)

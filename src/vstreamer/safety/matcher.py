@@ -19,7 +19,6 @@ from typing import Any
 
 import ahocorasick
 
-from vstreamer.safety.automaton import CodeAutomaton
 from vstreamer.safety.lexicon import Category, Lexicon, Term
 from vstreamer.safety.normalize import (
     VECTOR_MIN_LENGTH,
@@ -30,8 +29,8 @@ from vstreamer.safety.normalize import (
     normalize_short,
     normalize_with_map,
 )
+from vstreamer.safety.pinyin import PinyinIndex
 from vstreamer.safety.types import Match
-from vstreamer.safety.vector import normalize_codes
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,11 @@ try:  # optional accelerator
     import ahocorasick_rs as _acrs
 except ImportError:  # pragma: no cover - depends on the environment
     _acrs = None
+try:  # numpy: the long-text path
+    from vstreamer.safety.automaton import CodeAutomaton
+    from vstreamer.safety.vector import normalize_codes
+except ImportError:  # pragma: no cover - depends on the environment
+    CodeAutomaton = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,8 @@ class CompiledLexicon:
         for allow in lexicon.allows:
             self._add(index, allow.phrase, None, 0, allow.category)
         self._patterns = [(c, re.compile(p), name) for c, p, name in lexicon.patterns]
+        pinyin_terms = [t for t in lexicon.terms if (c := self.categories.get(t.category)) and c.pinyin]
+        self._pinyin = PinyinIndex(pinyin_terms) if pinyin_terms else None
         self.max_key_length = max((len(k) for k in self._keys), default=0)
         self.trie = ahocorasick.Automaton()
         for i, key in enumerate(self._keys):
@@ -123,7 +129,9 @@ class CompiledLexicon:
 
     @cached_property
     def _code_automaton(self) -> CodeAutomaton | None:
-        return CodeAutomaton(self._keys, _acrs) if self.backend == "ahocorasick_rs" else None
+        if self.backend != "ahocorasick_rs" or CodeAutomaton is None:
+            return None
+        return CodeAutomaton(self._keys, _acrs)
 
     def find(self, text: str) -> list[tuple[int, int, int]]:
         """Normalise ``text`` and return every (key index, start, end) occurrence in the normalised
@@ -146,6 +154,8 @@ class CompiledLexicon:
         """
         found = self.find(text) if self._keys else []
         matches = self._pattern_matches(text) if self._patterns else []
+        if self._pinyin is not None:
+            matches += self._pinyin.scan(text, at_end=at_end)
         if not found:
             return _dedupe(matches)
         return _dedupe(matches + self._verify(normalize_with_map(text), found, at_end))

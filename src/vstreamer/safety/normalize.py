@@ -177,8 +177,10 @@ VECTOR_MIN_LENGTH = 2000
 def normalize(text: str) -> str:
     """Normalise ``text`` for matching (fast path, no position map)."""
     if len(text) >= VECTOR_MIN_LENGTH:
-        from vstreamer.safety.vector import normalize_vectorized
-
+        try:
+            from vstreamer.safety.vector import normalize_vectorized
+        except ImportError:  # pragma: no cover - numpy is not installed
+            return normalize_short(text)
         return normalize_vectorized(text)
     return normalize_short(text)
 
