@@ -69,8 +69,11 @@ async def _chat_profiles(user: cl.User | None, language: str | None = None) -> l
 @cl.on_chat_start
 async def _chat_start() -> None:
     persona = STATE.persona(cl.user_session.get("chat_profile"))
-    conversation = Conversation(persona.id, user_name=_user_name(cl.user_session.get("user")))
+    user = cl.user_session.get("user")
+    conversation = Conversation(persona.id, user_name=_user_name(user))
     conversation.id = context.session.thread_id
+    # Long-term memory is kept per viewer: the logged-in user (one shared local user without login).
+    conversation.platform, conversation.viewer_id = "web", user.identifier if user else LOCAL_USER
     greetings = persona.greetings()
     if greetings:
         greeting = Turn("assistant", persona.render(greetings[0], conversation.user_name))
@@ -162,7 +165,7 @@ async def _ensure_stored(conversation: Conversation, *, title: str) -> None:
     store = STATE.store()
     await store.create_session(
         conversation.persona_id, owner=user.identifier if user else LOCAL_USER, platform="web",
-        user_name=conversation.user_name, title=title.strip()[:80], session_id=conversation.id,
+        viewer_id=conversation.viewer_id, user_name=conversation.user_name, title=title.strip()[:80], session_id=conversation.id,
     )  # fmt: skip
     for turn in conversation.turns:  # the greeting
         await store.save_turn(conversation, turn)
