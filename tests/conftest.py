@@ -41,6 +41,17 @@ def wait_http(url: str, timeout: float = 60.0, process: subprocess.Popen[bytes] 
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, grace: float = 15) -> None:
+    """Terminate a server started by a test, killing it if it does not stop within ``grace`` seconds."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -6,6 +6,7 @@ TOML file (``--config`` or ``VSTREAMER_CONFIG``) > defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,16 @@ DEFAULT_UI_PORT = 8310
 DEFAULT_GATEWAY_PORT = 8320
 VLLM_DEFAULT_PORT = 8000
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "your-api-key", "your_api_key", "xxx", "sk-xxx", "<api-key>"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps a server on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_data_dir() -> Path:

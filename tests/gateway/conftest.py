@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, stop_process, wait_http
 from vstreamer.engine import Turn
 from vstreamer.store import open_store
 
@@ -42,13 +42,7 @@ class GatewayServer:
             raise RuntimeError(f"gateway did not start:\n{self.log.read_text()}") from None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def messages(self, session_id: str) -> list[Turn]:
         async def read() -> list[Turn]:

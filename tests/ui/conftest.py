@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PROJECT_ROOT, free_port, wait_http
+from tests.conftest import PROJECT_ROOT, free_port, stop_process, wait_http
 
 # Chainlit reads its app root when first imported: keep unit tests from writing into the repository.
 os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="vstreamer-chainlit-"))
@@ -60,13 +60,7 @@ class UIServer:
         self.ready_s = time.perf_counter() - started
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         if self._log is not None:
             self._log.close()
             self._log = None

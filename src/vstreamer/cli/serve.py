@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from vstreamer.config import Settings
+from vstreamer.config import Settings, is_loopback
 from vstreamer.errors import ConfigError
 
 
@@ -38,15 +37,6 @@ def add_commands(
         sub.set_defaults(handler=lambda a: asyncio.run(run_keys(a, load_settings(a))))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -63,7 +53,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.database_url:
         updates["database_url"] = args.database_url
     settings = settings.model_copy(update=updates)
-    if not settings.auth and not _is_loopback(settings.gateway_host):
+    if not settings.auth and not is_loopback(settings.gateway_host):
         raise ConfigError(
             "--no-auth is for local use only: bind to 127.0.0.1 (or create keys with `vstreamer keys`)"
         )

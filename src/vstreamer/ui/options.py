@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vstreamer.config import VLLM_DEFAULT_PORT, Settings
+from vstreamer.config import VLLM_DEFAULT_PORT, Settings, is_loopback
 from vstreamer.errors import ConfigError
 
 AuthMode = Literal["none", "password"]
@@ -42,7 +41,7 @@ class UIOptions:
         users = _parse_users(_setting(settings, "ui_users"))
         if auth == "password" and not users:
             raise ConfigError("ui_auth is 'password' but no ui_users are configured (name -> password)")
-        if auth == "none" and not _is_loopback(resolved_host):
+        if auth == "none" and not is_loopback(resolved_host):
             raise ConfigError(
                 f"the web UI without login only binds to 127.0.0.1 (asked for {resolved_host}); "
                 "set ui_auth='password' and ui_users to serve other machines"
@@ -53,15 +52,6 @@ class UIOptions:
                 f"UI port {resolved_port} collides with the vLLM or gateway port; choose another"
             )
         return cls(host=resolved_host, port=resolved_port, auth=auth, users=users)  # type: ignore[arg-type]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _setting(settings: Settings, name: str) -> object:
