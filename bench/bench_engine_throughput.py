@@ -51,12 +51,13 @@ async def engine_run(engine: DialogueEngine) -> tuple[float, float, int]:
     conversation = Conversation(persona.id, user_name="Sam")
     started = time.perf_counter()
     first = 0.0
-    tokens = 0
     async for event in engine.reply(conversation, persona, QUESTION):
         if event.kind == "delta":
-            tokens += 1
             first = first or time.perf_counter()
     ended = time.perf_counter()
+    # Tokens as the model generated them (the engine may merge pieces it held back into one delta).
+    usage = conversation.turns[-1].usage
+    tokens = usage.completion_tokens if usage else 0
     return first - started, tokens / (ended - first) if tokens > 1 else 0.0, tokens
 
 
