@@ -104,8 +104,7 @@ class LlamaServer:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", self.alias,
                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "4096", "--verbose", "False"]  # fmt: skip
-        log = open(os.devnull, "wb")  # noqa: SIM115 - owned by the process for its lifetime
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=log)
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"{self.base_url}/models", timeout=60, process=self.process)
 
     def stop(self) -> None:

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -47,7 +49,11 @@ def _session_record(row: SessionRow) -> SessionRecord:
     )  # fmt: skip
 
 
-def _turn(row: MessageRow) -> Turn:
+_MESSAGES = MessageRow.__table__
+
+
+def _turn(row: Any) -> Turn:
+    """A stored message (ORM object or plain row with the same columns) as an engine turn."""
     usage = (
         Usage(row.prompt_tokens or 0, row.completion_tokens or 0)
         if row.completion_tokens is not None
@@ -91,6 +97,11 @@ class Store(MemoryTables):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def _insert(self) -> Any:
+        """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL)."""
+        return postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -178,13 +189,14 @@ class Store(MemoryTables):
             header = await session.get(SessionRow, session_id)
             if header is None:
                 raise StoreError(f"no session {session_id}")
+            # Plain rows, not ORM objects: this runs on every turn of every conversation.
             query = (
-                select(MessageRow)
+                select(_MESSAGES)
                 .where(MessageRow.session_id == session_id)
                 .order_by(MessageRow.pk.desc())
                 .limit(recent)
             )
-            rows = list((await session.scalars(query)).all())
+            rows = list((await session.execute(query)).all())
             latest = await self._latest_summary(session, session_id)
         rows.reverse()
         return Conversation(
@@ -197,14 +209,14 @@ class Store(MemoryTables):
     @_shielded
     async def list_messages(self, session_id: str, *, limit: int = 1000, offset: int = 0) -> list[Turn]:
         query = (
-            select(MessageRow)
+            select(_MESSAGES)
             .where(MessageRow.session_id == session_id)
             .order_by(MessageRow.pk)
             .limit(limit)
             .offset(offset)
         )
         async with self._tx() as session:
-            return [_turn(r) for r in (await session.scalars(query)).all()]
+            return [_turn(r) for r in (await session.execute(query)).all()]
 
     @_shielded
     async def count_messages(self, session_id: str) -> int:
@@ -227,13 +239,13 @@ class Store(MemoryTables):
             "summary_id": turn.summary_id,
         }
         now = _now()
+        created = datetime.fromtimestamp(turn.created_at, UTC)
+        upsert = self._insert(MessageRow).values(
+            id=turn.id, session_id=conversation.id, created_at=created, **values
+        )
         async with self._tx() as session:
-            result = await session.execute(
-                update(MessageRow).where(MessageRow.id == turn.id).values(**values)
-            )
-            if not getattr(result, "rowcount", 0):
-                created = datetime.fromtimestamp(turn.created_at, UTC)
-                session.add(MessageRow(id=turn.id, session_id=conversation.id, created_at=created, **values))
+            # One statement either way (a reply is saved again when it ends): SQLite and PostgreSQL both upsert.
+            await session.execute(upsert.on_conflict_do_update(index_elements=[MessageRow.id], set_=values))
             await session.execute(
                 update(SessionRow).where(SessionRow.id == conversation.id).values(updated_at=now)
             )
