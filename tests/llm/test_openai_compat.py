@@ -201,3 +201,37 @@ async def test_tokenizer_found_once_the_server_comes_back(smollm2_gguf) -> None:
     finally:
         server.stop()
         await backend.aclose()
+
+
+async def test_retries_are_bounded_across_open_and_read() -> None:
+    """max_retries counts every attempt of a request, however it failed before the first token."""
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        with contextlib.suppress(Exception):
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b"/chat/completions" in head.split(b"\r\n")[0]:
+                requests += 1
+            if requests == 1:  # opens fine, then no token comes: a first-token timeout while reading
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+                writer.write(b"transfer-encoding: chunked\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(5)
+            else:
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n")
+                writer.write(b"connection: close\r\n\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    backend = backend_for(url, max_retries=2, retry_backoff=0.01, first_token_timeout=0.5)
+    try:
+        with pytest.raises(BackendResponseError) as info:
+            await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
+    finally:
+        await backend.aclose()
+        server.close()
+    assert info.value.status_code == 503
+    assert requests == 3, requests  # the first try and two retries, not a retry loop inside a retry loop

@@ -92,9 +92,11 @@ class OpenAICompatBackend:
             request["response_format"] = await self._response_format(params.response_format)
         attempt = 0
         while True:
-            upstream = await self._open_stream(request)
+            # One retry budget for the whole request: opening it and reading up to the first token.
+            upstream: openai.AsyncStream[Any] | None = None
             produced_text = False
             try:
+                upstream = await self._open_stream(request)
                 async for delta in self._read_stream(upstream, messages):
                     produced_text = produced_text or isinstance(delta, TextDelta)
                     yield delta
@@ -108,30 +110,24 @@ class OpenAICompatBackend:
                 )
                 await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
             finally:
-                # Closing the HTTP response makes vLLM abort the request (it watches for disconnects).
-                await upstream.close()
+                if upstream is not None:
+                    # Closing the HTTP response makes vLLM abort the request (it watches for disconnects).
+                    await upstream.close()
 
     async def _open_stream(self, request: dict[str, Any]) -> openai.AsyncStream[Any]:
-        attempt = 0
-        while True:
-            try:
-                async with asyncio.timeout(self.first_token_timeout):
-                    # The SDK's low-level call: the same transport, errors and SSE decoding, without the
-                    # per-call typed transform of `messages` (tens of ms for a long history; measured).
-                    return await self._client.post(
-                        "/chat/completions",
-                        body=request,
-                        cast_to=ChatCompletionChunk,
-                        stream=True,
-                        stream_cls=openai.AsyncStream[ChatCompletionChunk],
-                    )
-            except (openai.OpenAIError, TimeoutError) as exc:
-                error = _map_error(exc, self.first_token_timeout)
-                if attempt >= self.max_retries or not _is_retryable(error):
-                    raise error from exc
-                attempt += 1
-                logger.warning("upstream request failed (%s); retry %d/%d", error, attempt, self.max_retries)
-                await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+        try:
+            async with asyncio.timeout(self.first_token_timeout):
+                # The SDK's low-level call: the same transport, errors and SSE decoding, without the
+                # per-call typed transform of `messages` (tens of ms for a long history; measured).
+                return await self._client.post(
+                    "/chat/completions",
+                    body=request,
+                    cast_to=ChatCompletionChunk,
+                    stream=True,
+                    stream_cls=openai.AsyncStream[ChatCompletionChunk],
+                )
+        except (openai.OpenAIError, TimeoutError) as exc:
+            raise _map_error(exc, self.first_token_timeout) from exc
 
     async def _read_stream(
         self, upstream: openai.AsyncStream[Any], messages: Sequence[ChatMessage]
