@@ -71,8 +71,7 @@ class ChatSession:
             async for event in stream:
                 if event.kind == "delta":
                     self.say(event.text)
-        except asyncio.CancelledError:
-            await stream.aclose()
+        except asyncio.CancelledError:  # Ctrl-C: `finally` closes the stream, which stops the generation
             self.say(" …（已停止 / stopped）\n")
             raise
         except (BackendError, ContextBudgetError) as exc:
