@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None
     """``sqlite:///path.db`` or ``postgresql://user:pass@host/db``; default: SQLite file in data_dir."""
+    user_commit: Literal["overlap", "before"] = "overlap"
+    """When a chat message is committed: ``overlap`` stores it while the prompt is built and the model is called
+    (the reply's first text waits for the commit; a failed commit fails the reply), ``before`` stores it first."""
+    session_cache: int | None = Field(None, ge=0)
+    """Live sessions kept in memory between turns. Default: 1000 on SQLite, 0 (off) on PostgreSQL, where several
+    instances may share the database; turn it on there only with sticky sessions (one instance per session)."""
     ui_port: int = Field(DEFAULT_UI_PORT, ge=1, le=65535)
     ui_host: str = "127.0.0.1"
     ui_auth: Literal["none", "password"] = "none"

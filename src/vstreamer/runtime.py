@@ -45,6 +45,7 @@ def build_runtime(
     engine = DialogueEngine(
         backend, budget, defaults=defaults, store=store, safety=build_safety(settings),
         memory=build_memory(settings, backend, budget, store), drift_repair=settings.drift_repair,
+        user_commit=settings.user_commit,
     )  # fmt: skip
     return Runtime(settings, backend, engine, PersonaLibrary(settings.personas_dir), store)
 
@@ -80,5 +81,5 @@ def build_safety(settings: Settings) -> SafetyPipeline | None:
 
 async def open_runtime(settings: Settings, backend: LLMBackend | None = None) -> Runtime:
     """Build the runtime with its persistent store opened (and migrated)."""
-    store = await open_store(settings.database_url, settings.data_dir)
+    store = await open_store(settings.database_url, settings.data_dir, session_cache=settings.session_cache)
     return build_runtime(settings, backend, store)

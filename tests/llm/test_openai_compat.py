@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import LlamaServer, free_port
 from vstreamer.errors import BackendResponseError, BackendTimeout, BackendUnavailable
-from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta
-from vstreamer.llm.openai_compat import OpenAICompatBackend
+from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta, Usage
+from vstreamer.llm.openai_compat import OpenAICompatBackend, SSEDecoder
 
-pytestmark = pytest.mark.integration
+#: Tests that start real servers; the SSE and transport tests below use scripted in-process ones.
+integration = pytest.mark.integration
 
 LONG_PROMPT = [
     ChatMessage("user", "Write a very long story about a dragon and a knight, with many chapters.")
@@ -25,6 +30,7 @@ def backend_for(url: str, **kwargs: float) -> OpenAICompatBackend:
     return OpenAICompatBackend(base_url=url, model="smollm2", **kwargs)  # type: ignore[arg-type]
 
 
+@integration
 async def test_stream_arrives_incrementally(llama_server: LlamaServer) -> None:
     backend = backend_for(llama_server.base_url)
     arrivals: list[float] = []
@@ -44,6 +50,7 @@ async def test_stream_arrives_incrementally(llama_server: LlamaServer) -> None:
     assert len({round(t, 3) for t in arrivals}) > len(arrivals) // 2
 
 
+@integration
 async def test_cancellation_stops_server_generation(llama_server: LlamaServer) -> None:
     """Abandon long streams; the server (which serves one request at a time) must free up at once."""
     backend = backend_for(llama_server.base_url)
@@ -67,6 +74,7 @@ async def test_cancellation_stops_server_generation(llama_server: LlamaServer) -
     assert elapsed < baseline + 4, f"fresh request waited {elapsed:.1f}s (idle: {baseline:.1f}s)"
 
 
+@integration
 async def test_task_cancellation_closes_upstream(llama_server: LlamaServer) -> None:
     backend = backend_for(llama_server.base_url)
     first = asyncio.Event()
@@ -87,6 +95,7 @@ async def test_task_cancellation_closes_upstream(llama_server: LlamaServer) -> N
     assert time.perf_counter() - started < 5
 
 
+@integration
 async def test_token_counts_use_server_tokenizer(llama_server: LlamaServer) -> None:
     backend = backend_for(llama_server.base_url)
     short = await backend.count_tokens([ChatMessage("user", "hello")])
@@ -98,6 +107,7 @@ async def test_token_counts_use_server_tokenizer(llama_server: LlamaServer) -> N
     assert health.ok
 
 
+@integration
 async def test_unreachable_server_fails_fast_with_clear_error() -> None:
     backend = backend_for(
         f"http://127.0.0.1:{free_port()}/v1", connect_timeout=1.0, max_retries=1, retry_backoff=0.05
@@ -110,6 +120,7 @@ async def test_unreachable_server_fails_fast_with_clear_error() -> None:
     await backend.aclose()
 
 
+@integration
 async def test_server_dying_mid_stream_gives_clear_error(private_llama_server: LlamaServer) -> None:
     backend = backend_for(private_llama_server.base_url, stall_timeout=3.0, max_retries=0)
     received = 0
@@ -154,6 +165,7 @@ async def stalling_server(send_first_chunk: bool) -> AsyncIterator[str]:
         server.close()
 
 
+@integration
 async def test_slow_first_token_times_out() -> None:
     async with stalling_server(send_first_chunk=False) as url:
         backend = backend_for(url, first_token_timeout=1.0, max_retries=0)
@@ -164,6 +176,7 @@ async def test_slow_first_token_times_out() -> None:
         await backend.aclose()
 
 
+@integration
 async def test_stalled_stream_times_out_keeping_partial_text() -> None:
     async with stalling_server(send_first_chunk=True) as url:
         backend = backend_for(url, first_token_timeout=5.0, stall_timeout=1.0, max_retries=0)
@@ -176,6 +189,7 @@ async def test_stalled_stream_times_out_keeping_partial_text() -> None:
         await backend.aclose()
 
 
+@integration
 async def test_http_error_is_mapped(llama_server: LlamaServer) -> None:
     backend = OpenAICompatBackend(
         base_url=llama_server.base_url.replace("/v1", "/nope"), model="m", max_retries=0
@@ -186,6 +200,7 @@ async def test_http_error_is_mapped(llama_server: LlamaServer) -> None:
     await backend.aclose()
 
 
+@integration
 async def test_tokenizer_found_once_the_server_comes_back(smollm2_gguf) -> None:  # type: ignore[no-untyped-def]
     """A server down at start gives estimates, not a permanent 'no tokenizer' verdict."""
     server = LlamaServer(smollm2_gguf)
@@ -203,6 +218,7 @@ async def test_tokenizer_found_once_the_server_comes_back(smollm2_gguf) -> None:
         await backend.aclose()
 
 
+@integration
 async def test_retries_are_bounded_across_open_and_read() -> None:
     """max_retries counts every attempt of a request, however it failed before the first token."""
     requests = 0
@@ -235,3 +251,237 @@ async def test_retries_are_bounded_across_open_and_read() -> None:
         server.close()
     assert info.value.status_code == 503
     assert requests == 3, requests  # the first try and two retries, not a retry loop inside a retry loop
+
+
+# --- the SSE parser ---------------------------------------------------------------------------------------
+
+SSE_STREAM = (
+    b": a comment, then a keep-alive\r\n:\r\n\r\n"
+    b'data: {"a":1}\r\n\r\n'
+    b'data:{"b":2}\n\n'  # no space after the colon
+    b"id: 7\r\nretry: 100\r\ndata: line one\r\ndata: line two\r\n\r\n"
+    b"event: ping\ndata: {}\r\n\r\n"
+    b'error: {"message":"bad"}\n\n'  # llama.cpp's way to report an error
+    b"data: [DONE]\r\n\r\n"
+)
+SSE_EVENTS = [
+    (b"", b'{"a":1}'),
+    (b"", b'{"b":2}'),
+    (b"", b"line one\nline two"),
+    (b"ping", b"{}"),
+    (b"error", b'{"message":"bad"}'),
+    (b"", b"[DONE]"),
+]
+
+
+def decode_in_pieces(stream: bytes, cuts: list[int]) -> list[tuple[bytes, bytes]]:
+    decoder = SSEDecoder()
+    events: list[tuple[bytes, bytes]] = []
+    bounds = [0, *sorted(cuts), len(stream)]
+    for start, end in itertools.pairwise(bounds):
+        events += decoder.feed(stream[start:end])
+    return events + decoder.flush()
+
+
+def test_sse_decoder_reads_a_whole_stream() -> None:
+    assert decode_in_pieces(SSE_STREAM, []) == SSE_EVENTS
+
+
+def test_sse_decoder_reads_events_split_at_any_byte() -> None:
+    for cut in range(1, len(SSE_STREAM)):
+        # Splitting between \r and \n must not make two line ends (an empty line would end an event early).
+        assert decode_in_pieces(SSE_STREAM, [cut]) == SSE_EVENTS, cut
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(SSE_STREAM) - 1), max_size=12))
+def test_sse_decoder_reads_events_split_anywhere(cuts: list[int]) -> None:
+    assert decode_in_pieces(SSE_STREAM, cuts) == SSE_EVENTS
+
+
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+def test_sse_decoder_accepts_every_line_end(end: bytes) -> None:
+    stream = SSE_STREAM.replace(b"\r\n", b"\n").replace(b"\n", end)
+    assert decode_in_pieces(stream, [len(stream) // 2]) == SSE_EVENTS
+
+
+def test_sse_decoder_keeps_an_unterminated_last_event_for_flush() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data: {"a":1}\n\ndata: {"b"') == [(b"", b'{"a":1}')]
+    assert decoder.feed(b":2}") == []
+    assert decoder.flush() == [(b"", b'{"b":2}')]
+    assert decoder.flush() == []
+
+
+# --- the transport, against scripted servers ----------------------------------------------------------------
+
+
+def sse(payload: object) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+
+
+def text_event(text: str) -> bytes:
+    return sse({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+
+
+def http_chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+FINISH = sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+USAGE = sse({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+#: Pieces of a response body, each written (as one HTTP chunk) after a pause so that each is its own read.
+Script = list[bytes]
+
+
+class ScriptedUpstream:
+    """An OpenAI-compatible server that answers each chat request with the next scripted event stream."""
+
+    def __init__(self, scripts: list[Script]) -> None:
+        self.scripts = scripts
+        self.connections = 0
+        """Connections that carried chat requests (the tokenizer's probes come on others)."""
+        self.disconnected = asyncio.Event()
+        """Set when a client closed a connection that carried chat requests."""
+        self.handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
+        chat = False
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                length = next(
+                    int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                if b"/chat/completions" not in lines[0]:  # no tokenizer here
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    continue
+                if not chat:
+                    chat = True
+                    self.connections += 1
+                writer.write(STREAM_HEAD)
+                for piece in self.scripts.pop(0):
+                    writer.write(http_chunk(piece))
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        if chat and reader.at_eof():  # the client went away
+            self.disconnected.set()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def scripted_backend(
+    *scripts: Script, **kwargs: float
+) -> AsyncIterator[tuple[OpenAICompatBackend, ScriptedUpstream]]:
+    upstream = ScriptedUpstream(list(scripts))
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    backend = backend_for(
+        f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", **{"max_retries": 0, **kwargs}
+    )
+    try:
+        yield backend, upstream
+    finally:
+        await backend.aclose()
+        server.close()
+        # Let the handlers see their clients go rather than be cancelled by the loop's teardown.
+        await asyncio.wait_for(asyncio.gather(*upstream.handlers, return_exceptions=True), 2)
+
+
+async def deltas_of(backend: OpenAICompatBackend) -> list[TextDelta | StreamEnd]:
+    return [delta async for delta in backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5))]
+
+
+async def test_events_of_one_read_merge_into_one_delta() -> None:
+    together = text_event("a") + text_event("b") + text_event("c")
+    script = [
+        sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+        together,
+        text_event("d"),
+        FINISH + USAGE + b"data: [DONE]\n\n",
+    ]
+    async with scripted_backend(script) as (backend, _):
+        deltas = await deltas_of(backend)
+    assert deltas == [TextDelta("abc"), TextDelta("d"), StreamEnd("stop", Usage(7, 3))]
+
+
+async def test_events_split_across_reads_with_crlf_and_comments() -> None:
+    event = text_event("héllo").replace(b"\n", b"\r\n")
+    cut = event.index("é".encode()) + 1  # inside a UTF-8 sequence: text is decoded per event, not per read
+    script = [
+        b": keep-alive\r\n\r\n" + event[:cut],
+        event[cut:-1],
+        event[-1:] + FINISH + b"data: [DONE]\r\n\r\n",
+    ]
+    async with scripted_backend(script) as (backend, _):
+        deltas = await deltas_of(backend)
+    assert deltas == [TextDelta("héllo"), StreamEnd("stop", None)]
+
+
+async def test_error_event_mid_stream_keeps_partial_text() -> None:
+    error = sse({"error": {"message": "the engine died", "type": "server_error", "code": 500}})
+    async with scripted_backend([text_event("Hi"), error]) as (backend, _):
+        received: list[str] = []
+        with pytest.raises(BackendResponseError, match=r"mid-stream.*the engine died") as info:
+            async for delta in backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5)):
+                assert isinstance(delta, TextDelta)
+                received.append(delta.text)
+    assert received == ["Hi"] and info.value.status_code == 500
+
+
+async def test_llama_cpp_error_line_before_the_first_token_is_retried() -> None:
+    error = b'error: {"code": 503, "message": "loading model", "type": "unavailable_error"}\n\n'
+    async with scripted_backend(
+        [error], [text_event("ok") + b"data: [DONE]\n\n"], max_retries=1, retry_backoff=0.01
+    ) as (backend, upstream):
+        completion = await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
+    assert completion.text == "ok"
+    assert upstream.connections == 2  # the errored response was abandoned: its connection closed
+
+
+async def test_malformed_chunk_is_a_response_error() -> None:
+    async with scripted_backend([b"data: {not json}\n\n"]) as (backend, _):
+        with pytest.raises(BackendResponseError, match=r"malformed response \(before the first token\)"):
+            await deltas_of(backend)
+
+
+async def test_http_error_body_message_and_status() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"error": {"message": "slow down", "type": "rate_limit", "code": 429}}'
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n")
+        writer.write(f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    backend = backend_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", max_retries=0)
+    try:
+        with pytest.raises(BackendResponseError, match="HTTP 429: slow down") as info:
+            await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
+    finally:
+        await backend.aclose()
+        server.close()
+    assert info.value.status_code == 429
+
+
+async def test_finished_streams_reuse_a_connection_and_abandoned_ones_close_it() -> None:
+    whole = [text_event("a") + FINISH, b"data: [DONE]\n\n"]  # the end of the body comes after [DONE]
+    long = [text_event(str(i)) for i in range(30)]
+    async with scripted_backend(whole, whole, long, whole) as (backend, upstream):
+        await deltas_of(backend)
+        await deltas_of(backend)
+        assert upstream.connections == 1
+        stream = backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5))
+        assert await anext(stream) == TextDelta("0")
+        await stream.aclose()
+        # The half-read response's connection is closed, not put back in the pool: the server sees it go.
+        await asyncio.wait_for(upstream.disconnected.wait(), 1)
+        assert (await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))).text == "a"
+        assert upstream.connections == 2

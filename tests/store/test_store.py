@@ -48,14 +48,22 @@ async def test_turns_round_trip_with_status_and_order(store: Store) -> None:
     assert await store.count_messages(record.id) == 3
 
 
-async def test_engine_commits_user_turn_before_generation(store: Store) -> None:
+@pytest.mark.parametrize("user_commit", ["before", "overlap"])
+async def test_engine_commits_user_turn_before_generation(store: Store, user_commit: str) -> None:
     persona = PersonaLibrary(None).get("xiaoxing")
-    engine = DialogueEngine(FakeBackend(delay=0.01), ContextBudget(4096, 256), store=store)
+    engine = DialogueEngine(
+        FakeBackend(delay=0.01),
+        ContextBudget(4096, 256),
+        store=store,
+        user_commit=user_commit,  # type: ignore[arg-type]
+    )
     record = await store.create_session(persona.id, owner="alice")
     conversation = await store.load_conversation(record.id)
     stream = engine.reply(conversation, persona, "one two three four five six")
-    await anext(stream)  # started: the prompt is built, nothing generated yet
-    stored = await store.list_messages(record.id)
+    await anext(stream)  # started: the prompt is built
+    if user_commit == "overlap":
+        await anext(stream)  # the first text: only released once the user's message is stored
+    stored = [t for t in await store.list_messages(record.id) if t.role == "user"]
     assert [(t.role, t.content) for t in stored] == [("user", "one two three four five six")]
     async for _ in stream:
         pass
@@ -125,3 +133,26 @@ async def test_conversation_id_must_exist(store: Store) -> None:
     conversation = Conversation("xiaoxing", id="missing")
     with pytest.raises(StoreError):
         await store.save_turn(conversation, Turn("user", "orphan"))
+
+
+async def test_failed_user_commit_fails_the_reply_before_any_text() -> None:
+    class BrokenStore:
+        def __init__(self) -> None:
+            self.saved: list[Turn] = []
+
+        async def save_turn(self, conversation: Conversation, turn: Turn) -> None:
+            await asyncio.sleep(0.05)  # slower than the prompt and the first token
+            if turn.role == "user":
+                raise StoreError("database is locked")
+            self.saved.append(turn)
+
+    persona = PersonaLibrary(None).get("nova")
+    store = BrokenStore()
+    engine = DialogueEngine(FakeBackend(), ContextBudget(4096, 256), store=store)
+    shown: list[str] = []
+    with pytest.raises(StoreError):
+        async for event in engine.reply(Conversation(persona.id), persona, "hello there"):
+            if event.kind == "delta":
+                shown.append(event.text)
+    assert shown == []
+    assert [(t.role, t.status) for t in store.saved] == [("assistant", "failed")]

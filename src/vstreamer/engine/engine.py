@@ -8,12 +8,13 @@ here so the CLI, the gateway, the web UI and the live-chat loop behave the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from vstreamer.engine.background import BackgroundTasks
 from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
@@ -22,7 +23,7 @@ from vstreamer.engine.drift import DriftDetector, DriftStream, fallback_line, re
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
 from vstreamer.engine.memory import MemoryManager, Recall
 from vstreamer.engine.stats import EngineStats
-from vstreamer.errors import BackendError
+from vstreamer.errors import BackendError, StoreError
 from vstreamer.llm.base import ChatMessage, LLMBackend, SamplingParams, StreamEnd
 
 if TYPE_CHECKING:
@@ -61,8 +62,13 @@ class DialogueEngine:
         safety: SafetyPipeline | None = None,
         memory: MemoryManager | None = None,
         drift_repair: bool = True,
+        user_commit: Literal["overlap", "before"] = "overlap",
     ) -> None:
         self.backend = backend
+        self.user_commit = user_commit
+        """When the user's message is committed: ``before`` building the prompt and calling the model, or
+        ``overlap``-ping both (the default: the reply's first text still waits for the commit, and a failed commit
+        fails the reply, so nothing is ever shown for a message that is not stored)."""
         self.store = store
         self.safety = safety
         self.memory = memory
@@ -132,14 +138,27 @@ class DialogueEngine:
             return
         user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
         conversation.turns.append(user_turn)
-        await self._save(conversation, user_turn)  # committed before generation starts
-        recall = (
-            await self.memory.recall(conversation, persona, user_turn.content) if self.memory else Recall()
+        # The user's message is committed while the prompt is built and the request opens upstream: the first
+        # text of the reply is released only once the commit is done, and a failed commit fails the reply.
+        saving = (
+            asyncio.ensure_future(self._save(conversation, user_turn)) if self.store is not None else None
         )
-        context = await self.build_context(conversation, persona, memory=recall.blocks)
+        if saving is not None and self.user_commit == "before":
+            await asyncio.shield(saving)
+        try:
+            recall = (
+                await self.memory.recall(conversation, persona, user_turn.content)
+                if self.memory
+                else Recall()
+            )
+            context = await self.build_context(conversation, persona, memory=recall.blocks)
+        except BaseException:
+            if saving is not None:
+                await asyncio.shield(saving)
+            raise
         params = self.sampling_for(persona, overrides)
         guard = self._guard(persona, context, source)
-        reply = self._generate(conversation, persona, context, params, guard, recall.summary_id)
+        reply = self._generate(conversation, persona, context, params, guard, recall.summary_id, saving)
         try:
             async with aclosing(reply) as events:
                 async for event in events:
@@ -177,6 +196,7 @@ class DialogueEngine:
         params: SamplingParams,
         guard: OutputGuard | None,
         summary_id: str | None,
+        saving: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
         turn = Turn("assistant", "", status="streaming", summary_id=summary_id)
         conversation.turns.append(turn)
@@ -200,6 +220,9 @@ class DialogueEngine:
                 drift = self._drift_stream(persona)
                 async with aclosing(self.backend.stream(messages, params)) as stream:
                     async for delta in stream:
+                        if saving is not None:  # nothing is shown before the user's message is stored
+                            await asyncio.shield(saving)
+                            saving = None
                         if isinstance(delta, StreamEnd):
                             turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
                             continue
@@ -232,10 +255,13 @@ class DialogueEngine:
             turn.status = "blocked" if guard is not None and guard.blocked else "complete"
             logger.debug("reply of %d chars in %.2fs", len(turn.content), time.perf_counter() - started)
             yield ReplyFinished(turn)
-        except BackendError as exc:
+        except (BackendError, StoreError) as exc:
             turn.status, turn.error = "failed", str(exc)
             raise
         finally:
+            if saving is not None:  # ended before the first delta: the user's message is still stored
+                with contextlib.suppress(StoreError):
+                    await asyncio.shield(saving)
             turn.content = "".join(parts)
             turn.duration_ms = round((time.perf_counter() - started) * 1000)
             if turn.status == "streaming":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from vstreamer.errors import PersonaError, PersonaNotFound
 from vstreamer.persona import Persona, PersonaLibrary, load_persona_bytes
@@ -12,10 +13,14 @@ from vstreamer.store import Store
 class PersonaCatalog:
     """Read-mostly: stored personas are loaded once and kept in memory; imports update both."""
 
+    FILE_CHECK_S = 1.0
+    """How long a persona read from the library's files is served before its files are looked at again."""
+
     def __init__(self, library: PersonaLibrary, store: Store) -> None:
         self.library = library
         self.store = store
         self._stored: dict[str, Persona] = {}
+        self._recent: dict[str, tuple[float, Persona]] = {}
 
     async def load(self) -> None:
         rows = await self.store.persona_rows()
@@ -33,13 +38,21 @@ class PersonaCatalog:
     async def get(self, id_or_name: str) -> Persona:
         if id_or_name in self._stored:
             return self._stored[id_or_name]
+        now = time.monotonic()
+        recent = self._recent.get(id_or_name)
+        if recent is not None and recent[0] > now:
+            return recent[1]  # every chat request asks: spare it a file check (and a thread hop) per request
         try:
-            return await asyncio.to_thread(self.library.get, id_or_name)
+            persona = await asyncio.to_thread(self.library.get, id_or_name)
         except PersonaNotFound:
             for persona in self._stored.values():
                 if persona.name.casefold() == id_or_name.casefold():
                     return persona
             raise
+        if len(self._recent) > 1000:
+            self._recent.clear()
+        self._recent[id_or_name] = (now + self.FILE_CHECK_S, persona)
+        return persona
 
     def is_stored(self, persona_id: str) -> bool:
         return persona_id in self._stored
@@ -54,6 +67,7 @@ class PersonaCatalog:
             persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png
         )
         self._stored[persona.id] = persona
+        self._recent.clear()
         return persona
 
     async def delete(self, persona_id: str) -> None:
@@ -63,3 +77,4 @@ class PersonaCatalog:
             )
         await self.store.delete_persona(persona_id)
         self._stored.pop(persona_id, None)
+        self._recent.clear()

@@ -1,27 +1,37 @@
-"""``POST /v1/chat/completions``: the persona answers, streamed (SSE) or whole, OpenAI-compatible."""
+"""``POST /v1/chat/completions``: the persona answers, streamed (SSE) or whole, OpenAI-compatible.
+
+The route validates the request and finds the conversation; :class:`ChatReply` (a raw ASGI response) then runs the
+engine and writes the reply. It reads up to the first text before answering, so failures before it become proper
+HTTP errors; one watcher task per request notices the client leaving (and cancels the reply, which stops the
+generation upstream) and sends SSE keep-alive comments while the stream is idle.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from vstreamer.engine import Conversation, EngineEvent, ReplyDelta, ReplyFinished, SamplingOverrides, Turn
-from vstreamer.errors import BackendError, VStreamerError
-from vstreamer.gateway.errors import APIError, status_for
+from vstreamer.errors import VStreamerError
+from vstreamer.gateway.errors import APIError, error_response, status_for
 from vstreamer.gateway.schemas import ChatCompletionRequest, error_body
 from vstreamer.gateway.state import GatewayState, gateway_state, principal
 from vstreamer.persona import Persona
+from vstreamer.store import SessionRecord
 
 router = APIRouter()
 SESSION_HEADER = "X-Session-Id"
 VIEWER_HEADER = "X-Viewer-Id"
 API_PLATFORM = "api"
+CLIENT_CLOSED = 499
 
 
 def api_viewer_id(owner: str, viewer: str) -> str:
@@ -32,7 +42,7 @@ def api_viewer_id(owner: str, viewer: str) -> str:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, owner: str = Depends(principal)
-) -> JSONResponse | StreamingResponse:
+) -> Response:
     state = gateway_state(request)
     persona = await state.catalog.get(body.model)
     user_text = body.messages[-1].text
@@ -44,70 +54,11 @@ async def chat_completions(
         temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens or body.max_completion_tokens,
         seed=body.seed,
     )  # fmt: skip
-    started = time.perf_counter()
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     events = state.runtime.engine.reply(conversation, persona, user_text, overrides=overrides, source="api")
-    # Read up to the first text before answering, so failures before it become proper HTTP errors;
-    # a client that leaves meanwhile (its request queued upstream, say) cancels the generation at once.
-    head: list[EngineEvent] = []
-    reading = asyncio.ensure_future(_read_head(events, head))
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        await asyncio.wait({reading, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        client_left = not reading.done()
-        if client_left:
-            reading.cancel()
-            await asyncio.wait({reading})
-            await events.aclose()
-    if client_left:
-        return JSONResponse(error_body("client closed the request", "invalid_request_error"), 499)
-    try:
-        reading.result()
-    except VStreamerError as exc:
-        await events.aclose()
-        _count_failure(state, exc)
-        raise
-    headers = {SESSION_HEADER: conversation.id}
-    reply = ReplyMeta(persona.id, started)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _sse(state, events, head, reply, include_usage)
-        return StreamingResponse(
-            stream, media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"}
-        )
-    return JSONResponse(await _whole(state, events, head, reply), headers=headers)
-
-
-async def _read_head(events: AsyncGenerator[EngineEvent, None], head: list[EngineEvent]) -> None:
-    async for event in events:
-        head.append(event)
-        if event.kind != "started":
-            return
-
-
-async def _client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the request body has been read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-class ReplyMeta:
-    """Identity and timing of one reply."""
-
-    def __init__(self, model: str, started: float) -> None:
-        self.model = model
-        self.started = started
-        self.created = int(time.time())
-        self.id = ""
-        self.first_token: float | None = None
-
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> str:
-        payload = {
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-        }  # fmt: skip
-        return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return ChatReply(
+        state, events, persona.id, conversation.id, stream=body.stream, include_usage=include_usage
+    )
 
 
 async def _conversation(
@@ -118,19 +69,15 @@ async def _conversation(
     viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
     store = state.store
     if session_id:
-        record = await store.get_session(session_id)
-        if record is None:
-            await store.create_session(persona.id, owner=owner, platform=API_PLATFORM, session_id=session_id,
-                                       user_name=state.settings.user_name, viewer_id=viewer)  # fmt: skip
-        elif record.owner != owner:
-            raise APIError(
-                404, f"no session {session_id!r} for this API key", param="user", code="session_not_found"
-            )
-        elif record.persona_id != persona.id:
-            raise APIError(
-                400, f"session {session_id!r} belongs to persona {record.persona_id!r}", param="model"
-            )
-        conversation = await store.load_conversation(session_id)
+        found = await store.open_conversation(session_id)
+        if found is None:
+            record = await store.create_session(persona.id, owner=owner, platform=API_PLATFORM, session_id=session_id,
+                                                user_name=state.settings.user_name, viewer_id=viewer)  # fmt: skip
+            _check_session(record, owner, persona)
+            conversation = await store.load_conversation(session_id)
+        else:
+            record, conversation = found
+            _check_session(record, owner, persona)
         conversation.viewer_id = conversation.viewer_id or viewer
         return conversation
     # Stateless, OpenAI-style: the client sends the history; it is stored as a new session all the same.
@@ -146,32 +93,276 @@ async def _conversation(
     return conversation
 
 
-async def _events(
-    head: list[EngineEvent], events: AsyncGenerator[EngineEvent, None]
-) -> AsyncGenerator[EngineEvent, None]:
-    for event in head:
-        yield event
-    async for event in events:
-        yield event
+def _check_session(record: SessionRecord, owner: str, persona: Persona) -> None:
+    if record.owner != owner:
+        raise APIError(
+            404, f"no session {record.id!r} for this API key", param="user", code="session_not_found"
+        )
+    if record.persona_id != persona.id:
+        raise APIError(400, f"session {record.id!r} belongs to persona {record.persona_id!r}", param="model")
 
 
-def _observe_delta(state: GatewayState, reply: ReplyMeta) -> None:
-    if reply.first_token is None:
-        reply.first_token = time.perf_counter()
-        state.metrics.ttft.observe(reply.first_token - reply.started)
+class _ClientGone(Exception):
+    """The client disconnected; the reply was cancelled."""
 
 
-def _finish(state: GatewayState, reply: ReplyMeta, turn: Turn) -> None:
-    ended = time.perf_counter()
-    state.metrics.upstream.observe(ended - reply.started)
-    state.metrics.replies.labels(turn.status).inc()
-    tokens = turn.usage.completion_tokens if turn.usage else 0
-    if reply.first_token is not None and tokens > 1 and ended > reply.first_token:
-        state.metrics.tokens_per_second.observe(tokens / (ended - reply.first_token))
+class ChatReply(Response):
+    """Runs one reply and writes it as SSE chunks (``stream``) or as one chat completion (raw ASGI)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        state: GatewayState,
+        events: AsyncGenerator[EngineEvent, None],
+        model: str,
+        session_id: str,
+        *,
+        stream: bool,
+        include_usage: bool,
+    ) -> None:
+        self.state = state
+        self.events = events
+        self.model = model
+        self.session_id = session_id
+        self.stream = stream
+        self.include_usage = include_usage
+        self.started = time.perf_counter()
+        self.created = int(time.time())
+        self.first_token: float | None = None
+        self.status_code = 200
+        self.background = None
+        self._prefix = b""
+        self._last_send = time.monotonic()
+        self._sending = False
+        self.client_gone = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = Watcher(self, receive, send)
+        try:
+            head = await self._read_head()
+        except _ClientGone:
+            await self._send_quietly(
+                send, CLIENT_CLOSED, error_body("client closed the request", "invalid_request_error")
+            )
+            return
+        except VStreamerError as exc:
+            watcher.stop()
+            self._count_failure(exc)
+            await error_response(exc)(scope, receive, send)
+            return
+        if self.stream:
+            await self._stream(head, send, watcher)
+        else:
+            await self._whole(head, scope, receive, send, watcher)
+
+    # --- phases -----------------------------------------------------------------------------------------
+
+    async def _read_head(self) -> list[EngineEvent]:
+        """Events up to the first text (or the end): errors here still become an HTTP status."""
+        head: list[EngineEvent] = []
+        try:
+            async for event in self.events:
+                head.append(event)
+                if event.kind != "started":
+                    break
+        except asyncio.CancelledError:
+            await self._cancelled()
+        except BaseException:
+            await self.events.aclose()
+            raise
+        return head
+
+    async def _stream(self, head: list[EngineEvent], send: Send, watcher: Watcher) -> None:
+        metrics = self.state.metrics
+        metrics.active_streams.inc()
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+            (b"x-session-id", self.session_id.encode()),
+        ]  # fmt: skip
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            watcher.streaming = True
+            pending = b"".join(self._sse(event) for event in head)
+            try:
+                async for event in self.events:
+                    pending += self._sse(event)
+                    await self._write(send, pending)
+                    pending = b""
+            except asyncio.CancelledError:
+                await self._cancelled()
+            except VStreamerError as exc:
+                # Mid-stream failure: the partial reply is stored as failed already; tell the client, end cleanly.
+                self._count_failure(exc)
+                _, type_ = status_for(exc)
+                pending += b"data: " + orjson.dumps(error_body(str(exc), type_, code=exc.code)) + b"\n\n"
+            watcher.stop()
+            await send(
+                {"type": "http.response.body", "body": pending + b"data: [DONE]\n\n", "more_body": False}
+            )
+        except _ClientGone:
+            pass
+        except OSError:  # the connection went away between two writes
+            await self.events.aclose()
+        finally:
+            watcher.stop()
+            await self.events.aclose()
+            metrics.active_streams.dec()
+
+    async def _whole(
+        self, head: list[EngineEvent], scope: Scope, receive: Receive, send: Send, watcher: Watcher
+    ) -> None:
+        parts: list[str] = []
+        finished: Turn | None = None
+        reply_id = ""
+        try:
+            async for event in self.events:
+                head.append(event)
+        except asyncio.CancelledError:
+            try:
+                await self._cancelled()
+            except _ClientGone:
+                return
+        except VStreamerError as exc:
+            watcher.stop()
+            self._count_failure(exc)
+            await error_response(exc)(scope, receive, send)
+            return
+        finally:
+            watcher.stop()
+            await self.events.aclose()
+        for event in head:
+            if event.kind == "started":
+                reply_id = f"chatcmpl-{event.turn.id}"
+            elif isinstance(event, ReplyDelta):
+                self._observe_delta()
+                parts.append(event.text)
+            elif isinstance(event, ReplyFinished):
+                finished = event.turn
+        assert finished is not None
+        self._finish(finished)
+        body = {
+            "id": reply_id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
+                         "finish_reason": finished.finish_reason or "stop"}],
+            "usage": _usage(finished),
+        }  # fmt: skip
+        payload = orjson.dumps(body)
+        headers = [
+            (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+            (b"x-session-id", self.session_id.encode()),
+        ]  # fmt: skip
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    # --- pieces -----------------------------------------------------------------------------------------
+
+    async def _cancelled(self) -> None:
+        """The watcher cancelled us because the client left: unwind the reply (which stops the upstream)."""
+        task = asyncio.current_task()
+        await self.events.aclose()
+        if task is not None and self.client_gone and task.cancelling():
+            task.uncancel()
+            raise _ClientGone
+        raise asyncio.CancelledError
+
+    async def _write(self, send: Send, data: bytes) -> None:
+        self._sending = True
+        try:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            self._sending = False
+            self._last_send = time.monotonic()
+
+    def _sse(self, event: EngineEvent) -> bytes:
+        if event.kind == "started":
+            reply_id = f"chatcmpl-{event.turn.id}"
+            self._prefix = (
+                b'data: {"id":' + orjson.dumps(reply_id) + b',"object":"chat.completion.chunk","created":'
+                + str(self.created).encode() + b',"model":' + orjson.dumps(self.model)
+                + b',"choices":[{"index":0,"delta":'
+            )  # fmt: skip
+            return self._prefix + b'{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+        if isinstance(event, ReplyDelta):
+            self._observe_delta()
+            return self._prefix + orjson.dumps({"content": event.text}) + b',"finish_reason":null}]}\n\n'
+        turn = event.turn
+        self._finish(turn)
+        reason = orjson.dumps(turn.finish_reason or "stop")
+        out = self._prefix + b'{},"finish_reason":' + reason + b"}]}\n\n"
+        usage = _usage(turn)
+        if self.include_usage and usage is not None:
+            body = {"id": f"chatcmpl-{turn.id}", "object": "chat.completion.chunk", "created": self.created,
+                    "model": self.model, "choices": [], "usage": usage}  # fmt: skip
+            out += b"data: " + orjson.dumps(body) + b"\n\n"
+        return out
+
+    def _observe_delta(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+            self.state.metrics.ttft.observe(self.first_token - self.started)
+
+    def _finish(self, turn: Turn) -> None:
+        metrics = self.state.metrics
+        ended = time.perf_counter()
+        metrics.upstream.observe(ended - self.started)
+        metrics.replies.labels(turn.status).inc()
+        tokens = turn.usage.completion_tokens if turn.usage else 0
+        if self.first_token is not None and tokens > 1 and ended > self.first_token:
+            metrics.tokens_per_second.observe(tokens / (ended - self.first_token))
+
+    def _count_failure(self, exc: VStreamerError) -> None:
+        self.state.metrics.errors.labels(exc.code).inc()
+
+    @staticmethod
+    async def _send_quietly(send: Send, status: int, body: dict[str, Any]) -> None:
+        payload = orjson.dumps(body)
+        try:
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": payload})
+        except OSError:
+            pass
 
 
-def _count_failure(state: GatewayState, exc: VStreamerError) -> None:
-    state.metrics.errors.labels(exc.code).inc()
+class Watcher:
+    """One task per request: notices the client leaving (cancelling the reply) and keeps an idle stream alive."""
+
+    def __init__(self, reply: ChatReply, receive: Receive, send: Send) -> None:
+        self.reply = reply
+        self.receive = receive
+        self.send = send
+        self.streaming = False
+        self.main = asyncio.current_task()
+        self.task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._watch())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _watch(self) -> None:
+        interval = self.reply.state.settings.sse_keepalive_s
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    message: Message = await self.receive()
+            except TimeoutError:
+                await self._keep_alive(interval)
+                continue
+            if message["type"] == "http.disconnect":
+                self.reply.client_gone = True
+                if self.main is not None:
+                    self.main.cancel()
+                return
+
+    async def _keep_alive(self, interval: float) -> None:
+        reply = self.reply
+        if not self.streaming or reply._sending or time.monotonic() - reply._last_send < interval * 0.9:
+            return
+        reply._last_send = time.monotonic()
+        with contextlib.suppress(OSError):
+            await self.send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
 
 
 def _usage(turn: Turn) -> dict[str, int] | None:
@@ -183,84 +374,3 @@ def _usage(turn: Turn) -> dict[str, int] | None:
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.total_tokens,
     }
-
-
-async def _whole(
-    state: GatewayState, events: AsyncGenerator[EngineEvent, None], head: list[EngineEvent], reply: ReplyMeta
-) -> dict[str, Any]:
-    parts: list[str] = []
-    finished: Turn | None = None
-    try:
-        async for event in _events(head, events):
-            if event.kind == "started":
-                reply.id = f"chatcmpl-{event.turn.id}"
-            elif isinstance(event, ReplyDelta):
-                _observe_delta(state, reply)
-                parts.append(event.text)
-            elif isinstance(event, ReplyFinished):
-                finished = event.turn
-    except VStreamerError as exc:
-        _count_failure(state, exc)
-        raise
-    finally:
-        await events.aclose()
-    assert finished is not None
-    _finish(state, reply, finished)
-    return {
-        "id": reply.id, "object": "chat.completion", "created": reply.created, "model": reply.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)},
-                     "finish_reason": finished.finish_reason or "stop"}],
-        "usage": _usage(finished),
-    }  # fmt: skip
-
-
-async def _sse(
-    state: GatewayState,
-    events: AsyncGenerator[EngineEvent, None],
-    head: list[EngineEvent],
-    reply: ReplyMeta,
-    include_usage: bool,
-) -> AsyncIterator[str]:
-    state.metrics.active_streams.inc()
-    source = _events(head, events)
-    pending: asyncio.Future[EngineEvent] | None = None
-    try:
-        while True:
-            pending = pending or asyncio.ensure_future(anext(source))
-            done, _ = await asyncio.wait({pending}, timeout=state.settings.sse_keepalive_s)
-            if not done:
-                yield ": keep-alive\n\n"
-                continue
-            try:
-                event = pending.result()
-            except StopAsyncIteration:
-                break
-            pending = None
-            if event.kind == "started":
-                reply.id = f"chatcmpl-{event.turn.id}"
-                yield reply.chunk({"role": "assistant", "content": ""})
-            elif isinstance(event, ReplyDelta):
-                _observe_delta(state, reply)
-                yield reply.chunk({"content": event.text})
-            elif isinstance(event, ReplyFinished):
-                _finish(state, reply, event.turn)
-                yield reply.chunk({}, event.turn.finish_reason or "stop")
-                usage = _usage(event.turn)
-                if include_usage and usage is not None:
-                    payload = {"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
-                               "model": reply.model, "choices": [], "usage": usage}  # fmt: skip
-                    yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-    except BackendError as exc:
-        # Mid-stream failure: the partial reply is already stored as failed; tell the client and end cleanly.
-        _count_failure(state, exc)
-        _, type_ = status_for(exc)
-        yield f"data: {json.dumps(error_body(str(exc), type_, code=exc.code), ensure_ascii=False)}\n\n"
-    finally:
-        if pending is not None and not pending.done():
-            # Client gone: cancelling the pending read unwinds the engine, which closes the upstream stream.
-            pending.cancel()
-            await asyncio.wait({pending})
-        await source.aclose()
-        await events.aclose()
-        state.metrics.active_streams.dec()
-    yield "data: [DONE]\n\n"

@@ -1,24 +1,22 @@
-"""Any OpenAI-compatible server (vLLM in production; llama.cpp server, Ollama, OpenAI) via the ``openai`` SDK."""
+"""Any OpenAI-compatible server (vLLM in production; llama.cpp server, Ollama, OpenAI), streamed over aiohttp.
+
+The chat path is hand-rolled for speed (it runs once per request and once per network read): one pooled
+``aiohttp`` session, ``orjson`` bodies and a small SSE parser; the text of the events that arrive in one network
+read becomes one delta. Token counting and health checks are rare and go through httpx.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
-import openai
-from openai.types.chat import ChatCompletionChunk
-
-try:  # the openai SDK 3.x runs on httpx2; its transport errors can surface while iterating a stream
-    import httpx2
-
-    _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx.TransportError, httpx2.TransportError)
-    _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (httpx.TimeoutException, httpx2.TimeoutException)
-except ImportError:  # pragma: no cover - older SDKs use httpx itself
-    _TRANSPORT_ERRORS = (httpx.TransportError,)
-    _TIMEOUT_ERRORS = (httpx.TimeoutException,)
+import orjson
+from yarl import URL
 
 from vstreamer.errors import BackendError, BackendResponseError, BackendTimeout, BackendUnavailable
 from vstreamer.llm.base import (
@@ -37,14 +35,124 @@ from vstreamer.llm.tokenize import RemoteTokenizer
 logger = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+_BEFORE_FIRST_TOKEN = "before the first token"
+_MID_STREAM = "mid-stream"
+#: How much of an HTTP error body is read for its message.
+_ERROR_BODY_LIMIT = 64 * 1024
+#: How long a finished stream may take to send its end of body, so that its connection can be reused.
+_DRAIN_TIMEOUT_S = 1.0
+#: Errors of the HTTP exchange itself; anything else raised while reading means a malformed body.
+_DECODE_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
+
+
+class SSEDecoder:
+    """Incremental parser of a server-sent event stream: bytes in, complete ``(event, data)`` pairs out.
+
+    Follows the WHATWG rules that chat APIs use (``\\n``, ``\\r\\n`` or ``\\r`` line ends, ``:`` comment lines,
+    multi-line ``data``, ``event``), and reads llama.cpp's non-standard ``error: {...}`` line as an ``error``
+    event. ``event`` is ``b""`` unless the server named it.
+    """
+
+    __slots__ = ("_data", "_event", "_tail")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._event = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bytes]]:
+        """The events that ``chunk`` completes (an event ends with a blank line)."""
+        buffer = self._tail + chunk if self._tail else chunk
+        held = b""
+        if b"\r" in buffer:
+            if buffer.endswith(b"\r"):  # perhaps the first half of a \r\n split across two reads
+                buffer, held = buffer[:-1], b"\r"
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = buffer.split(b"\n")
+        self._tail = lines.pop() + held
+        events: list[tuple[bytes, bytes]] = []
+        for line in lines:
+            if line.startswith(b"data:"):  # the hot path: one data line per event
+                self._data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif not line:
+                if self._data:
+                    events.append((self._event, b"\n".join(self._data)))
+                    self._data = []
+                self._event = b""
+            else:
+                self._field(line)
+        return events
+
+    def flush(self) -> list[tuple[bytes, bytes]]:
+        """The event left unterminated at the end of the stream, if any (some servers omit the blank line)."""
+        return self.feed(b"\n\n") if self._tail or self._data else []
+
+    def _field(self, line: bytes) -> None:
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"event":
+            self._event = value
+        elif name == b"error":
+            self._event = b"error"
+            self._data.append(value)
+        # Comments (an empty name), ``id``, ``retry`` and unknown fields mean nothing to a chat stream.
+
+
+@dataclass(slots=True)
+class _StreamState:
+    """What one upstream response has told so far."""
+
+    decoder: SSEDecoder = field(default_factory=SSEDecoder)
+    parts: list[str] = field(default_factory=list)
+    """The text deltas yielded so far."""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    done: bool = False
+    """``[DONE]`` or the end of the body was seen."""
+
+    @property
+    def where(self) -> str:
+        return _MID_STREAM if self.parts else _BEFORE_FIRST_TOKEN
+
+    def take(self, events: list[tuple[bytes, bytes]]) -> str:
+        """Apply the events of one network read; returns their text, concatenated."""
+        texts: list[str] = []
+        for event, data in events:
+            if event and event != b"message":
+                if event == b"error":
+                    raise _reported_error(_loads_or_text(data), self.where)
+                continue  # named events are not part of the chat-completions protocol
+            if data == b"[DONE]":
+                self.done = True
+                break
+            chunk = orjson.loads(data)  # not a JSON object: AttributeError below, a malformed response
+            choices = chunk.get("choices")
+            if choices:
+                for choice in choices:
+                    delta = choice.get("delta")
+                    text = delta.get("content") if delta else None
+                    if text:
+                        texts.append(text)
+                    if choice.get("finish_reason"):
+                        self.finish_reason = choice["finish_reason"]
+            elif chunk.get("error") or chunk.get("object") == "error":
+                raise _reported_error(chunk, self.where)
+            usage = chunk.get("usage")
+            if usage:
+                self.usage = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+        return "".join(texts)
 
 
 class OpenAICompatBackend:
     """Talks to ``{base_url}/chat/completions``.
 
-    Timeouts: ``connect_timeout`` to reach the server, ``first_token_timeout`` until the first text arrives,
-    ``stall_timeout`` between two streamed chunks. Retries (bounded, with backoff) happen only before the
-    first token, so a reply is never duplicated.
+    Timeouts: ``connect_timeout`` to reach the server, ``first_token_timeout`` from sending a request until its
+    first text, ``stall_timeout`` between two network reads after that. Retries (bounded, with backoff) happen
+    only before the first token, so a reply is never duplicated. ``max_connections`` bounds the keep-alive pool
+    (0: no bound); idle connections are dropped after ``keepalive_timeout``, which should be shorter than the
+    server's own (5 s for vLLM's uvicorn and llama.cpp's server) so that a request never picks a connection
+    the server is closing.
     """
 
     name = "openai"
@@ -60,23 +168,24 @@ class OpenAICompatBackend:
         stall_timeout: float = 30.0,
         max_retries: int = 2,
         retry_backoff: float = 0.25,
+        max_connections: int = 1024,
+        keepalive_timeout: float = 4.0,
     ) -> None:
         self.model = model
         self.base_url = base_url.rstrip("/")
+        self.connect_timeout = connect_timeout
         self.first_token_timeout = first_token_timeout
         self.stall_timeout = stall_timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
-        # The transport's read limit must allow the first token; the first-token and stall limits themselves
-        # are enforced per chunk in _read_stream.
-        read_limit = max(first_token_timeout, stall_timeout) + 1
-        timeout = openai.Timeout(
-            connect=connect_timeout, read=read_limit, write=stall_timeout, pool=connect_timeout
-        )
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0
-        )
+        self.max_connections = max_connections
+        self.keepalive_timeout = keepalive_timeout
+        self._chat_url = URL(f"{self.base_url}/chat/completions")
         headers = {"Authorization": f"Bearer {api_key}"}
+        self._chat_headers = {**headers, "Content-Type": "application/json"}
+        # aiohttp sessions belong to an event loop; this one is made by the first request (see _session).
+        self._chat: aiohttp.ClientSession | None = None
+        self._chat_loop: asyncio.AbstractEventLoop | None = None
         self._http = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(stall_timeout, connect=connect_timeout)
         )
@@ -90,19 +199,24 @@ class OpenAICompatBackend:
         request = self._request_body(messages, params)
         if params.response_format is not None:
             request["response_format"] = await self._response_format(params.response_format)
+        body = orjson.dumps(request)
+        loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             # One retry budget for the whole request: opening it and reading up to the first token.
-            upstream: openai.AsyncStream[Any] | None = None
-            produced_text = False
+            response: aiohttp.ClientResponse | None = None
+            state = _StreamState()
             try:
-                upstream = await self._open_stream(request)
-                async for delta in self._read_stream(upstream, messages):
-                    produced_text = produced_text or isinstance(delta, TextDelta)
-                    yield delta
+                deadline = loop.time() + self.first_token_timeout
+                response = await self._open_stream(body, deadline)
+                while (text := await self._next_text(response, state, deadline)) is not None:
+                    yield TextDelta(text)
+                await self._release(response)
+                usage = state.usage or await self._count_usage(messages, "".join(state.parts))
+                yield StreamEnd(state.finish_reason, usage)
                 return
             except BackendError as exc:
-                if produced_text or attempt >= self.max_retries or not _is_retryable(exc):
+                if state.parts or attempt >= self.max_retries or not _is_retryable(exc):
                     raise
                 attempt += 1
                 logger.warning(
@@ -110,55 +224,106 @@ class OpenAICompatBackend:
                 )
                 await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
             finally:
-                if upstream is not None:
-                    # Closing the HTTP response makes vLLM abort the request (it watches for disconnects).
-                    await upstream.close()
+                if response is not None:
+                    # Closing (not releasing) a half-read response drops its connection: vLLM and llama.cpp watch
+                    # for disconnects and abort the generation. After _release this does nothing.
+                    response.close()
 
-    async def _open_stream(self, request: dict[str, Any]) -> openai.AsyncStream[Any]:
+    async def _open_stream(self, body: bytes, deadline: float) -> aiohttp.ClientResponse:
         try:
-            async with asyncio.timeout(self.first_token_timeout):
-                # The SDK's low-level call: the same transport, errors and SSE decoding, without the
-                # per-call typed transform of `messages` (tens of ms for a long history; measured).
-                return await self._client.post(
-                    "/chat/completions",
-                    body=request,
-                    cast_to=ChatCompletionChunk,
-                    stream=True,
-                    stream_cls=openai.AsyncStream[ChatCompletionChunk],
-                )
-        except (openai.OpenAIError, TimeoutError) as exc:
-            raise _map_error(exc, self.first_token_timeout) from exc
+            async with asyncio.timeout_at(deadline):
+                response = await self._session().post(self._chat_url, data=body)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._map_error(exc, _BEFORE_FIRST_TOKEN) from exc
+        if response.status < 400:
+            return response
+        try:
+            raise await self._status_error(response, deadline)
+        finally:
+            if response.content.is_eof():  # the error body was read to its end: keep the connection
+                response.release()
+            else:
+                response.close()
 
-    async def _read_stream(
-        self, upstream: openai.AsyncStream[Any], messages: Sequence[ChatMessage]
-    ) -> AsyncGenerator[Delta, None]:
-        iterator = upstream.__aiter__()
-        finish_reason: str | None = None
-        usage: Usage | None = None
-        parts: list[str] = []
-        first = True
-        while True:
-            limit = self.first_token_timeout if first else self.stall_timeout
+    async def _next_text(
+        self, response: aiohttp.ClientResponse, state: _StreamState, deadline: float
+    ) -> str | None:
+        """The text of the next network read that carries some; ``None`` once the stream is over."""
+        content = response.content
+        while not state.done:
             try:
-                async with asyncio.timeout(limit):
-                    chunk = await iterator.__anext__()
-            except StopAsyncIteration:
-                break
-            except Exception as exc:
-                raise _map_error(exc, limit, mid_stream=not first) from exc
-            if chunk.usage is not None:
-                usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-            for choice in chunk.choices:
-                text = choice.delta.content if choice.delta else None
-                if text:
-                    first = False
-                    parts.append(text)
-                    yield TextDelta(text)
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
-        if usage is None:
-            usage = await self._count_usage(messages, "".join(parts))
-        yield StreamEnd(finish_reason, usage)
+                chunk = content.read_nowait()  # what arrived meanwhile, without a timer (busy servers)
+                if not chunk:
+                    timer = (
+                        asyncio.timeout(self.stall_timeout) if state.parts else asyncio.timeout_at(deadline)
+                    )
+                    async with timer:
+                        chunk = await content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._map_error(exc, state.where) from exc
+            try:
+                text = state.take(state.decoder.feed(chunk) if chunk else state.decoder.flush())
+            except _DECODE_ERRORS as exc:
+                raise BackendResponseError(
+                    f"LLM server sent a malformed response ({state.where}): {type(exc).__name__}: {exc}"
+                ) from exc
+            state.done = state.done or not chunk
+            if text:
+                state.parts.append(text)
+                return text
+        return None
+
+    async def _release(self, response: aiohttp.ClientResponse) -> None:
+        """Return a finished response's connection to the pool once its body is read to the end."""
+        content = response.content
+        if not content.is_eof():
+            try:  # [DONE] came; the end of the body (a chunked encoding's last chunk) follows at once
+                async with asyncio.timeout(min(self.stall_timeout, _DRAIN_TIMEOUT_S)):
+                    while await content.readany():
+                        pass
+            except (aiohttp.ClientError, TimeoutError):
+                response.close()
+                return
+        response.release()
+
+    async def _status_error(self, response: aiohttp.ClientResponse, deadline: float) -> BackendResponseError:
+        body = b""
+        try:
+            async with asyncio.timeout_at(deadline):
+                while len(body) < _ERROR_BODY_LIMIT and (chunk := await response.content.readany()):
+                    body += chunk
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # the status alone says enough
+        message = _error_message(_loads_or_text(body)) or response.reason or ""
+        return BackendResponseError(f"LLM server returned HTTP {response.status}: {message}", response.status)
+
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._chat is None or self._chat.closed or self._chat_loop is not loop:
+            # A session made on another (finished) loop cannot be used or closed here; it is dropped.
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=0, keepalive_timeout=self.keepalive_timeout
+            )
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout
+            )
+            self._chat = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, headers=self._chat_headers
+            )
+            self._chat_loop = loop
+        return self._chat
+
+    def _map_error(self, exc: BaseException, where: str) -> BackendError:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return BackendTimeout(f"LLM server did not accept a connection within {self.connect_timeout:g}s")
+        if isinstance(exc, TimeoutError):
+            limit = self.stall_timeout if where == _MID_STREAM else self.first_token_timeout
+            return BackendTimeout(f"LLM server did not answer within {limit:g}s ({where})")
+        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
+            return BackendUnavailable(f"cannot reach the LLM server ({where}): {type(exc).__name__}")
+        return BackendResponseError(
+            f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}"
+        )
 
     async def _count_usage(self, messages: Sequence[ChatMessage], text: str) -> Usage | None:
         """Usage for servers that stream none (llama.cpp ignores ``stream_options``), counted with their tokenizer."""
@@ -249,7 +414,9 @@ class OpenAICompatBackend:
         return response.status_code == 200
 
     async def aclose(self) -> None:
-        await self._client.close()
+        chat, self._chat = self._chat, None
+        if chat is not None and self._chat_loop is asyncio.get_running_loop():
+            await chat.close()
         await self._http.aclose()
 
 
@@ -259,26 +426,30 @@ def _is_retryable(error: BackendError) -> bool:
     return isinstance(error, BackendUnavailable | BackendTimeout)
 
 
-def _map_error(exc: BaseException, limit: float, *, mid_stream: bool = False) -> BackendError:
-    where = "mid-stream" if mid_stream else "before the first token"
-    if isinstance(exc, (TimeoutError, openai.APITimeoutError, *_TIMEOUT_ERRORS)):
-        return BackendTimeout(f"LLM server did not answer within {limit:g}s ({where})")
-    if isinstance(exc, openai.APIStatusError):
-        message = _status_message(exc)
-        return BackendResponseError(f"LLM server returned HTTP {exc.status_code}: {message}", exc.status_code)
-    if isinstance(exc, (openai.APIConnectionError, *_TRANSPORT_ERRORS)):
-        return BackendUnavailable(f"cannot reach the LLM server ({where}): {type(exc).__name__}")
-    return BackendResponseError(
-        f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}"
-    )
+def _loads_or_text(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace").strip()
 
 
-def _status_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
+def _error_message(body: Any) -> str:
+    """The message of an OpenAI-style error body (``{"error": {"message": ...}}`` or ``{"message": ...}``)."""
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])[:500]
+        if isinstance(inner, str) and inner:
+            return inner[:500]
         if body.get("message"):
             return str(body["message"])[:500]
-    return str(exc.message)[:500]
+    return str(body)[:500] if body else ""
+
+
+def _reported_error(body: Any, where: str) -> BackendResponseError:
+    """An error that the server sent inside the event stream; its ``code`` is kept when it is an HTTP status."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    code = inner.get("code") if isinstance(inner, dict) else None
+    status = code if isinstance(code, int) and 400 <= code <= 599 else None
+    message = _error_message(body) or "no details"
+    return BackendResponseError(f"LLM server reported an error ({where}): {message}", status)

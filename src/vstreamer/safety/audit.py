@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,13 +85,81 @@ class LoggingAuditLog:
 
 
 class JsonlAuditLog:
-    """Appends one JSON line per decision to a file (small writes; thread-safe)."""
+    """Appends one JSON line per decision to a file, written by a background thread.
 
-    def __init__(self, path: Path) -> None:
+    :meth:`record` only queues the record, so the event loop never waits for the disk; the writer
+    thread serialises whatever has queued up and appends it in one write (opening the file per
+    batch, so that log rotation works). The queue is bounded by ``max_pending``: if the disk falls
+    that far behind, :meth:`record` waits for room rather than drop a decision. :meth:`flush`
+    waits until everything queued so far is on disk; :meth:`close` flushes and stops the thread
+    (done at interpreter exit too). After :meth:`close`, records are appended synchronously.
+    """
+
+    def __init__(self, path: Path, *, max_pending: int = 10_000) -> None:
         self.path = Path(path)
+        self._queue: queue.Queue[AuditRecord | None] = queue.Queue(max_pending)
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop: weakref.finalize[Any, Any] | None = None
+        self._closed = False
 
     def record(self, record: AuditRecord) -> None:
-        line = json.dumps(record.to_json(), ensure_ascii=False) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
+        with self._lock:  # ordered with close(): nothing is queued behind the stop marker
+            if not self._closed:
+                if self._thread is None:
+                    self._start()
+                self._queue.put(record)
+                return
+        _append(self.path, [record])
+
+    def _start(self) -> None:
+        thread = threading.Thread(
+            target=_write_loop, args=(self._queue, self.path), name="audit-log-writer", daemon=True
+        )
+        thread.start()
+        # The thread holds the queue and the path, not this object: when the log is dropped or the
+        # interpreter exits, the finaliser writes what is queued and stops the thread.
+        self._stop = weakref.finalize(self, _stop_writer, self._queue, thread)
+        self._thread = thread
+
+    def flush(self) -> None:
+        """Wait until every record queued so far is written."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread (idempotent)."""
+        with self._lock:
+            self._closed = True
+        if self._stop is not None:
+            self._stop()
+
+
+def _append(path: Path, records: list[AuditRecord]) -> None:
+    lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(lines)
+    except OSError:  # the audit log must never break a conversation
+        logger.exception("cannot append to the audit log %s", path)
+
+
+def _write_loop(pending: queue.Queue[AuditRecord | None], path: Path) -> None:
+    while True:
+        batch = [pending.get()]
+        while True:
+            try:
+                batch.append(pending.get_nowait())
+            except queue.Empty:
+                break
+        records = [r for r in batch if r is not None]
+        if records:
+            _append(path, records)
+        for _ in batch:
+            pending.task_done()
+        if len(records) < len(batch):  # the stop marker
+            return
+
+
+def _stop_writer(pending: queue.Queue[AuditRecord | None], thread: threading.Thread) -> None:
+    pending.put(None)
+    thread.join()

@@ -9,7 +9,9 @@ removing one token cannot splice a new one together ("<|im_<|x|>start|>").
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
+from functools import cache
 
 from vstreamer.safety.normalize import fold_with_map
 
@@ -28,6 +30,8 @@ _CONTROL = re.compile(
 )
 _OPEN_BAR = re.compile(f"({_LT})({_BAR})")
 _CLOSE_BAR = re.compile(f"({_BAR})({_GT})")
+_MAYBE_CONTROL = re.compile(r"[<＜‹〈>＞›〉\[\\:：]")
+"""Every pattern of :func:`sanitize_control_tokens` needs one of these characters."""
 _ROLE_PREFIX = re.compile(
     r"^[ \t>#*]*(?:system|assistant|user|human|developer|bot|ai|系统|助手|用户|管理员)\s*[:：]\s*",
     re.IGNORECASE | re.MULTILINE,
@@ -36,6 +40,8 @@ _ROLE_PREFIX = re.compile(
 
 def sanitize_control_tokens(text: str) -> str:
     """Remove chat-template control tokens and line-start role headers from user text."""
+    if not _MAYBE_CONTROL.search(text):
+        return text
     for _ in range(16):
         cleaned = _ROLE_PREFIX.sub("", _CONTROL.sub("", text))
         if cleaned == text:
@@ -66,7 +72,23 @@ _EN = (
     r"\b(?:reveal|print|show|repeat|output|leak|tell\s+me)\s+(?:me\s+)?(?:your|the)\s+(?:system\s+prompt|initial\s+(?:prompt|instructions)|instructions|hidden\s+prompt)",
     r"\bnew\s+(?:system\s+)?instructions?\s*:",
 )
-_INJECTION = re.compile("|".join(f"(?:{p})" for p in (*_ZH, *_EN)), re.IGNORECASE)
+_INJECTION_SOURCE = "|".join(f"(?:{p})" for p in (*_ZH, *_EN))
+_INJECTION = re.compile(_INJECTION_SOURCE, re.IGNORECASE)
+# The same expression without IGNORECASE (two to three times faster), run first on the folded
+# text with every character that IGNORECASE equates with an ASCII letter turned into that letter:
+# whatever _INJECTION matches, it matches too (the patterns are lower case), so "no match" is final.
+_INJECTION_SCREEN = re.compile(_INJECTION_SOURCE)
+
+
+@cache
+def _case_twins() -> dict[int, str]:
+    """Upper-case ASCII and the non-ASCII characters IGNORECASE matches with a Latin letter (İ ı ſ K)."""
+    letter = re.compile("[a-z]", re.IGNORECASE)
+    others = "".join(chr(cp) for cp in range(0x80, 0x110000) if not 0xD800 <= cp < 0xE000)
+    twins = {ord(c): c.lower() for c in string.ascii_uppercase}
+    for m in letter.finditer(others):
+        twins[ord(m.group())] = next(x for x in string.ascii_lowercase if re.fullmatch(x, m.group(), re.I))
+    return twins
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +102,8 @@ class InjectionHit:
 def find_injections(text: str) -> list[InjectionHit]:
     """Phrases in ``text`` that try to take over the persona (spans in the original text)."""
     folded, starts = fold_with_map(text)
+    if not _INJECTION_SCREEN.search(folded.translate(_case_twins())):
+        return []
     hits = []
     for m in _INJECTION.finditer(folded):
         if m.end() == m.start():

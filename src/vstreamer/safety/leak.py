@@ -2,45 +2,130 @@
 
 Texts are compared after normalisation with spaces and punctuation removed, by character n-grams,
 so rewording the spacing, case or script does not hide a copy.
+
+A persona's system prompt is the same for every reply, so the n-grams of each protected text are
+computed once and kept in a bounded least-recently-used cache keyed by the text (:class:`GramCache`);
+a text seen for the first time (a memory block) is simply computed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
-from vstreamer.safety.normalize import normalize
+from vstreamer.safety.normalize import (
+    VECTOR_MIN_LENGTH,
+    fold,
+    fold_is_identity,
+    normalize,
+    normalize_short,
+)
 
 _NOT_WORD = re.compile(r"[\W_]+")
+_ASCII_NOT_WORD = bytes(c for c in range(128) if not chr(c).isalnum())
+"""The ASCII characters of ``_NOT_WORD``."""
 
 
 def _squash(text: str) -> str:
-    return _NOT_WORD.sub("", normalize(text))
+    s = normalize_short(text) if len(text) < VECTOR_MIN_LENGTH else normalize(text)
+    if s.isascii():  # the same deletion, as bytes (several times faster)
+        return s.encode("ascii").translate(None, _ASCII_NOT_WORD).decode("ascii")
+    return _NOT_WORD.sub("", s)
+
+
+def text_grams(text: str, ngram: int) -> frozenset[str]:
+    """The character n-grams of ``text`` after normalisation and squashing."""
+    s = _squash(text)
+    return frozenset(s[i : i + ngram] for i in range(len(s) - ngram + 1))
+
+
+class GramCache:
+    """A thread-safe LRU of :func:`text_grams`, bounded in entries and in stored n-grams
+    (500,000 n-grams take about 50 MB)."""
+
+    def __init__(self, max_entries: int = 256, max_grams: int = 500_000) -> None:
+        self.max_entries = max_entries
+        self.max_grams = max_grams
+        self._items: OrderedDict[tuple[str, int], frozenset[str]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, text: str, ngram: int) -> frozenset[str]:
+        key = (text, ngram)
+        with self._lock:
+            grams = self._items.get(key)
+            if grams is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return grams
+            self.misses += 1
+        grams = text_grams(text, ngram)  # outside the lock: another thread may compute it too
+        if len(grams) > self.max_grams:
+            return grams
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = grams
+                self._size += len(grams)
+            while len(self._items) > self.max_entries or self._size > self.max_grams:
+                _, old = self._items.popitem(last=False)
+                self._size -= len(old)
+        return grams
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+GRAMS = GramCache()
+"""The process-wide cache of protected texts' n-grams (they depend on nothing but the text)."""
+
+
+def _membership(sets: tuple[frozenset[str], ...]) -> Callable[[str], bool]:
+    if len(sets) == 1:
+        return sets[0].__contains__
+    if len(sets) == 2:  # a system prompt and one more block: the usual case
+        first, second = sets
+        return lambda gram: gram in first or gram in second
+    return lambda gram: any(gram in s for s in sets)
 
 
 class LeakDetector:
     """Finds a contiguous copy of at least ``min_span`` characters of any protected text."""
 
-    def __init__(self, protected: Sequence[str], *, ngram: int = 8, min_span: int = 40) -> None:
+    def __init__(
+        self,
+        protected: Sequence[str],
+        *,
+        ngram: int = 8,
+        min_span: int = 40,
+        cache: GramCache | None = GRAMS,
+    ) -> None:
         self.ngram = ngram
         self.min_span = max(min_span, ngram)
-        self._grams: set[str] = set()
-        for text in protected:
-            s = _squash(text)
-            self._grams.update(s[i : i + ngram] for i in range(len(s) - ngram + 1))
+        sets = [cache.get(t, ngram) if cache is not None else text_grams(t, ngram) for t in protected]
+        self._sets = tuple(s for s in sets if s)
+        self._has = _membership(self._sets)
 
     @property
     def active(self) -> bool:
-        return bool(self._grams)
+        return bool(self._sets)
 
     def longest_copy(self, reply: str) -> int:
         """Length (normalised characters) of the longest span of ``reply`` copied from a protected text."""
-        if not self._grams:
-            return 0
-        s = _squash(reply)
-        n, best, run_start = self.ngram, 0, -1
+        return self._longest(_squash(reply)) if self._sets else 0
+
+    def _longest(self, s: str) -> int:
+        n, has, best, run_start = self.ngram, self._has, 0, -1
         for i in range(len(s) - n + 1):
-            if s[i : i + n] in self._grams:
+            if has(s[i : i + n]):
                 if run_start < 0:
                     run_start = i
                 best = max(best, i + n - run_start)
@@ -49,4 +134,116 @@ class LeakDetector:
         return best
 
     def leaks(self, reply: str) -> bool:
-        return self.longest_copy(reply) >= self.min_span
+        """Whether ``reply`` holds a copy of at least ``min_span`` characters."""
+        if not self._sets:
+            return False
+        s = _squash(reply)
+        # A copy of min_span characters is a run of `need` consecutive protected n-grams, and any
+        # `need` consecutive positions hold a multiple of `need`: probing those positions first
+        # rules out ordinary replies with a handful of lookups.
+        n, has = self.ngram, self._has
+        need = self.min_span - n + 1
+        last = len(s) - n
+        if last + 1 < need or not any(has(s[i : i + n]) for i in range(0, last + 1, need)):
+            return False
+        return self._longest(s) >= self.min_span
+
+
+# A cut between text[c-1] and text[c] where the folds of text[c-2:c+1] are three letters (Latin
+# or Chinese), each different from the next: no normalisation step (separator removal, letter
+# chains, look-alike digits, repeat collapse) reaches across such a cut, so the squashed text is
+# the squashed text before it followed by the squashed text after it, read with the two letters
+# before the cut as context. _LAST_CUT finds the last one (the greedy .* backs off from the end).
+_PLAIN = "a-z\u4e00-\u9fff"
+_LAST_CUT = re.compile(f"(?s:.*)(?=([{_PLAIN}])(?!\\1)([{_PLAIN}])(?!\\2)[{_PLAIN}])")
+_LETTERS = re.compile(r"[A-Za-z\u4e00-\u9fff]{3,}")
+
+
+def _last_cut(text: str, after: int) -> int:
+    """The last cut position ``c > after`` in ``text`` (0 when there is none)."""
+    if fold_is_identity(text):  # positions in the folded text are positions in the text
+        m = _LAST_CUT.match(fold(text), max(after - 1, 0))
+        return m.end() + 2 if m else 0
+    for m in reversed(list(_LETTERS.finditer(text, max(after - 1, 0)))):
+        for c in range(m.end() - 1, max(m.start() + 2, after + 1) - 1, -1):
+            f = fold(text[c - 2 : c + 1])
+            if len(f) == 3 and _LAST_CUT.fullmatch(f):
+                return c
+    return 0
+
+
+_COMMIT_AFTER = 8
+"""Characters after the cut before looking for a new one (a few pieces per squash of the cut)."""
+
+
+class LeakTracker:
+    """:class:`LeakDetector` over a growing reply, reading each character about once.
+
+    The reply's squashed text is kept up to the last cut: only its last ``ngram - 1`` characters
+    and how many protected n-grams in a row end there. Each call squashes the text after that cut
+    (usually the end of the last word and the new text) and moves the cut forward. Unlike
+    :meth:`LeakDetector.leaks` over a window, a copy of any length is followed across calls, under
+    the normalisation of the whole reply.
+    """
+
+    def __init__(self, detector: LeakDetector) -> None:
+        self.detector = detector
+        self._need = detector.min_span - detector.ngram + 1
+        self._region = ""
+        """The reply since the last cut, after ``_context`` letters from before it."""
+        self._context = 0
+        self._tail = ""
+        self._run = 0
+
+    def feed(self, text: str) -> bool:
+        """Append ``text`` to the reply; True when the reply so far holds a copy."""
+        if not self.detector.active or not text:
+            return False
+        region = self._region = self._region + text
+        squashed = _squash(region)[self._context :]
+        # A copy needs `_need` protected n-grams in a row: unless the run before the cut and the
+        # n-grams after it could add up to that, there is nothing to count.
+        if self._run + len(squashed) >= self._need and self._copies(squashed):
+            return True
+        cut = _last_cut(region, self._context) if len(region) - self._context >= _COMMIT_AFTER else 0
+        if cut:
+            done = len(squashed) - len(_squash(region[cut - 2 :])) + 2
+            if done:
+                self._run = self._run_at(squashed, done)
+                self._tail = (self._tail + squashed[:done])[-(self.detector.ngram - 1) :]
+            self._region, self._context = region[cut - 2 :], 2
+        return False
+
+    def _copies(self, squashed: str) -> bool:
+        """Whether ``_need`` protected n-grams in a row end after the cut."""
+        n, has, need = self.detector.ngram, self.detector._has, self._need
+        s = self._tail + squashed
+        end = max(len(self._tail) + 1, n)  # where the first n-gram after the cut ends
+        run = self._run
+        while run and end <= len(s) and has(s[end - n : end]):  # the run from before the cut
+            run, end = run + 1, end + 1
+            if run >= need:
+                return True
+        # Any later run lies after `end`: `need` n-grams in a row include one of every need-th.
+        if not any(has(s[e - n : e]) for e in range(end + need - 1, len(s) + 1, need)):
+            return False
+        run = 0
+        for e in range(end, len(s) + 1):
+            run = run + 1 if has(s[e - n : e]) else 0
+            if run >= need:
+                return True
+        return False
+
+    def _run_at(self, squashed: str, done: int) -> int:
+        """The protected n-grams in a row ending at squashed character ``done - 1``, counted back
+        from there (usually one look-up: most n-grams of a reply are not protected)."""
+        n, has = self.detector.ngram, self.detector._has
+        s = self._tail + squashed
+        end, run = len(self._tail) + done, 0
+        while end > len(self._tail):
+            if end < n:
+                return run  # the start of the reply: no n-gram yet, nothing before
+            if not has(s[end - n : end]):
+                return run
+            run, end = run + 1, end - 1
+        return run + self._run

@@ -76,9 +76,11 @@ class CompiledLexicon:
         for allow in lexicon.allows:
             self._add(index, allow.phrase, None, 0, allow.category)
         self._patterns = [(c, re.compile(p), name) for c, p, name in lexicon.patterns]
+        self._pattern_screen = _screen([p for _, p, _ in self._patterns])
         pinyin_terms = [t for t in lexicon.terms if (c := self.categories.get(t.category)) and c.pinyin]
         self._pinyin = PinyinIndex(pinyin_terms) if pinyin_terms else None
         self.max_key_length = max((len(k) for k in self._keys), default=0)
+        self._reach = _trigram_reach(self._keys)
         self.trie = ahocorasick.Automaton()
         for i, key in enumerate(self._keys):
             self.trie.add_word(key, i)
@@ -144,24 +146,46 @@ class CompiledLexicon:
         """Whether some key starts with ``normalized_suffix`` (or equals it)."""
         return bool(self._keys) and self.trie.match(normalized_suffix)
 
-    def scan(self, text: str, *, at_end: bool = True) -> list[Match]:
+    def growing_suffix(self, normalized: str) -> int:
+        """Length of the longest end of ``normalized`` that is the beginning of a key (0: none)."""
+        top = min(len(normalized), self.max_key_length)
+        if top > 2:
+            # A key beginning of length k > 2 holds the text's last three characters at k - 3:
+            # no key with them that far in bounds k (most endings are in no key at all: k <= 2).
+            top = min(top, max(self._reach.get(normalized[-3:], 0), 2))
+        for k in range(top, 0, -1):
+            if self.could_grow(normalized[len(normalized) - k :]):
+                return k
+        return 0
+
+    def scan(self, text: str, *, at_end: bool = True, normalized: str | None = None) -> list[Match]:
         """Verified matches in ``text`` (spans in the original text).
 
         Args:
             text: the original text.
             at_end: whether the text is complete; when False, a Latin term touching the end is
                 not reported yet (the next character may make it part of a longer word).
+            normalized: :func:`normalize_short` of ``text``, when the caller has it already.
         """
-        found = self.find(text) if self._keys else []
-        matches = self._pattern_matches(text) if self._patterns else []
+        short = len(text) < VECTOR_MIN_LENGTH or self._code_automaton is None
+        if short and normalized is None:
+            normalized = normalize_short(text)
+        elif not short:
+            normalized = None
+        found: list[tuple[int, int, int]] = []
+        if self._keys:
+            found = self._occurrences(normalized) if normalized is not None else self.find(text)
+        folded = fold(text) if self._patterns or self._pinyin is not None else ""
+        matches = self._pattern_matches(text, folded) if self._patterns else []
         if self._pinyin is not None:
-            matches += self._pinyin.scan(text, at_end=at_end)
+            matches += self._pinyin.scan(text, at_end=at_end, normalized=normalized, folded=folded)
         if not found:
-            return _dedupe(matches)
+            return _dedupe(matches) if matches else matches
         return _dedupe(matches + self._verify(normalize_with_map(text), found, at_end))
 
-    def _pattern_matches(self, text: str) -> list[Match]:
-        folded = fold(text)
+    def _pattern_matches(self, text: str, folded: str) -> list[Match]:
+        if self._pattern_screen is not None and not self._pattern_screen.search(folded):
+            return []
         hits = [(c, m, n) for c, p, n in self._patterns for m in p.finditer(folded) if m.end() > m.start()]
         if not hits:
             return []
@@ -197,6 +221,29 @@ class CompiledLexicon:
                     os, oe = nm.span(s, e)
                     out.append(Match(os, oe, term.category, term.text, term.rule))
         return out
+
+
+def _screen(patterns: list[re.Pattern[str]]) -> re.Pattern[str] | None:
+    """One expression that matches wherever one of ``patterns`` does (a quick "none of them"), or
+    None when they cannot be joined safely (groups: back-references would be renumbered)."""
+    if not patterns or any(p.groups or p.flags & ~re.UNICODE for p in patterns):
+        return None
+    try:
+        return re.compile("|".join(f"(?:{p.pattern})" for p in patterns))
+    except re.error:  # pragma: no cover - e.g. inline global flags
+        return None
+
+
+def _trigram_reach(keys: Sequence[str]) -> dict[str, int]:
+    """For each three characters found in a key, the furthest end they have in one (the length of
+    the longest key beginning that ends with them)."""
+    reach: dict[str, int] = {}
+    for key in keys:
+        for end in range(3, len(key) + 1):
+            tri = key[end - 3 : end]
+            if reach.get(tri, 0) < end:
+                reach[tri] = end
+    return reach
 
 
 def _runs_ok(runs: Sequence[int], start: int, needed: Sequence[int]) -> bool:

@@ -187,7 +187,9 @@ def normalize(text: str) -> str:
 
 def normalize_short(text: str) -> str:
     """:func:`normalize` with ``str`` methods and regular expressions (faster for short texts)."""
-    return _REPEAT.sub(r"\1", _before_collapse(text))
+    # split() keeps the captured character of each run between the pieces: joined, each run is
+    # one character (no Python call per run, unlike sub() with a function or a template).
+    return "".join(_REPEAT.split(_before_collapse(text)))
 
 
 def normalize_runs(text: str) -> tuple[str, tuple[int, ...]]:
@@ -202,8 +204,47 @@ def _drop(chars: list[str], starts: list[int], ends: list[int], keep: list[bool]
     ends[:] = [c for c, k in zip(ends, keep, strict=True) if k]
 
 
+@cache
+def _irregular() -> tuple[re.Pattern[str], frozenset[int]]:
+    """Characters whose fold is not exactly one character (or depends on context: final sigma).
+
+    A text without any of them folds one character to one character, so its map is the identity.
+    Code points from U+30000 on have no case mapping and no table entry: they fold to themselves.
+    The pattern lists the BMP ones and every astral character (a class with many astral ranges is
+    slow, see :func:`_table_run_pattern`); the set holds the astral ones.
+    """
+    table = char_table()
+    irregular = [0x03A3]  # str.lower() turns a final capital sigma into "ς", per character "σ"
+    for cp in range(0x30000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        low = chr(cp).lower()
+        if len(low) != 1 or len(table.get(ord(low), low)) != 1:
+            irregular.append(cp)
+    bmp = [cp for cp in irregular if cp <= 0xFFFF]
+    pattern = re.compile(f"[{_char_class(bmp)}\U00010000-\U0010ffff]")
+    return pattern, frozenset(cp for cp in irregular if cp > 0xFFFF)
+
+
+def _folds_one_to_one(text: str) -> bool:
+    pattern, astral = _irregular()
+    m = pattern.search(text)
+    while m is not None:
+        if ord(m.group()) <= 0xFFFF or ord(m.group()) in astral:
+            return False
+        m = pattern.search(text, m.end())
+    return True
+
+
+def fold_is_identity(text: str) -> bool:
+    """Whether :func:`fold` turns each character of ``text`` into exactly one character."""
+    return text.isascii() or _folds_one_to_one(text)
+
+
 def fold_with_map(text: str) -> tuple[str, list[int]]:
     """Only the per-character fold (stage 1), and the original index of each output character."""
+    if fold_is_identity(text):
+        return fold(text), list(range(len(text)))
     table = char_table()
     chars: list[str] = []
     starts: list[int] = []
@@ -217,31 +258,67 @@ def fold_with_map(text: str) -> tuple[str, list[int]]:
 
 def normalize_with_map(text: str) -> NormalizedText:
     """Normalise ``text`` and map every output character back to the original text."""
-    folded, starts = fold_with_map(text)
-    chars = list(folded)
+    s, starts = fold_with_map(text)
     ends = [i + 1 for i in starts]
-    s = "".join(chars)
-    keep = [True] * len(chars)
-    for m in _CJK_SEP.finditer(s):
-        keep[m.start() : m.end()] = [False] * (m.end() - m.start())
-    _drop(chars, starts, ends, keep)
-    s = "".join(chars)
-    keep = [True] * len(chars)
-    for m in _SPACED_LETTERS.finditer(s):
-        for j in range(m.start(), m.end()):
-            keep[j] = not _SEP_CHARS.fullmatch(s[j])
-    _drop(chars, starts, ends, keep)
-    s = "".join(chars)
-    for m in _LOOKALIKE.finditer(s):
-        chars[m.start()] = _LOOKALIKE_MAP[m.group()]
-    s = "".join(chars)
+    # Each stage only touches the lists when its pattern occurs: ordinary text costs a few scans.
+    if not s.isascii() and _CJK_SEP.search(s):
+        chars = list(s)
+        keep = [True] * len(chars)
+        for m in _CJK_SEP.finditer(s):
+            keep[m.start() : m.end()] = [False] * (m.end() - m.start())
+        _drop(chars, starts, ends, keep)
+        s = "".join(chars)
+    if _SPACED_LETTERS.search(s):
+        chars = list(s)
+        keep = [True] * len(chars)
+        for m in _SPACED_LETTERS.finditer(s):
+            for j in range(m.start(), m.end()):
+                keep[j] = not _SEP_CHARS.fullmatch(s[j])
+        _drop(chars, starts, ends, keep)
+        s = "".join(chars)
+    s = _LOOKALIKE.sub(_lookalike, s)
+    if not _REPEAT.search(s):
+        return NormalizedText(s, tuple(starts), tuple(ends), (1,) * len(s))
+    return _collapse_runs(s, starts, ends)
+
+
+def normalized_suffix_start(text: str, count: int, folded: str | None = None) -> int:
+    """Where in ``text`` the last ``count`` characters of its normalised form begin: the same as
+    ``normalize_with_map(text).starts[-count]``, without the map when the text's only
+    position-changing step is collapsing repeats (the usual case). ``folded``: :func:`fold` of
+    ``text`` when the caller knows it is one character per character."""
+    if folded is not None or fold_is_identity(text):
+        s = fold(text) if folded is None else folded
+        if (s.isascii() or not _CJK_SEP.search(s)) and not _SPACED_LETTERS.search(s):
+            s = _LOOKALIKE.sub(_lookalike, s)  # one character for one: positions stay
+            i = len(s)
+            for _ in range(count):  # each normalised character is one run of equal characters
+                c = s[i - 1]
+                i -= 1
+                while i and s[i - 1] == c:
+                    i -= 1
+            return i
+    return normalize_with_map(text).starts[-count]
+
+
+def _collapse_runs(s: str, starts: list[int], ends: list[int]) -> NormalizedText:
+    # Only the repeated runs are visited; the characters between them are copied by slices.
+    out: list[str] = []
     out_starts: list[int] = []
     out_ends: list[int] = []
     runs: list[int] = []
-    out: list[str] = []
-    for m in _RUNS.finditer(s):
-        out.append(m.group(1))
-        out_starts.append(starts[m.start()])
-        out_ends.append(ends[m.end() - 1])
-        runs.append(m.end() - m.start())
+    pos = 0
+    for m in _REPEAT.finditer(s):
+        a, b = m.span()
+        out.append(s[pos : a + 1])
+        out_starts += starts[pos : a + 1]
+        out_ends += ends[pos:a]
+        out_ends.append(ends[b - 1])
+        runs += [1] * (a - pos)
+        runs.append(b - a)
+        pos = b
+    out.append(s[pos:])
+    out_starts += starts[pos:]
+    out_ends += ends[pos:]
+    runs += [1] * (len(s) - pos)
     return NormalizedText("".join(out), tuple(out_starts), tuple(out_ends), tuple(runs))

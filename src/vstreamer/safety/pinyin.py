@@ -32,6 +32,8 @@ from vstreamer.safety.types import Match
 _HAN = re.compile(r"[\u4e00-\u9fff]+")
 _WORD = re.compile(r"[a-z]+")
 _GAP = re.compile(f"[{_SEP}]+")
+_NOT_LETTER = re.compile("[^a-z]+")
+_ASCII_NOT_LETTER = bytes(c for c in range(128) if not 0x61 <= c <= 0x7A)
 _TOKEN_BASE = 0xE000
 """Syllable tokens are private-use characters (the text's own ones are blanked first)."""
 _PRIVATE_USE = {cp: 0 for cp in range(0xE000, 0xF900)}
@@ -92,15 +94,20 @@ class PinyinIndex:
             if len(automaton):
                 automaton.make_automaton()
 
-    def scan(self, text: str, *, at_end: bool = True) -> list[Match]:
+    def scan(
+        self, text: str, *, at_end: bool = True, normalized: str | None = None, folded: str | None = None
+    ) -> list[Match]:
         """Homophone and Latin-pinyin occurrences in ``text`` (spans in the original text);
-        unless ``at_end``, a Latin word touching the end is not reported yet (it may grow)."""
-        return self._homophones(text) + self._latin(text, at_end)
+        unless ``at_end``, a Latin word touching the end is not reported yet (it may grow).
+        ``normalized`` and ``folded``: :func:`normalize_short` and :func:`fold` of ``text``, when
+        the caller has them already."""
+        return self._homophones(text, normalized) + self._latin(text, at_end, folded)
 
-    def _homophones(self, text: str) -> list[Match]:
+    def _homophones(self, text: str, normalized: str | None) -> list[Match]:
         if not len(self._sounds) or not _HAN.search(text):
             return []
-        normalized = normalize_short(text)
+        if normalized is None:
+            normalized = normalize_short(text)
         hits = [
             (end + 1 - len(key.text), end + 1, key)
             for end, keys in self._sounds.iter(normalized.translate(self._to_tokens))
@@ -116,11 +123,12 @@ class PinyinIndex:
             out.append(Match(os, oe, key.term.category, key.term.text, f"pinyin:{key.term.rule}"))
         return out
 
-    def _latin(self, text: str, at_end: bool) -> list[Match]:
+    def _latin(self, text: str, at_end: bool, folded: str | None) -> list[Match]:
         if not len(self._letters):
             return []
-        folded = fold(text)
-        if not _WORD.search(folded):
+        if folded is None:
+            folded = fold(text)
+        if not _may_hold_key(self._letters, folded):
             return []
         letters, positions, boundaries, breaks = _letter_stream(folded)
         hits = []
@@ -141,6 +149,16 @@ class PinyinIndex:
             os, oe = starts[s], starts[e - 1] + 1
             out.append(Match(os, oe, key.term.category, key.term.text, f"pinyin:{key.term.rule}"))
         return out
+
+
+def _may_hold_key(letters: ahocorasick.Automaton, folded: str) -> bool:
+    """Whether a key occurs in the Latin letters of ``folded`` run together: the letter stream is
+    those letters with word breaks added, so when this is False the stream holds no key either."""
+    if folded.isascii():
+        only = folded.encode("ascii").translate(None, _ASCII_NOT_LETTER).decode("ascii")
+    else:
+        only = _NOT_LETTER.sub("", folded)
+    return next(letters.iter(only), None) is not None
 
 
 def _add(automaton: ahocorasick.Automaton, key: str, value: _Key) -> None:

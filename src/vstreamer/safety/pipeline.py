@@ -10,16 +10,19 @@ from pathlib import Path
 
 from vstreamer.safety.audit import AuditLog, LoggingAuditLog, make_record
 from vstreamer.safety.external import ExternalChecker
-from vstreamer.safety.injection import find_injections, neutralize, sanitize_control_tokens
+from vstreamer.safety.injection import InjectionHit, find_injections, neutralize, sanitize_control_tokens
 from vstreamer.safety.lexicon import Action, Category, fingerprint, load_lexicon
 from vstreamer.safety.matcher import CompiledLexicon
+from vstreamer.safety.normalize import fold_with_map
 from vstreamer.safety.pii import CATEGORY as PII_CATEGORY
 from vstreamer.safety.pii import find_pii
 from vstreamer.safety.policy import RulePolicy, SafetyPolicy
-from vstreamer.safety.stream_guard import OutputGuard
+from vstreamer.safety.stream_guard import OutputGuard, separators
 from vstreamer.safety.types import Direction, Match, ModerationResult, Source, Verdict, mask_spans
 
 logger = logging.getLogger(__name__)
+
+NO_RULE_MATCHED = "no rule matched"
 
 _CacheKey = tuple[tuple[str, ...], bool]
 _cache: dict[_CacheKey, SharedLexicon] = {}
@@ -37,6 +40,7 @@ class SharedLexicon:
         self.compiled = self._build()
 
     def _build(self) -> CompiledLexicon:
+        warm_up()  # the process-wide tables every message needs, built before the first one
         self.fingerprint = fingerprint(self.folders, include_default=self.include_default)
         return CompiledLexicon(
             load_lexicon(self.folders, include_default=self.include_default), backend=self.backend
@@ -52,6 +56,13 @@ class SharedLexicon:
                 return False
             self.compiled = self._build()  # one attribute swap: readers see old or new, never half
             return True
+
+
+def warm_up() -> None:
+    """Build the lookup tables that the first message would otherwise wait for (~0.5 s)."""
+    fold_with_map("Ａ")  # the fold table and the one-to-one test
+    find_injections("Ａ")  # the case twins of the injection screen
+    separators()
 
 
 def shared_lexicon(folders: Sequence[Path] = (), *, include_default: bool = True) -> SharedLexicon:
@@ -116,6 +127,12 @@ class SafetyPipeline:
     def compiled(self) -> CompiledLexicon:
         return self.shared.compiled
 
+    def close(self) -> None:
+        """Flush and stop the audit log's writer, if it has one (call on shutdown)."""
+        close = getattr(self.audit, "close", None)
+        if callable(close):
+            close()
+
     def reload(self) -> None:
         """Re-read the lexicon files without a restart (every pipeline sharing them sees it)."""
         self.shared.reload(force=True)
@@ -136,10 +153,19 @@ class SafetyPipeline:
         return out
 
     def analyse(
-        self, text: str, *, direction: Direction, source: Source, at_end: bool = True
+        self,
+        text: str,
+        *,
+        direction: Direction,
+        source: Source,
+        at_end: bool = True,
+        normalized: str | None = None,
     ) -> list[tuple[Match, Action]]:
-        """Every match in ``text`` with the action the policy gives it."""
-        matches = self.compiled.scan(text, at_end=at_end) + find_pii(text)
+        """Every match in ``text`` with the action the policy gives it (``normalized``: the
+        :func:`~vstreamer.safety.normalize.normalize_short` of ``text``, if already known)."""
+        matches = self.compiled.scan(text, at_end=at_end, normalized=normalized) + find_pii(text)
+        if not matches:
+            return []
         return self._actions(
             sorted(matches, key=lambda m: (m.start, m.end)), self.policy.rule(direction, source)
         )
@@ -156,7 +182,7 @@ class SafetyPipeline:
         output = mask_spans(text, spans) if verdict != "pass" else text
         categories = tuple(dict.fromkeys(m.category for m, _ in acted))
         parts = [f"{a} {m.category} '{m.term}' ({m.rule})" for m, a in acted]
-        reason = "; ".join(([extra_reason] if extra_reason else []) + parts) or "no rule matched"
+        reason = "; ".join(([extra_reason] if extra_reason else []) + parts) or NO_RULE_MATCHED
         return ModerationResult(text, verdict, categories, output, tuple(m for m, _ in acted), reason)
 
     def moderate(self, text: str, *, direction: Direction, source: Source = "web") -> ModerationResult:
@@ -193,11 +219,27 @@ class SafetyPipeline:
 
     def prepare_user_text(self, text: str, *, source: Source) -> InputDecision:
         """Sanitise, moderate and neutralise one user/viewer message before it enters a prompt."""
-        rule = self.policy.rule("input", source)
         cleaned = sanitize_control_tokens(text)
         hits = find_injections(cleaned)
+        acted = self.analyse(cleaned, direction="input", source=source)
+        if acted or hits or cleaned != text:
+            return self._prepare(text, cleaned, hits, acted, source)
+        # Most messages: nothing matched, nothing to remove. The result _prepare would build.
+        result = ModerationResult(text, "pass", (), text, (), NO_RULE_MATCHED)
+        self._record(result, "input", source)
+        return InputDecision("pass", text, False, result, None)
+
+    def _prepare(
+        self,
+        text: str,
+        cleaned: str,
+        hits: Sequence[InjectionHit],
+        acted: Sequence[tuple[Match, Action]],
+        source: Source,
+    ) -> InputDecision:
+        rule = self.policy.rule("input", source)
         injection = bool(hits) or cleaned != text
-        result = self.decide(cleaned, self.analyse(cleaned, direction="input", source=source))
+        result = self.decide(cleaned, acted)
         if hits and rule.injection == "block":
             result = _with_categories(
                 self.decide(cleaned, [], extra_reason=f"prompt injection: {hits[0].phrase!r}"), ("injection",)
@@ -209,7 +251,7 @@ class SafetyPipeline:
             return InputDecision("block", "", injection, result, rule.user_message())
         prompt_text = result.output
         if hits and rule.injection == "neutralize":
-            prompt_text = neutralize(prompt_text, hits, self.policy.injection_placeholder)
+            prompt_text = neutralize(prompt_text, list(hits), self.policy.injection_placeholder)
         return InputDecision(result.action, prompt_text, injection, result, None)
 
     # -- output ----------------------------------------------------------------------------------
@@ -224,11 +266,11 @@ class SafetyPipeline:
     ) -> OutputGuard:
         """A guard for one streamed reply (``protected_texts``: system prompt / persona definition)."""
 
-        def analyse(text: str, at_end: bool) -> list[tuple[Match, Action]]:
-            return self.analyse(text, direction="output", source=source, at_end=at_end)
+        def analyse(text: str, at_end: bool, normalized: str | None) -> list[tuple[Match, Action]]:
+            return self.analyse(text, direction="output", source=source, at_end=at_end, normalized=normalized)
 
         def finalise(text: str, blocked: bool, why: str) -> ModerationResult:
-            result = self.decide(text, analyse(text, True), extra_reason=why if blocked else "")
+            result = self.decide(text, analyse(text, True, None), extra_reason=why if blocked else "")
             self._record(result, "output", source)
             return result
 

@@ -5,6 +5,11 @@ tail that could: the longest end of the reply that is the beginning of some term
 normalisation), plus trailing separators, spaced-out single letters and a trailing Latin word or
 number (which may still grow into a term, an e-mail or a phone number). Terms split across tokens
 are therefore seen whole before any of their characters go out.
+
+Each chunk costs work in proportion to the held tail and a few released characters of context,
+never to the whole reply: the window is normalised once per chunk, each check first tests whether
+its pattern can match at all, and the leak guard (:class:`~vstreamer.safety.leak.LeakTracker`)
+reads each character about once.
 """
 
 from __future__ import annotations
@@ -12,10 +17,19 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Sequence
+from functools import cache
 
-from vstreamer.safety.leak import LeakDetector
+from vstreamer.safety.leak import LeakDetector, LeakTracker
 from vstreamer.safety.matcher import CompiledLexicon
-from vstreamer.safety.normalize import _SEP, fold_with_map, normalize_with_map
+from vstreamer.safety.normalize import (
+    _REPEAT,
+    _SEP,
+    fold,
+    fold_is_identity,
+    fold_with_map,
+    normalize_short,
+    normalized_suffix_start,
+)
 from vstreamer.safety.types import Match, ModerationResult, mask_spans
 
 _CONTEXT = 16
@@ -28,6 +42,47 @@ _TAIL_PATTERNS = (
     re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z](?![a-z0-9]))*[{_SEP}]*$"),
     re.compile(r"\d[\d\s-]*$"),
 )
+_WORDISH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._%+-@:/")
+"""The characters of ``_TAIL_PATTERNS[1]``."""
+
+
+@cache
+def separators() -> str:
+    """Every character of ``[_SEP]`` (``\\s`` is ``str.isspace``; all of them are in the BMP)."""
+    return "".join(c for c in map(chr, range(0x10000)) if c.isspace()) + "*._-~|/\\·•‧・+=^#'\"`"
+
+
+def _tail_starts(folded: str, floor: int) -> tuple[int | None, ...]:
+    """Where each of ``_TAIL_PATTERNS`` first matches at or after ``floor`` (None: nowhere).
+
+    Each pattern is only run when the end of the text allows a match: ordinary text ending in a
+    word and a space needs none of them.
+    """
+    size = len(folded)
+    bare = len(folded.rstrip(separators()))  # where the trailing separators begin
+    first = max(bare, floor)
+    out: list[int | None] = [first if first < size else None]
+    last = folded[-2:-1] if folded.endswith("\n") else folded[-1:]  # $ also matches before a final \n
+    out.append(_search(1, folded, floor) if last and last in _WORDISH else None)
+    letter = folded[bare - 1 : bare]
+    before = folded[bare - 2 : bare - 1] if bare > 1 else ""
+    maybe = "a" <= letter <= "z" and not (before and before in _WORDISH and before.isalnum())
+    out.append(_search(2, folded, floor) if maybe else None)
+    out.append(_search(3, folded, floor) if _ends_in_digit(folded) else None)
+    return tuple(out)
+
+
+def _search(i: int, folded: str, floor: int) -> int | None:
+    m = _TAIL_PATTERNS[i].search(folded, floor)
+    return m.start() if m and m.start() < m.end() else None
+
+
+def _ends_in_digit(folded: str) -> bool:
+    rest = folded
+    while (shorter := rest.rstrip().rstrip("-")) != rest:
+        rest = shorter
+    return rest[-1:].isdecimal()
+
 
 DEFLECTIONS_ZH = (
     "……诶嘿，这个话题{name}就不展开啦，我们聊点别的吧～",
@@ -40,8 +95,9 @@ DEFLECTIONS_EN = (
     "…hmm, I'll skip that one. Ask me something else~",
 )
 
-Analyse = Callable[[str, bool], list[tuple[Match, str]]]
-"""(text, at_end) -> matches with the effective action (block / mask / flag)."""
+Analyse = Callable[[str, bool, str | None], list[tuple[Match, str]]]
+"""(text, at_end, normalize_short(text) or None) -> matches with the effective action
+(block / mask / flag)."""
 Finalise = Callable[[str, bool, str], ModerationResult]
 """(full reply, blocked, why) -> the result for the store and the audit log."""
 
@@ -75,10 +131,12 @@ class OutputGuard:
         self._compiled = compiled
         self._analyse = analyse
         self._finalise = finalise
-        self._leak = LeakDetector(protected_texts, min_span=leak_min_span)
+        self._leak = LeakTracker(LeakDetector(protected_texts, min_span=leak_min_span))
         self._language = language
         self._persona_name = persona_name
-        self._emitted = ""
+        self._released: list[str] = []
+        self._recent = ""
+        """The last ``_CONTEXT`` released characters (re-read with each chunk)."""
         self._pending = ""
         self._finished = False
         self._why = ""
@@ -89,26 +147,26 @@ class OutputGuard:
 
     @property
     def deflection(self) -> str:
-        return deflection_line(self._language, self._persona_name, self._emitted)
+        return deflection_line(self._language, self._persona_name, "".join(self._released))
 
     @property
     def text(self) -> str:
         """Everything the model produced so far (released or held)."""
-        return self._emitted + self._pending
+        return "".join(self._released) + self._pending
 
     def feed(self, text: str) -> str:
         """Take the next chunk; return the text that is safe to send now (may be empty)."""
         if self.blocked or self._finished or not text:
             return ""
         self._pending += text
-        return self._advance(final=False)
+        return self._advance(text, final=False)
 
     def finish(self) -> str:
         """End of the stream: release the held tail (moderated)."""
         if self.blocked or self._finished:
             self._finished = True
             return ""
-        out = self._advance(final=True)
+        out = self._advance("", final=True)
         self._finished = True
         return out
 
@@ -121,44 +179,47 @@ class OutputGuard:
         self._why = why  # the held text stays in self._pending for result(), never released
         return ""
 
-    def _advance(self, *, final: bool) -> str:
-        base = min(len(self._emitted), _CONTEXT)
-        t = self._emitted[len(self._emitted) - base :] + self._pending
-        found = [(m, a) for m, a in self._analyse(t, final) if m.end > base and a != "flag"]
+    def _advance(self, new: str, *, final: bool) -> str:
+        base = min(len(self._recent), _CONTEXT)
+        t = self._recent[len(self._recent) - base :] + self._pending
+        normalized = normalize_short(t)
+        found = [(m, a) for m, a in self._analyse(t, final, normalized) if m.end > base and a != "flag"]
         for m, action in found:
             if action == "block":
                 return self._block(f"{m.category}: {m.term} ({m.rule})")
-        if self._leak.active and self._leak.leaks(
-            self.text[-(3 * self._leak.min_span + len(self._pending)) :]
-        ):
+        if self._leak.feed(new):
             return self._block("leak: reproduces the protected system prompt")
-        hold = len(t) if final else self._hold_point(t, base)
+        hold = len(t) if final else self._hold_point(t, base, normalized)
         masks = [(m.start, m.end) for m, _ in found]
         for s, e in masks:
             if s < hold < e:
                 hold = max(base, s)
         released = mask_spans(t, masks)[base:hold]
-        self._emitted += released
+        if released:
+            self._released.append(released)
+            self._recent = (self._recent + released)[-_CONTEXT:]
         self._pending = t[hold:]
         self.max_held = max(self.max_held, len(self._pending))
         return released
 
-    def _hold_point(self, t: str, base: int) -> int:
-        folded, starts = fold_with_map(t)
-        hold = len(t)
-        core = len(folded)
-        floor = max(0, len(folded) - _TAIL_MAX)
-        for i, pattern in enumerate(_TAIL_PATTERNS):
-            m = pattern.search(folded, floor)
-            if m and m.start() < m.end():
-                hold = min(hold, starts[m.start()])
-                if i == 0:
-                    core = m.start()
-        core_text = t[: starts[core]] if core < len(folded) else t
-        nm = normalize_with_map(core_text)
-        n = nm.text
-        for k in range(min(len(n), self._compiled.max_key_length), 0, -1):
-            if self._compiled.could_grow(n[len(n) - k :]):
-                hold = min(hold, nm.starts[len(n) - k])
-                break
+    def _hold_point(self, t: str, base: int, normalized: str) -> int:
+        identity = fold_is_identity(t)
+        folded, starts = (fold(t), range(len(t))) if identity else fold_with_map(t)
+        found = _tail_starts(folded, max(0, len(folded) - _TAIL_MAX))
+        hold = min([len(t)] + [starts[i] for i in found if i is not None])
+        core = len(folded) if found[0] is None else found[0]
+        if core == len(folded):
+            core_text, n = t, normalized
+        elif identity:
+            # The trailing separators change nothing before them: their normalised form (repeats
+            # collapsed) is the end of the whole text's.
+            core_text = t[:core]
+            n = normalized[: len(normalized) - len("".join(_REPEAT.split(folded[core:])))]
+        else:
+            core_text = t[: starts[core]]
+            n = normalize_short(core_text)
+        # The longest end of the text that is the beginning of a term is held back.
+        k = self._compiled.growing_suffix(n)
+        if k:
+            hold = min(hold, normalized_suffix_start(core_text, k, folded[:core] if identity else None))
         return max(hold, base)

@@ -9,13 +9,12 @@ import hmac
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -23,10 +22,12 @@ from vstreamer.engine.conversation import Conversation, Turn, new_id
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.llm.base import Usage
+from vstreamer.store.cache import CachedSession, SessionCache
 from vstreamer.store.database import create_engine, default_url, migrate
 from vstreamer.store.memory import MemoryTables
 from vstreamer.store.records import ApiKeyRecord, SessionRecord, SummaryRecord
 from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow, SummaryRow
+from vstreamer.store.writer import TurnWriter, Write
 
 KEY_PREFIX = "vs-"
 P = ParamSpec("P")
@@ -87,21 +88,32 @@ def _shielded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return run
 
 
+def _holds(conversation: Conversation, turn: Turn) -> bool:
+    """Whether ``turn`` is one of the conversation's newest turns (the engine appends a turn before saving it)."""
+    return any(t is turn for t in conversation.turns[-8:])
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 class Store(MemoryTables):
-    """Async persistence over SQLAlchemy. Every method is one short transaction."""
+    """Async persistence over SQLAlchemy. Every method is one short transaction; new sessions and turns are
+    group-committed (:mod:`vstreamer.store.writer`), and live sessions are cached (:mod:`vstreamer.store.cache`).
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    ``session_cache``: how many sessions to keep in memory; ``None`` picks 1000 for SQLite and 0 (off) for
+    PostgreSQL, whose deployments may run several instances over one database.
+    """
+
+    RECENT_TURNS = 200
+
+    def __init__(self, engine: AsyncEngine, *, session_cache: int | None = None) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-
-    @property
-    def _insert(self) -> Any:
-        """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL)."""
-        return postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        if session_cache is None:
+            session_cache = 1000 if engine.dialect.name == "sqlite" else 0
+        self.cache = SessionCache(session_cache, keep_turns=self.RECENT_TURNS)
+        self.writer = TurnWriter(engine)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -116,6 +128,7 @@ class Store(MemoryTables):
             await session.execute(text("SELECT 1"))
 
     async def close(self) -> None:
+        await self.writer.aclose()
         await self.engine.dispose()
 
     # --- sessions -------------------------------------------------------------------------------------
@@ -132,22 +145,40 @@ class Store(MemoryTables):
         title: str = "",
         session_id: str | None = None,
     ) -> SessionRecord:
+        """A new session (an id that exists already keeps the existing session, which is returned)."""
         now = _now()
-        row = SessionRow(
-            id=session_id or new_id(), persona_id=persona_id, owner=owner, platform=platform,
-            viewer_id=viewer_id, user_name=user_name, title=title[:200], summary="", created_at=now, updated_at=now,
-        )  # fmt: skip
-        async with self._tx() as session:
-            session.add(row)
-        return _session_record(row)
+        values = {
+            "id": session_id or new_id(), "persona_id": persona_id, "owner": owner, "platform": platform,
+            "viewer_id": viewer_id, "user_name": user_name, "title": title[:200], "summary": "",
+            "created_at": now, "updated_at": now,
+        }  # fmt: skip
+        sid = values["id"]
+        await self.writer.submit(Write(sid, now, session=values))
+        cached = self.cache.sessions.get(sid)
+        if cached is not None:
+            return cached.record
+        record = SessionRecord(sid, persona_id, owner, platform, viewer_id, user_name, title[:200], now, now)
+        conversation = Conversation(
+            persona_id, user_name=user_name or "观众", id=sid, platform=platform, viewer_id=viewer_id
+        )
+        self.cache.sessions.put(sid, CachedSession(record, conversation))
+        return record
 
     @_shielded
     async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionRecord | None:
-        async with self._tx() as session:
-            row = await session.get(SessionRow, session_id)
-        if row is None or (owner is not None and row.owner != owner):
+        cached = self.cache.sessions.get(session_id)
+        if cached is not None:
+            record = cached.record
+        else:
+            async with self._tx() as session:
+                row = await session.get(SessionRow, session_id)
+            if row is None:
+                return None
+            record = _session_record(row)
+            self.cache.sessions.put(session_id, CachedSession(record))
+        if owner is not None and record.owner != owner:
             return None
-        return _session_record(row)
+        return record
 
     @_shielded
     async def list_sessions(self, *, owner: str, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
@@ -168,27 +199,62 @@ class Store(MemoryTables):
             await session.execute(
                 update(SessionRow).where(SessionRow.id == session_id).values(title=title[:200])
             )
+        cached = self.cache.sessions.get(session_id)
+        if cached is not None:
+            cached.record = replace(cached.record, title=title[:200])
 
     @_shielded
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         query = delete(SessionRow).where(SessionRow.id == session_id)
         if owner is not None:
             query = query.where(SessionRow.owner == owner)
+        self.cache.sessions.pop(session_id)
         async with self._tx() as session:
             await session.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
             await session.execute(delete(SummaryRow).where(SummaryRow.session_id == session_id))
             result = await session.execute(query)
+        self.cache.sessions.pop(session_id)
         return bool(getattr(result, "rowcount", 0))
 
     # --- messages -------------------------------------------------------------------------------------
 
+    async def load_conversation(self, session_id: str, *, recent: int | None = None) -> Conversation:
+        """The session as an engine conversation, with its newest turns (older ones live in the summary).
+
+        With the cache on, every caller gets the same object while the session stays cached: the engine's turns
+        are appended to it, and saving them keeps it equal to the database. ``recent`` reads that many newest
+        turns from the database instead (a private copy).
+        """
+        found = (
+            await self.open_conversation(session_id)
+            if recent is None
+            else await self._read_conversation(session_id, recent)
+        )
+        if found is None:
+            raise StoreError(f"no session {session_id}")
+        return found[1]
+
+    async def open_conversation(self, session_id: str) -> tuple[SessionRecord, Conversation] | None:
+        """The session's header and conversation (``None`` if there is no such session), in one read."""
+        hit = self.cache.conversation(session_id)
+        if hit is not None:
+            return hit
+        loaded = await self._read_conversation(session_id, self.RECENT_TURNS)
+        if loaded is None:
+            return None
+        cached = self.cache.sessions.get(session_id)
+        if cached is not None and cached.conversation is not None:  # loaded concurrently: share one object
+            return cached.record, cached.conversation
+        return self.cache.sessions.put(session_id, CachedSession(*loaded)).record, loaded[1]
+
     @_shielded
-    async def load_conversation(self, session_id: str, *, recent: int = 200) -> Conversation:
-        """The session as an engine conversation, with its ``recent`` newest turns (older ones live in the summary)."""
+    async def _read_conversation(
+        self, session_id: str, recent: int
+    ) -> tuple[SessionRecord, Conversation] | None:
         async with self._tx() as session:
             header = await session.get(SessionRow, session_id)
             if header is None:
-                raise StoreError(f"no session {session_id}")
+                return None
             # Plain rows, not ORM objects: this runs on every turn of every conversation.
             query = (
                 select(_MESSAGES)
@@ -199,12 +265,13 @@ class Store(MemoryTables):
             rows = list((await session.execute(query)).all())
             latest = await self._latest_summary(session, session_id)
         rows.reverse()
-        return Conversation(
+        conversation = Conversation(
             header.persona_id, user_name=header.user_name or "观众", id=header.id,
             turns=[_turn(r) for r in rows], summary=latest.text if latest else header.summary,
             summary_id=latest.id if latest else None, summary_until=latest.covers_until_turn_id if latest else None,
             platform=header.platform, viewer_id=header.viewer_id,
         )  # fmt: skip
+        return _session_record(header), conversation
 
     @_shielded
     async def list_messages(self, session_id: str, *, limit: int = 1000, offset: int = 0) -> list[Turn]:
@@ -224,10 +291,16 @@ class Store(MemoryTables):
         async with self._tx() as session:
             return int((await session.execute(query)).scalar_one())
 
-    @_shielded
     async def save_turn(self, conversation: Conversation, turn: Turn) -> None:
-        """Insert the turn, or update it if it was saved before (a reply saved again when it ends)."""
+        """Insert the turn, or update it if it was saved before (a reply saved again when it ends).
+
+        Returns once committed; cancelling the caller does not cancel the write.
+        """
+        now = _now()
         values = {
+            "id": turn.id,
+            "session_id": conversation.id,
+            "created_at": datetime.fromtimestamp(turn.created_at, UTC),
             "role": turn.role,
             "content": turn.content,
             "status": turn.status,
@@ -238,24 +311,26 @@ class Store(MemoryTables):
             "error": turn.error,
             "summary_id": turn.summary_id,
         }
-        now = _now()
-        created = datetime.fromtimestamp(turn.created_at, UTC)
-        upsert = self._insert(MessageRow).values(
-            id=turn.id, session_id=conversation.id, created_at=created, **values
-        )
-        async with self._tx() as session:
-            # One statement either way (a reply is saved again when it ends): SQLite and PostgreSQL both upsert.
-            await session.execute(upsert.on_conflict_do_update(index_elements=[MessageRow.id], set_=values))
-            await session.execute(
-                update(SessionRow).where(SessionRow.id == conversation.id).values(updated_at=now)
-            )
+        await self.writer.submit(Write(conversation.id, now, message=values))
+        cached = self.cache.sessions.get(conversation.id)
+        if cached is not None:
+            cached.record = replace(cached.record, updated_at=now)
+            if cached.conversation is not conversation or not _holds(conversation, turn):
+                cached.conversation = (
+                    None  # written around the cached object: reload from the database next time
+                )
 
     # --- memory: summaries and viewer facts ------------------------------------------------------------
 
     @_shielded
     async def save_summary(self, session_id: str, summary: str, *, covers_until: str | None = None) -> str:
         """Store a new version of the session's running summary; returns its id (turns refer to it)."""
-        return await self._save_summary(session_id, summary, covers_until)
+        summary_id = await self._save_summary(session_id, summary, covers_until)
+        cached = self.cache.sessions.get(session_id)
+        if cached is not None and (conversation := cached.conversation) is not None:
+            conversation.summary, conversation.summary_id = summary, summary_id
+            conversation.summary_until, conversation.summary_index = covers_until, None
+        return summary_id
 
     @_shielded
     async def summary_history(self, session_id: str) -> list[SummaryRecord]:
@@ -269,17 +344,26 @@ class Store(MemoryTables):
     @_shielded
     async def add_facts(self, viewer: ViewerKey, facts: Sequence[Fact], *, keep: int = 200) -> list[Fact]:
         """Remember new facts about the viewer (already known ones are skipped); returns those added."""
-        return await self._add_facts(viewer, facts, keep)
+        try:
+            return await self._add_facts(viewer, facts, keep)
+        finally:
+            self.cache.forget_viewer(viewer)
 
     @_shielded
     async def viewer_facts(self, viewer: ViewerKey, *, limit: int = 200) -> list[Fact]:
         """What is remembered about the viewer, newest first."""
-        return await self._viewer_facts(viewer, limit)
+        cached = self.cache.facts.get((viewer, limit))
+        if cached is None:
+            cached = self.cache.facts.put((viewer, limit), await self._viewer_facts(viewer, limit))
+        return list(cached)
 
     @_shielded
     async def delete_facts(self, viewer: ViewerKey, *, fact_id: str | None = None) -> int:
         """Forget one fact, or everything about the viewer ("forget me"); returns how many were deleted."""
-        return await self._delete_facts(viewer, fact_id)
+        try:
+            return await self._delete_facts(viewer, fact_id)
+        finally:
+            self.cache.forget_viewer(viewer)
 
     @_shielded
     async def export_facts(self, *, platform: str | None = None) -> list[Fact]:
@@ -353,8 +437,8 @@ class Store(MemoryTables):
         return bool(getattr(result, "rowcount", 0))
 
 
-async def open_store(url: str | None, data_dir: Path) -> Store:
+async def open_store(url: str | None, data_dir: Path, *, session_cache: int | None = None) -> Store:
     """Open (creating and migrating as needed) the database at ``url``, or the SQLite file in ``data_dir``."""
     engine = create_engine(url or default_url(data_dir))
     await migrate(engine)
-    return Store(engine)
+    return Store(engine, session_cache=session_cache)

@@ -1,0 +1,84 @@
+"""The JSON-lines audit log: written by a background thread, flushed on close, nothing lost."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from vstreamer.safety import JsonlAuditLog, SafetyPipeline
+from vstreamer.safety.audit import AuditRecord
+
+AUDIT = importlib.import_module("vstreamer.safety.audit")
+
+
+def _record(i: int) -> AuditRecord:
+    return AuditRecord("input", "web", "pass", (), f"r{i}", (), f"text {i}", "0" * 64)
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_records_are_written_in_order_by_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers: set[int] = set()
+    append = AUDIT._append
+
+    def spy(path: Path, records: list[AuditRecord]) -> None:
+        writers.add(threading.get_ident())
+        append(path, records)
+
+    monkeypatch.setattr(AUDIT, "_append", spy)
+    log = JsonlAuditLog(tmp_path / "audit.jsonl")
+    for i in range(500):
+        log.record(_record(i))
+    log.flush()
+    assert [line["reason"] for line in _lines(log.path)] == [f"r{i}" for i in range(500)]
+    assert writers and threading.get_ident() not in writers
+    log.close()
+
+
+def test_close_writes_what_is_queued_and_later_records_still_land(tmp_path: Path) -> None:
+    log = JsonlAuditLog(tmp_path / "audit.jsonl", max_pending=4)
+    for i in range(50):  # more than the queue holds: record() waits for room, drops nothing
+        log.record(_record(i))
+    log.close()
+    log.close()
+    assert len(_lines(log.path)) == 50
+    log.record(_record(50))  # after close: appended at once
+    assert _lines(log.path)[-1]["reason"] == "r50"
+
+
+def test_nothing_is_started_or_written_before_the_first_record(tmp_path: Path) -> None:
+    log = JsonlAuditLog(tmp_path / "audit.jsonl")
+    log.flush()
+    log.close()
+    assert not log.path.exists()
+
+
+def test_pipeline_decisions_reach_the_file(tmp_path: Path) -> None:
+    log = JsonlAuditLog(tmp_path / "audit.jsonl")
+    pipeline = SafetyPipeline.default(audit=log)
+    pipeline.prepare_user_text("你个傻逼", source="live")
+    guard = pipeline.output_guard()
+    guard.feed("hello there")
+    guard.finish()
+    guard.result()
+    pipeline.close()
+    lines = _lines(log.path)
+    assert [(x["direction"], x["action"]) for x in lines] == [("input", "mask"), ("output", "pass")]
+
+
+def test_a_failing_disk_does_not_break_the_writer(tmp_path: Path) -> None:
+    log = JsonlAuditLog(tmp_path / "missing" / "audit.jsonl")
+    log.record(_record(0))
+    log.flush()  # the error is logged; the thread goes on
+    (tmp_path / "missing").mkdir()
+    log.record(_record(1))
+    log.close()
+    assert [x["reason"] for x in _lines(log.path)] == ["r1"]
