@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from vstreamer.engine import prompt
 from vstreamer.engine.conversation import Conversation, Turn
@@ -104,7 +104,11 @@ class ContextBuilder:
         room = budget - fixed_cost - await self._count(system)
         history = await self._fit_history(conversation.turns, room)
         messages = [system, *(t.as_message() for _, t in history), *tail]
-        total = await self.backend.count_tokens(messages)
+        if getattr(self.backend, "counts_add_up", False):
+            # The shares are the count (the history took at most ``room``): no second pass over the prompt.
+            total = budget - room + sum(cast(int, t.prompt_tokens) for _, t in history)
+        else:
+            total = await self.backend.count_tokens(messages)
         while total > budget and history:
             # Per-message shares are close but not always exact (template quirks): trim until the exact count fits.
             history.pop(0)
@@ -130,7 +134,9 @@ class ContextBuilder:
             turn = turns[index]
             if not turn.in_prompt:
                 continue
-            cost = await self._turn_tokens(turn)
+            cost = turn.prompt_tokens  # cached on the turn after its first prompt: no await per turn
+            if cost is None:
+                cost = await self._turn_tokens(turn)
             if cost > room:
                 break
             room -= cost

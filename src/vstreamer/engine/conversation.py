@@ -42,6 +42,7 @@ class Turn:
     """Cached share of the prompt this turn takes (filled by the context builder; not stored)."""
     summary_id: str | None = None
     """The running-summary version the prompt of this reply carried (assistant turns; traceability)."""
+    _message: ChatMessage | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def in_prompt(self) -> bool:
@@ -49,7 +50,11 @@ class Turn:
         return bool(self.content.strip()) and self.status in ("complete", "interrupted")
 
     def as_message(self) -> ChatMessage:
-        return ChatMessage(self.role, self.content)
+        """The turn as a prompt message (made once per content: every later prompt repeats the turn)."""
+        message = self._message
+        if message is None or message.content is not self.content:
+            message = self._message = ChatMessage(self.role, self.content)
+        return message
 
 
 @dataclass(slots=True)

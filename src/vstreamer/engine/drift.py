@@ -7,6 +7,7 @@ then regenerates once with a reinforced instruction, or ends with an in-characte
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import unicodedata
@@ -75,17 +76,24 @@ class DriftHit:
 
 def fold(text: str) -> str:
     """Lower case, half width, plain apostrophes and spaces; one character in, one character out."""
-    out = []
-    for char in text:
-        folded = unicodedata.normalize("NFKC", char).lower()
-        if len(folded) != 1:
-            folded = char.lower() if len(char.lower()) == 1 else char
-        if folded in "‘’`´":
-            folded = "'"
-        elif folded.isspace():
-            folded = " "
-        out.append(folded)
-    return "".join(out)
+    if text.isascii():  # the common case, per streamed piece: no per-character work
+        return text.lower().translate(_ASCII_FOLD)
+    return "".join([_fold_char(char) for char in text])
+
+
+@functools.lru_cache(maxsize=65536)
+def _fold_char(char: str) -> str:
+    folded = unicodedata.normalize("NFKC", char).lower()
+    if len(folded) != 1:
+        folded = char.lower() if len(char.lower()) == 1 else char
+    if folded in "‘’`´":
+        return "'"
+    if folded.isspace():
+        return " "
+    return folded
+
+
+_ASCII_FOLD = str.maketrans({"`": "'", **{c: " " for c in map(chr, range(128)) if c.isspace()}})
 
 
 def _phrases() -> dict[str, DriftReason]:

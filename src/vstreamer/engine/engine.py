@@ -98,17 +98,16 @@ class DialogueEngine:
 
     def sampling_for(self, persona: Persona, overrides: SamplingOverrides | None = None) -> SamplingParams:
         """Engine defaults, then the persona's defaults, then the request's overrides."""
-        params = self.defaults
+        changes: dict[str, float | int] = {}
         for layer in (persona.sampling, overrides):
-            if layer is None:
-                continue
-            changes = {
-                k: getattr(layer, k)
-                for k in ("temperature", "top_p", "max_tokens", "seed")
-                if getattr(layer, k, None) is not None
-            }
-            params = replace(params, **changes)
-        return replace(params, max_tokens=min(params.max_tokens, self.budget.max_tokens))
+            if layer is not None:
+                for key in ("temperature", "top_p", "max_tokens", "seed"):
+                    if (value := getattr(layer, key, None)) is not None:
+                        changes[key] = value
+        changes["max_tokens"] = min(
+            int(changes.get("max_tokens", self.defaults.max_tokens)), self.budget.max_tokens
+        )
+        return replace(self.defaults, **changes)
 
     async def build_context(
         self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
@@ -143,8 +142,11 @@ class DialogueEngine:
         saving = (
             asyncio.ensure_future(self._save(conversation, user_turn)) if self.store is not None else None
         )
-        if saving is not None and self.user_commit == "before":
-            await asyncio.shield(saving)
+        if saving is not None:
+            if self.user_commit == "before":
+                await asyncio.shield(saving)
+            else:
+                await asyncio.sleep(0)  # let the commit start now, not when the prompt is built
         try:
             recall = (
                 await self.memory.recall(conversation, persona, user_turn.content)

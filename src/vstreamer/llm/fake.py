@@ -76,6 +76,9 @@ class FakeBackend:
     async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
         return await collect(self.stream(messages, params))
 
+    counts_add_up = True
+    """A prompt's count is the sum of its messages' shares (see ``OpenAICompatBackend.counts_add_up``)."""
+
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD for m in messages)
 

@@ -348,7 +348,7 @@ class OpenAICompatBackend:
     def _request_body(self, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [m.as_dict() for m in messages],
+            "messages": list(messages),  # orjson writes the dataclasses as {"role", "content"} objects
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": params.temperature,
@@ -375,6 +375,12 @@ class OpenAICompatBackend:
         return body
 
     # --- introspection ----------------------------------------------------------------------------------
+
+    @property
+    def counts_add_up(self) -> bool:
+        """Whether a prompt's count is just the sum of its messages' shares (llama.cpp and estimates: by
+        construction), so callers holding the shares can skip the whole-prompt count. On vLLM it is a request."""
+        return self.tokenizer.kind in ("llama_cpp", "estimate")
 
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self.tokenizer.count(messages)

@@ -113,6 +113,10 @@ class ResilientBackend:
     def _counter(self) -> LLMBackend:
         return self.primary if self.breaker.allow() or self.fallback is None else self.fallback
 
+    @property
+    def counts_add_up(self) -> bool:
+        return bool(getattr(self._counter(), "counts_add_up", False))
+
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self._counter().count_tokens(messages)
 
