@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from vstreamer.config import Settings
@@ -29,6 +30,8 @@ class Runtime:
         if self.engine.memory is not None and self.engine.memory.embedder is not None:
             await self.engine.memory.embedder.aclose()
         await self.backend.aclose()
+        if self.engine.safety is not None:
+            await asyncio.to_thread(self.engine.safety.close)  # flushes the audit log's queue to its file
         if self.store is not None:
             await self.store.close()
 

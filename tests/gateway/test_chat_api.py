@@ -162,3 +162,34 @@ def test_health_metrics_and_persona_import(fake_gateway: GatewayServer, shared_d
     for name in ("vstreamer_requests_total", "vstreamer_time_to_first_token_seconds", "vstreamer_active_streams",
                  "vstreamer_tokens_per_second", "vstreamer_upstream_latency_seconds", "vstreamer_errors_total"):  # fmt: skip
         assert name in metrics
+
+
+def test_idle_stream_gets_keep_alive_comments(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway(
+        {"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.6", "VSTREAMER_SSE_KEEPALIVE_S": "0.2"}
+    )
+    body = {"model": "nova", "stream": True, "messages": [{"role": "user", "content": "one two"}]}
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert ": keep-alive" in lines  # sent while the backend was silent between two pieces
+    data = [line for line in lines if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]" and sum('"content":"' in line for line in data) >= 2
+
+
+def test_session_history_survives_restart_with_cache(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    env = {"VSTREAMER_BACKEND": "fake"}
+    server = start_gateway(env, name="cached")
+    sdk = client(server)
+    for text in ("first", "second"):
+        sdk.chat.completions.create(
+            model="nova", user="s-restart", messages=[{"role": "user", "content": text}]
+        )
+    server.stop()
+    server.start()  # a cold cache: the history comes back from the database
+    reply = client(server).chat.completions.create(
+        model="nova", user="s-restart", messages=[{"role": "user", "content": "third"}]
+    )
+    assert reply.choices[0].message.content == "收到：third"
+    assert [t.content for t in server.messages("s-restart")] == [
+        "first", "收到：first", "second", "收到：second", "third", "收到：third",
+    ]  # fmt: skip

@@ -72,7 +72,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"vstreamer gateway on http://{settings.gateway_host}:{settings.gateway_port}/v1 "
           f"(auth {'on' if settings.auth else 'off'})", flush=True)  # fmt: skip
     uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
-                timeout_graceful_shutdown=5)  # fmt: skip
+                access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
     return 0
 
 

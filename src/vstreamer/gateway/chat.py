@@ -140,21 +140,24 @@ class ChatReply(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = Watcher(self, receive, send)
         try:
-            head = await self._read_head()
-        except _ClientGone:
-            await self._send_quietly(
-                send, CLIENT_CLOSED, error_body("client closed the request", "invalid_request_error")
-            )
-            return
-        except VStreamerError as exc:
+            try:
+                head = await self._read_head()
+            except _ClientGone:
+                await self._send_quietly(
+                    send, CLIENT_CLOSED, error_body("client closed the request", "invalid_request_error")
+                )
+                return
+            except VStreamerError as exc:
+                watcher.stop()
+                self._count_failure(exc)
+                await error_response(exc)(scope, receive, send)
+                return
+            if self.stream:
+                await self._stream(head, send, watcher)
+            else:
+                await self._whole(head, scope, receive, send, watcher)
+        finally:
             watcher.stop()
-            self._count_failure(exc)
-            await error_response(exc)(scope, receive, send)
-            return
-        if self.stream:
-            await self._stream(head, send, watcher)
-        else:
-            await self._whole(head, scope, receive, send, watcher)
 
     # --- phases -----------------------------------------------------------------------------------------
 

@@ -1,0 +1,76 @@
+"""Group commit of turns (SQLite file and PostgreSQL): batching, waiting for locks, failures kept apart, cache."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from vstreamer.engine import Conversation, Turn
+from vstreamer.errors import StoreError
+from vstreamer.store import Store, open_store
+
+
+async def test_concurrent_turns_share_transactions(store: Store) -> None:
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    turns = [Turn("user", f"message {i}") for i in range(60)]
+    conversation.turns.extend(turns)
+    before = store.writer.batches
+    await asyncio.gather(*(store.save_turn(conversation, t) for t in turns))
+    assert store.writer.batches - before < len(turns)  # grouped: fewer transactions than writes
+    stored = await store.list_messages(record.id)
+    assert sorted(t.content for t in stored) == sorted(t.content for t in turns)
+
+
+async def test_one_bad_write_fails_alone(store: Store) -> None:
+    record = await store.create_session("nova", owner="o")
+    good = await store.load_conversation(record.id)
+    ghost = Conversation("nova", id="no-such-session")  # its turns break the foreign key
+    good.turns.append(ok := Turn("user", "kept"))
+    results = await asyncio.gather(
+        store.save_turn(ghost, Turn("user", "lost")), store.save_turn(good, ok), return_exceptions=True
+    )
+    assert isinstance(results[0], StoreError) and results[1] is None
+    assert [t.content for t in await store.list_messages(record.id)] == ["kept"]
+
+
+async def test_locked_sqlite_waits_without_blocking_the_loop(tmp_path: Path) -> None:
+    store = await open_store(None, tmp_path)
+    try:
+        record = await store.create_session("nova", owner="o")
+        conversation = await store.load_conversation(record.id)
+        other = sqlite3.connect(tmp_path / "vstreamer.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        conversation.turns.append(turn := Turn("user", "waits for the lock"))
+        saving = asyncio.create_task(store.save_turn(conversation, turn))
+        ticks = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.3:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not saving.done() and ticks >= 10  # still waiting, and the loop kept running meanwhile
+        other.execute("COMMIT")
+        await asyncio.wait_for(saving, 5)
+        assert [t.content for t in await store.list_messages(record.id)] == ["waits for the lock"]
+        other.close()
+    finally:
+        await store.close()
+
+
+async def test_cache_follows_writes_from_other_objects(store: Store) -> None:
+    if not store.cache.enabled:
+        pytest.skip("the session cache is off for this database (PostgreSQL default)")
+    record = await store.create_session("nova", owner="o")
+    cached = await store.load_conversation(record.id)
+    assert await store.load_conversation(record.id) is cached  # one live object per session
+    stranger = Conversation("nova", id=record.id)  # e.g. a second view of the session
+    stranger.turns.append(turn := Turn("user", "from elsewhere"))
+    await store.save_turn(stranger, turn)
+    fresh = await store.load_conversation(record.id)
+    assert fresh is not cached and [t.content for t in fresh.turns] == ["from elsewhere"]
+    assert await store.delete_session(record.id)
+    assert await store.get_session(record.id) is None
