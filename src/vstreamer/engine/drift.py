@@ -109,17 +109,28 @@ def _phrases() -> dict[str, DriftReason]:
     return found
 
 
+@functools.cache
+def _compiled_phrases() -> tuple[dict[str, DriftReason], re.Pattern[str], int, frozenset[str]]:
+    """The phrase table and its matcher, the same for every persona: built once per process (~0.1 s)."""
+    phrases = _phrases()
+    ordered = sorted(phrases, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(p) for p in ordered))
+    prefixes = frozenset(p[:i] for p in ordered for i in range(1, len(p) + 1))
+    return phrases, pattern, len(ordered[0]), prefixes
+
+
+def warm_up() -> None:
+    """Build the phrase matcher now (servers call it at start, so no request pays for it)."""
+    _compiled_phrases()
+
+
 class DriftDetector:
     """Finds out-of-character replies for one persona."""
 
     def __init__(self, persona_name: str, aliases: Iterable[str] = ()) -> None:
         self.persona_name = persona_name
         self.allowed_names = {fold(n) for n in (persona_name, *aliases) if n}
-        self._phrases = _phrases()
-        ordered = sorted(self._phrases, key=len, reverse=True)
-        self._pattern = re.compile("|".join(re.escape(p) for p in ordered))
-        self._longest = len(ordered[0])
-        self._prefixes = {p[:i] for p in ordered for i in range(1, len(p) + 1)}
+        self._phrases, self._pattern, self._longest, self._prefixes = _compiled_phrases()
 
     def check(self, text: str) -> DriftHit | None:
         """Whether the whole reply breaks character."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vstreamer.engine import drift
 from vstreamer.gateway import chat, errors, rest
 from vstreamer.gateway.auth import Authenticator
 from vstreamer.gateway.catalog import PersonaCatalog
@@ -59,6 +61,7 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.catalog.load()
+        await asyncio.to_thread(drift.warm_up)
         yield
         if close_runtime:
             await runtime.aclose()
