@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from tests.conftest import LlamaServer, free_port
 from vstreamer.errors import BackendResponseError, BackendTimeout, BackendUnavailable
 from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta, Usage
-from vstreamer.llm.openai_compat import OpenAICompatBackend, SSEDecoder
+from vstreamer.llm.openai_compat import OpenAICompatBackend
+from vstreamer.llm.sse import SSEDecoder
 
 #: Tests that start real servers; the SSE and transport tests below use scripted in-process ones.
 integration = pytest.mark.integration
