@@ -74,3 +74,19 @@ async def test_cache_follows_writes_from_other_objects(store: Store) -> None:
     assert fresh is not cached and [t.content for t in fresh.turns] == ["from elsewhere"]
     assert await store.delete_session(record.id)
     assert await store.get_session(record.id) is None
+
+
+async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
+    store = await open_store(None, tmp_path)
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    conversation.turns.append(turn := Turn("user", "last words"))
+    saving = asyncio.ensure_future(store.save_turn(conversation, turn))
+    await asyncio.sleep(0)  # queued, not yet committed
+    await store.close()
+    await saving
+    reopened = await open_store(None, tmp_path)
+    try:
+        assert [t.content for t in await reopened.list_messages(record.id)] == ["last words"]
+    finally:
+        await reopened.close()

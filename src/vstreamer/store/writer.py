@@ -16,7 +16,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -222,7 +222,7 @@ class TurnWriter:
             return
         _settle(batch, None)
         if self._file.checkpoint_due:
-            self._executor.submit(self._file.checkpoint)
+            self._executor.submit(self._file.checkpoint).add_done_callback(_log_failure)
 
     async def _flush(self, batch: list[Write], started: Awaitable[None]) -> None:
         while True:
@@ -259,6 +259,8 @@ class TurnWriter:
 
     async def aclose(self) -> None:
         """Commit what is queued, then release the thread and the engine."""
+        if self._file is not None and self._pending:
+            self._flush_inline()  # scheduled for the next loop iteration: do it now, before the file closes
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         if self._executor is not None:
@@ -266,6 +268,11 @@ class TurnWriter:
             self._executor = None
         if self._file is not None:
             self._file.close()
+
+
+def _log_failure(done: Future[None]) -> None:
+    if (error := done.exception()) is not None:
+        logger.warning("checkpoint of the SQLite log failed (retried later): %s", error)
 
 
 async def _mapped(commit: Awaitable[None]) -> None:
