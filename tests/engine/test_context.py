@@ -142,3 +142,23 @@ async def test_examples_then_lore_dropped_before_giving_up(persona: Persona) -> 
 def test_budget_must_leave_room() -> None:
     with pytest.raises(ContextBudgetError):
         ContextBuilder(FakeBackend(), ContextBudget(context_window=100, max_tokens=100))
+
+
+async def test_rendered_system_message_follows_persona_viewer_and_memory(persona: Persona) -> None:
+    builder = ContextBuilder(FakeBackend(), ContextBudget(context_window=4096, max_tokens=100))
+    first = (
+        await builder.build(conversation_with(1), persona, memory=("[summary] Bob likes cats",))
+    ).messages[0]
+    other_viewer = conversation_with(1)
+    other_viewer.user_name = "Alice"
+    assert "Alice" in (await builder.build(other_viewer, persona)).messages[0].content
+    assert "Bob likes cats" in first.content
+    assert "Bob likes cats" not in (await builder.build(conversation_with(1), persona)).messages[0].content
+    edited = persona.model_copy(update={"description": "A brand new description of {{char}}."})
+    assert (
+        "A brand new description" in (await builder.build(conversation_with(1), edited)).messages[0].content
+    )
+    again = (
+        await builder.build(conversation_with(1), persona, memory=("[summary] Bob likes cats",))
+    ).messages[0]
+    assert again.content == first.content

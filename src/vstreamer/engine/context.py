@@ -64,6 +64,7 @@ class ContextBuilder:
         self.backend = backend
         self.budget = budget
         self._system_cache = LRUCache(256)
+        self._rendered: dict[tuple[object, ...], tuple[Persona, tuple[LoreEntry, ...], str]] = {}
 
     async def build(
         self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
@@ -84,12 +85,12 @@ class ContextBuilder:
         system: ChatMessage | None = None
         ladder = ((True, True, True), (True, False, True), (False, False, True), (False, False, False))
         for include_lore, include_examples, include_memory in ladder:
-            text = prompt.system_message(
+            text = self._system_text(
                 persona,
                 user,
-                lore=lore if include_lore else (),
-                memory=memory if include_memory else (),
-                include_examples=include_examples,
+                lore if include_lore else (),
+                tuple(memory) if include_memory else (),
+                include_examples,
             )
             candidate = ChatMessage("system", text)
             if fixed_cost + await self._count(candidate) <= budget:
@@ -143,6 +144,32 @@ class ContextBuilder:
             chosen.append((index, turn))
         chosen.reverse()
         return chosen
+
+    def _system_text(
+        self,
+        persona: Persona,
+        user: str,
+        lore: Sequence[LoreEntry],
+        memory: tuple[str, ...],
+        include_examples: bool,
+    ) -> str:
+        """The rendered system message, made once per persona object, viewer name, lore and memory."""
+        key = (id(persona), user, tuple(map(id, lore)), memory, include_examples)
+        cached = self._rendered.get(key)
+        # The objects themselves are kept and compared: an id alone could be reused by a new object.
+        if (
+            cached is not None
+            and cached[0] is persona
+            and all(a is b for a, b in zip(cached[1], lore, strict=True))
+        ):
+            return cached[2]
+        text = prompt.system_message(
+            persona, user, lore=lore, memory=memory, include_examples=include_examples
+        )
+        if len(self._rendered) >= 512:
+            self._rendered.clear()
+        self._rendered[key] = (persona, tuple(lore), text)
+        return text
 
     def _active_lore(self, conversation: Conversation, persona: Persona) -> list[LoreEntry]:
         book = persona.lorebook
