@@ -52,7 +52,7 @@ def wait_ready(url: str, timeout: float = 90) -> None:
 
 
 @dataclass(frozen=True)
-class Path_:
+class Target:
     name: str
     url: str
     model: str
@@ -60,7 +60,7 @@ class Path_:
     """Send a session id (the gateway keeps each worker's history)."""
 
 
-async def one_stream(session: aiohttp.ClientSession, path: Path_, user: str | None) -> float:
+async def one_stream(session: aiohttp.ClientSession, path: Target, user: str | None) -> float:
     """One streamed request; returns the time to the first content chunk (the whole body is read)."""
     body: dict[str, object] = {
         "model": path.model, "stream": True, "messages": [{"role": "user", "content": "hi there"}],
@@ -80,14 +80,14 @@ async def one_stream(session: aiohttp.ClientSession, path: Path_, user: str | No
     return first - started
 
 
-async def ttft(path: Path_, requests: int) -> list[float]:
+async def ttft(path: Target, requests: int) -> list[float]:
     async with aiohttp.ClientSession() as session:
         for _ in range(50):  # warm-up (connections, caches, the session's first turns)
             await one_stream(session, path, "bench-ttft")
         return [await one_stream(session, path, "bench-ttft") for _ in range(requests)]
 
 
-async def throughput(path: Path_, concurrency: int, requests: int) -> float:
+async def throughput(path: Target, concurrency: int, requests: int) -> float:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(
@@ -143,14 +143,14 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     ))  # fmt: skip
     paths = [
-        Path_("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", "fake", False),
-        Path_("vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True),
+        Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", "fake", False),
+        Target("vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True),
     ]
     litellm = Path(args.litellm)
     if args.litellm != "none" and litellm.exists():
         processes.append(start_litellm(litellm, ll_port, up_port))
         paths.append(
-            Path_("litellm", f"http://127.0.0.1:{ll_port}/v1/chat/completions", "openai/fake", False)
+            Target("litellm", f"http://127.0.0.1:{ll_port}/v1/chat/completions", "openai/fake", False)
         )
     else:
         print(f"(LiteLLM not found at {litellm}: no peer; see the docstring to install it)")

@@ -16,7 +16,7 @@ from vstreamer.engine.conversation import Conversation, Turn
 from vstreamer.errors import ContextBudgetError
 from vstreamer.llm.base import ChatMessage, LLMBackend
 from vstreamer.llm.estimate import estimate_tokens
-from vstreamer.llm.tokenize import LRUCache
+from vstreamer.lru import LRU
 
 if TYPE_CHECKING:
     from vstreamer.persona import LoreEntry, Persona
@@ -63,8 +63,8 @@ class ContextBuilder:
             raise ContextBudgetError("the context window leaves no room for a prompt")
         self.backend = backend
         self.budget = budget
-        self._system_cache = LRUCache(256)
-        self._rendered: dict[tuple[object, ...], tuple[Persona, tuple[LoreEntry, ...], str]] = {}
+        self._system_cache: LRU[str, int] = LRU(256)
+        self._rendered: LRU[tuple[object, ...], tuple[Persona, tuple[LoreEntry, ...], str]] = LRU(512)
 
     async def build(
         self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
@@ -166,10 +166,7 @@ class ContextBuilder:
         text = prompt.system_message(
             persona, user, lore=lore, memory=memory, include_examples=include_examples
         )
-        if len(self._rendered) >= 512:
-            self._rendered.clear()
-        self._rendered[key] = (persona, tuple(lore), text)
-        return text
+        return self._rendered.put(key, (persona, tuple(lore), text))[2]
 
     def _active_lore(self, conversation: Conversation, persona: Persona) -> list[LoreEntry]:
         book = persona.lorebook

@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from vstreamer.engine import Conversation, EngineEvent, ReplyDelta, ReplyFinished, SamplingOverrides, Turn
@@ -133,8 +132,6 @@ class ChatReply(Response):
         self.status_code = 200
         self.background = None
         self._prefix = b""
-        self._last_send = time.monotonic()
-        self._sending = False
         self.client_gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,14 +140,12 @@ class ChatReply(Response):
             try:
                 head = await self._read_head()
             except _ClientGone:
-                await self._send_quietly(
-                    send, CLIENT_CLOSED, error_body("client closed the request", "invalid_request_error")
-                )
+                gone = error_body("client closed the request", "invalid_request_error")
+                with contextlib.suppress(OSError):
+                    await JSONResponse(gone, CLIENT_CLOSED)(scope, receive, send)
                 return
             except VStreamerError as exc:
-                watcher.stop()
-                self._count_failure(exc)
-                await error_response(exc)(scope, receive, send)
+                await self._fail(exc, watcher, scope, receive, send)
                 return
             if self.stream:
                 await self._stream(head, send, watcher)
@@ -190,7 +185,7 @@ class ChatReply(Response):
             try:
                 async for event in self.events:
                     pending += self._sse(event)
-                    await self._write(send, pending)
+                    await watcher.write(pending)
                     pending = b""
             except asyncio.CancelledError:
                 await self._cancelled()
@@ -203,10 +198,8 @@ class ChatReply(Response):
             await send(
                 {"type": "http.response.body", "body": pending + b"data: [DONE]\n\n", "more_body": False}
             )
-        except _ClientGone:
-            pass
-        except OSError:  # the connection went away between two writes
-            await self.events.aclose()
+        except (_ClientGone, OSError):
+            pass  # the client left (an OSError: between two writes); the reply is closed below
         finally:
             watcher.stop()
             await self.events.aclose()
@@ -227,9 +220,7 @@ class ChatReply(Response):
             except _ClientGone:
                 return
         except VStreamerError as exc:
-            watcher.stop()
-            self._count_failure(exc)
-            await error_response(exc)(scope, receive, send)
+            await self._fail(exc, watcher, scope, receive, send)
             return
         finally:
             watcher.stop()
@@ -268,14 +259,6 @@ class ChatReply(Response):
             task.uncancel()
             raise _ClientGone
         raise asyncio.CancelledError
-
-    async def _write(self, send: Send, data: bytes) -> None:
-        self._sending = True
-        try:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        finally:
-            self._sending = False
-            self._last_send = time.monotonic()
 
     def _sse(self, event: EngineEvent) -> bytes:
         if event.kind == "started":
@@ -317,15 +300,13 @@ class ChatReply(Response):
     def _count_failure(self, exc: VStreamerError) -> None:
         self.state.metrics.errors.labels(exc.code).inc()
 
-    @staticmethod
-    async def _send_quietly(send: Send, status: int, body: dict[str, Any]) -> None:
-        payload = orjson.dumps(body)
-        try:
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", b"application/json")]})  # fmt: skip
-            await send({"type": "http.response.body", "body": payload})
-        except OSError:
-            pass
+    async def _fail(
+        self, exc: VStreamerError, watcher: Watcher, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A failure before the response started: an HTTP error in OpenAI's schema."""
+        watcher.stop()
+        self._count_failure(exc)
+        await error_response(exc)(scope, receive, send)
 
 
 class Watcher:
@@ -336,6 +317,8 @@ class Watcher:
         self.receive = receive
         self.send = send
         self.streaming = False
+        self.sending = False
+        self.last_send = time.monotonic()
         self.main = asyncio.current_task()
         self.task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._watch())
 
@@ -359,11 +342,19 @@ class Watcher:
                     self.main.cancel()
                 return
 
+    async def write(self, data: bytes) -> None:
+        """Send a piece of the streamed body (the keep-alive counts its idle time from here)."""
+        self.sending = True
+        try:
+            await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            self.sending = False
+            self.last_send = time.monotonic()
+
     async def _keep_alive(self, interval: float) -> None:
-        reply = self.reply
-        if not self.streaming or reply._sending or time.monotonic() - reply._last_send < interval * 0.9:
+        if not self.streaming or self.sending or time.monotonic() - self.last_send < interval * 0.9:
             return
-        reply._last_send = time.monotonic()
+        self.last_send = time.monotonic()
         with contextlib.suppress(OSError):
             await self.send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
 

@@ -33,7 +33,7 @@ from vstreamer.llm.base import (
     Usage,
     collect,
 )
-from vstreamer.llm.tokenize import LRUCache
+from vstreamer.lru import LRU
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class LoadedModel:
     path: Path
     executor: ThreadPoolExecutor
     render_prompt: Callable[[list[dict[str, str]]], str] | None
-    text_cache: LRUCache = field(default_factory=LRUCache)
+    text_cache: LRU[str, int] = field(default_factory=lambda: LRU(8192))
     overhead: int | None = None
 
     def tokens(self, text: str, *, special: bool = False) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
@@ -18,6 +17,7 @@ import httpx
 
 from vstreamer.llm.base import ChatMessage, Role
 from vstreamer.llm.estimate import MESSAGE_OVERHEAD, estimate_tokens
+from vstreamer.lru import LRU
 
 logger = logging.getLogger(__name__)
 
@@ -29,26 +29,6 @@ TokenizerKind = Literal["vllm", "llama_cpp", "estimate"]
 _TEXT_ONLY_OVERHEAD = 6
 
 
-class LRUCache:
-    """A small bounded mapping from text to token count."""
-
-    def __init__(self, size: int = 8192) -> None:
-        self.size = size
-        self._data: OrderedDict[str, int] = OrderedDict()
-
-    def get(self, key: str) -> int | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: int) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-
 class RemoteTokenizer:
     """Counts tokens with the serving model's own tokenizer when the server exposes one."""
 
@@ -57,7 +37,7 @@ class RemoteTokenizer:
         self._v1 = base_url.rstrip("/")
         self._root = self._v1.removesuffix("/v1")
         self._model = model
-        self._cache = LRUCache()
+        self._cache: LRU[str, int] = LRU(8192)
         self._overheads: dict[Role, int] = {}
         self._unreachable = False
         self._retry_at = 0.0

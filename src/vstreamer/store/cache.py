@@ -9,48 +9,12 @@ one instance (sticky sessions) or turn the cache off (``session_cache = 0``, the
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
 from vstreamer.engine.conversation import Conversation
 from vstreamer.engine.facts import Fact, ViewerKey
+from vstreamer.lru import LRU
 from vstreamer.store.records import SessionRecord
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class LRU(Generic[K, V]):
-    """A bounded mapping that forgets the least recently used entry (size 0 keeps nothing)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._items: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: K, value: V) -> V:
-        if self.size > 0:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value
-
-    def pop(self, key: K) -> None:
-        self._items.pop(key, None)
-
-    def __iter__(self) -> Iterator[K]:
-        return iter(list(self._items))
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 @dataclass(slots=True)
@@ -67,7 +31,6 @@ class SessionCache:
         self.sessions: LRU[str, CachedSession] = LRU(size)
         self.facts: LRU[tuple[ViewerKey, int], list[Fact]] = LRU(size)
         self.keep_turns = keep_turns
-        self.hits = self.misses = 0
 
     @property
     def enabled(self) -> bool:
@@ -76,9 +39,7 @@ class SessionCache:
     def conversation(self, session_id: str) -> tuple[SessionRecord, Conversation] | None:
         entry = self.sessions.get(session_id)
         if entry is None or entry.conversation is None:
-            self.misses += 1
             return None
-        self.hits += 1
         conversation = entry.conversation
         if len(conversation.turns) > 2 * self.keep_turns:
             # Long sessions: older turns live in the summary; keep the cached window bounded.
