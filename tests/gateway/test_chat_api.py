@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -68,8 +70,6 @@ def test_stateless_history_is_stored_too(fake_gateway: GatewayServer) -> None:
 
 def test_streamed_chunks_arrive_incrementally(start_gateway) -> None:  # type: ignore[no-untyped-def]
     server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.05"})
-    import time
-
     arrivals = []
     stream = client(server).chat.completions.create(
         model="nova", stream=True, messages=[{"role": "user", "content": "one two three four five six"}]
@@ -193,3 +193,47 @@ def test_session_history_survives_restart_with_cache(start_gateway) -> None:  # 
     assert [t.content for t in server.messages("s-restart")] == [
         "first", "收到：first", "second", "收到：second", "third", "收到：third",
     ]  # fmt: skip
+
+
+def test_first_text_is_sent_before_the_next_is_generated(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.4"})
+    body = {"model": "nova", "stream": True, "messages": [{"role": "user", "content": "one two"}]}
+    arrivals: list[float] = []
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                arrivals.append(time.perf_counter())
+    assert len(arrivals) >= 2
+    # Each piece comes 0.4 s after the one before: the first must not wait for the second to be sent with it.
+    assert arrivals[1] - arrivals[0] > 0.2
+
+
+@pytest.mark.parametrize("origin", [None, "http://overlay.example"])
+def test_cross_origin_calls_get_cors_headers_and_the_same_reply(start_gateway, origin: str | None) -> None:  # type: ignore[no-untyped-def]
+    server = start_gateway(
+        {"VSTREAMER_BACKEND": "fake", "VSTREAMER_CORS_ORIGINS": '["http://overlay.example"]'}
+    )
+    headers = {"origin": origin} if origin else {}
+    body = {"model": "nova", "user": "s-cors", "messages": [{"role": "user", "content": "hello"}]}
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "收到：hello"
+    assert response.headers.get("access-control-allow-origin") == origin
+    assert response.headers["x-session-id"] == "s-cors"
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'vstreamer_requests_total{route="/v1/chat/completions",status="200"} 1.0' in metrics
+
+
+def test_oversized_and_non_json_bodies_get_openai_errors(fake_gateway: GatewayServer) -> None:
+    url = f"{fake_gateway.url}/v1/chat/completions"
+    big = b'{"model":"nova","messages":[{"role":"user","content":"' + b"x" * (17 * 2**20) + b'"}]}'
+    response = httpx.post(url, content=big, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    plain = httpx.post(url, content=b'{"model":"nova","messages":[{"role":"user","content":"hi"}]}',
+                       headers={"content-type": "text/plain"})  # fmt: skip
+    assert plain.status_code == 400 and "JSON object" in plain.json()["error"]["message"]
+    ok = httpx.post(url, json={"model": "nova", "messages": [{"role": "user", "content": "hi"}]})
+    assert ok.status_code == 200  # the server is still fine
+    metrics = httpx.get(f"{fake_gateway.url}/metrics").text
+    assert 'vstreamer_requests_total{route="/v1/chat/completions",status="413"} 1.0' in metrics

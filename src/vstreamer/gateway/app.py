@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vstreamer.engine import drift
 from vstreamer.gateway import chat, errors, rest
 from vstreamer.gateway.auth import Authenticator
 from vstreamer.gateway.catalog import PersonaCatalog
-from vstreamer.gateway.metrics import GatewayMetrics
+from vstreamer.gateway.chat import CHAT_PATH
+from vstreamer.gateway.hot_route import ChatRoute
+from vstreamer.gateway.metrics import GatewayMetrics, count_request
 from vstreamer.gateway.state import GatewayState
 from vstreamer.runtime import Runtime
 
@@ -30,22 +33,28 @@ class RequestCounter:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, str(status)).inc()
+        await count_request(self.app, scope, receive, send, self.metrics)
 
 
-def create_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
+class GatewayApp(FastAPI):
+    """The FastAPI app, with its busiest route (``POST /v1/chat/completions``) served before the framework."""
+
+    hot_route: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hot = self.hot_route
+        if (
+            hot is not None
+            and scope["type"] == "http"
+            and scope["path"] == CHAT_PATH
+            and scope["method"] == "POST"
+        ):
+            await hot(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(runtime: Runtime, *, close_runtime: bool = False) -> GatewayApp:
     """Build the app over an opened runtime (its store is required)."""
     if runtime.store is None:
         raise ValueError("the gateway needs a runtime with a store (use open_runtime)")
@@ -66,8 +75,8 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
         if close_runtime:
             await runtime.aclose()
 
-    app = FastAPI(title="vstreamer", version="0.1.0", lifespan=lifespan,
-                  summary="OpenAI-compatible persona gateway of the vstreamer virtual streamer")  # fmt: skip
+    app = GatewayApp(title="vstreamer", version="0.1.0", lifespan=lifespan,
+                     summary="OpenAI-compatible persona gateway of the vstreamer virtual streamer")  # fmt: skip
     app.state.gateway = state
     errors.install(app)
     app.include_router(chat.router)
@@ -79,4 +88,8 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> FastAPI:
         )  # fmt: skip
 
     app.add_middleware(RequestCounter, metrics=state.metrics)
+    route = next(r for r in chat.router.routes if getattr(r, "path", None) == CHAT_PATH)
+    app.hot_route = ChatRoute(
+        state, fallback=partial(FastAPI.__call__, app), route=route, cors=bool(settings.cors_origins)
+    )
     return app

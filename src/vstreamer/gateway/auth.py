@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-
-from fastapi import Request
+from collections.abc import Mapping
 
 from vstreamer.gateway.errors import APIError
 from vstreamer.store import Store
@@ -14,7 +13,7 @@ LOCAL_PRINCIPAL = "local"
 
 
 class Authenticator:
-    """Resolves a request to its principal (the API key id, which owns the sessions it creates)."""
+    """Resolves a request's headers to its principal (the API key id, which owns the sessions it creates)."""
 
     def __init__(self, store: Store, *, enabled: bool, cache_ttl: float = 30.0) -> None:
         self.store = store
@@ -22,10 +21,10 @@ class Authenticator:
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[str, float]] = {}
 
-    async def __call__(self, request: Request) -> str:
+    async def __call__(self, headers: Mapping[str, str]) -> str:
         if not self.enabled:
             return LOCAL_PRINCIPAL
-        header = request.headers.get("authorization", "")
+        header = headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", type_="authentication_error",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -38,17 +38,27 @@ def api_viewer_id(owner: str, viewer: str) -> str:
     return f"{owner}:{viewer}"
 
 
-@router.post("/v1/chat/completions", response_model=None)
+CHAT_PATH = "/v1/chat/completions"
+
+
+@router.post(CHAT_PATH, response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, owner: str = Depends(principal)
 ) -> Response:
-    state = gateway_state(request)
+    """Reached for what :mod:`vstreamer.gateway.hot_route` hands over (cross-origin calls, odd bodies)."""
+    return await open_reply(gateway_state(request), body, request.headers, owner)
+
+
+async def open_reply(
+    state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], owner: str
+) -> ChatReply:
+    """Check the request against the persona and the session, and start the reply (run when the response is)."""
     persona = await state.catalog.get(body.model)
     user_text = body.messages[-1].text
     if len(user_text) > state.settings.max_input_chars:
         raise APIError(400, f"the message is longer than {state.settings.max_input_chars} characters",
                        param="messages", code="context_length_exceeded")  # fmt: skip
-    conversation = await _conversation(state, body, request, persona, owner)
+    conversation = await _conversation(state, body, headers, persona, owner)
     overrides = SamplingOverrides(
         temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens or body.max_completion_tokens,
         seed=body.seed,
@@ -61,10 +71,10 @@ async def chat_completions(
 
 
 async def _conversation(
-    state: GatewayState, body: ChatCompletionRequest, request: Request, persona: Persona, owner: str
+    state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], persona: Persona, owner: str
 ) -> Conversation:
-    session_id = request.headers.get(SESSION_HEADER) or body.user
-    viewer_header = request.headers.get(VIEWER_HEADER, "").strip()[:100] or session_id
+    session_id = headers.get(SESSION_HEADER) or body.user
+    viewer_header = headers.get(VIEWER_HEADER, "").strip()[:100] or session_id
     viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
     store = state.store
     if session_id:
@@ -181,12 +191,14 @@ class ChatReply(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             watcher.streaming = True
-            pending = b"".join(self._sse(event) for event in head)
+            await watcher.write(b"".join(self._sse(event) for event in head))  # the first text goes out now
+            pending = b""
             try:
                 async for event in self.events:
-                    pending += self._sse(event)
-                    await watcher.write(pending)
-                    pending = b""
+                    if isinstance(event, ReplyFinished):
+                        pending += self._sse(event)  # the last chunk goes out with [DONE]
+                    else:
+                        await watcher.write(self._sse(event))
             except asyncio.CancelledError:
                 await self._cancelled()
             except VStreamerError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -35,3 +36,22 @@ class GatewayMetrics:
         self.drift_events = Gauge(
             "vstreamer_persona_drift_events", "replies caught breaking character", registry=self.registry
         )
+
+
+async def count_request(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, metrics: GatewayMetrics
+) -> None:
+    """Run ``app`` and count the request by its route (``scope["route"]``, set by the router) and status."""
+    status = 500
+
+    async def send_and_note(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    try:
+        await app(scope, receive, send_and_note)
+    finally:
+        route = getattr(scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(route, str(status)).inc()

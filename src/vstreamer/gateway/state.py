@@ -34,4 +34,4 @@ def gateway_state(request: Request) -> GatewayState:
 
 async def principal(request: Request) -> str:
     """The authenticated caller (API key id), or ``local`` with auth off."""
-    return await gateway_state(request).auth(request)
+    return await gateway_state(request).auth(request.headers)
