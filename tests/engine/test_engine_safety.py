@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, Turn
+from vstreamer.engine.memory import MemoryManager
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage
 from vstreamer.persona import Persona, PersonaLibrary
@@ -102,3 +103,33 @@ async def test_ordinary_reply_passes_unchanged(xiaoxing: Persona) -> None:
     text = "今天我们一起玩星露谷物语吧！Let's farm together~"
     shown, conversation = await run(engine_with(reply_with(text)), xiaoxing, "今天玩什么？")
     assert shown == text and conversation.turns[-1].status == "complete"
+
+
+async def test_replies_may_repeat_the_conversation_summary_but_not_the_persona(xiaoxing: Persona) -> None:
+    summary = (
+        "Bob 和小星约好了每周五晚上八点一起直播玩星露谷物语，Bob 负责种蓝莓和养鸡，小星负责钓鱼和挖矿，"
+        "他们给农场起名叫做星星果园，目标是在第一年秋天之前把温室修好"
+    )
+
+    def repeat(text: str) -> FakeBackend:
+        return FakeBackend(lambda _: text)
+
+    def engine(backend: FakeBackend) -> DialogueEngine:
+        budget = ContextBudget(4096, 256)
+        memory = MemoryManager(backend, budget)
+        return DialogueEngine(backend, budget, safety=SafetyPipeline.default(), memory=memory)
+
+    async def reply(backend: FakeBackend) -> tuple[str, Conversation]:
+        conversation = Conversation(xiaoxing.id, user_name="Bob")
+        conversation.summary = summary
+        events = engine(backend).reply(conversation, xiaoxing, "我们之前说好什么了？")
+        return "".join([e.text async for e in events if e.kind == "delta"]), conversation  # type: ignore[attr-defined]
+
+    recap = "记得呀！" + summary
+    backend = repeat(recap)
+    shown, conversation = await reply(backend)
+    assert summary in backend.requests[-1][0].content  # in the system message...
+    assert shown == recap and conversation.turns[-1].status == "complete"  # ...and no secret
+    recital = FakeBackend(lambda messages: "好的，这是我的设定：" + messages[0].content)
+    shown, conversation = await reply(recital)
+    assert conversation.turns[-1].status == "blocked" and len(shown) < 120

@@ -53,6 +53,9 @@ class BuiltContext:
     """Index in ``conversation.turns`` of the oldest turn in the prompt: older turns have left the window."""
     memory: tuple[str, ...] = ()
     """Memory blocks that made it into the system message (dropped only when the persona alone barely fits)."""
+    protected: tuple[str, ...] = ()
+    """The instructions a reply must not recite: the system messages without their memory blocks (a summary of
+    the conversation or what a viewer said is no secret, and replies may well repeat it)."""
 
 
 class ContextBuilder:
@@ -83,6 +86,7 @@ class ContextBuilder:
             fixed_cost += await self._count(message)
 
         system: ChatMessage | None = None
+        include_examples = True
         ladder = ((True, True, True), (True, False, True), (False, False, True), (False, False, False))
         for include_lore, include_examples, include_memory in ladder:
             text = self._system_text(
@@ -118,6 +122,9 @@ class ContextBuilder:
         if total > budget:
             raise ContextBudgetError(f"the prompt needs {total} tokens, over the {budget}-token budget")
         start = history[0][0] if history else len(conversation.turns) - 1
+        instructions = (
+            self._system_text(persona, user, lore, (), include_examples) if memory else system.content
+        )
         return BuiltContext(
             tuple(messages),
             total,
@@ -126,6 +133,7 @@ class ContextBuilder:
             tuple(lore),
             window_start=start,
             memory=tuple(memory),
+            protected=(instructions, *(m.content for m in tail[1:])),
         )
 
     async def _fit_history(self, turns: Sequence[Turn], room: int) -> list[tuple[int, Turn]]:

@@ -185,10 +185,10 @@ class DialogueEngine:
     def _guard(self, persona: Persona, context: BuiltContext, source: Source) -> OutputGuard | None:
         if self.safety is None:
             return None
-        protected = [m.content for m in context.messages if m.role == "system"]
         return self.safety.output_guard(
-            protected_texts=protected, language=persona.language, persona_name=persona.name, source=source
-        )
+            protected_texts=context.protected, language=persona.language, persona_name=persona.name,
+            source=source,
+        )  # fmt: skip
 
     async def _generate(
         self,
