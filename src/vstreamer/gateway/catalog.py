@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from vstreamer.errors import PersonaError, PersonaNotFound
 from vstreamer.persona import Persona, PersonaLibrary, load_persona_bytes
 from vstreamer.store import Store
 
+logger = logging.getLogger(__name__)
+
 
 class PersonaCatalog:
     """Read-mostly: stored personas are loaded once and kept in memory; imports update both."""
 
     FILE_CHECK_S = 1.0
-    """How long a persona read from the library's files is served before its files are looked at again."""
+    """How long a persona read from the library's files is served before its files are read again (in the
+    background: the request that notices serves the version in memory)."""
 
     def __init__(self, library: PersonaLibrary, store: Store) -> None:
         self.library = library
         self.store = store
         self._stored: dict[str, Persona] = {}
         self._recent: dict[str, tuple[float, Persona]] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
 
     async def load(self) -> None:
         rows = await self.store.persona_rows()
@@ -38,10 +43,15 @@ class PersonaCatalog:
     async def get(self, id_or_name: str) -> Persona:
         if id_or_name in self._stored:
             return self._stored[id_or_name]
-        now = time.monotonic()
         recent = self._recent.get(id_or_name)
-        if recent is not None and recent[0] > now:
-            return recent[1]  # every chat request asks: spare it a file check (and a thread hop) per request
+        if recent is not None:
+            # Every chat request asks: it is answered from memory, and a persona read more than FILE_CHECK_S ago is
+            # read again in the background (no file check, no thread hop on the request's path).
+            if recent[0] <= time.monotonic() and id_or_name not in self._refreshing:
+                self._refreshing[id_or_name] = asyncio.get_running_loop().create_task(
+                    self._refresh(id_or_name)
+                )
+            return recent[1]
         try:
             persona = await asyncio.to_thread(self.library.get, id_or_name)
         except PersonaNotFound:
@@ -49,10 +59,25 @@ class PersonaCatalog:
                 if persona.name.casefold() == id_or_name.casefold():
                     return persona
             raise
+        self._remember(id_or_name, persona)
+        return persona
+
+    async def _refresh(self, id_or_name: str) -> None:
+        try:
+            self._remember(id_or_name, await asyncio.to_thread(self.library.get, id_or_name))
+        except PersonaNotFound:
+            self._recent.pop(id_or_name, None)  # gone from disk: the next request is told so
+        except Exception as exc:  # noqa: BLE001 - a broken edit keeps the last good version in service
+            logger.warning("persona %r could not be reloaded (the loaded version stays): %s", id_or_name, exc)
+            if (loaded := self._recent.get(id_or_name)) is not None:
+                self._remember(id_or_name, loaded[1])
+        finally:
+            self._refreshing.pop(id_or_name, None)
+
+    def _remember(self, id_or_name: str, persona: Persona) -> None:
         if len(self._recent) > 1000:
             self._recent.clear()
-        self._recent[id_or_name] = (now + self.FILE_CHECK_S, persona)
-        return persona
+        self._recent[id_or_name] = (time.monotonic() + self.FILE_CHECK_S, persona)
 
     def is_stored(self, persona_id: str) -> bool:
         return persona_id in self._stored

@@ -1,0 +1,65 @@
+"""The gateway's persona catalog: answered from memory, re-read from disk in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from vstreamer.errors import PersonaNotFound
+from vstreamer.gateway.catalog import PersonaCatalog
+from vstreamer.persona import PersonaLibrary
+from vstreamer.store import Store, open_store
+
+
+def card(description: str) -> bytes:
+    return json.dumps(
+        {"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Aria", "description": description}}
+    ).encode()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await open_store(None, tmp_path / "data")
+    yield store
+    await store.close()
+
+
+async def settle(catalog: PersonaCatalog) -> None:
+    """Wait for the background re-reads the last ``get`` started."""
+    await asyncio.gather(*catalog._refreshing.values())
+
+
+async def test_edits_on_disk_are_served_after_a_background_reread(tmp_path: Path, store: Store) -> None:
+    library = PersonaLibrary(tmp_path / "personas")
+    library.import_bytes(card("one"), "aria.json")
+    catalog = PersonaCatalog(library, store)
+    catalog.FILE_CHECK_S = 0.0  # every request finds its copy due for a re-read
+    assert (await catalog.get("aria")).description == "one"
+
+    # Another process edits the persona: the next request is answered at once from memory...
+    PersonaLibrary(tmp_path / "personas").import_bytes(card("two"), "aria.json", replace=True)
+    assert (await catalog.get("aria")).description == "one"
+    assert catalog._refreshing  # ...and the files are read again beside it
+    await settle(catalog)
+    assert (await catalog.get("aria")).description == "two"
+
+    PersonaLibrary(tmp_path / "personas").delete("aria")
+    await catalog.get("aria")
+    await settle(catalog)
+    with pytest.raises(PersonaNotFound):
+        await catalog.get("aria")
+
+
+async def test_fresh_copies_are_served_without_reading_files(tmp_path: Path, store: Store) -> None:
+    library = PersonaLibrary(tmp_path / "personas")
+    library.import_bytes(card("one"), "aria.json")
+    catalog = PersonaCatalog(library, store)
+    await catalog.get("aria")
+    PersonaLibrary(tmp_path / "personas").import_bytes(card("two"), "aria.json", replace=True)
+    for _ in range(3):
+        assert (await catalog.get("aria")).description == "one"
+    assert not catalog._refreshing  # within FILE_CHECK_S nothing is re-read
