@@ -90,3 +90,21 @@ async def test_close_commits_what_is_queued(tmp_path: Path) -> None:
         assert [t.content for t in await reopened.list_messages(record.id)] == ["last words"]
     finally:
         await reopened.close()
+
+
+async def test_a_cancelled_caller_still_gets_its_write_committed(store: Store) -> None:
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    conversation.turns.append(first := Turn("user", "the caller left"))
+    ghost = Conversation("nova", id="no-such-session")
+    leaving = [
+        asyncio.create_task(store.save_turn(conversation, first)),
+        asyncio.create_task(store.save_turn(ghost, Turn("user", "fails, and nobody is waiting"))),
+    ]
+    await asyncio.sleep(0)  # both queued for the next batch
+    for task in leaving:
+        task.cancel()
+    await asyncio.gather(*leaving, return_exceptions=True)
+    conversation.turns.append(second := Turn("user", "the next one"))
+    await store.save_turn(conversation, second)
+    assert [t.content for t in await store.list_messages(record.id)] == ["the caller left", "the next one"]

@@ -1,8 +1,8 @@
-"""Any OpenAI-compatible server (vLLM in production; llama.cpp server, Ollama, OpenAI), streamed over aiohttp.
+"""Any OpenAI-compatible server (vLLM in production; llama.cpp server, Ollama, OpenAI), streamed over HTTP/1.1.
 
-The chat path is hand-rolled for speed (it runs once per request and once per network read): one pooled
-``aiohttp`` session, ``orjson`` bodies and a small SSE parser; the text of the events that arrive in one network
-read becomes one delta. Token counting and health checks are rare and go through httpx.
+The chat path is hand-rolled for speed (it runs once per request and once per network read): a keep-alive pool of
+the small client in :mod:`vstreamer.llm.http1`, ``orjson`` bodies and a small SSE parser; the text of the events
+that arrive in one network read becomes one delta. Token counting and health checks are rare and go through httpx.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
-from yarl import URL
 
 from vstreamer.errors import BackendError, BackendResponseError, BackendTimeout, BackendUnavailable
 from vstreamer.llm.base import (
@@ -29,6 +27,14 @@ from vstreamer.llm.base import (
     TextDelta,
     Usage,
     collect,
+)
+from vstreamer.llm.http1 import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    HTTPClientError,
+    Pool,
+    Response,
 )
 from vstreamer.llm.sse import SSEDecoder
 from vstreamer.llm.tokenize import RemoteTokenizer
@@ -127,11 +133,10 @@ class OpenAICompatBackend:
         self.retry_backoff = retry_backoff
         self.max_connections = max_connections
         self.keepalive_timeout = keepalive_timeout
-        self._chat_url = URL(f"{self.base_url}/chat/completions")
         headers = {"Authorization": f"Bearer {api_key}"}
-        self._chat_headers = {**headers, "Content-Type": "application/json"}
-        # aiohttp sessions belong to an event loop; this one is made by the first request (see _session).
-        self._chat: aiohttp.ClientSession | None = None
+        self._chat_headers = headers
+        # Connections belong to an event loop; the pool is made by the first request (see _pool).
+        self._chat: Pool | None = None
         self._chat_loop: asyncio.AbstractEventLoop | None = None
         self._http = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(stall_timeout, connect=connect_timeout)
@@ -151,7 +156,7 @@ class OpenAICompatBackend:
         attempt = 0
         while True:
             # One retry budget for the whole request: opening it and reading up to the first token.
-            response: aiohttp.ClientResponse | None = None
+            response: Response | None = None
             state = _StreamState()
             try:
                 deadline = loop.time() + self.first_token_timeout
@@ -176,37 +181,34 @@ class OpenAICompatBackend:
                     # for disconnects and abort the generation. After _release this does nothing.
                     response.close()
 
-    async def _open_stream(self, body: bytes, deadline: float) -> aiohttp.ClientResponse:
+    async def _open_stream(self, body: bytes, deadline: float) -> Response:
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._session().post(self._chat_url, data=body)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+                response = await self._pool().post("/chat/completions", body)
+        except (HTTPClientError, TimeoutError) as exc:
             raise self._map_error(exc, _BEFORE_FIRST_TOKEN) from exc
         if response.status < 400:
             return response
         try:
             raise await self._status_error(response, deadline)
         finally:
-            if response.content.is_eof():  # the error body was read to its end: keep the connection
+            if response.is_eof():  # the error body was read to its end: keep the connection
                 response.release()
             else:
                 response.close()
 
-    async def _next_text(
-        self, response: aiohttp.ClientResponse, state: _StreamState, deadline: float
-    ) -> str | None:
+    async def _next_text(self, response: Response, state: _StreamState, deadline: float) -> str | None:
         """The text of the next network read that carries some; ``None`` once the stream is over."""
-        content = response.content
         while not state.done:
             try:
-                chunk = content.read_nowait()  # what arrived meanwhile, without a timer (busy servers)
-                if not chunk:
+                chunk = response.read_nowait()  # what arrived meanwhile, without a timer (busy servers)
+                if not chunk and not response.is_eof():
                     timer = (
                         asyncio.timeout(self.stall_timeout) if state.parts else asyncio.timeout_at(deadline)
                     )
                     async with timer:
-                        chunk = await content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                        chunk = await response.read()
+            except (HTTPClientError, TimeoutError) as exc:
                 raise self._map_error(exc, state.where) from exc
             try:
                 text = state.take(state.decoder.feed(chunk) if chunk else state.decoder.flush())
@@ -220,54 +222,48 @@ class OpenAICompatBackend:
                 return text
         return None
 
-    async def _release(self, response: aiohttp.ClientResponse) -> None:
+    async def _release(self, response: Response) -> None:
         """Return a finished response's connection to the pool once its body is read to the end."""
-        content = response.content
-        if not content.is_eof():
+        if not response.is_eof():
             try:  # [DONE] came; the end of the body (a chunked encoding's last chunk) follows at once
                 async with asyncio.timeout(min(self.stall_timeout, _DRAIN_TIMEOUT_S)):
-                    while await content.readany():
+                    while await response.read():
                         pass
-            except (aiohttp.ClientError, TimeoutError):
+            except (HTTPClientError, TimeoutError):
                 response.close()
                 return
         response.release()
 
-    async def _status_error(self, response: aiohttp.ClientResponse, deadline: float) -> BackendResponseError:
+    async def _status_error(self, response: Response, deadline: float) -> BackendResponseError:
         body = b""
         try:
             async with asyncio.timeout_at(deadline):
-                while len(body) < _ERROR_BODY_LIMIT and (chunk := await response.content.readany()):
+                while len(body) < _ERROR_BODY_LIMIT and (chunk := await response.read()):
                     body += chunk
-        except (aiohttp.ClientError, TimeoutError):
+        except (HTTPClientError, TimeoutError):
             pass  # the status alone says enough
         message = _error_message(_loads_or_text(body)) or response.reason or ""
         return BackendResponseError(f"LLM server returned HTTP {response.status}: {message}", response.status)
 
-    def _session(self) -> aiohttp.ClientSession:
+    def _pool(self) -> Pool:
         loop = asyncio.get_running_loop()
-        if self._chat is None or self._chat.closed or self._chat_loop is not loop:
-            # A session made on another (finished) loop cannot be used or closed here; it is dropped.
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections, limit_per_host=0, keepalive_timeout=self.keepalive_timeout
-            )
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=self.connect_timeout, sock_connect=self.connect_timeout
-            )
-            self._chat = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, headers=self._chat_headers
-            )
+        if self._chat is None or self._chat_loop is not loop:
+            # A pool made on another (finished) loop cannot be used or closed here; it is dropped.
+            self._chat = Pool(
+                self.base_url, headers=self._chat_headers, limit=self.max_connections,
+                connect_timeout=self.connect_timeout, keepalive_timeout=self.keepalive_timeout,
+            )  # fmt: skip
             self._chat_loop = loop
         return self._chat
 
     def _map_error(self, exc: BaseException, where: str) -> BackendError:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        if isinstance(exc, ConnectTimeout):
             return BackendTimeout(f"LLM server did not accept a connection within {self.connect_timeout:g}s")
         if isinstance(exc, TimeoutError):
             limit = self.stall_timeout if where == _MID_STREAM else self.first_token_timeout
             return BackendTimeout(f"LLM server did not answer within {limit:g}s ({where})")
-        if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
-            return BackendUnavailable(f"cannot reach the LLM server ({where}): {type(exc).__name__}")
+        if isinstance(exc, ConnectError | ConnectionClosed):
+            return BackendUnavailable(f"cannot reach the LLM server ({where}): {exc}")
         return BackendResponseError(
             f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}"
         )
@@ -369,7 +365,7 @@ class OpenAICompatBackend:
     async def aclose(self) -> None:
         chat, self._chat = self._chat, None
         if chat is not None and self._chat_loop is asyncio.get_running_loop():
-            await chat.close()
+            await chat.aclose()
         await self._http.aclose()
 
 

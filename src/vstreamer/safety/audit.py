@@ -61,7 +61,7 @@ def make_record(
 
 
 class AuditLog(Protocol):
-    """Where decisions go."""
+    """Where decisions go. A log with ``passes = False`` is only given :func:`notable` ones."""
 
     def record(self, record: AuditRecord) -> None: ...
 
@@ -76,11 +76,19 @@ class MemoryAuditLog:
         self.records.append(record)
 
 
+def notable(action: str, categories: tuple[str, ...], injection: bool) -> bool:
+    """Anything but a clean pass: a decision worth a log line."""
+    return action != "pass" or bool(categories) or injection
+
+
 class LoggingAuditLog:
     """Writes non-pass decisions to the ``vstreamer.safety.audit`` logger."""
 
+    passes = False
+    """Clean passes are not kept (the pipeline does not even build their records)."""
+
     def record(self, record: AuditRecord) -> None:
-        if record.action != "pass" or record.categories or record.injection:
+        if notable(record.action, record.categories, record.injection):
             logger.info("moderation %s", json.dumps(record.to_json(), ensure_ascii=False))
 
 

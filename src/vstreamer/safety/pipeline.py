@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vstreamer.safety.audit import AuditLog, LoggingAuditLog, make_record
+from vstreamer.safety.audit import AuditLog, LoggingAuditLog, make_record, notable
 from vstreamer.safety.external import ExternalChecker
 from vstreamer.safety.injection import InjectionHit, find_injections, neutralize, sanitize_control_tokens
 from vstreamer.safety.lexicon import Action, Category, fingerprint, load_lexicon
@@ -207,6 +207,10 @@ class SafetyPipeline:
     def _record(
         self, result: ModerationResult, direction: Direction, source: Source, *, injection: bool = False
     ) -> None:
+        if not getattr(self.audit, "passes", True) and not notable(
+            result.action, result.categories, injection
+        ):
+            return  # the audit log keeps no clean passes: skip hashing and building the record
         store = self.policy.rule(direction, source).store
         try:
             self.audit.record(

@@ -204,7 +204,7 @@ class TurnWriter:
         elif self._flusher is None or self._flusher.done():
             batch, self._pending = self._pending, []
             self._flusher = asyncio.get_running_loop().create_task(self._flush(batch, self._start(batch)))
-        await asyncio.shield(write.done)
+        await write.done  # cancelling the caller cancels this notice only: the write stays queued
 
     def _flush_inline(self) -> None:
         self._inline_scheduled = False
@@ -289,5 +289,5 @@ def _settle(writes: list[Write], error: BaseException | None) -> None:
                 write.done.set_result(None)
             else:
                 write.done.set_exception(error)
-        if error is not None:
-            write.done.exception()  # retrieved: a caller that was cancelled meanwhile leaves no warning
+        if error is not None and not write.done.cancelled():
+            write.done.exception()  # retrieved: nobody may be waiting any more, and that is no error
