@@ -58,6 +58,8 @@ class Target:
     model: str
     sessions: bool
     """Send a session id (the gateway keeps each worker's history)."""
+    pid: int | None = None
+    """The server's process, for its CPU time per request (None: the fake upstream itself)."""
 
 
 async def one_stream(session: aiohttp.ClientSession, path: Target, user: str | None) -> float:
@@ -106,6 +108,15 @@ async def throughput(path: Target, concurrency: int, requests: int) -> float:
         return requests / (time.perf_counter() - started)
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far; 0 where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -144,13 +155,21 @@ def main() -> None:
     ))  # fmt: skip
     paths = [
         Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", "fake", False),
-        Target("vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True),
+        Target(
+            "vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True, processes[1].pid
+        ),
     ]
     litellm = Path(args.litellm)
     if args.litellm != "none" and litellm.exists():
         processes.append(start_litellm(litellm, ll_port, up_port))
         paths.append(
-            Target("litellm", f"http://127.0.0.1:{ll_port}/v1/chat/completions", "openai/fake", False)
+            Target(
+                "litellm",
+                f"http://127.0.0.1:{ll_port}/v1/chat/completions",
+                "openai/fake",
+                False,
+                processes[-1].pid,
+            )  # fmt: skip
         )
     else:
         print(f"(LiteLLM not found at {litellm}: no peer; see the docstring to install it)")
@@ -171,12 +190,21 @@ def main() -> None:
                   f"{(pct(t, .5) - pct(base, .5)) * 1e3:>10.2f} {(pct(t, .99) - pct(base, .99)) * 1e3:>10.2f}")  # fmt: skip
         print("goal for vstreamer: added <= 0.5 ms p50 / <= 2 ms p99")
         print(f"\n{'streams':>8} " + " ".join(f"{p.name + ' req/s':>16}" for p in paths))
+        cpu: dict[str, list[float]] = {p.name: [] for p in paths if p.pid}
         for concurrency in (1, 50, 200):
             n = max(args.requests, concurrency * 10)
-            rates = [asyncio.run(throughput(path, concurrency, n)) for path in paths]
+            rates = []
+            for path in paths:
+                before = cpu_seconds(path.pid)
+                rates.append(asyncio.run(throughput(path, concurrency, n)))
+                if path.pid:
+                    cpu[path.name].append((cpu_seconds(path.pid) - before) / (n + concurrency) * 1e6)
             print(f"{concurrency:>8} " + " ".join(f"{r:>16.0f}" for r in rates))
         print("goal for vstreamer: >= 1,500 streamed req/s; client, upstream and servers share the machine's "
               f"{os.cpu_count()} cores")  # fmt: skip
+        for name, per_request in cpu.items():
+            print(f"{name} server CPU per request at 1 / 50 / 200 streams (µs): "
+                  + " / ".join(f"{us:.0f}" for us in per_request))  # fmt: skip
     finally:
         for process in processes:
             process.terminate()

@@ -226,3 +226,17 @@ def test_growing_suffix_bound_loses_nothing_with_konsheng(konsheng: Path) -> Non
     compiled = pipeline.compiled
     for n in itertools.islice(_suffix_cases(pipeline), 20_000):
         assert compiled.growing_suffix(n) == reference.growing_suffix(compiled, n), n
+
+
+_numbers = st.lists(
+    st.sampled_from(list("0123456789０１８ -－\u3000@＠.xX+86") + ["138", "2024"]), max_size=60
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_numbers.map("".join))
+def test_pii_screen_agrees_on_digit_heavy_text(text: str) -> None:
+    fast = find_pii(text)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_module("pii"), "_MAYBE_PII", NOT_A_PATTERN)
+        assert find_pii(text) == fast
