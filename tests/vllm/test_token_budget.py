@@ -136,3 +136,30 @@ async def test_budgeter_counts_equal_vllm_with_the_qwen_tokenizer(
         vllm_qwen_server, built.messages, generation=True
     )
     await backend.aclose()
+
+
+@pytest.mark.vllm
+async def test_turns_on_vllm_are_counted_without_a_tokenize_request_per_prompt(
+    vllm_server: VLLMServer,
+) -> None:
+    backend = OpenAICompatBackend(base_url=vllm_server.base_url, model=vllm_server.served_name)
+    conversation, persona = conversation_for("mixed")
+    builder = ContextBuilder(backend, ContextBudget(context_window=2048, max_tokens=128))
+    await builder.build(conversation, persona)  # type: ignore[arg-type]  # measures the template overheads
+    assert backend.counts_add_up
+    whole_prompts: list[int] = []
+    count = backend.tokenizer.count
+
+    async def spy(messages: object) -> int:
+        whole_prompts.append(len(messages))  # type: ignore[arg-type]
+        return await count(messages)  # type: ignore[arg-type]
+
+    backend.tokenizer.count = spy  # type: ignore[method-assign]
+    conversation.turns += [
+        Turn("assistant", "See you! 明天见～"),
+        Turn("user", "Wait, one more song? 再唱一首！"),
+    ]
+    built = await builder.build(conversation, persona)  # type: ignore[arg-type]
+    assert whole_prompts == []  # the shares (one short request per new message) were enough
+    assert built.prompt_tokens == await server_count(vllm_server, built.messages, generation=False)
+    await backend.aclose()

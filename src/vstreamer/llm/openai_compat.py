@@ -321,9 +321,14 @@ class OpenAICompatBackend:
 
     @property
     def counts_add_up(self) -> bool:
-        """Whether a prompt's count is just the sum of its messages' shares (llama.cpp and estimates: by
-        construction), so callers holding the shares can skip the whole-prompt count. On vLLM it is a request."""
-        return self.tokenizer.kind in ("llama_cpp", "estimate")
+        """Whether a prompt's count is just the sum of its messages' shares, so callers holding the shares can skip
+        the whole-prompt count (a ``/tokenize`` request per turn on vLLM). llama.cpp and estimates: by construction.
+        vLLM: once the shares' template overheads were measured with its chat template (the special tokens around
+        each message keep the messages' tokens apart; ``tests/vllm`` checks the sums against ``/tokenize``)."""
+        tokenizer = self.tokenizer
+        return tokenizer.kind in ("llama_cpp", "estimate") or (
+            tokenizer.kind == "vllm" and tokenizer.template_measured
+        )
 
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self.tokenizer.count(messages)

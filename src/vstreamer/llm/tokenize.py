@@ -45,6 +45,9 @@ class RemoteTokenizer:
         """Which tokenizer answered; ``None`` until the first count."""
         self.reason = ""
         """Why counts are estimated, when they are."""
+        self.template_measured = False
+        """The per-role overheads were measured with the server's own chat template (vLLM): a message's share is
+        then exact, and a prompt's count is the sum of its messages' shares."""
 
     async def detect(self) -> TokenizerKind:
         if self.kind is None:
@@ -132,6 +135,7 @@ class RemoteTokenizer:
                         break
                     overheads[role] = two - base - text
                 else:
+                    self.template_measured = True
                     return overheads
             logger.info("vLLM /tokenize refused chat messages; using an estimated template overhead")
             self.reason = "the server's /tokenize does not render chat messages; template overhead estimated"
