@@ -10,7 +10,7 @@ import pytest
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, SamplingOverrides
 from vstreamer.errors import BackendUnavailable
 from vstreamer.llm import FakeBackend
-from vstreamer.llm.base import SamplingParams
+from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.persona import Persona, SamplingDefaults
 
 
@@ -82,3 +82,33 @@ def test_sampling_precedence(persona: Persona) -> None:
     styled = persona.model_copy(update={"sampling": SamplingDefaults(temperature=0.3, max_tokens=1000)})
     params = engine.sampling_for(styled, SamplingOverrides(top_p=0.5))
     assert (params.temperature, params.top_p, params.max_tokens) == (0.3, 0.5, 300)  # capped by the budget
+
+
+class RemoteCounting(FakeBackend):
+    """A backend whose every count is a request to its server (vLLM, llama.cpp): counts are recorded."""
+
+    counts_remotely = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counted: list[str] = []
+
+    async def count_message_tokens(self, message: ChatMessage) -> int:
+        self.counted.append(message.content)
+        return await super().count_message_tokens(message)
+
+
+async def test_a_reply_is_counted_in_the_background_not_on_the_next_turn(persona: Persona) -> None:
+    backend = RemoteCounting()
+    engine = DialogueEngine(backend, ContextBudget(4096, 256))
+    conversation = Conversation(persona.id)
+    async for _ in engine.reply(conversation, persona, "first message"):
+        pass
+    reply = conversation.turns[-1]
+    await engine.tasks.drain()
+    assert reply.prompt_tokens is not None and backend.counted.count(reply.content) == 1
+    backend.counted.clear()
+    async for _ in engine.reply(conversation, persona, "second message"):
+        pass
+    assert reply.content not in backend.counted  # the second prompt reused the share counted meanwhile
+    assert "second message" in backend.counted  # (the new message itself is counted on its turn)

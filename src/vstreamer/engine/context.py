@@ -186,6 +186,10 @@ class ContextBuilder:
         ]
         return list(book.activate(recent, count_tokens=estimate_tokens))
 
+    async def count_turn(self, turn: Turn) -> None:
+        """Count ``turn``'s share of later prompts ahead of time (kept on the turn)."""
+        await self._turn_tokens(turn)
+
     async def _turn_tokens(self, turn: Turn) -> int:
         if turn.prompt_tokens is None:
             turn.prompt_tokens = await self.backend.count_message_tokens(turn.as_message())

@@ -270,6 +270,9 @@ class DialogueEngine:
                 turn.status = "interrupted"
             # Shielded: a reply cancelled by its client is still committed with its partial text.
             await asyncio.shield(self._save(conversation, turn))
+            if turn.in_prompt and getattr(self.backend, "counts_remotely", False):
+                # The next turn's prompt holds this reply: count its share now, not on that turn's path.
+                self.tasks.spawn(f"count:{turn.id}", self.context.count_turn(turn))
 
     def _drift_stream(self, persona: Persona) -> DriftStream | None:
         if not self.drift_repair:

@@ -330,6 +330,11 @@ class OpenAICompatBackend:
             tokenizer.kind == "vllm" and tokenizer.template_measured
         )
 
+    @property
+    def counts_remotely(self) -> bool:
+        """Whether counting a message is a request to the server (vLLM's and llama.cpp's tokenizers)."""
+        return self.tokenizer.kind in ("vllm", "llama_cpp")
+
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self.tokenizer.count(messages)
 

@@ -117,6 +117,10 @@ class ResilientBackend:
     def counts_add_up(self) -> bool:
         return bool(getattr(self._counter(), "counts_add_up", False))
 
+    @property
+    def counts_remotely(self) -> bool:
+        return bool(getattr(self._counter(), "counts_remotely", False))
+
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return await self._counter().count_tokens(messages)
 
