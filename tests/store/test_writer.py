@@ -108,3 +108,22 @@ async def test_a_cancelled_caller_still_gets_its_write_committed(store: Store) -
     conversation.turns.append(second := Turn("user", "the next one"))
     await store.save_turn(conversation, second)
     assert [t.content for t in await store.list_messages(record.id)] == ["the caller left", "the next one"]
+
+
+async def test_summaries_share_the_turns_transactions(store: Store) -> None:
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    conversation.turns.append(turn := Turn("user", "hello"))
+    await store.save_turn(conversation, turn)
+    before = store.writer.batches
+    texts = ["the first version", "the second version", "the third version"]
+    ids = await asyncio.gather(*(store.save_summary(record.id, t, covers_until=turn.id) for t in texts))
+    assert store.writer.batches - before < len(texts)  # grouped: fewer transactions than writes
+    with pytest.raises(StoreError):
+        await store.save_summary("no-such-session", "fails alone")
+    history = await store.summary_history(record.id)
+    assert [(s.id, s.text, s.covers_until_turn_id) for s in history] == [
+        (i, t, turn.id) for i, t in zip(ids, texts, strict=True)
+    ]
+    reloaded = await store.load_conversation(record.id)
+    assert reloaded.summary == texts[-1] and reloaded.summary_id == ids[-1]

@@ -8,12 +8,11 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, delete, select
 
-from vstreamer.engine.conversation import new_id
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.store.records import SummaryRecord
-from vstreamer.store.tables import SessionRow, SummaryRow, ViewerFactRow
+from vstreamer.store.tables import SummaryRow, ViewerFactRow
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,16 +43,6 @@ class MemoryTables:
         raise NotImplementedError
 
     # --- summaries ------------------------------------------------------------------------------------
-
-    async def _save_summary(self, session_id: str, text: str, covers_until: str | None) -> str:
-        row = SummaryRow(
-            id=new_id(), session_id=session_id, covers_until_turn_id=covers_until, text=text,
-            created_at=datetime.now(UTC),
-        )  # fmt: skip
-        async with self._tx() as session:
-            session.add(row)
-            await session.execute(update(SessionRow).where(SessionRow.id == session_id).values(summary=text))
-        return row.id
 
     async def _latest_summary(self, session: AsyncSession, session_id: str) -> SummaryRecord | None:
         query = (

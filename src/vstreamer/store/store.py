@@ -325,7 +325,10 @@ class Store(MemoryTables):
     @_shielded
     async def save_summary(self, session_id: str, summary: str, *, covers_until: str | None = None) -> str:
         """Store a new version of the session's running summary; returns its id (turns refer to it)."""
-        summary_id = await self._save_summary(session_id, summary, covers_until)
+        summary_id, now = new_id(), _now()
+        row = {"id": summary_id, "session_id": session_id, "covers_until_turn_id": covers_until, "text": summary,
+               "created_at": now}  # fmt: skip
+        await self.writer.submit(Write(session_id, now, summary=row))  # with the turns' group commit
         cached = self.cache.sessions.get(session_id)
         if cached is not None and (conversation := cached.conversation) is not None:
             conversation.summary, conversation.summary_id = summary, summary_id

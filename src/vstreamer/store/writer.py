@@ -1,4 +1,4 @@
-"""Group commit for the hot writes: new sessions and turns.
+"""Group commit for the hot writes: new sessions, turns and running summaries.
 
 Every chat request commits its user message before generation and its reply when it ends. One transaction per
 write (through the async ORM) cost ~2.7 ms each on SQLite; here, writes that arrive while a commit is running wait
@@ -31,12 +31,13 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from vstreamer.errors import StoreError
 from vstreamer.store.database import sqlite_pragmas
-from vstreamer.store.tables import MessageRow, SessionRow
+from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 
 logger = logging.getLogger(__name__)
 
 _MESSAGES = MessageRow.__table__
 _SESSIONS = SessionRow.__table__
+_SUMMARIES = SummaryRow.__table__
 MESSAGE_FIELDS = (
     "role", "content", "status", "prompt_tokens", "completion_tokens", "first_token_ms", "duration_ms",
     "error", "summary_id",
@@ -45,12 +46,14 @@ MESSAGE_FIELDS = (
 
 @dataclass(slots=True)
 class Write:
-    """One pending write: a new session (``session``) and/or a turn (``message``), and who waits for it."""
+    """One pending write: a new session (``session``), a turn (``message``) or a new version of the session's
+    running summary (``summary``, a row of ``summaries``), and who waits for it."""
 
     session_id: str
     now: datetime
     session: dict[str, Any] | None = None
     message: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -69,15 +72,26 @@ class _Statements:
             .where(_SESSIONS.c.id == bindparam("sid"))
             .values(updated_at=bindparam("now", type_=_SESSIONS.c.updated_at.type))
         )
+        self.summary = insert(_SUMMARIES)
+        self.current_summary = (
+            update(_SESSIONS)
+            .where(_SESSIONS.c.id == bindparam("sid"))
+            .values(summary=bindparam("summary_text"))
+        )
 
     def plan(self, writes: Sequence[Write]) -> list[tuple[UpdateBase, list[dict[str, Any]]]]:
-        """The statements of one batch with their rows: new sessions, then turns, then sessions' ``updated_at``."""
+        """The statements of one batch with their rows: new sessions, turns, sessions' ``updated_at``, summaries
+        and each session's current summary (the batch's last for it)."""
         sessions = [w.session for w in writes if w.session is not None]
         messages = [w.message for w in writes if w.message is not None]
         latest = {w.session_id: w.now for w in writes if w.message is not None}
         touched = [{"sid": sid, "now": now} for sid, now in latest.items()]
+        summaries = [w.summary for w in writes if w.summary is not None]
+        current = {w.session_id: w.summary["text"] for w in writes if w.summary is not None}
+        texts = [{"sid": sid, "summary_text": text} for sid, text in current.items()]
         return [(stmt, rows) for stmt, rows in ((self.session, sessions), (self.message, messages),
-                                                 (self.touch, touched)) if rows]  # fmt: skip
+                                                 (self.touch, touched), (self.summary, summaries),
+                                                 (self.current_summary, texts)) if rows]  # fmt: skip
 
     def apply(self, connection: Connection, writes: Sequence[Write]) -> None:
         for statement, rows in self.plan(writes):
