@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,9 +97,12 @@ def test_ctrl_c_stops_the_reply_not_the_program(data_env: dict[str, str]) -> Non
         | data_env
         | {"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.05", "PYTHONUNBUFFERED": "1"}
     )
+    # A runner started in the background (`cmd &`) ignores SIGINT, and children inherit that: give the program a
+    # terminal's default, as a user's shell does.
     child = pexpect.spawn(
-        sys.executable, ["-m", "vstreamer.cli", "chat"], env=env, encoding="utf-8", timeout=30
-    )
+        sys.executable, ["-m", "vstreamer.cli", "chat"], env=env, encoding="utf-8", timeout=30,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         child.expect("观众> ")
         child.sendline(" ".join(f"word{i}" for i in range(300)))  # ~15 s of streaming at 0.05 s a piece
