@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from vstreamer.engine import prompt
 from vstreamer.engine.conversation import Conversation, Turn
@@ -107,11 +107,11 @@ class ContextBuilder:
                 "shorten the message or raise context_window"
             )
         room = budget - fixed_cost - await self._count(system)
-        history = await self._fit_history(conversation.turns, room)
-        messages = [system, *(t.as_message() for _, t in history), *tail]
+        history, used = await self._fit_history(conversation.turns, room)
+        messages = [system, *[t.as_message() for _, t in history], *tail]
         if getattr(self.backend, "counts_add_up", False):
-            # The shares are the count (the history took at most ``room``): no second pass over the prompt.
-            total = budget - room + sum(cast(int, t.prompt_tokens) for _, t in history)
+            # The shares are the count (the history took ``used`` of ``room``): no second pass over the prompt.
+            total = budget - room + used
         else:
             total = await self.backend.count_tokens(messages)
         while total > budget and history:
@@ -136,9 +136,11 @@ class ContextBuilder:
             protected=(instructions, *(m.content for m in tail[1:])),
         )
 
-    async def _fit_history(self, turns: Sequence[Turn], room: int) -> list[tuple[int, Turn]]:
-        """The newest turns before the last one that fit in ``room``, with their indices, oldest first."""
+    async def _fit_history(self, turns: Sequence[Turn], room: int) -> tuple[list[tuple[int, Turn]], int]:
+        """The newest turns before the last one that fit in ``room``, with their indices, oldest first, and the
+        tokens they take."""
         chosen: list[tuple[int, Turn]] = []
+        left = room
         for index in range(len(turns) - 2, -1, -1):
             turn = turns[index]
             if not turn.in_prompt:
@@ -146,12 +148,12 @@ class ContextBuilder:
             cost = turn.prompt_tokens  # cached on the turn after its first prompt: no await per turn
             if cost is None:
                 cost = await self._turn_tokens(turn)
-            if cost > room:
+            if cost > left:
                 break
-            room -= cost
+            left -= cost
             chosen.append((index, turn))
         chosen.reverse()
-        return chosen
+        return chosen, room - left
 
     def _system_text(
         self,

@@ -47,7 +47,8 @@ class Turn:
     @property
     def in_prompt(self) -> bool:
         """Whether later prompts should include this turn."""
-        return bool(self.content.strip()) and self.status in ("complete", "interrupted")
+        content = self.content
+        return bool(content) and not content.isspace() and self.status in ("complete", "interrupted")
 
     def as_message(self) -> ChatMessage:
         """The turn as a prompt message (made once per content: every later prompt repeats the turn)."""
