@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -606,3 +610,45 @@ async def test_aclose_closes_idle_connections_and_those_finished_later() -> None
         busy.release()
         await upstream.wait_left(2)
         assert pool.open_connections == 0
+
+
+# --- TLS --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and its key (made by the ``openssl`` command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@on_both_loops
+async def test_https_responses_are_read_over_tls_and_reuse_their_connection(
+    certificate: tuple[Path, Path],
+) -> None:
+    cert, key = certificate
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    upstream = Upstream(ok(b'{"secret": 1}'))
+    upstream._server = await asyncio.start_server(upstream._serve, "127.0.0.1", 0, ssl=server_tls)
+    port = upstream._server.sockets[0].getsockname()[1]
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_exit(upstream.__aexit__)
+        trusted = Pool(
+            f"https://localhost:{port}/v1", headers={}, ssl_context=ssl.create_default_context(cafile=cert)
+        )
+        for _ in range(2):
+            assert await fetch(trusted) == b'{"secret": 1}'
+        assert upstream.accepted == 1 and upstream.requests[0].line.startswith(b"POST /v1/p ")
+        await trusted.aclose()
+        untrusted = Pool(f"https://localhost:{port}/v1", headers={})  # the system's CAs do not know this one
+        with pytest.raises(ConnectError, match="certificate"):
+            await untrusted.post("/p", b"{}")
+        assert untrusted.open_connections == 0

@@ -257,6 +257,7 @@ class Pool:
         limit: int = 1024,
         connect_timeout: float = 5.0,
         keepalive_timeout: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -264,7 +265,10 @@ class Pool:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.prefix = parts.path.rstrip("/")
-        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        self.ssl: ssl.SSLContext | None = None
+        """TLS for ``https``: ``ssl_context``, or the system's trusted CAs with host name checks."""
+        if parts.scheme == "https":
+            self.ssl = ssl_context or ssl.create_default_context()
         host_header = parts.netloc.rpartition("@")[2]
         fixed = {"Host": host_header, "User-Agent": "vstreamer", **headers}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
