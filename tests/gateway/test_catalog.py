@@ -63,3 +63,16 @@ async def test_fresh_copies_are_served_without_reading_files(tmp_path: Path, sto
     for _ in range(3):
         assert (await catalog.get("aria")).description == "one"
     assert not catalog._refreshing  # within FILE_CHECK_S nothing is re-read
+
+
+async def test_closing_stops_background_rereads(tmp_path: Path, store: Store) -> None:
+    library = PersonaLibrary(tmp_path / "personas")
+    library.import_bytes(card("one"), "aria.json")
+    catalog = PersonaCatalog(library, store)
+    catalog.FILE_CHECK_S = 0.0
+    await catalog.get("aria")
+    await catalog.get("aria")  # starts a re-read
+    running = list(catalog._refreshing.values())
+    assert running
+    await catalog.aclose()
+    assert all(task.done() for task in running) and not catalog._refreshing

@@ -72,6 +72,7 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> GatewayApp:
         await state.catalog.load()
         await asyncio.to_thread(drift.warm_up)
         yield
+        await state.catalog.aclose()
         if close_runtime:
             await runtime.aclose()
 

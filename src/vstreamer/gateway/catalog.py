@@ -74,6 +74,14 @@ class PersonaCatalog:
         finally:
             self._refreshing.pop(id_or_name, None)
 
+    async def aclose(self) -> None:
+        """Stop the background re-reads (shutdown)."""
+        tasks = list(self._refreshing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._refreshing.clear()  # (a task cancelled before it ran never removed itself)
+
     def _remember(self, id_or_name: str, persona: Persona) -> None:
         if len(self._recent) > 1000:
             self._recent.clear()
