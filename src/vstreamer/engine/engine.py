@@ -23,7 +23,7 @@ from vstreamer.engine.drift import DriftDetector, DriftStream, fallback_line, re
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
 from vstreamer.engine.memory import MemoryManager, Recall
 from vstreamer.engine.stats import EngineStats
-from vstreamer.errors import BackendError, StoreError
+from vstreamer.errors import StoreError
 from vstreamer.llm.base import ChatMessage, LLMBackend, SamplingParams, StreamEnd
 
 if TYPE_CHECKING:
@@ -257,8 +257,8 @@ class DialogueEngine:
             turn.status = "blocked" if guard is not None and guard.blocked else "complete"
             logger.debug("reply of %d chars in %.2fs", len(turn.content), time.perf_counter() - started)
             yield ReplyFinished(turn)
-        except (BackendError, StoreError) as exc:
-            turn.status, turn.error = "failed", str(exc)
+        except Exception as exc:  # backend, store, or a bug: the partial reply is kept as failed
+            turn.status, turn.error = "failed", str(exc) or type(exc).__name__
             raise
         finally:
             if saving is not None:  # ended before the first delta: the user's message is still stored

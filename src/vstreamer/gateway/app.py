@@ -37,7 +37,10 @@ class RequestCounter:
 
 
 class GatewayApp(FastAPI):
-    """The FastAPI app, with its busiest route (``POST /v1/chat/completions``) served before the framework."""
+    """The FastAPI app, with its busiest route (``POST /v1/chat/completions``) served before the framework.
+
+    Middleware belongs in :func:`create_app`, which knows the route: one added to the returned app later would not
+    see chat requests."""
 
     hot_route: ASGIApp | None = None
 

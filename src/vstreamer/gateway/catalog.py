@@ -26,6 +26,8 @@ class PersonaCatalog:
         self._stored: dict[str, Persona] = {}
         self._recent: dict[str, tuple[float, Persona]] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._generation = 0
+        """Bumped whenever every remembered persona is forgotten (an import or a delete)."""
 
     async def load(self) -> None:
         rows = await self.store.persona_rows()
@@ -63,8 +65,11 @@ class PersonaCatalog:
         return persona
 
     async def _refresh(self, id_or_name: str) -> None:
+        generation = self._generation
         try:
-            self._remember(id_or_name, await asyncio.to_thread(self.library.get, id_or_name))
+            persona = await asyncio.to_thread(self.library.get, id_or_name)
+            if generation == self._generation:  # not if an import or a delete forgot everything meanwhile
+                self._remember(id_or_name, persona)
         except PersonaNotFound:
             self._recent.pop(id_or_name, None)  # gone from disk: the next request is told so
         except Exception as exc:  # noqa: BLE001 - a broken edit keeps the last good version in service
@@ -81,6 +86,10 @@ class PersonaCatalog:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._refreshing.clear()  # (a task cancelled before it ran never removed itself)
+
+    def _forget(self) -> None:
+        self._recent.clear()
+        self._generation += 1
 
     def _remember(self, id_or_name: str, persona: Persona) -> None:
         if len(self._recent) > 1000:
@@ -100,7 +109,7 @@ class PersonaCatalog:
             persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png
         )
         self._stored[persona.id] = persona
-        self._recent.clear()
+        self._forget()
         return persona
 
     async def delete(self, persona_id: str) -> None:
@@ -110,4 +119,4 @@ class PersonaCatalog:
             )
         await self.store.delete_persona(persona_id)
         self._stored.pop(persona_id, None)
-        self._recent.clear()
+        self._forget()

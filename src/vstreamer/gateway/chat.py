@@ -191,9 +191,11 @@ class ChatReply(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             watcher.streaming = True
-            await watcher.write(b"".join(self._sse(event) for event in head))  # the first text goes out now
             pending = b""
             try:
+                await watcher.write(
+                    b"".join(self._sse(event) for event in head)
+                )  # the first text goes out now
                 async for event in self.events:
                     if isinstance(event, ReplyFinished):
                         pending += self._sse(event)  # the last chunk goes out with [DONE]

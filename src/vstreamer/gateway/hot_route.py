@@ -47,16 +47,25 @@ class ChatRoute:
         scope["route"] = self.route  # the request counter labels by it, as after FastAPI's routing
 
         async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+            started = False
+
+            async def send_noting(message: Message) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
             try:
                 if request is None:
                     raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB",
                                    code="request_too_large")  # fmt: skip
                 owner = await self.state.auth(headers)
                 reply = await open_reply(self.state, request, headers, owner)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes an error in OpenAI's schema
+                await reply(scope, receive, send_noting)
+            except Exception as exc:
+                if started:
+                    raise  # mid-response: nothing left to do but drop the connection (as FastAPI's route would)
+                # Before the response: every failure becomes an error in OpenAI's schema, the unexpected ones logged.
                 await error_response(exc)(scope, receive, send)
-                return
-            await reply(scope, receive, send)
 
         await count_request(answer, scope, receive, send, self.state.metrics)
 

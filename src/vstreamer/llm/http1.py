@@ -215,7 +215,13 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = response = Response(self)
         self.used += 1
-        self.transport.write(request)
+        try:
+            self.transport.write(request)
+        except (
+            OSError,
+            RuntimeError,
+        ) as exc:  # a transport closing under us: the response fails, the pool retries
+            response._fail(ConnectionClosed(f"the connection broke while sending the request: {exc}"))
         return response
 
     def finish(self, response: Response, *, reusable: bool) -> None:
