@@ -6,10 +6,12 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vstreamer.engine import Conversation, Turn
+from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.store import Store, open_store
 
@@ -127,3 +129,26 @@ async def test_summaries_share_the_turns_transactions(store: Store) -> None:
     ]
     reloaded = await store.load_conversation(record.id)
     assert reloaded.summary == texts[-1] and reloaded.summary_id == ids[-1]
+
+
+async def test_facts_known_already_leave_the_viewer_cache_alone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not store.cache.enabled:
+        pytest.skip("the session cache is off for this database (PostgreSQL default)")
+    viewer = ViewerKey("web", "u1")
+    await store.add_facts(viewer, [Fact(viewer, "喜欢猫")])
+    known = await store.viewer_facts(viewer)
+    reads = 0
+    read = store._viewer_facts
+
+    async def counted(*args: Any, **kwargs: Any) -> list[Fact]:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_viewer_facts", counted)
+    assert await store.add_facts(viewer, [Fact(viewer, "喜欢猫")]) == []
+    assert await store.viewer_facts(viewer) == known and reads == 0  # still served from memory
+    await store.add_facts(viewer, [Fact(viewer, "下周考试")])
+    assert [f.text for f in await store.viewer_facts(viewer)] == ["下周考试", "喜欢猫"] and reads == 1

@@ -277,6 +277,8 @@ class MemoryManager:
             fact = Fact(viewer, text, session_id=conversation.id, turn_id=turn.id)
             if not any(similar(fact.normalized, other.normalized) for other in [*known, *fresh]):
                 fresh.append(fact)
+        if not fresh:
+            return []  # all known already: nothing to embed or store
         fresh = await self._embed(fresh)
         added = await self.facts.add_facts(viewer, fresh, keep=self.policy.facts_per_viewer)
         self.stats.facts_added += len(added)

@@ -348,9 +348,13 @@ class Store(MemoryTables):
     async def add_facts(self, viewer: ViewerKey, facts: Sequence[Fact], *, keep: int = 200) -> list[Fact]:
         """Remember new facts about the viewer (already known ones are skipped); returns those added."""
         try:
-            return await self._add_facts(viewer, facts, keep)
-        finally:
+            added = await self._add_facts(viewer, facts, keep) if facts else []
+        except BaseException:
             self.cache.forget_viewer(viewer)
+            raise
+        if added:  # nothing new: the cached facts are still what the database holds
+            self.cache.forget_viewer(viewer)
+        return added
 
     @_shielded
     async def viewer_facts(self, viewer: ViewerKey, *, limit: int = 200) -> list[Fact]:
