@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vstreamer.gateway.chat import open_reply
 from vstreamer.gateway.errors import APIError, error_response
-from vstreamer.gateway.metrics import count_request
+from vstreamer.gateway.metrics import StatusSend, count_request
 from vstreamer.gateway.schemas import ChatCompletionRequest
 from vstreamer.gateway.state import GatewayState
 
@@ -46,23 +46,16 @@ class ChatRoute:
             return
         scope["route"] = self.route  # the request counter labels by it, as after FastAPI's routing
 
-        async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-            started = False
-
-            async def send_noting(message: Message) -> None:
-                nonlocal started
-                started = started or message["type"] == "http.response.start"
-                await send(message)
-
+        async def answer(scope: Scope, receive: Receive, send: StatusSend) -> None:
             try:
                 if request is None:
                     raise APIError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MiB",
                                    code="request_too_large")  # fmt: skip
                 owner = await self.state.auth(headers)
                 reply = await open_reply(self.state, request, headers, owner)
-                await reply(scope, receive, send_noting)
+                await reply(scope, receive, send)
             except Exception as exc:
-                if started:
+                if send.status is not None:
                     raise  # mid-response: nothing left to do but drop the connection (as FastAPI's route would)
                 # Before the response: every failure becomes an error in OpenAI's schema, the unexpected ones logged.
                 await error_response(exc)(scope, receive, send)

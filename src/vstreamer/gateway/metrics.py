@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -38,20 +40,32 @@ class GatewayMetrics:
         )
 
 
+class StatusSend:
+    """An ASGI ``send`` that remembers the response's status (``None`` until the response has started)."""
+
+    __slots__ = ("_send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
 async def count_request(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, metrics: GatewayMetrics
+    app: Callable[[Scope, Receive, StatusSend], Awaitable[None]],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    metrics: GatewayMetrics,
 ) -> None:
     """Run ``app`` and count the request by its route (``scope["route"]``, set by the router) and status."""
-    status = 500
-
-    async def send_and_note(message: Message) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        await send(message)
-
+    noted = StatusSend(send)
     try:
-        await app(scope, receive, send_and_note)
+        await app(scope, receive, noted)
     finally:
         route = getattr(scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, str(status)).inc()
+        metrics.requests.labels(route, str(500 if noted.status is None else noted.status)).inc()
