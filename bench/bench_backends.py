@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from common import free_port
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine
 from vstreamer.llm import vllm_cpu
 from vstreamer.llm.base import LLMBackend, SamplingParams
@@ -77,12 +77,6 @@ async def measure(backend: LLMBackend, runs: int, max_tokens: int) -> list[Run]:
             results.append(Run(first - started, tokens, last - first))
     await backend.aclose()
     return results
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_llama_server(gguf: Path, alias: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:

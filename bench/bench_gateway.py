@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,14 +28,10 @@ from pathlib import Path
 import aiohttp
 import httpx
 
+from common import free_port, pct
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_LITELLM = Path.home() / ".cache" / "vstreamer" / "litellm-venv" / "bin" / "litellm"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_ready(url: str, timeout: float = 90) -> None:
@@ -115,11 +110,6 @@ def cpu_seconds(pid: int | None) -> float:
     except (OSError, TypeError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def start_litellm(executable: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:

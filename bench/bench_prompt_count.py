@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import free_port, pct
 from vstreamer.engine import ContextBudget, ContextBuilder, Conversation, Turn
 from vstreamer.llm import vllm_cpu
 from vstreamer.llm.openai_compat import OpenAICompatBackend
@@ -35,11 +36,6 @@ class WholePromptCount(OpenAICompatBackend):
     @property
     def counts_add_up(self) -> bool:
         return False
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run(base_url: str, model: str, turns: int) -> None:
@@ -93,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     prepared = vllm_cpu.prepare(args.model)
     launch = vllm_cpu.build_cpu_command(
-        prepared.python, prepared.model_dir, served_model_name=prepared.served_name, port=_free_port()
+        prepared.python, prepared.model_dir, served_model_name=prepared.served_name, port=free_port()
     )
     server = vllm_cpu.VLLMCPUServer(launch, Path(tempfile.mkdtemp()) / "vllm.log")
     server.start(wait_s=240)
@@ -101,14 +97,6 @@ def main() -> None:
         asyncio.run(run(server.base_url, server.served_name, args.turns))
     finally:
         server.stop()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from common import free_port
 from vstreamer.llm.base import ChatMessage, SamplingParams, TextDelta
 from vstreamer.llm.openai_compat import OpenAICompatBackend
 
@@ -32,12 +32,6 @@ MESSAGES = [ChatMessage("system", "You are Nova, a streamer."), ChatMessage("use
 PARAMS = SamplingParams(max_tokens=64)
 #: One request: returns (time to first text, whole time) in seconds.
 Request = Callable[[], Awaitable[tuple[float, float]]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_ready(url: str) -> None:
