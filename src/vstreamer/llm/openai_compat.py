@@ -291,8 +291,8 @@ class OpenAICompatBackend:
     def _request_body(self, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            # Plain dicts: orjson writes them ~10x faster than the (slotted) dataclasses (44 vs 5 µs for 100 messages).
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            # Dicts: orjson writes them ~10x faster than the (slotted) dataclasses (44 vs 5 µs for 100 messages).
+            "messages": [m.as_dict() for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": params.temperature,
