@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, Turn
+from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, Turn
 from vstreamer.errors import BackendUnavailable, ConfigError, StoreError
 from vstreamer.llm import FakeBackend
 from vstreamer.persona import PersonaLibrary
@@ -74,6 +74,35 @@ async def test_engine_commits_user_turn_before_generation(store: Store, user_com
         "收到：one two three four five six",
     )
     assert reply.duration_ms is not None and reply.first_token_ms is not None and reply.usage is not None
+
+
+async def test_overlapped_user_commit_waits_until_the_request_is_out(store: Store) -> None:
+    """The commit runs at the turn's first wait, so it never holds back the request upstream: the memory lookup (a
+    cache hit from the second turn on) and the prompt do not yield to it first."""
+    if not store.cache.enabled:
+        pytest.skip("no cache for this database (PostgreSQL default): the memory read waits, and the commit with it")
+    persona = PersonaLibrary(None).get("xiaoxing")
+    committed_at_request: list[int] = []
+
+    class Recording(FakeBackend):
+        def stream(self, messages, params):  # type: ignore[no-untyped-def]
+            committed_at_request.append(store.writer.batches)
+            return super().stream(messages, params)
+
+    backend = Recording()
+    budget = ContextBudget(4096, 256)
+    engine = DialogueEngine(backend, budget, store=store, memory=MemoryManager(backend, budget, facts=store))
+    record = await store.create_session(persona.id, owner="o", platform="bilibili", viewer_id="7")
+    conversation = await store.load_conversation(record.id)
+    before: list[int] = []
+    for text in ("第一条", "第二条"):
+        before.append(store.writer.batches)
+        async for _ in engine.reply(conversation, persona, text):
+            pass
+    assert committed_at_request[1] == before[1]  # the second turn: nothing committed before the request went out
+    stored = [t.content for t in await store.list_messages(record.id) if t.role == "user"]
+    assert stored == ["第一条", "第二条"]
+    await engine.aclose()
 
 
 async def test_cancelled_and_failed_replies_are_stored_with_partial_text(store: Store) -> None:

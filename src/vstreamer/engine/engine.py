@@ -142,11 +142,10 @@ class DialogueEngine:
         saving = (
             asyncio.ensure_future(self._save(conversation, user_turn)) if self.store is not None else None
         )
-        if saving is not None:
-            if self.user_commit == "before":
-                await asyncio.shield(saving)
-            else:
-                await asyncio.sleep(0)  # let the commit start now, not when the prompt is built
+        if saving is not None and self.user_commit == "before":
+            await asyncio.shield(saving)
+        # Overlapped, the commit runs at the turn's first wait: usually once the request is out, while the model
+        # reads the prompt (sooner, it would hold the request back by the time a commit takes on the event loop).
         try:
             recall = (
                 await self.memory.recall(conversation, persona, user_turn.content)

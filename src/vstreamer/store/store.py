@@ -356,13 +356,16 @@ class Store(MemoryTables):
             self.cache.forget_viewer(viewer)
         return added
 
-    @_shielded
     async def viewer_facts(self, viewer: ViewerKey, *, limit: int = 200) -> list[Fact]:
         """What is remembered about the viewer, newest first."""
         cached = self.cache.facts.get((viewer, limit))
-        if cached is None:
-            cached = self.cache.facts.put((viewer, limit), await self._viewer_facts(viewer, limit))
+        if cached is None:  # only a read of the database is shielded: a hit never yields (it is on every turn)
+            cached = self.cache.facts.put((viewer, limit), await self._read_viewer_facts(viewer, limit))
         return list(cached)
+
+    @_shielded
+    async def _read_viewer_facts(self, viewer: ViewerKey, limit: int) -> list[Fact]:
+        return await self._viewer_facts(viewer, limit)
 
     @_shielded
     async def delete_facts(self, viewer: ViewerKey, *, fact_id: str | None = None) -> int:
