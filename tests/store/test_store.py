@@ -80,7 +80,9 @@ async def test_overlapped_user_commit_waits_until_the_request_is_out(store: Stor
     """The commit runs at the turn's first wait, so it never holds back the request upstream: the memory lookup (a
     cache hit from the second turn on) and the prompt do not yield to it first."""
     if not store.cache.enabled:
-        pytest.skip("no cache for this database (PostgreSQL default): the memory read waits, and the commit with it")
+        pytest.skip(
+            "no cache for this database (PostgreSQL default): the memory read waits, and the commit with it"
+        )
     persona = PersonaLibrary(None).get("xiaoxing")
     committed_at_request: list[int] = []
 
@@ -99,7 +101,8 @@ async def test_overlapped_user_commit_waits_until_the_request_is_out(store: Stor
         before.append(store.writer.batches)
         async for _ in engine.reply(conversation, persona, text):
             pass
-    assert committed_at_request[1] == before[1]  # the second turn: nothing committed before the request went out
+    # The second turn: nothing was committed before its request went out.
+    assert committed_at_request[1] == before[1]
     stored = [t.content for t in await store.list_messages(record.id) if t.role == "user"]
     assert stored == ["第一条", "第二条"]
     await engine.aclose()

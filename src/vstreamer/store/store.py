@@ -358,8 +358,9 @@ class Store(MemoryTables):
 
     async def viewer_facts(self, viewer: ViewerKey, *, limit: int = 200) -> list[Fact]:
         """What is remembered about the viewer, newest first."""
+        # Only a read of the database is shielded: a hit (on every turn) never yields to the event loop.
         cached = self.cache.facts.get((viewer, limit))
-        if cached is None:  # only a read of the database is shielded: a hit never yields (it is on every turn)
+        if cached is None:
             cached = self.cache.facts.put((viewer, limit), await self._read_viewer_facts(viewer, limit))
         return list(cached)
 
