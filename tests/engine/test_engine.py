@@ -82,6 +82,10 @@ def test_sampling_precedence(persona: Persona) -> None:
     styled = persona.model_copy(update={"sampling": SamplingDefaults(temperature=0.3, max_tokens=1000)})
     params = engine.sampling_for(styled, SamplingOverrides(top_p=0.5))
     assert (params.temperature, params.top_p, params.max_tokens) == (0.3, 0.5, 300)  # capped by the budget
+    assert engine.sampling_for(persona, SamplingOverrides(seed=7, max_tokens=20)) == SamplingParams(
+        max_tokens=20, seed=7
+    )
+    assert engine.sampling_for(styled, SamplingOverrides(temperature=0.0)).temperature == 0.0  # 0 is a value
 
 
 class RemoteCounting(FakeBackend):

@@ -1,8 +1,9 @@
 """Builds each turn's prompt within the token budget.
 
 The persona (system message) and the post-history note are pinned; the newest turns fill what is left and the
-oldest leave first. Work per turn is bounded by the window, not by the length of the whole history: turn token
-counts are cached on the turns and the walk back through history stops at the budget.
+oldest leave first. Work per turn is bounded by the turns new since the last one, not by the window or the whole
+history: turn token counts are cached on the turns, and :mod:`vstreamer.engine.window` keeps each conversation's
+window between turns.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from vstreamer.engine import prompt
 from vstreamer.engine.conversation import Conversation, Turn
+from vstreamer.engine.window import fit_history
 from vstreamer.errors import ContextBudgetError
 from vstreamer.llm.base import ChatMessage, LLMBackend
 from vstreamer.llm.estimate import estimate_tokens
@@ -107,21 +109,21 @@ class ContextBuilder:
                 "shorten the message or raise context_window"
             )
         room = budget - fixed_cost - await self._count(system)
-        history, used = await self._fit_history(conversation.turns, room)
-        messages = [system, *[t.as_message() for _, t in history], *tail]
+        history = await fit_history(conversation, room, self._turn_tokens)
+        messages = [system, *history.messages, *tail]
         if getattr(self.backend, "counts_add_up", False):
             # The shares are the count (the history took ``used`` of ``room``): no second pass over the prompt.
-            total = budget - room + used
+            total = budget - room + history.used
         else:
             total = await self.backend.count_tokens(messages)
-        while total > budget and history:
+        while total > budget and history.messages:
             # Per-message shares are close but not always exact (template quirks): trim until the exact count fits.
-            history.pop(0)
-            messages = [system, *(t.as_message() for _, t in history), *tail]
+            del history.messages[0], history.indices[0]
+            messages = [system, *history.messages, *tail]
             total = await self.backend.count_tokens(messages)
         if total > budget:
             raise ContextBudgetError(f"the prompt needs {total} tokens, over the {budget}-token budget")
-        start = history[0][0] if history else len(conversation.turns) - 1
+        start = history.indices[0] if history.indices else len(conversation.turns) - 1
         instructions = (
             self._system_text(persona, user, lore, (), include_examples) if memory else system.content
         )
@@ -129,31 +131,12 @@ class ContextBuilder:
             tuple(messages),
             total,
             budget,
-            len(history),
+            len(history.messages),
             tuple(lore),
             window_start=start,
             memory=tuple(memory),
             protected=(instructions, *(m.content for m in tail[1:])),
         )
-
-    async def _fit_history(self, turns: Sequence[Turn], room: int) -> tuple[list[tuple[int, Turn]], int]:
-        """The newest turns before the last one that fit in ``room``, with their indices, oldest first, and the
-        tokens they take."""
-        chosen: list[tuple[int, Turn]] = []
-        left = room
-        for index in range(len(turns) - 2, -1, -1):
-            turn = turns[index]
-            if not turn.in_prompt:
-                continue
-            cost = turn.prompt_tokens  # cached on the turn after its first prompt: no await per turn
-            if cost is None:
-                cost = await self._turn_tokens(turn)
-            if cost > left:
-                break
-            left -= cost
-            chosen.append((index, turn))
-        chosen.reverse()
-        return chosen, room - left
 
     def _system_text(
         self,

@@ -78,9 +78,12 @@ class Conversation:
     """Where the viewer comes from (``web``, ``api``, a live platform): with ``viewer_id``, whose memory to use."""
     viewer_id: str | None = None
     """The viewer's stable id on ``platform``; ``None`` keeps no long-term memory about them."""
+    history_index: object | None = field(default=None, repr=False, compare=False)
+    """What the context builder keeps between turns (:class:`~vstreamer.engine.window.HistoryIndex`; not stored)."""
 
     def reset(self) -> None:
         self.turns.clear()
         self.summary = ""
         self.summary_id = self.summary_until = None
         self.summary_index = None
+        self.history_index = None

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from vstreamer.engine.background import BackgroundTasks
 from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from vstreamer.safety import InputDecision, OutputGuard, SafetyPipeline, Source
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,17 @@ class SamplingOverrides:
     top_p: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
+
+
+_NO_OVERRIDES = SamplingOverrides()
+
+
+def _first(*values: T | None) -> T:
+    """The first value that is not ``None`` (the last one always is not)."""
+    for value in values[:-1]:
+        if value is not None:
+            return value
+    return values[-1]  # type: ignore[return-value]
 
 
 class TurnStore(Protocol):
@@ -97,17 +109,20 @@ class DialogueEngine:
         await self.tasks.aclose()
 
     def sampling_for(self, persona: Persona, overrides: SamplingOverrides | None = None) -> SamplingParams:
-        """Engine defaults, then the persona's defaults, then the request's overrides."""
-        changes: dict[str, float | int] = {}
-        for layer in (persona.sampling, overrides):
-            if layer is not None:
-                for key in ("temperature", "top_p", "max_tokens", "seed"):
-                    if (value := getattr(layer, key, None)) is not None:
-                        changes[key] = value
-        changes["max_tokens"] = min(
-            int(changes.get("max_tokens", self.defaults.max_tokens)), self.budget.max_tokens
+        """Engine defaults, then the persona's defaults, then the request's overrides (on every turn: no
+        ``dataclasses.replace`` and no new object when nothing differs from the defaults)."""
+        defaults, own, asked = self.defaults, persona.sampling, overrides or _NO_OVERRIDES
+        temperature = _first(asked.temperature, own.temperature, defaults.temperature)
+        top_p = _first(asked.top_p, own.top_p, defaults.top_p)
+        max_tokens = min(
+            _first(asked.max_tokens, own.max_tokens, defaults.max_tokens), self.budget.max_tokens
         )
-        return replace(self.defaults, **changes)
+        seed = _first(asked.seed, defaults.seed)
+        if (temperature, top_p, max_tokens, seed) == (
+            defaults.temperature, defaults.top_p, defaults.max_tokens, defaults.seed,
+        ):  # fmt: skip
+            return defaults
+        return replace(defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
 
     async def build_context(
         self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()

@@ -6,6 +6,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import orjson
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -17,9 +19,19 @@ class ChatMessage:
     """Who speaks: the system (persona instructions), the user, or the assistant (the persona)."""
     content: str
     """The message text."""
+    _json: orjson.Fragment | None = field(default=None, init=False, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
+
+    def as_json(self) -> orjson.Fragment:
+        """The message as serialised JSON for ``orjson.dumps`` (made once: every later prompt repeats a turn's
+        message, and copying its bytes is ~20x cheaper than writing a dict of it again)."""
+        made = self._json
+        if made is None:
+            made = orjson.Fragment(orjson.dumps({"role": self.role, "content": self.content}))
+            object.__setattr__(self, "_json", made)
+        return made
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,8 +291,9 @@ class OpenAICompatBackend:
     def _request_body(self, messages: Sequence[ChatMessage], params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            # Dicts: orjson writes them ~10x faster than the (slotted) dataclasses (44 vs 5 µs for 100 messages).
-            "messages": [m.as_dict() for m in messages],
+            # Each message's JSON is made once (orjson writes slotted dataclasses ~10x slower than dicts, and dicts
+            # ~5x slower than it copies fragments): a long conversation repeats its turns in every prompt.
+            "messages": [m.as_json() for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": params.temperature,
