@@ -76,6 +76,20 @@ async def test_engine_commits_user_turn_before_generation(store: Store, user_com
     assert reply.duration_ms is not None and reply.first_token_ms is not None and reply.usage is not None
 
 
+async def test_updated_at_follows_the_replies(store: Store) -> None:
+    """The user's message is committed without touching its session (it is on the path of the reply's first text);
+    the reply, always saved after it, moves ``updated_at`` — in the database and in the cache alike."""
+    record = await store.create_session("nova", owner="alice")
+    conversation = await store.load_conversation(record.id)
+    await store.save_turn(conversation, Turn("user", "hello"))
+    assert (await store.get_session(record.id)).updated_at == record.updated_at  # type: ignore[union-attr]
+    await store.save_turn(conversation, Turn("assistant", "hi"))
+    touched = await store.get_session(record.id)
+    assert touched is not None and touched.updated_at > record.updated_at
+    listed = await store.list_sessions(owner="alice")
+    assert [(s.id, s.updated_at) for s in listed] == [(record.id, touched.updated_at)]
+
+
 async def test_overlapped_user_commit_waits_until_the_request_is_out(store: Store) -> None:
     """The commit runs at the turn's first wait, so it never holds back the request upstream: the memory lookup (a
     cache hit from the second turn on) and the prompt do not yield to it first."""

@@ -311,10 +311,14 @@ class Store(MemoryTables):
             "error": turn.error,
             "summary_id": turn.summary_id,
         }
-        await self.writer.submit(Write(conversation.id, now, message=values))
+        # A session's ``updated_at`` follows its replies: the user's message, on the path of every reply's first
+        # text, is committed without it (the reply is always saved after it, also when it fails or is cut off).
+        touch = turn.role != "user"
+        await self.writer.submit(Write(conversation.id, now, message=values, touch=touch))
         cached = self.cache.sessions.get(conversation.id)
         if cached is not None:
-            cached.record = replace(cached.record, updated_at=now)
+            if touch:
+                cached.record = replace(cached.record, updated_at=now)
             if cached.conversation is not conversation or not _holds(conversation, turn):
                 cached.conversation = (
                     None  # written around the cached object: reload from the database next time
