@@ -173,8 +173,7 @@ class DialogueEngine:
                 await asyncio.shield(saving)
             raise
         params = self.sampling_for(persona, overrides)
-        guard = self._guard(persona, context, source)
-        reply = self._generate(conversation, persona, context, params, guard, recall.summary_id, saving)
+        reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
         try:
             async with aclosing(reply) as events:
                 async for event in events:
@@ -196,9 +195,8 @@ class DialogueEngine:
             yield ReplyDelta(turn.content)
         yield ReplyFinished(turn)
 
-    def _guard(self, persona: Persona, context: BuiltContext, source: Source) -> OutputGuard | None:
-        if self.safety is None:
-            return None
+    def _guard(self, persona: Persona, context: BuiltContext, source: Source) -> OutputGuard:
+        assert self.safety is not None
         return self.safety.output_guard(
             protected_texts=context.protected, language=persona.language, persona_name=persona.name,
             source=source,
@@ -210,7 +208,7 @@ class DialogueEngine:
         persona: Persona,
         context: BuiltContext,
         params: SamplingParams,
-        guard: OutputGuard | None,
+        source: Source,
         summary_id: str | None,
         saving: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
@@ -226,14 +224,23 @@ class DialogueEngine:
             turn.content = "".join(parts)
             return ReplyDelta(text)
 
+        # The guard and each attempt's drift watch are made with the first text: once the request is out, not on its
+        # way there.
+        guard: OutputGuard | None = None
+
         def passed(text: str) -> str:
-            return guard.feed(text) if guard is not None and text else text
+            nonlocal guard
+            if not text or self.safety is None:
+                return text
+            if guard is None:
+                guard = self._guard(persona, context, source)
+            return guard.feed(text)
 
         try:
             yield ReplyStarted(turn, context.prompt_tokens)
             messages = context.messages
             for attempt in range(2):
-                drift = self._drift_stream(persona)
+                drift: DriftStream | None = None
                 async with aclosing(self.backend.stream(messages, params)) as stream:
                     async for delta in stream:
                         if saving is not None:  # nothing is shown before the user's message is stored
@@ -242,6 +249,8 @@ class DialogueEngine:
                         if isinstance(delta, StreamEnd):
                             turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
                             continue
+                        if drift is None:
+                            drift = self._drift_stream(persona)
                         text = passed(drift.feed(delta.text) if drift is not None else delta.text)
                         if text:
                             yield shown(text)
@@ -263,7 +272,8 @@ class DialogueEngine:
                     yield shown(text)
                 turn.finish_reason = "stop"
                 break
-            if guard is not None:
+            if self.safety is not None:
+                guard = guard or self._guard(persona, context, source)  # a reply without text is audited too
                 tail = guard.deflection if guard.blocked else guard.finish()
                 if tail:
                     yield shown(tail)
