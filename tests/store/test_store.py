@@ -181,6 +181,22 @@ async def test_conversation_id_must_exist(store: Store) -> None:
         await store.save_turn(conversation, Turn("user", "orphan"))
 
 
+async def test_a_user_message_the_database_refuses_fails_the_reply_before_any_text(store: Store) -> None:
+    """The real store's queued commit: the session was deleted meanwhile, so the message cannot be stored (its
+    foreign key), and nothing of the reply is shown."""
+    persona = PersonaLibrary(None).get("nova")
+    record = await store.create_session(persona.id, owner="alice")
+    conversation = await store.load_conversation(record.id)
+    assert await store.delete_session(record.id, owner="alice")
+    engine = DialogueEngine(FakeBackend(), ContextBudget(4096, 256), store=store)
+    shown: list[str] = []
+    with pytest.raises(StoreError):
+        async for event in engine.reply(conversation, persona, "hello there"):
+            if event.kind == "delta":
+                shown.append(event.text)
+    assert shown == [] and await store.count_messages(record.id) == 0
+
+
 async def test_failed_user_commit_fails_the_reply_before_any_text() -> None:
     class BrokenStore:
         def __init__(self) -> None:

@@ -154,9 +154,7 @@ class DialogueEngine:
         conversation.turns.append(user_turn)
         # The user's message is committed while the prompt is built and the request opens upstream: the first
         # text of the reply is released only once the commit is done, and a failed commit fails the reply.
-        saving = (
-            asyncio.ensure_future(self._save(conversation, user_turn)) if self.store is not None else None
-        )
+        saving = self._queue(conversation, user_turn) if self.store is not None else None
         if saving is not None and self.user_commit == "before":
             await asyncio.shield(saving)
         # Overlapped, the commit runs at the turn's first wait: usually once the request is out, while the model
@@ -330,6 +328,14 @@ class DialogueEngine:
                               conversation.turns[:-1])  # fmt: skip
         note = reinforcement(persona.language, persona.char_name)
         return (await self.context.build(before, persona, memory=(*context.memory, note))).messages
+
+    def _queue(self, conversation: Conversation, turn: Turn) -> asyncio.Future[None]:
+        """Start committing ``turn``: straight into the store's queue where it has one (no task to run it)."""
+        queue = getattr(self.store, "queue_turn", None)
+        if queue is not None:
+            future: asyncio.Future[None] = queue(conversation, turn)
+            return future
+        return asyncio.ensure_future(self._save(conversation, turn))
 
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:

@@ -3,7 +3,8 @@
 The route validates the request and finds the conversation; :class:`ChatReply` (a raw ASGI response) then runs the
 engine and writes the reply. It reads up to the first text before answering, so failures before it become proper
 HTTP errors; one watcher task per request notices the client leaving (and cancels the reply, which stops the
-generation upstream) and sends SSE keep-alive comments while the stream is idle.
+generation upstream) and sends SSE keep-alive comments while the stream is idle; it starts a few milliseconds in, so
+a reply that is over by then never has one.
 """
 
 from __future__ import annotations
@@ -323,8 +324,15 @@ class ChatReply(Response):
         await error_response(exc)(scope, receive, send)
 
 
+WATCH_AFTER_S = 0.005
+"""The watcher starts this long after the request: a reply that ends sooner (a refusal, an error, a burst) never
+needs the task, and one that takes longer still has its client's leaving noticed within a few milliseconds (uvicorn
+drops what is sent to a closed connection meanwhile)."""
+
+
 class Watcher:
-    """One task per request: notices the client leaving (cancelling the reply) and keeps an idle stream alive."""
+    """One task per request (from :data:`WATCH_AFTER_S` on): notices the client leaving (cancelling the reply) and
+    keeps an idle stream alive."""
 
     def __init__(self, reply: ChatReply, receive: Receive, send: Send) -> None:
         self.reply = reply
@@ -334,9 +342,19 @@ class Watcher:
         self.sending = False
         self.last_send = time.monotonic()
         self.main = asyncio.current_task()
-        self.task: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(self._watch())
+        self.task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            WATCH_AFTER_S, self._start
+        )
+
+    def _start(self) -> None:
+        self._timer = None
+        self.task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.task is not None:
             self.task.cancel()
             self.task = None

@@ -296,6 +296,11 @@ class Store(MemoryTables):
 
         Returns once committed; cancelling the caller does not cancel the write.
         """
+        await self.queue_turn(conversation, turn)
+
+    def queue_turn(self, conversation: Conversation, turn: Turn) -> asyncio.Future[None]:
+        """:meth:`save_turn` without a coroutine: the write is queued now, and the future is done once it is committed
+        (the engine overlaps the user's message this way, with no task to run it)."""
         now = _now()
         values = {
             "id": turn.id,
@@ -314,7 +319,7 @@ class Store(MemoryTables):
         # A session's ``updated_at`` follows its replies: the user's message, on the path of every reply's first
         # text, is committed without it (the reply is always saved after it, also when it fails or is cut off).
         touch = turn.role != "user"
-        await self.writer.submit(Write(conversation.id, now, message=values, touch=touch))
+        done = self.writer.enqueue(Write(conversation.id, now, message=values, touch=touch))
         cached = self.cache.sessions.get(conversation.id)
         if cached is not None:
             if touch:
@@ -323,6 +328,7 @@ class Store(MemoryTables):
                 cached.conversation = (
                     None  # written around the cached object: reload from the database next time
                 )
+        return done
 
     # --- memory: summaries and viewer facts ------------------------------------------------------------
 

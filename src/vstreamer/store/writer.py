@@ -210,6 +210,10 @@ class TurnWriter:
 
     async def submit(self, write: Write) -> None:
         """Commit ``write`` with the next batch. Cancelling the caller does not cancel the write."""
+        await self.enqueue(write)  # cancelling the caller cancels this notice only: the write stays queued
+
+    def enqueue(self, write: Write) -> asyncio.Future[None]:
+        """Queue ``write`` for the next batch; its future is done once it is committed (or failed)."""
         self._pending.append(write)
         if self._file is not None:
             if (
@@ -220,7 +224,7 @@ class TurnWriter:
         elif self._flusher is None or self._flusher.done():
             batch, self._pending = self._pending, []
             self._flusher = asyncio.get_running_loop().create_task(self._flush(batch, self._start(batch)))
-        await write.done  # cancelling the caller cancels this notice only: the write stays queued
+        return write.done
 
     def _flush_inline(self) -> None:
         self._inline_scheduled = False
