@@ -222,23 +222,33 @@ class DialogueEngine:
             turn.content = "".join(parts)
             return ReplyDelta(text)
 
-        # The guard and each attempt's drift watch are made with the first text: once the request is out, not on its
-        # way there.
+        # The guard and each attempt's drift watch are made while the request is out (the loop's next turn: the
+        # request goes out before it), not on the request's way there; the first text makes them if need be.
         guard: OutputGuard | None = None
+        drift: DriftStream | None = None
+
+        def prepare() -> None:
+            nonlocal guard, drift
+            if guard is None and self.safety is not None:
+                guard = self._guard(persona, context, source)
+            if drift is None:
+                drift = self._drift_stream(persona)
 
         def passed(text: str) -> str:
-            nonlocal guard
             if not text or self.safety is None:
                 return text
             if guard is None:
-                guard = self._guard(persona, context, source)
+                prepare()
+            assert guard is not None
             return guard.feed(text)
 
+        loop = asyncio.get_running_loop()
         try:
             yield ReplyStarted(turn, context.prompt_tokens)
             messages = context.messages
             for attempt in range(2):
-                drift: DriftStream | None = None
+                drift = None
+                loop.call_soon(prepare)
                 async with aclosing(self.backend.stream(messages, params)) as stream:
                     async for delta in stream:
                         if saving is not None:  # nothing is shown before the user's message is stored
