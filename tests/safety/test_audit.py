@@ -69,9 +69,14 @@ def test_pipeline_decisions_reach_the_file(tmp_path: Path) -> None:
     guard.feed("hello there")
     guard.finish()
     guard.result()
+    pipeline.prepare_user_text("你个傻逼", source="live")  # decided once, audited every time it is sent
     pipeline.close()
     lines = _lines(log.path)
-    assert [(x["direction"], x["action"]) for x in lines] == [("input", "mask"), ("output", "pass")]
+    assert [(x["direction"], x["action"]) for x in lines] == [
+        ("input", "mask"),
+        ("output", "pass"),
+        ("input", "mask"),
+    ]
 
 
 def test_a_failing_disk_does_not_break_the_writer(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from vstreamer.errors import ConfigError
 from vstreamer.safety import MemoryAuditLog, SafetyPipeline
+from vstreamer.safety.policy import RulePolicy, SafetyPolicy
 from vstreamer.safety.lexicon import load_lexicon, parse_term
 from vstreamer.safety.matcher import CompiledLexicon
 from vstreamer.safety.normalize import VECTOR_MIN_LENGTH, normalize_short
@@ -90,6 +91,21 @@ def test_reload_without_restart(custom_lexicon: Path) -> None:
         f.write("蠢货\n")
     p.reload()
     assert other.moderate("蠢货", direction="input").action == "mask"
+
+
+def test_remembered_input_decisions_follow_reloads_and_policies(custom_lexicon: Path) -> None:
+    """Short messages are decided once, for the lexicon and the policy in force: a reload or a new policy decides
+    them again."""
+    p = _custom(custom_lexicon)
+    first = p.prepare_user_text("蠢货", source="web")
+    assert first.action == "pass" and p.prepare_user_text("蠢货", source="web") is first
+    with (custom_lexicon / "rude.txt").open("a", encoding="utf-8") as f:
+        f.write("蠢货\n")
+    p.reload()
+    assert p.prepare_user_text("蠢货", source="web").text_for_prompt == "**"
+    p.policy = SafetyPolicy(input={"web": RulePolicy(actions={"rude": "block"})})
+    assert p.prepare_user_text("蠢货", source="web").action == "block"
+    assert p.prepare_user_text("蠢货", source="live").action == "mask"  # per source
 
 
 def test_missing_folder_and_bad_config_raise_config_error(tmp_path: Path) -> None:

@@ -23,6 +23,10 @@ from vstreamer.safety.types import Direction, Match, ModerationResult, Source, V
 logger = logging.getLogger(__name__)
 
 NO_RULE_MATCHED = "no rule matched"
+_REMEMBERED = 4096
+"""Short messages whose input decision is kept."""
+_REMEMBERED_CHARS = 64
+"""Up to this length a message's decision is kept."""
 
 _CacheKey = tuple[tuple[str, ...], bool]
 _cache: dict[_CacheKey, SharedLexicon] = {}
@@ -104,6 +108,8 @@ class SafetyPipeline:
         self.policy = policy or SafetyPolicy()
         self.audit: AuditLog = audit or LoggingAuditLog()
         self.external = external
+        self._decisions: dict[tuple[str, Source], tuple[CompiledLexicon, SafetyPolicy, InputDecision]] = {}
+        """Decisions on short messages, with the lexicon and policy they were made under."""
 
     @classmethod
     def default(
@@ -222,7 +228,22 @@ class SafetyPipeline:
     # -- input -----------------------------------------------------------------------------------
 
     def prepare_user_text(self, text: str, *, source: Source) -> InputDecision:
-        """Sanitise, moderate and neutralise one user/viewer message before it enters a prompt."""
+        """Sanitise, moderate and neutralise one user/viewer message before it enters a prompt (every message is
+        audited; short ones are decided once per lexicon and policy: a live room repeats "666" and "主播好" all day)."""
+        key = (text, source) if len(text) <= _REMEMBERED_CHARS else None
+        known = self._decisions.get(key) if key is not None else None
+        if known is not None and known[0] is self.compiled and known[1] is self.policy:
+            decision = known[2]
+        else:
+            decision = self._decide_input(text, source)
+            if key is not None:
+                if len(self._decisions) >= _REMEMBERED:
+                    self._decisions.clear()  # a bound, not an LRU: the hot messages come straight back
+                self._decisions[key] = (self.compiled, self.policy, decision)
+        self._record(decision.result, "input", source, injection=decision.injection)
+        return decision
+
+    def _decide_input(self, text: str, source: Source) -> InputDecision:
         cleaned = sanitize_control_tokens(text)
         hits = find_injections(cleaned)
         acted = self.analyse(cleaned, direction="input", source=source)
@@ -230,7 +251,6 @@ class SafetyPipeline:
             return self._prepare(text, cleaned, hits, acted, source)
         # Most messages: nothing matched, nothing to remove. The result _prepare would build.
         result = ModerationResult(text, "pass", (), text, (), NO_RULE_MATCHED)
-        self._record(result, "input", source)
         return InputDecision("pass", text, False, result, None)
 
     def _prepare(
@@ -250,7 +270,6 @@ class SafetyPipeline:
             )
         elif hits:
             result = _with_categories(result, ("injection",))
-        self._record(result, "input", source, injection=injection)
         if result.action == "block":
             return InputDecision("block", "", injection, result, rule.user_message())
         prompt_text = result.output
