@@ -8,11 +8,11 @@ import pytest
 
 from vstreamer.errors import ConfigError
 from vstreamer.safety import MemoryAuditLog, SafetyPipeline
-from vstreamer.safety.policy import RulePolicy, SafetyPolicy
 from vstreamer.safety.lexicon import load_lexicon, parse_term
 from vstreamer.safety.matcher import CompiledLexicon
 from vstreamer.safety.normalize import VECTOR_MIN_LENGTH, normalize_short
 from vstreamer.safety.pii import cn_id_valid, find_pii, luhn_valid
+from vstreamer.safety.policy import RulePolicy, SafetyPolicy
 
 
 def _custom(folder: Path) -> SafetyPipeline:
