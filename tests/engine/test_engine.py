@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 
 import pytest
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, SamplingOverrides
+from vstreamer.engine.conversation import new_id
 from vstreamer.errors import BackendUnavailable
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage, SamplingParams
@@ -116,3 +118,12 @@ async def test_a_reply_is_counted_in_the_background_not_on_the_next_turn(persona
         pass
     assert reply.content not in backend.counted  # the second prompt reused the share counted meanwhile
     assert "second message" in backend.counted  # (the new message itself is counted on its turn)
+
+
+def test_new_ids_are_random_version_4_uuids() -> None:
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(
+        u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == i for u, i in zip(parsed, ids, strict=True)
+    )

@@ -162,6 +162,12 @@ def test_health_metrics_and_persona_import(fake_gateway: GatewayServer, shared_d
     for name in ("vstreamer_requests_total", "vstreamer_time_to_first_token_seconds", "vstreamer_active_streams",
                  "vstreamer_tokens_per_second", "vstreamer_upstream_latency_seconds", "vstreamer_errors_total"):  # fmt: skip
         assert name in metrics
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("vstreamer_time_to_first_token_seconds_count")
+    ]
+    assert counted and float(counted[0].split()[-1]) >= 1  # the reply's first text was observed
 
 
 def test_idle_stream_gets_keep_alive_comments(start_gateway) -> None:  # type: ignore[no-untyped-def]

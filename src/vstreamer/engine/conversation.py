@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,7 +13,12 @@ TurnStatus = Literal["complete", "interrupted", "failed", "blocked", "streaming"
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """A random version-4 UUID as 32 hex digits: ``uuid.uuid4().hex`` without the ``UUID`` object (a third of the
+    cost; two are made on the way to every reply's first text)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 @dataclass(slots=True)

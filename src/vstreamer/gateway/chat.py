@@ -301,7 +301,10 @@ class ChatReply(Response):
     def _observe_delta(self) -> None:
         if self.first_token is None:
             self.first_token = time.perf_counter()
-            self.state.metrics.ttft.observe(self.first_token - self.started)
+            # Observed on the loop's next turn: the histogram's locks and buckets are not on the first text's way out.
+            asyncio.get_running_loop().call_soon(
+                self.state.metrics.ttft.observe, self.first_token - self.started
+            )
 
     def _finish(self, turn: Turn) -> None:
         metrics = self.state.metrics

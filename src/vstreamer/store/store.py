@@ -302,24 +302,10 @@ class Store(MemoryTables):
         """:meth:`save_turn` without a coroutine: the write is queued now, and the future is done once it is committed
         (the engine overlaps the user's message this way, with no task to run it)."""
         now = _now()
-        values = {
-            "id": turn.id,
-            "session_id": conversation.id,
-            "created_at": datetime.fromtimestamp(turn.created_at, UTC),
-            "role": turn.role,
-            "content": turn.content,
-            "status": turn.status,
-            "prompt_tokens": turn.usage.prompt_tokens if turn.usage else None,
-            "completion_tokens": turn.usage.completion_tokens if turn.usage else None,
-            "first_token_ms": turn.first_token_ms,
-            "duration_ms": turn.duration_ms,
-            "error": turn.error,
-            "summary_id": turn.summary_id,
-        }
         # A session's ``updated_at`` follows its replies: the user's message, on the path of every reply's first
         # text, is committed without it (the reply is always saved after it, also when it fails or is cut off).
         touch = turn.role != "user"
-        done = self.writer.enqueue(Write(conversation.id, now, message=values, touch=touch))
+        done = self.writer.enqueue(Write(conversation.id, now, turn=turn, touch=touch))
         cached = self.cache.sessions.get(conversation.id)
         if cached is not None:
             if touch:

@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Dialect, bindparam, update
@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 
+from vstreamer.engine.conversation import Turn
 from vstreamer.errors import StoreError
 from vstreamer.store.database import sqlite_pragmas
 from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
@@ -52,11 +53,32 @@ class Write:
     session_id: str
     now: datetime
     session: dict[str, Any] | None = None
-    message: dict[str, Any] | None = None
+    turn: Turn | None = None
+    """A turn to insert or update; its row is made when the batch is committed (off the path of the request that
+    queued it: its text and status are final by then)."""
     summary: dict[str, Any] | None = None
     touch: bool = True
-    """Whether a ``message`` moves the session's ``updated_at`` (two more pages to write in a ~5-page commit)."""
+    """Whether a ``turn`` moves the session's ``updated_at`` (two more pages to write in a ~5-page commit)."""
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def message_row(session_id: str, turn: Turn) -> dict[str, Any]:
+    """The ``messages`` row of a turn."""
+    usage = turn.usage
+    return {
+        "id": turn.id,
+        "session_id": session_id,
+        "created_at": datetime.fromtimestamp(turn.created_at, UTC),
+        "role": turn.role,
+        "content": turn.content,
+        "status": turn.status,
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "first_token_ms": turn.first_token_ms,
+        "duration_ms": turn.duration_ms,
+        "error": turn.error,
+        "summary_id": turn.summary_id,
+    }
 
 
 class _Statements:
@@ -85,8 +107,8 @@ class _Statements:
         """The statements of one batch with their rows: new sessions, turns, sessions' ``updated_at``, summaries
         and each session's current summary (the batch's last for it)."""
         sessions = [w.session for w in writes if w.session is not None]
-        messages = [w.message for w in writes if w.message is not None]
-        latest = {w.session_id: w.now for w in writes if w.message is not None and w.touch}
+        messages = [message_row(w.session_id, w.turn) for w in writes if w.turn is not None]
+        latest = {w.session_id: w.now for w in writes if w.turn is not None and w.touch}
         touched = [{"sid": sid, "now": now} for sid, now in latest.items()]
         summaries = [w.summary for w in writes if w.summary is not None]
         current = {w.session_id: w.summary["text"] for w in writes if w.summary is not None}
