@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, DriftDetector
+from vstreamer.engine.drift import _NAME_OPEN as drift_name_open
 from vstreamer.engine.drift import FALLBACK_EN, FALLBACK_ZH
+from vstreamer.engine.drift import fold as drift_fold
 from vstreamer.llm import FakeBackend
 from vstreamer.persona import Persona
 from vstreamer.safety import SafetyPipeline
@@ -170,3 +172,22 @@ async def test_drift_repair_with_moderation_and_switched_off(xiaoxing: Persona) 
     plain = DialogueEngine(scripted("我是ChatGPT！"), ContextBudget(4096, 256), drift_repair=False)
     shown, _ = await run(plain, xiaoxing)
     assert shown == "我是ChatGPT！" and plain.stats.drift_events == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["作为", "一个", "AI", "as an", " ai ", "language", "我是", "通义", "主播", "。", "!", "x"]),
+                max_size=12), st.integers(0, 30))  # fmt: skip
+def test_hold_skips_only_endings_no_phrase_has(pieces: list[str], released: int) -> None:
+    """The per-character shortcut gives what trying every ending against the phrase beginnings gives."""
+    detector = DriftDetector("小星")
+    folded = drift_fold("".join(pieces))
+    released = min(released, len(folded))
+    expected = len(folded)
+    for length in range(min(detector._longest, len(folded) - released), 0, -1):
+        if folded[-length:] in detector._prefixes:
+            expected = len(folded) - length
+            break
+    opened = drift_name_open.search(folded, max(released, len(folded) - 40))
+    if opened is not None:
+        expected = min(expected, opened.start())
+    assert detector.hold_from(folded, released) == max(expected, released)

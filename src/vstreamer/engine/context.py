@@ -68,7 +68,7 @@ class ContextBuilder:
             raise ContextBudgetError("the context window leaves no room for a prompt")
         self.backend = backend
         self.budget = budget
-        self._system_cache: LRU[str, int] = LRU(256)
+        self._system_cache: LRU[tuple[str, str], int] = LRU(256)
         self._rendered: LRU[tuple[object, ...], tuple[Persona, tuple[LoreEntry, ...], str]] = LRU(512)
 
     async def build(
@@ -181,7 +181,10 @@ class ContextBuilder:
         return turn.prompt_tokens
 
     async def _count(self, message: ChatMessage) -> int:
-        key = message.role + "\x00" + message.content
+        key = (
+            message.role,
+            message.content,
+        )  # the rendered text is a cached string: its hash is kept, not recomputed
         cached = self._system_cache.get(key)
         if cached is None:
             cached = await self.backend.count_message_tokens(message)

@@ -110,13 +110,19 @@ def _phrases() -> dict[str, DriftReason]:
 
 
 @functools.cache
-def _compiled_phrases() -> tuple[dict[str, DriftReason], re.Pattern[str], int, frozenset[str]]:
-    """The phrase table and its matcher, the same for every persona: built once per process (~0.1 s)."""
+def _compiled_phrases() -> tuple[
+    dict[str, DriftReason], re.Pattern[str], int, frozenset[str], dict[str, int]
+]:
+    """The phrase table and its matcher, the same for every persona: built once per process (~0.1 s). Also every
+    phrase beginning, and for each character the longest beginning that ends with it (most text ends with none)."""
     phrases = _phrases()
     ordered = sorted(phrases, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(p) for p in ordered))
     prefixes = frozenset(p[:i] for p in ordered for i in range(1, len(p) + 1))
-    return phrases, pattern, len(ordered[0]), prefixes
+    reach: dict[str, int] = {}
+    for prefix in prefixes:
+        reach[prefix[-1]] = max(reach.get(prefix[-1], 0), len(prefix))
+    return phrases, pattern, len(ordered[0]), prefixes, reach
 
 
 def warm_up() -> None:
@@ -130,7 +136,7 @@ class DriftDetector:
     def __init__(self, persona_name: str, aliases: Iterable[str] = ()) -> None:
         self.persona_name = persona_name
         self.allowed_names = {fold(n) for n in (persona_name, *aliases) if n}
-        self._phrases, self._pattern, self._longest, self._prefixes = _compiled_phrases()
+        self._phrases, self._pattern, self._longest, self._prefixes, self._reach = _compiled_phrases()
 
     def check(self, text: str) -> DriftHit | None:
         """Whether the whole reply breaks character."""
@@ -166,7 +172,8 @@ class DriftDetector:
     def hold_from(self, folded: str, released: int) -> int:
         """Where the text that could still become a drift phrase begins (``len`` when none)."""
         hold = len(folded)
-        for length in range(min(self._longest, len(folded) - released), 0, -1):
+        top = min(self._reach.get(folded[-1:], 0), len(folded) - released)
+        for length in range(top, 0, -1):
             if folded[-length:] in self._prefixes:
                 hold = len(folded) - length
                 break
