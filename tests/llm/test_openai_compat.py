@@ -412,20 +412,6 @@ async def test_events_of_one_read_merge_into_one_delta() -> None:
     assert deltas == [TextDelta("abc"), TextDelta("d"), StreamEnd("stop", Usage(7, 3))]
 
 
-async def test_a_burst_sends_its_first_words_ahead() -> None:
-    """A whole reply in one read: the events up to the first 24 characters of text are one delta (they go on to the
-    client before the rest is parsed), the rest of the read is the next one; nothing is lost or reordered."""
-    words = [f" word{i}" for i in range(16)]
-    burst = b"".join(text_event(w) for w in words) + FINISH + USAGE + b"data: [DONE]\n\n"
-    async with scripted_backend([burst]) as (backend, _):
-        deltas = await deltas_of(backend)
-    assert deltas == [
-        TextDelta("".join(words[:4])),
-        TextDelta("".join(words[4:])),
-        StreamEnd("stop", Usage(7, 3)),
-    ]
-
-
 async def test_events_split_across_reads_with_crlf_and_comments() -> None:
     event = text_event("héllo").replace(b"\n", b"\r\n")
     cut = event.index("é".encode()) + 1  # inside a UTF-8 sequence: text is decoded per event, not per read

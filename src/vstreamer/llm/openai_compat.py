@@ -2,8 +2,7 @@
 
 The chat path is hand-rolled for speed (it runs once per request and once per network read): a keep-alive pool of
 the small client in :mod:`vstreamer.llm.http1`, ``orjson`` bodies and a small SSE parser; the text of the events
-that arrive in one network read becomes one delta (only the first words of a reply go ahead of the rest of their
-read). Token counting and health checks are rare and go through httpx.
+that arrive in one network read becomes one delta. Token counting and health checks are rare and go through httpx.
 """
 
 from __future__ import annotations
@@ -53,39 +52,26 @@ _DRAIN_TIMEOUT_S = 1.0
 _DECODE_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
 
 
-_FIRST_TEXT_CHARS = 24
-"""Before a reply's first text, events are taken only until they hold this much of it: a burst (a whole reply in
-one read, a prefix-cache hit) sends its first words on before the rest of it is parsed and moderated."""
-
-
 @dataclass(slots=True)
 class _StreamState:
     """What one upstream response has told so far."""
 
     decoder: SSEDecoder = field(default_factory=SSEDecoder)
-    queued: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """Events read but not taken yet (the rest of a burst whose first text went ahead)."""
     parts: list[str] = field(default_factory=list)
     """The text deltas yielded so far."""
     finish_reason: str | None = None
     usage: Usage | None = None
     done: bool = False
-    """``[DONE]`` was seen."""
-    eof: bool = False
-    """The body ended."""
+    """``[DONE]`` or the end of the body was seen."""
 
     @property
     def where(self) -> str:
         return _MID_STREAM if self.parts else _BEFORE_FIRST_TOKEN
 
-    def take(self) -> str:
-        """Apply the queued events and return their text, concatenated (before the first text: only until there is
-        ``_FIRST_TEXT_CHARS`` of it; the rest stays queued)."""
-        events = self.queued
-        limit = 0 if self.parts else _FIRST_TEXT_CHARS
+    def take(self, events: list[tuple[bytes, bytes]]) -> str:
+        """Apply the events of one network read; returns their text, concatenated."""
         texts: list[str] = []
-        size = 0
-        for taken, (event, data) in enumerate(events, 1):
+        for event, data in events:
             if event and event != b"message":
                 if event == b"error":
                     raise _reported_error(_loads_or_text(data), self.where)
@@ -101,7 +87,6 @@ class _StreamState:
                     text = delta.get("content") if delta else None
                     if text:
                         texts.append(text)
-                        size += len(text)
                     if choice.get("finish_reason"):
                         self.finish_reason = choice["finish_reason"]
             elif chunk.get("error") or chunk.get("object") == "error":
@@ -109,10 +94,6 @@ class _StreamState:
             usage = chunk.get("usage")
             if usage:
                 self.usage = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-            if limit and size >= limit:
-                del events[:taken]
-                return "".join(texts)
-        events.clear()
         return "".join(texts)
 
 
@@ -217,20 +198,8 @@ class OpenAICompatBackend:
                 response.close()
 
     async def _next_text(self, response: Response, state: _StreamState, deadline: float) -> str | None:
-        """The text of the next events that carry some; ``None`` once the stream is over."""
-        while True:
-            if state.queued:
-                try:
-                    text = state.take()
-                except _DECODE_ERRORS as exc:
-                    raise BackendResponseError(
-                        f"LLM server sent a malformed response ({state.where}): {type(exc).__name__}: {exc}"
-                    ) from exc
-                if text:
-                    state.parts.append(text)
-                    return text
-            if state.done or state.eof:
-                return None
+        """The text of the next network read that carries some; ``None`` once the stream is over."""
+        while not state.done:
             try:
                 chunk = response.read_nowait()  # what arrived meanwhile, without a timer (busy servers)
                 if not chunk and not response.is_eof():
@@ -241,10 +210,17 @@ class OpenAICompatBackend:
                         chunk = await response.read()
             except (HTTPClientError, TimeoutError) as exc:
                 raise self._map_error(exc, state.where) from exc
-            if chunk:
-                state.queued = state.decoder.feed(chunk)
-            else:
-                state.queued, state.eof = state.decoder.flush(), True
+            try:
+                text = state.take(state.decoder.feed(chunk) if chunk else state.decoder.flush())
+            except _DECODE_ERRORS as exc:
+                raise BackendResponseError(
+                    f"LLM server sent a malformed response ({state.where}): {type(exc).__name__}: {exc}"
+                ) from exc
+            state.done = state.done or not chunk
+            if text:
+                state.parts.append(text)
+                return text
+        return None
 
     async def _release(self, response: Response) -> None:
         """Return a finished response's connection to the pool once its body is read to the end."""
