@@ -185,11 +185,22 @@ def normalize(text: str) -> str:
     return normalize_short(text)
 
 
+_last_short: tuple[str, str] = ("", "")
+"""The last :func:`normalize_short` input and output: a reply's first chunk is asked for twice in a row, by the
+output guard and by its leak check (the same string object)."""
+
+
 def normalize_short(text: str) -> str:
     """:func:`normalize` with ``str`` methods and regular expressions (faster for short texts)."""
+    global _last_short
+    last = _last_short  # one read: another thread may replace it meanwhile
+    if text is last[0]:
+        return last[1]
     # split() keeps the captured character of each run between the pieces: joined, each run is
     # one character (no Python call per run, unlike sub() with a function or a template).
-    return "".join(_REPEAT.split(_before_collapse(text)))
+    out = "".join(_REPEAT.split(_before_collapse(text)))
+    _last_short = (text, out)
+    return out
 
 
 def normalize_runs(text: str) -> tuple[str, tuple[int, ...]]:
