@@ -1,11 +1,13 @@
-"""Gateway overhead: the same fast fake OpenAI upstream, called directly, through ``vstreamer serve`` and (when
-installed) through LiteLLM's proxy, in one run.
+"""Gateway overhead: the same fast fake OpenAI upstream, called directly, through a bare relay on the gateway's stack,
+through ``vstreamer serve`` and (when installed) through LiteLLM's proxy, in one run.
 
     .venv/bin/python bench/bench_gateway.py [--requests 1000] [--chunks 16] [--litellm PATH|none]
 
 Prints the time to first token (p50/p99) at one stream and streamed requests/s at 1, 50 and 200 concurrent
 streams for every path. The gateway runs as configured for production use: persistence (SQLite), moderation of
-input and output, persona drift watch, metrics; every request is a turn of a stored session. The client is aiohttp
+input and output, persona drift watch, metrics; every request is a turn of a stored session. The relay
+(``bench/relay.py``: uvicorn, raw ASGI, the gateway's HTTP/1.1 client, nothing else) is the floor of that stack, so
+the time vstreamer adds splits into the stack's and its own. The client is aiohttp
 (httpx's pool collapses under concurrency: it capped the direct path at ~230 req/s at 50 streams).
 
 LiteLLM's proxy is the peer (no database, no moderation: a plain relay); install it beside, not into, the project:
@@ -130,7 +132,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--litellm", default=str(DEFAULT_LITELLM), help="LiteLLM's executable, or 'none'")
     args = parser.parse_args()
-    up_port, gw_port, ll_port = free_port(), free_port(), free_port()
+    up_port, gw_port, ll_port, relay_port = free_port(), free_port(), free_port(), free_port()
     data = tempfile.mkdtemp(prefix="vstreamer-bench-")
     processes = [
         subprocess.Popen([sys.executable, str(HERE / "fake_upstream.py"), str(up_port), str(args.chunks)])
@@ -143,8 +145,14 @@ def main() -> None:
         [sys.executable, "-m", "vstreamer", "serve", "--no-auth", "--port", str(gw_port)], env=env,
         stdout=subprocess.DEVNULL,
     ))  # fmt: skip
+    processes.append(
+        subprocess.Popen([sys.executable, str(HERE / "relay.py"), str(up_port), str(relay_port)])
+    )
     paths = [
         Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", "fake", False),
+        Target(
+            "relay", f"http://127.0.0.1:{relay_port}/v1/chat/completions", "fake", False, processes[2].pid
+        ),
         Target(
             "vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True, processes[1].pid
         ),
@@ -166,7 +174,8 @@ def main() -> None:
     try:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/models")
         wait_ready(f"http://127.0.0.1:{gw_port}/healthz")
-        if len(paths) > 2:
+        wait_ready(f"http://127.0.0.1:{relay_port}/healthz")
+        if len(paths) > 3:
             wait_ready(f"http://127.0.0.1:{ll_port}/health/liveliness")
         print(
             f"upstream: fake OpenAI server, {args.chunks} chunks per reply; {args.requests} sequential requests"
