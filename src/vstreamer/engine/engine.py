@@ -152,13 +152,13 @@ class DialogueEngine:
             return
         user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
         conversation.turns.append(user_turn)
-        # The user's message is committed while the prompt is built and the request opens upstream: the first
-        # text of the reply is released only once the commit is done, and a failed commit fails the reply.
+        # The user's message is queued now. Overlapped (the default), it is committed at the turn's first wait:
+        # usually once the request is out, while the model reads the prompt (sooner, it would hold the request back
+        # by the time a commit takes on the event loop). The first text of the reply is released only once the commit
+        # is done, and a failed commit fails the reply.
         saving = self._queue(conversation, user_turn) if self.store is not None else None
         if saving is not None and self.user_commit == "before":
             await asyncio.shield(saving)
-        # Overlapped, the commit runs at the turn's first wait: usually once the request is out, while the model
-        # reads the prompt (sooner, it would hold the request back by the time a commit takes on the event loop).
         try:
             recall = (
                 await self.memory.recall(conversation, persona, user_turn.content)
