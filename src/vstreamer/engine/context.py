@@ -181,10 +181,8 @@ class ContextBuilder:
         return turn.prompt_tokens
 
     async def _count(self, message: ChatMessage) -> int:
-        key = (
-            message.role,
-            message.content,
-        )  # the rendered text is a cached string: its hash is kept, not recomputed
+        # A tuple, not a joined string: the rendered system text is a cached object whose hash is kept.
+        key = (message.role, message.content)
         cached = self._system_cache.get(key)
         if cached is None:
             cached = await self.backend.count_message_tokens(message)

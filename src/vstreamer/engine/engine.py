@@ -258,7 +258,7 @@ class DialogueEngine:
                             turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
                             continue
                         if drift is None:
-                            drift = self._drift_stream(persona)
+                            prepare()  # the first text came before the loop's next turn
                         text = passed(drift.feed(delta.text) if drift is not None else delta.text)
                         if text:
                             yield shown(text)

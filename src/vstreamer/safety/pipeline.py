@@ -238,7 +238,9 @@ class SafetyPipeline:
             decision = self._decide_input(text, source)
             if key is not None:
                 if len(self._decisions) >= _REMEMBERED:
-                    self._decisions.clear()  # a bound, not an LRU: the hot messages come straight back
+                    # A bound, not vstreamer.lru.LRU: plain dict steps are atomic, and a pipeline may be shared by
+                    # threads; the hot messages come straight back.
+                    self._decisions.clear()
                 self._decisions[key] = (self.compiled, self.policy, decision)
         self._record(decision.result, "input", source, injection=decision.injection)
         return decision

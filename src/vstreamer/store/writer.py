@@ -47,7 +47,7 @@ MESSAGE_FIELDS = (
 
 @dataclass(slots=True)
 class Write:
-    """One pending write: a new session (``session``), a turn (``message``) or a new version of the session's
+    """One pending write: a new session (``session``), a turn (``turn``) or a new version of the session's
     running summary (``summary``, a row of ``summaries``), and who waits for it."""
 
     session_id: str
