@@ -143,3 +143,15 @@ async def test_a_reply_that_ends_after_the_window_passed_it_can_still_join() -> 
     late.content, late.status, late.prompt_tokens = "ok", "complete", 3
     conversation.turns.append(Turn("user", "and now?", prompt_tokens=1))
     assert (await fit_history(conversation, 20, _count)).indices == [1, 2, 3]
+
+
+async def test_a_reply_still_streaming_at_the_start_can_join_once_it_ends() -> None:
+    """The walk reached the first turn (nothing stopped it) past a reply still streaming: once that reply ends, it
+    joins the prompts that have room (found by hypothesis)."""
+    conversation = Conversation("p")
+    early = Turn("user", "", status="streaming")
+    conversation.turns += [early, Turn("user", "now?")]
+    assert (await fit_history(conversation, 0, _count)).indices == []
+    early.content, early.status = " and more", "complete"
+    conversation.turns += [Turn("user", ""), Turn("user", "now?")]
+    assert (await fit_history(conversation, 15, _count)).indices == [0, 1]

@@ -105,11 +105,13 @@ class HistoryIndex:
     def after_walk(cls, turns: list[Turn], end: int, window: Window, stop: int | None) -> HistoryIndex:
         """The index from the window the walk just chose (``stop``: where it stopped)."""
         base = window.indices[0] if window.indices else end
-        before = None
-        if stop is not None:
-            gap = turns[stop + 1 : base]
-            # A turn still streaming between the stop and the window may join later prompts: no shortcut past it.
-            before = -1 if any(t.status == "streaming" for t in gap) else turns[stop].prompt_tokens
+        gap = turns[0 if stop is None else stop + 1 : base]
+        if any(t.status == "streaming" for t in gap):
+            before: (
+                int | None
+            ) = -1  # a turn still streaming before the window may join later prompts: walk then
+        else:
+            before = None if stop is None else turns[stop].prompt_tokens
         index = cls(turns, base, before)
         index.extend(end)
         return index
