@@ -90,6 +90,19 @@ def test_sampling_precedence(persona: Persona) -> None:
     assert engine.sampling_for(styled, SamplingOverrides(temperature=0.0)).temperature == 0.0  # 0 is a value
 
 
+def test_sampling_sets_are_made_once_and_follow_new_defaults(persona: Persona) -> None:
+    engine = DialogueEngine(FakeBackend(), ContextBudget(2048, 300))
+    assert engine.sampling_for(persona) is engine.defaults
+    asked = SamplingOverrides(top_p=0.5)
+    assert engine.sampling_for(persona, asked) is engine.sampling_for(persona, SamplingOverrides(top_p=0.5))
+    engine.defaults = SamplingParams(max_tokens=300, stop=("\n\n",), top_k=5)
+    params = engine.sampling_for(persona, asked)
+    assert (params.top_p, params.stop, params.top_k) == (0.5, ("\n\n",), 5)
+    for i in range(200):  # clients asking for ever new values do not grow the engine without bound
+        assert engine.sampling_for(persona, SamplingOverrides(temperature=i / 100)).temperature == i / 100
+    assert len(engine._sampling) <= 64
+
+
 class RemoteCounting(FakeBackend):
     """A backend whose every count is a request to its server (vLLM, llama.cpp): counts are recorded."""
 

@@ -69,7 +69,7 @@ class ContextBuilder:
         self.backend = backend
         self.budget = budget
         self._system_cache: LRU[tuple[str, str], int] = LRU(256)
-        self._rendered: LRU[tuple[object, ...], tuple[Persona, tuple[LoreEntry, ...], str]] = LRU(512)
+        self._rendered: LRU[tuple[object, ...], tuple[Persona, tuple[LoreEntry, ...], ChatMessage]] = LRU(512)
 
     async def build(
         self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
@@ -91,14 +91,13 @@ class ContextBuilder:
         include_examples = True
         ladder = ((True, True, True), (True, False, True), (False, False, True), (False, False, False))
         for include_lore, include_examples, include_memory in ladder:
-            text = self._system_text(
+            candidate = self._system_message(
                 persona,
                 user,
                 lore if include_lore else (),
                 tuple(memory) if include_memory else (),
                 include_examples,
             )
-            candidate = ChatMessage("system", text)
             if fixed_cost + await self._count(candidate) <= budget:
                 system, lore = candidate, lore if include_lore else []
                 memory = memory if include_memory else ()
@@ -125,8 +124,8 @@ class ContextBuilder:
             raise ContextBudgetError(f"the prompt needs {total} tokens, over the {budget}-token budget")
         start = history.indices[0] if history.indices else len(conversation.turns) - 1
         instructions = (
-            self._system_text(persona, user, lore, (), include_examples) if memory else system.content
-        )
+            self._system_message(persona, user, lore, (), include_examples) if memory else system
+        ).content
         return BuiltContext(
             tuple(messages),
             total,
@@ -138,15 +137,16 @@ class ContextBuilder:
             protected=(instructions, *(m.content for m in tail[1:])),
         )
 
-    def _system_text(
+    def _system_message(
         self,
         persona: Persona,
         user: str,
         lore: Sequence[LoreEntry],
         memory: tuple[str, ...],
         include_examples: bool,
-    ) -> str:
-        """The rendered system message, made once per persona object, viewer name, lore and memory."""
+    ) -> ChatMessage:
+        """The rendered system message, made once per persona object, viewer name, lore and memory (with its JSON,
+        once a request has carried it)."""
         key = (id(persona), user, tuple(map(id, lore)), memory, include_examples)
         cached = self._rendered.get(key)
         # The objects themselves are kept and compared: an id alone could be reused by a new object.
@@ -159,7 +159,7 @@ class ContextBuilder:
         text = prompt.system_message(
             persona, user, lore=lore, memory=memory, include_examples=include_examples
         )
-        return self._rendered.put(key, (persona, tuple(lore), text))[2]
+        return self._rendered.put(key, (persona, tuple(lore), ChatMessage("system", text)))[2]
 
     def _active_lore(self, conversation: Conversation, persona: Persona) -> list[LoreEntry]:
         book = persona.lorebook

@@ -45,6 +45,8 @@ class SamplingOverrides:
 
 
 _NO_OVERRIDES = SamplingOverrides()
+_SAMPLING_KEPT = 64
+"""Sampling parameter sets an engine keeps made (personas' defaults and the overrides clients repeat)."""
 
 
 def _first(*values: T | None) -> T:
@@ -93,6 +95,9 @@ class DialogueEngine:
         self.tasks = memory.tasks if memory is not None else BackgroundTasks()
         """Background work (summaries, fact extraction); :meth:`aclose` cancels what is left."""
         self._detectors: dict[tuple[str, str, str], DriftDetector] = {}
+        self._sampling: dict[tuple[float, float, int, int | None], SamplingParams] = {}
+        self._sampling_from = self.defaults
+        """The defaults that ``_sampling``'s parameter sets were made from."""
         if memory is not None and safety is not None:
             memory.fact_filter = self._vet_fact
 
@@ -109,8 +114,8 @@ class DialogueEngine:
         await self.tasks.aclose()
 
     def sampling_for(self, persona: Persona, overrides: SamplingOverrides | None = None) -> SamplingParams:
-        """Engine defaults, then the persona's defaults, then the request's overrides (on every turn: no
-        ``dataclasses.replace`` and no new object when nothing differs from the defaults)."""
+        """Engine defaults, then the persona's defaults, then the request's overrides (on every turn: each
+        combination's parameters are made once, not with a ``dataclasses.replace`` per turn)."""
         defaults, own, asked = self.defaults, persona.sampling, overrides or _NO_OVERRIDES
         temperature = _first(asked.temperature, own.temperature, defaults.temperature)
         top_p = _first(asked.top_p, own.top_p, defaults.top_p)
@@ -118,11 +123,21 @@ class DialogueEngine:
             _first(asked.max_tokens, own.max_tokens, defaults.max_tokens), self.budget.max_tokens
         )
         seed = _first(asked.seed, defaults.seed)
-        if (temperature, top_p, max_tokens, seed) == (
-            defaults.temperature, defaults.top_p, defaults.max_tokens, defaults.seed,
-        ):  # fmt: skip
-            return defaults
-        return replace(defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+        if self._sampling_from is not defaults:  # the defaults were replaced: what was made from them goes
+            self._sampling, self._sampling_from = {}, defaults
+        key = (temperature, top_p, max_tokens, seed)
+        made = self._sampling.get(key)
+        if made is None:
+            if key == (defaults.temperature, defaults.top_p, defaults.max_tokens, defaults.seed):
+                made = defaults
+            else:
+                made = replace(
+                    defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
+                )
+            if len(self._sampling) >= _SAMPLING_KEPT:
+                self._sampling.clear()  # requests that each ask for other values: keep no more than a few
+            self._sampling[key] = made
+        return made
 
     async def build_context(
         self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
