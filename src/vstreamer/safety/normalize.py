@@ -35,7 +35,8 @@ _SPACED_LETTERS = re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z]){{2,}}(?![a-z
 _SEP_CHARS = re.compile(f"[{_SEP}]+")
 _LOOKALIKE_MAP = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 # Written to start with a character class so that re can skip ahead quickly.
-_LOOKALIKE = re.compile(r"[013457@$](?:(?<=[a-z].)|(?=[a-z]))", re.S)
+_LOOKALIKE = re.compile(r"([013457@$])(?:(?<=[a-z].)|(?=[a-z]))", re.S)
+_LOOKALIKE_TABLE = str.maketrans(_LOOKALIKE_MAP)
 _REPEAT = re.compile(r"(.)\1+", re.S)
 _RUNS = re.compile(r"(.)\1*", re.S)
 
@@ -151,8 +152,16 @@ def _join_letters(m: re.Match[str]) -> str:
     return _SEP_CHARS.sub("", m.group())
 
 
-def _lookalike(m: re.Match[str]) -> str:
-    return _LOOKALIKE_MAP[m.group()]
+def _unlookalike(s: str) -> str:
+    """Digits and signs that stand for a letter next to a letter (``h3ll0``) become that letter, one for one.
+
+    ``split`` keeps each matched character between the pieces; they are translated together and put back in
+    their places, with no Python call per match (text with many numbers has many)."""
+    parts = _LOOKALIKE.split(s)
+    if len(parts) == 1:
+        return s
+    parts[1::2] = "".join(parts[1::2]).translate(_LOOKALIKE_TABLE)
+    return "".join(parts)
 
 
 def fold(text: str) -> str:
@@ -167,7 +176,7 @@ def _before_collapse(text: str) -> str:
         s = _table_run_pattern().sub(_translate_run, s)
         s = _CJK_SEP.sub("", s)
     s = _SPACED_LETTERS.sub(_join_letters, s)
-    return _LOOKALIKE.sub(_lookalike, s)
+    return _unlookalike(s)
 
 
 VECTOR_MIN_LENGTH = 2000
@@ -287,7 +296,7 @@ def normalize_with_map(text: str) -> NormalizedText:
                 keep[j] = not _SEP_CHARS.fullmatch(s[j])
         _drop(chars, starts, ends, keep)
         s = "".join(chars)
-    s = _LOOKALIKE.sub(_lookalike, s)
+    s = _unlookalike(s)
     if not _REPEAT.search(s):
         return NormalizedText(s, tuple(starts), tuple(ends), (1,) * len(s))
     return _collapse_runs(s, starts, ends)
@@ -301,7 +310,7 @@ def normalized_suffix_start(text: str, count: int, folded: str | None = None) ->
     if folded is not None or fold_is_identity(text):
         s = fold(text) if folded is None else folded
         if (s.isascii() or not _CJK_SEP.search(s)) and not _SPACED_LETTERS.search(s):
-            s = _LOOKALIKE.sub(_lookalike, s)  # one character for one: positions stay
+            s = _unlookalike(s)  # one character for one: positions stay
             i = len(s)
             for _ in range(count):  # each normalised character is one run of equal characters
                 c = s[i - 1]
