@@ -226,8 +226,15 @@ def test_cross_origin_calls_get_cors_headers_and_the_same_reply(start_gateway, o
     assert response.json()["choices"][0]["message"]["content"] == "收到：hello"
     assert response.headers.get("access-control-allow-origin") == origin
     assert response.headers["x-session-id"] == "s-cors"
+    # A body too large to hand on is refused by the hot route itself: a browser can still read why.
+    big = b'{"model":"nova","messages":[{"role":"user","content":"' + b"x" * (17 * 2**20) + b'"}]}'
+    refused = httpx.post(f"{server.url}/v1/chat/completions", content=big, timeout=60,
+                         headers={"content-type": "application/json", **headers})  # fmt: skip
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "request_too_large"
+    assert refused.headers.get("access-control-allow-origin") == origin
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'vstreamer_requests_total{route="/v1/chat/completions",status="200"} 1.0' in metrics
+    assert 'vstreamer_requests_total{route="/v1/chat/completions",status="413"} 1.0' in metrics
 
 
 def test_oversized_and_non_json_bodies_get_openai_errors(fake_gateway: GatewayServer) -> None:

@@ -85,15 +85,16 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> GatewayApp:
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(rest.router)
+    cors = None
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"],
-            expose_headers=[chat.SESSION_HEADER],
-        )  # fmt: skip
+        cors_options = {
+            "allow_origins": settings.cors_origins, "allow_methods": ["*"], "allow_headers": ["*"],
+            "expose_headers": [chat.SESSION_HEADER],
+        }  # fmt: skip
+        app.add_middleware(CORSMiddleware, **cors_options)
+        cors = partial(CORSMiddleware, **cors_options)
 
     app.add_middleware(RequestCounter, metrics=state.metrics)
     route = next(r for r in chat.router.routes if getattr(r, "path", None) == CHAT_PATH)
-    app.hot_route = ChatRoute(
-        state, fallback=partial(FastAPI.__call__, app), route=route, cors=bool(settings.cors_origins)
-    )
+    app.hot_route = ChatRoute(state, fallback=partial(FastAPI.__call__, app), route=route, cors=cors)
     return app

@@ -6,10 +6,14 @@ model, authenticates with the same authenticator and starts the reply with the s
 
 What it does not take on is replayed, body and all, to the FastAPI route, so every error message, CORS and the
 OpenAPI schema stay in one place: a body the model rejects, a content type other than JSON, a cross-origin call
-when CORS is configured.
+when CORS is configured. The one answer it gives a cross-origin call itself, a body too large to replay (413), goes
+through the same CORS middleware, so the browser can read it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
 
 from pydantic import ValidationError
 from starlette.datastructures import Headers
@@ -26,9 +30,17 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
 class ChatRoute:
-    """The ASGI app of the chat route; ``fallback`` is the whole FastAPI app (the same route, the slow way)."""
+    """The ASGI app of the chat route; ``fallback`` is the whole FastAPI app (the same route, the slow way); ``cors``
+    wraps an app in the gateway's CORS middleware (``None``: CORS is not configured)."""
 
-    def __init__(self, state: GatewayState, *, fallback: ASGIApp, route: object, cors: bool) -> None:
+    def __init__(
+        self,
+        state: GatewayState,
+        *,
+        fallback: ASGIApp,
+        route: object,
+        cors: Callable[[ASGIApp], ASGIApp] | None,
+    ) -> None:
         self.state = state
         self.fallback = fallback
         self.route = route
@@ -60,11 +72,15 @@ class ChatRoute:
                 # Before the response: every failure becomes an error in OpenAI's schema, the unexpected ones logged.
                 await error_response(exc)(scope, receive, send)
 
+        if self.cors is not None and "origin" in headers:
+            # Only a body too large to replay gets here cross-origin (the rest fell back): its 413 gets CORS headers.
+            await self.cors(partial(count_request, answer, metrics=self.state.metrics))(scope, receive, send)
+            return
         await count_request(answer, scope, receive, send, self.state.metrics)
 
     def _parse(self, body: bytes, headers: Headers) -> ChatCompletionRequest | None:
         """The request, or ``None`` for the FastAPI route to handle (and to word the error)."""
-        if self.cors and "origin" in headers:
+        if self.cors is not None and "origin" in headers:
             return None
         kind = headers.get("content-type")
         if kind is not None:
