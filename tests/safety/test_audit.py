@@ -79,6 +79,19 @@ def test_pipeline_decisions_reach_the_file(tmp_path: Path) -> None:
     ]
 
 
+def test_a_masked_reply_is_audited_as_masked(tmp_path: Path) -> None:
+    log = JsonlAuditLog(tmp_path / "audit.jsonl")
+    pipeline = SafetyPipeline.default(audit=log)
+    guard = pipeline.output_guard(source="live")
+    shown = guard.feed("我的电话是138") + guard.feed("12345678，记得打") + guard.finish()
+    assert "13812345678" not in shown
+    guard.result()
+    pipeline.close()
+    [line] = _lines(log.path)
+    assert (line["direction"], line["action"], line["source"]) == ("output", "mask", "live")
+    assert line["categories"] == ["personal_data"]
+
+
 def test_a_failing_disk_does_not_break_the_writer(tmp_path: Path) -> None:
     log = JsonlAuditLog(tmp_path / "missing" / "audit.jsonl")
     log.record(_record(0))

@@ -91,6 +91,10 @@ def test_pii_split_across_tokens_is_masked(pipeline: SafetyPipeline) -> None:
     guard = pipeline.output_guard()
     out, _ = _run(guard, ["我的电话是138", "1234", "5678，记得打"])
     assert out == "我的电话是***********，记得打"
+    # The verdict is made on what the model wrote, not on what was shown: the reply is audited as masked.
+    assert guard.text == "我的电话是13812345678，记得打"
+    result = guard.result()
+    assert result.action == "mask" and result.output == out
 
 
 def test_leak_guard_stops_a_copied_system_prompt(pipeline: SafetyPipeline) -> None:

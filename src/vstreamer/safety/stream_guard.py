@@ -135,6 +135,9 @@ class OutputGuard:
         self._language = language
         self._persona_name = persona_name
         self._released: list[str] = []
+        """The released pieces, as shown (masked)."""
+        self._unmasked: dict[int, str] = {}
+        """The model's own text of the released pieces that were masked (by index): what the verdict is made on."""
         self._recent = ""
         """The last ``_CONTEXT`` released characters (re-read with each chunk)."""
         self._pending = ""
@@ -151,8 +154,11 @@ class OutputGuard:
 
     @property
     def text(self) -> str:
-        """Everything the model produced so far (released or held)."""
-        return "".join(self._released) + self._pending
+        """Everything the model produced so far (released or held), before masking."""
+        unmasked = self._unmasked
+        return "".join(
+            [unmasked.get(i, p) for i, p in enumerate(self._released)] if unmasked else self._released
+        ) + (self._pending)
 
     def feed(self, text: str) -> str:
         """Take the next chunk; return the text that is safe to send now (may be empty)."""
@@ -196,6 +202,8 @@ class OutputGuard:
                 hold = max(base, s)
         released = mask_spans(t, masks)[base:hold]
         if released:
+            if masks:
+                self._unmasked[len(self._released)] = t[base:hold]
             self._released.append(released)
             self._recent = (self._recent + released)[-_CONTEXT:]
         self._pending = t[hold:]
