@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: SQLite files are not shared by instances there
+    fcntl = None  # type: ignore[assignment]
+
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -61,7 +69,15 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+MIGRATION_LOCK = 0x7673_7472_6D69_6772 & 0x7FFF_FFFF_FFFF_FFFF
+"""The PostgreSQL advisory lock that instances migrating one database take in turn (a constant of this project)."""
+
+
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Instances starting together take turns; each later one finds the schema at head and does nothing. The
+        # lock ends with the migration's transaction.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -69,9 +85,31 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    """Apply every pending migration (idempotent)."""
+    """Apply every pending migration (idempotent; instances opening one database at once take turns)."""
     try:
-        async with engine.begin() as connection:
+        async with _file_lock(_sqlite_lock_path(engine)), engine.begin() as connection:
             await connection.run_sync(_upgrade)
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"cannot open or migrate the database: {exc}") from exc
+
+
+def _sqlite_lock_path(engine: AsyncEngine) -> Path | None:
+    """Beside a SQLite file, the file that processes migrating it lock in turn (SQLite's own locks do not cover a
+    migration: its schema changes are not one transaction there)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(f"{database}.migrate.lock")
+
+
+@asynccontextmanager
+async def _file_lock(path: Path | None) -> AsyncIterator[None]:
+    if path is None or fcntl is None:
+        yield
+        return
+    handle = path.open("a")
+    try:
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)  # waits for another instance
+        yield
+    finally:
+        handle.close()  # closing releases the lock
