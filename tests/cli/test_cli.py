@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +16,8 @@ import pexpect
 import pytest
 
 from vstreamer.cli import main
+from vstreamer.engine import Turn
+from vstreamer.store import SessionRecord, open_store
 
 
 def run_cli(
@@ -89,6 +93,31 @@ def test_chat_from_piped_input_with_commands(data_env: dict[str, str]) -> None:
     assert "小星: 收到：hello there" in result.stdout
     assert "Nova: 收到：second message" in result.stdout
     assert "switched to Nova" in result.stdout
+    # Each conversation with a message in it is stored, as the local user's (the one switched away from before
+    # anything was said is not).
+    saved = re.search(r"saved: (\w+), (\w+)", result.stdout)
+    assert saved is not None
+    stored = asyncio.run(_stored_sessions(Path(data_env["VSTREAMER_DATA_DIR"])))
+    assert [(r.id, r.persona_id, r.platform, r.title) for r, _ in stored] == [
+        (saved[1], "xiaoxing", "cli", "hello there"), (saved[2], "nova", "cli", "second message"),
+    ]  # fmt: skip
+    first, second = (turns for _, turns in stored)
+    assert [(t.role, t.content) for t in first][-2:] == [
+        ("user", "hello there"),
+        ("assistant", "收到：hello there"),
+    ]
+    assert [(t.role, t.content, t.status) for t in second][-2:] == [
+        ("user", "second message", "complete"), ("assistant", "收到：second message", "complete"),
+    ]  # fmt: skip
+
+
+async def _stored_sessions(data_dir: Path) -> list[tuple[SessionRecord, list[Turn]]]:
+    store = await open_store(None, data_dir)
+    try:
+        records = sorted(await store.list_sessions(owner="local"), key=lambda r: r.created_at)
+        return [(r, await store.list_messages(r.id)) for r in records]
+    finally:
+        await store.close()
 
 
 def test_ctrl_c_stops_the_reply_not_the_program(data_env: dict[str, str]) -> None:
