@@ -92,8 +92,7 @@ async def ttft_rounds(paths: list[Target], requests: int, rounds: int) -> dict[s
         for path in paths:
             for _ in range(50):  # warm-up (connections, caches, the session's first turns)
                 await one_stream(sessions[path.name], path, "bench-ttft")
-        for round_ in range(rounds):
-            share = requests // rounds + (round_ < requests % rounds)
+        for share in _shares(requests, rounds):
             for path in paths:
                 session = sessions[path.name]
                 samples[path.name] += [await one_stream(session, path, "bench-ttft") for _ in range(share)]
@@ -122,11 +121,15 @@ async def throughput(path: Target, concurrency: int, requests: int) -> float:
         return requests / (time.perf_counter() - started)
 
 
+def _shares(total: int, rounds: int) -> list[int]:
+    """How many of ``total`` requests each round takes (they differ by one at most)."""
+    return [total // rounds + (round_ < total % rounds) for round_ in range(rounds)]
+
+
 def _split(samples: list[float], rounds: int) -> list[list[float]]:
     """``samples`` back into the rounds :func:`ttft_rounds` took them in."""
     out, start = [], 0
-    for round_ in range(rounds):
-        share = len(samples) // rounds + (round_ < len(samples) % rounds)
+    for share in _shares(len(samples), rounds):
         out.append(samples[start : start + share])
         start += share
     return out

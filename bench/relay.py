@@ -20,9 +20,8 @@ from vstreamer.llm.http1 import Pool
 class Relay:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.pool: Pool | None = (
-            None  # connections belong to the server's event loop: made by the first request
-        )
+        # Connections belong to the server's event loop: the pool is made by the first request.
+        self.pool: Pool | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -272,7 +272,7 @@ class DialogueEngine:
                         if isinstance(delta, StreamEnd):
                             turn.usage, turn.finish_reason = delta.usage, delta.finish_reason
                             continue
-                        if drift is None:
+                        if drift is None and self.drift_repair:
                             prepare()  # the first text came before the loop's next turn
                         text = passed(drift.feed(delta.text) if drift is not None else delta.text)
                         if text:

@@ -106,10 +106,9 @@ class HistoryIndex:
         """The index from the window the walk just chose (``stop``: where it stopped)."""
         base = window.indices[0] if window.indices else end
         gap = turns[0 if stop is None else stop + 1 : base]
+        before: int | None
         if any(t.status == "streaming" for t in gap):
-            before: (
-                int | None
-            ) = -1  # a turn still streaming before the window may join later prompts: walk then
+            before = -1  # a turn still streaming before the window may join later prompts: walk then
         else:
             before = None if stop is None else turns[stop].prompt_tokens
         index = cls(turns, base, before)
@@ -145,9 +144,8 @@ class HistoryIndex:
         messages: list[ChatMessage] = []
         indices: list[int] = []
         left = room
-        for i in range(
-            end - 1, self.covered - 1, -1
-        ):  # after the index: a reply still streaming and what follows
+        # After the index: a reply still streaming and what follows it.
+        for i in range(end - 1, self.covered - 1, -1):
             turn = turns[i]
             if not turn.in_prompt:
                 continue

@@ -155,10 +155,10 @@ class OutputGuard:
     @property
     def text(self) -> str:
         """Everything the model produced so far (released or held), before masking."""
-        unmasked = self._unmasked
-        return "".join(
-            [unmasked.get(i, p) for i, p in enumerate(self._released)] if unmasked else self._released
-        ) + (self._pending)
+        pieces = self._released
+        if self._unmasked:
+            pieces = [self._unmasked.get(i, piece) for i, piece in enumerate(pieces)]
+        return "".join(pieces) + self._pending
 
     def feed(self, text: str) -> str:
         """Take the next chunk; return the text that is safe to send now (may be empty)."""
