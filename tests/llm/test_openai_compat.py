@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from tests.conftest import LlamaServer, free_port
 from vstreamer.errors import BackendResponseError, BackendTimeout, BackendUnavailable
 from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta, Usage
-from vstreamer.llm.openai_compat import OpenAICompatBackend
+from vstreamer.llm.openai_compat import FIRST_TEXT_CHARS, OpenAICompatBackend
 from vstreamer.llm.sse import SSEDecoder
 
 #: Tests that start real servers; the SSE and transport tests below use scripted in-process ones.
@@ -410,6 +411,35 @@ async def test_events_of_one_read_merge_into_one_delta() -> None:
     async with scripted_backend(script) as (backend, _):
         deltas = await deltas_of(backend)
     assert deltas == [TextDelta("abc"), TextDelta("d"), StreamEnd("stop", Usage(7, 3))]
+
+
+async def test_first_text_of_a_burst_goes_out_before_the_rest_is_read() -> None:
+    # A read that brings a whole reply at once: its first words are a delta of their own (what follows them is
+    # not decoded on the first text's way), the rest of that read is the next; later reads merge as before.
+    words = [f"word{i} " for i in range(12)]
+    first = math.ceil(FIRST_TEXT_CHARS / len(words[0]))
+    burst = b"".join(text_event(w) for w in words) + FINISH + USAGE
+    later = text_event("x") + text_event("y") + b"data: [DONE]\n\n"
+    async with scripted_backend([burst, later]) as (backend, _):
+        deltas = await deltas_of(backend)
+    assert 1 < first < len(words)
+    assert deltas == [
+        TextDelta("".join(words[:first])), TextDelta("".join(words[first:])), TextDelta("xy"),
+        StreamEnd("stop", Usage(7, 3)),
+    ]  # fmt: skip
+
+
+async def test_an_error_in_a_burst_after_its_first_text_is_a_mid_stream_error() -> None:
+    error = sse({"error": {"message": "the engine died", "type": "server_error", "code": 500}})
+    words = [f"word{i} " for i in range(12)]
+    async with scripted_backend([b"".join(text_event(w) for w in words) + error]) as (backend, _):
+        received: list[str] = []
+        with pytest.raises(BackendResponseError, match=r"mid-stream.*the engine died"):
+            async for delta in backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5)):
+                assert isinstance(delta, TextDelta)
+                received.append(delta.text)
+    # The first words went out; the error came with the rest of their read (never shown), after them.
+    assert received == ["".join(words[: math.ceil(FIRST_TEXT_CHARS / len(words[0]))])]
 
 
 async def test_events_split_across_reads_with_crlf_and_comments() -> None:

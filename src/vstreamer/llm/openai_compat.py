@@ -48,6 +48,8 @@ _MID_STREAM = "mid-stream"
 _ERROR_BODY_LIMIT = 64 * 1024
 #: How long a finished stream may take to send its end of body, so that its connection can be reused.
 _DRAIN_TIMEOUT_S = 1.0
+#: A reply's first text is taken from the start of a network read that brings more (a burst) once it is this long.
+FIRST_TEXT_CHARS = 24
 #: Errors of the HTTP exchange itself; anything else raised while reading means a malformed body.
 _DECODE_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
 
@@ -62,16 +64,25 @@ class _StreamState:
     finish_reason: str | None = None
     usage: Usage | None = None
     done: bool = False
-    """``[DONE]`` or the end of the body was seen."""
+    """``[DONE]`` or the end of the body was seen, and every event before it taken."""
+    pending: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """Events read but not taken yet (the rest of a burst whose first text went out first)."""
+    eof: bool = False
+    """The body has ended (``done`` once ``pending`` is taken too)."""
 
     @property
     def where(self) -> str:
         return _MID_STREAM if self.parts else _BEFORE_FIRST_TOKEN
 
-    def take(self, events: list[tuple[bytes, bytes]]) -> str:
-        """Apply the events of one network read; returns their text, concatenated."""
+    def take(self, events: list[tuple[bytes, bytes]], limit: int = 0) -> str:
+        """Apply the events of one network read; returns their text, concatenated. With a ``limit``, the events
+        after the one whose text reaches that many characters are kept in ``pending`` for the next call."""
         texts: list[str] = []
-        for event, data in events:
+        size = 0
+        for i, (event, data) in enumerate(events):
+            if limit and size >= limit:
+                self.pending = events[i:]
+                break
             if event and event != b"message":
                 if event == b"error":
                     raise _reported_error(_loads_or_text(data), self.where)
@@ -87,6 +98,7 @@ class _StreamState:
                     text = delta.get("content") if delta else None
                     if text:
                         texts.append(text)
+                        size += len(text)
                     if choice.get("finish_reason"):
                         self.finish_reason = choice["finish_reason"]
             elif chunk.get("error") or chunk.get("object") == "error":
@@ -200,27 +212,36 @@ class OpenAICompatBackend:
     async def _next_text(self, response: Response, state: _StreamState, deadline: float) -> str | None:
         """The text of the next network read that carries some; ``None`` once the stream is over."""
         while not state.done:
+            events, state.pending = state.pending, []
+            if not events:
+                chunk = await self._read(response, state, deadline)
+                state.eof = not chunk
+                events = state.decoder.feed(chunk) if chunk else state.decoder.flush()
+            # The reply's first text goes out once its first words are taken: the rest of a burst waits for the
+            # next call, so that text is not held back by decoding and moderating all of it.
             try:
-                chunk = response.read_nowait()  # what arrived meanwhile, without a timer (busy servers)
-                if not chunk and not response.is_eof():
-                    timer = (
-                        asyncio.timeout(self.stall_timeout) if state.parts else asyncio.timeout_at(deadline)
-                    )
-                    async with timer:
-                        chunk = await response.read()
-            except (HTTPClientError, TimeoutError) as exc:
-                raise self._map_error(exc, state.where) from exc
-            try:
-                text = state.take(state.decoder.feed(chunk) if chunk else state.decoder.flush())
+                text = state.take(events, 0 if state.parts else FIRST_TEXT_CHARS)
             except _DECODE_ERRORS as exc:
                 raise BackendResponseError(
                     f"LLM server sent a malformed response ({state.where}): {type(exc).__name__}: {exc}"
                 ) from exc
-            state.done = state.done or not chunk
+            state.done = state.done or (state.eof and not state.pending)
             if text:
                 state.parts.append(text)
                 return text
         return None
+
+    async def _read(self, response: Response, state: _StreamState, deadline: float) -> bytes:
+        """The next bytes of the body (``b""`` at its end)."""
+        try:
+            chunk = response.read_nowait()  # what arrived meanwhile, without a timer (busy servers)
+            if not chunk and not response.is_eof():
+                timer = asyncio.timeout(self.stall_timeout) if state.parts else asyncio.timeout_at(deadline)
+                async with timer:
+                    chunk = await response.read()
+        except (HTTPClientError, TimeoutError) as exc:
+            raise self._map_error(exc, state.where) from exc
+        return chunk
 
     async def _release(self, response: Response) -> None:
         """Return a finished response's connection to the pool once its body is read to the end."""
