@@ -30,6 +30,8 @@ from vstreamer.store import SessionRecord
 router = APIRouter()
 SESSION_HEADER = "X-Session-Id"
 VIEWER_HEADER = "X-Viewer-Id"
+SESSION_HEADER_KEY, VIEWER_HEADER_KEY = SESSION_HEADER.lower(), VIEWER_HEADER.lower()
+"""The names to look up: ``headers`` are a plain dict of lower-case names on the hot route."""
 API_PLATFORM = "api"
 CLIENT_CLOSED = 499
 
@@ -74,8 +76,8 @@ async def open_reply(
 async def _conversation(
     state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], persona: Persona, owner: str
 ) -> Conversation:
-    session_id = headers.get(SESSION_HEADER) or body.user
-    viewer_header = headers.get(VIEWER_HEADER, "").strip()[:100] or session_id
+    session_id = headers.get(SESSION_HEADER_KEY) or body.user
+    viewer_header = headers.get(VIEWER_HEADER_KEY, "").strip()[:100] or session_id
     viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
     store = state.store
     if session_id:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from functools import partial
 
 from pydantic import ValidationError
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vstreamer.gateway.chat import open_reply
@@ -50,7 +49,7 @@ class ChatRoute:
         body = await _read_body(receive)
         if body is None:
             return  # the client left before sending its request
-        headers = Headers(scope=scope)
+        headers = _headers(scope)
         too_large = len(body) > MAX_BODY_BYTES
         request = None if too_large else self._parse(body, headers)
         if request is None and not too_large:
@@ -78,7 +77,7 @@ class ChatRoute:
             return
         await count_request(answer, scope, receive, send, self.state.metrics)
 
-    def _parse(self, body: bytes, headers: Headers) -> ChatCompletionRequest | None:
+    def _parse(self, body: bytes, headers: dict[str, str]) -> ChatCompletionRequest | None:
         """The request, or ``None`` for the FastAPI route to handle (and to word the error)."""
         if self.cors is not None and "origin" in headers:
             return None
@@ -93,6 +92,14 @@ class ChatRoute:
             return ChatCompletionRequest.model_validate_json(body)
         except ValidationError:
             return None
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request's headers by lower-case name, the first of a repeated one as Starlette's ``Headers.get`` gives
+    it: one dict, where each ``Headers`` look-up walks and decodes the whole list again."""
+    return {
+        name.lower().decode("latin-1"): value.decode("latin-1") for name, value in reversed(scope["headers"])
+    }
 
 
 async def _read_body(receive: Receive) -> bytes | None:
