@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.conftest import LlamaServer, free_port
 from vstreamer.errors import BackendResponseError, BackendTimeout, BackendUnavailable
 from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta, Usage
-from vstreamer.llm.openai_compat import FIRST_TEXT_CHARS, OpenAICompatBackend
+from vstreamer.llm.openai_compat import FIRST_TEXT_CHARS, FIRST_TEXT_MAX_BUSY, OpenAICompatBackend
 from vstreamer.llm.sse import SSEDecoder
 
 #: Tests that start real servers; the SSE and transport tests below use scripted in-process ones.
@@ -427,6 +427,17 @@ async def test_first_text_of_a_burst_goes_out_before_the_rest_is_read() -> None:
         TextDelta("".join(words[:first])), TextDelta("".join(words[first:])), TextDelta("xy"),
         StreamEnd("stop", Usage(7, 3)),
     ]  # fmt: skip
+
+
+async def test_a_busy_backend_takes_each_burst_whole() -> None:
+    # With more requests in flight than FIRST_TEXT_MAX_BUSY, splitting would cost every reply a delta and a write.
+    words = [f"word{i} " for i in range(12)]
+    role = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    burst = b"".join(text_event(w) for w in words) + FINISH + b"data: [DONE]\n\n"
+    streams = FIRST_TEXT_MAX_BUSY + 1
+    async with scripted_backend(*[[role, burst] for _ in range(streams)]) as (backend, _):
+        replies = await asyncio.gather(*[deltas_of(backend) for _ in range(streams)])
+    assert all(deltas == [TextDelta("".join(words)), StreamEnd("stop", None)] for deltas in replies), replies
 
 
 async def test_an_error_in_a_burst_after_its_first_text_is_a_mid_stream_error() -> None:

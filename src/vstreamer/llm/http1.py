@@ -364,6 +364,11 @@ class Pool:
         """Connections open now, idle or carrying a response."""
         return self._open
 
+    @property
+    def busy(self) -> int:
+        """Connections carrying a request or response now (requests in flight)."""
+        return self._open - len(self._idle)
+
     async def aclose(self) -> None:
         """Close the idle connections; those carrying a response close when it is finished."""
         self._closed = True
