@@ -54,6 +54,9 @@ FIRST_TEXT_CHARS = 24
 #: splitting costs every reply one more delta and write (10-15% of its streamed requests/s at 50 streams), and there
 #: a first text waits for the other streams' work more than for the rest of its own burst.
 FIRST_TEXT_MAX_BUSY = 4
+#: Of such a burst, the events in about this many bytes are decoded for the first text (a few chunks: vLLM's are
+#: ~200 bytes each), the rest after it goes out.
+FIRST_TEXT_BYTES = 512
 #: Errors of the HTTP exchange itself; anything else raised while reading means a malformed body.
 _DECODE_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
 
@@ -70,9 +73,11 @@ class _StreamState:
     done: bool = False
     """``[DONE]`` or the end of the body was seen, and every event before it taken."""
     pending: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """Events read but not taken yet (the rest of a burst whose first text went out first)."""
+    """Events decoded but not taken yet (the rest of a burst whose first text went out first)..."""
+    unread: bytes = b""
+    """...and the bytes of the burst not decoded yet."""
     eof: bool = False
-    """The body has ended (``done`` once ``pending`` is taken too)."""
+    """The body has ended (``done`` once ``pending`` and ``unread`` are taken too)."""
 
     @property
     def where(self) -> str:
@@ -216,21 +221,27 @@ class OpenAICompatBackend:
     async def _next_text(self, response: Response, state: _StreamState, deadline: float) -> str | None:
         """The text of the next network read that carries some; ``None`` once the stream is over."""
         while not state.done:
-            events, state.pending = state.pending, []
-            if not events:
-                chunk = await self._read(response, state, deadline)
-                state.eof = not chunk
-                events = state.decoder.feed(chunk) if chunk else state.decoder.flush()
             # The reply's first text goes out once its first words are taken: the rest of a burst waits for the
             # next call, so that text is not held back by decoding and moderating all of it.
             split = not state.parts and self._pool().busy <= FIRST_TEXT_MAX_BUSY
+            events, state.pending = state.pending, []
+            # The rest of a burst is taken in one piece, with the events left of it.
+            if state.unread or not events:
+                if state.unread:
+                    chunk, state.unread = state.unread, b""
+                else:
+                    chunk = await self._read(response, state, deadline)
+                    state.eof = not chunk
+                if split and (cut := chunk.find(b"\n\n", FIRST_TEXT_BYTES)) != -1:
+                    chunk, state.unread = chunk[: cut + 2], chunk[cut + 2 :]
+                events += state.decoder.feed(chunk) if chunk else state.decoder.flush()
             try:
                 text = state.take(events, FIRST_TEXT_CHARS if split else 0)
             except _DECODE_ERRORS as exc:
                 raise BackendResponseError(
                     f"LLM server sent a malformed response ({state.where}): {type(exc).__name__}: {exc}"
                 ) from exc
-            state.done = state.done or (state.eof and not state.pending)
+            state.done = state.done or (state.eof and not state.pending and not state.unread)
             if text:
                 state.parts.append(text)
                 return text
