@@ -178,7 +178,7 @@ async def test_drift_repair_with_moderation_and_switched_off(xiaoxing: Persona) 
 @given(st.lists(st.sampled_from(["作为", "一个", "AI", "as an", " ai ", "language", "我是", "通义", "主播", "。", "!", "x"]),
                 max_size=12), st.integers(0, 30))  # fmt: skip
 def test_hold_skips_only_endings_no_phrase_has(pieces: list[str], released: int) -> None:
-    """The per-character shortcut gives what trying every ending against the phrase beginnings gives."""
+    """The shortcut by the last three characters gives what trying every ending against the phrase beginnings gives."""
     detector = DriftDetector("小星")
     folded = drift_fold("".join(pieces))
     released = min(released, len(folded))

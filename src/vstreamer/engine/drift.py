@@ -114,14 +114,16 @@ def _compiled_phrases() -> tuple[
     dict[str, DriftReason], re.Pattern[str], int, frozenset[str], dict[str, int]
 ]:
     """The phrase table and its matcher, the same for every persona: built once per process (~0.1 s). Also every
-    phrase beginning, and for each character the longest beginning that ends with it (most text ends with none)."""
+    phrase beginning, and for each three characters the longest beginning that ends with them (most text ends with
+    none: only beginnings of one or two characters are left to try)."""
     phrases = _phrases()
     ordered = sorted(phrases, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(p) for p in ordered))
     prefixes = frozenset(p[:i] for p in ordered for i in range(1, len(p) + 1))
     reach: dict[str, int] = {}
     for prefix in prefixes:
-        reach[prefix[-1]] = max(reach.get(prefix[-1], 0), len(prefix))
+        if len(prefix) > 2:
+            reach[prefix[-3:]] = max(reach.get(prefix[-3:], 0), len(prefix))
     return phrases, pattern, len(ordered[0]), prefixes, reach
 
 
@@ -172,7 +174,8 @@ class DriftDetector:
     def hold_from(self, folded: str, released: int) -> int:
         """Where the text that could still become a drift phrase begins (``len`` when none)."""
         hold = len(folded)
-        top = min(self._reach.get(folded[-1:], 0), len(folded) - released)
+        # Beginnings longer than two characters that end like the text does bound the lengths to try.
+        top = min(max(self._reach.get(folded[-3:], 0), 2), len(folded) - released)
         for length in range(top, 0, -1):
             if folded[-length:] in self._prefixes:
                 hold = len(folded) - length
