@@ -90,7 +90,8 @@ def _shielded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
 def _holds(conversation: Conversation, turn: Turn) -> bool:
     """Whether ``turn`` is one of the conversation's newest turns (the engine appends a turn before saving it)."""
-    return any(t is turn for t in conversation.turns[-8:])
+    turns = conversation.turns
+    return bool(turns) and turns[-1] is turn or any(t is turn for t in turns[-8:])
 
 
 def hash_key(key: str) -> str:
