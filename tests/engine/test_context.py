@@ -103,6 +103,27 @@ async def test_card_system_prompt_and_post_history_instructions(persona: Persona
     assert built.messages[-2].content == "最后一个问题 last question"
 
 
+async def test_post_history_note_follows_the_viewer_and_the_card(persona: Persona) -> None:
+    # The note is made once per persona object and viewer name: another viewer or an edited card gets its own.
+    card = persona.model_copy(update={"post_history_instructions": "Reply in rhyme, {{user}}."})
+    builder = ContextBuilder(FakeBackend(), ContextBudget(context_window=2048, max_tokens=100))
+    bob = conversation_with(2)
+    ann = conversation_with(2)
+    ann.user_name = "Ann"
+    edited = card.model_copy(update={"post_history_instructions": "Reply in haiku."})
+    notes = [
+        (await builder.build(c, p)).messages[-1]
+        for c, p in ((bob, card), (ann, card), (bob, card), (bob, edited))
+    ]
+    assert [m.content for m in notes] == ["Reply in rhyme, Bob.", "Reply in rhyme, Ann.", "Reply in rhyme, Bob.",
+                                          "Reply in haiku."]  # fmt: skip
+    assert notes[0] is notes[2]  # made once
+    # A card without a note: none, and nothing to protect but the prompt.
+    built = await builder.build(bob, persona)
+    assert built.messages[-1].role == "user" and built.protected == (built.messages[0].content,)
+    assert (await builder.build(bob, edited)).protected[1:] == ("Reply in haiku.",)
+
+
 async def test_interrupted_turns_stay_failed_turns_leave(persona: Persona) -> None:
     conversation = Conversation("tester", user_name="Bob")
     conversation.turns += [

@@ -70,6 +70,7 @@ class ContextBuilder:
         self.budget = budget
         self._system_cache: LRU[tuple[str, str], int] = LRU(256)
         self._rendered: LRU[tuple[object, ...], tuple[Persona, tuple[LoreEntry, ...], ChatMessage]] = LRU(512)
+        self._notes: LRU[tuple[int, str], tuple[Persona, ChatMessage | None]] = LRU(512)
 
     async def build(
         self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
@@ -80,14 +81,15 @@ class ContextBuilder:
         user = conversation.user_name
         current = conversation.turns[-1]
         lore = self._active_lore(conversation, persona)
-        note_text = prompt.post_history_note(persona, user)
-        tail = [current.as_message()] + ([ChatMessage("system", note_text)] if note_text else [])
+        note = self._note(persona, user)
+        tail = [current.as_message(), note] if note is not None else [current.as_message()]
         budget = self.budget.prompt_budget
         fixed_cost = await self._turn_tokens(current)
-        for message in tail[1:]:
-            fixed_cost += await self._count(message)
+        if note is not None:
+            fixed_cost += await self._count(note)
 
         system: ChatMessage | None = None
+        system_cost = 0
         include_examples = True
         ladder = ((True, True, True), (True, False, True), (False, False, True), (False, False, False))
         for include_lore, include_examples, include_memory in ladder:
@@ -98,7 +100,8 @@ class ContextBuilder:
                 tuple(memory) if include_memory else (),
                 include_examples,
             )
-            if fixed_cost + await self._count(candidate) <= budget:
+            system_cost = await self._count(candidate)
+            if fixed_cost + system_cost <= budget:
                 system, lore = candidate, lore if include_lore else []
                 memory = memory if include_memory else ()
                 break
@@ -107,7 +110,7 @@ class ContextBuilder:
                 f"the persona prompt and the new message need more than the {budget}-token prompt budget; "
                 "shorten the message or raise context_window"
             )
-        room = budget - fixed_cost - await self._count(system)
+        room = budget - fixed_cost - system_cost
         history = await fit_history(conversation, room, self._turn_tokens)
         messages = [system, *history.messages, *tail]
         if getattr(self.backend, "counts_add_up", False):
@@ -134,7 +137,7 @@ class ContextBuilder:
             tuple(lore),
             window_start=start,
             memory=tuple(memory),
-            protected=(instructions, *(m.content for m in tail[1:])),
+            protected=(instructions, note.content) if note is not None else (instructions,),
         )
 
     def _system_message(
@@ -160,6 +163,16 @@ class ContextBuilder:
             persona, user, lore=lore, memory=memory, include_examples=include_examples
         )
         return self._rendered.put(key, (persona, tuple(lore), ChatMessage("system", text)))[2]
+
+    def _note(self, persona: Persona, user: str) -> ChatMessage | None:
+        """The card's post-history note as a message (``None``: it has none), made once per persona object and
+        viewer name, like the system message (with its JSON and token count, once a request has carried it)."""
+        key = (id(persona), user)
+        cached = self._notes.get(key)
+        if cached is not None and cached[0] is persona:
+            return cached[1]
+        text = prompt.post_history_note(persona, user)
+        return self._notes.put(key, (persona, ChatMessage("system", text) if text else None))[1]
 
     def _active_lore(self, conversation: Conversation, persona: Persona) -> list[LoreEntry]:
         book = persona.lorebook
