@@ -122,6 +122,37 @@ async def test_overlapped_user_commit_waits_until_the_request_is_out(store: Stor
     await engine.aclose()
 
 
+async def test_overlapped_user_message_is_queued_once_the_request_is_out(store: Store) -> None:
+    """Queueing the user's message is off the request's way too (a turn, a write and its future): it happens at the
+    turn's first wait, and the first text still waits for its commit."""
+    persona = PersonaLibrary(None).get("xiaoxing")
+    order: list[str] = []
+
+    class Recording(FakeBackend):
+        def stream(self, messages, params):  # type: ignore[no-untyped-def]
+            order.append("request")
+            return super().stream(messages, params)
+
+    queue_turn = store.queue_turn
+
+    def recording_queue(
+        conversation: Conversation, turn: Turn, done: asyncio.Future[None] | None = None
+    ) -> asyncio.Future[None]:
+        order.append(f"queued {turn.role}")
+        return queue_turn(conversation, turn, done)
+
+    store.queue_turn = recording_queue  # type: ignore[method-assign]
+    engine = DialogueEngine(Recording(), ContextBudget(4096, 256), store=store)
+    record = await store.create_session(persona.id, owner="o")
+    conversation = await store.load_conversation(record.id)
+    async with contextlib.aclosing(engine.reply(conversation, persona, "第一条")) as stream:
+        while (await anext(stream)).kind != "delta":
+            pass
+        assert order == ["request", "queued user"]
+        # Stored before the first text.
+        assert [t.content for t in await store.list_messages(record.id)] == ["第一条"]
+
+
 async def test_cancelled_and_failed_replies_are_stored_with_partial_text(store: Store) -> None:
     persona = PersonaLibrary(None).get("nova")
     record = await store.create_session(persona.id, owner="alice")
@@ -195,6 +226,33 @@ async def test_a_user_message_the_database_refuses_fails_the_reply_before_any_te
             if event.kind == "delta":
                 shown.append(event.text)
     assert shown == [] and await store.count_messages(record.id) == 0
+
+
+async def test_user_message_that_cannot_be_queued_fails_the_reply_before_any_text() -> None:
+    # Queued at the turn's first wait: a store that refuses it then (closed meanwhile) fails the reply, never hangs it.
+    class ClosedQueue:
+        def __init__(self) -> None:
+            self.saved: list[Turn] = []
+
+        def queue_turn(
+            self, conversation: Conversation, turn: Turn, done: asyncio.Future[None] | None = None
+        ) -> asyncio.Future[None]:
+            raise StoreError("the store is closed")
+
+        async def save_turn(self, conversation: Conversation, turn: Turn) -> None:
+            self.saved.append(turn)
+
+    persona = PersonaLibrary(None).get("nova")
+    store = ClosedQueue()
+    engine = DialogueEngine(FakeBackend(), ContextBudget(4096, 256), store=store)
+    shown: list[str] = []
+    with pytest.raises(StoreError, match="closed"):
+        async with asyncio.timeout(5):
+            async for event in engine.reply(Conversation(persona.id), persona, "hello there"):
+                if event.kind == "delta":
+                    shown.append(event.text)
+    assert shown == []
+    assert [(t.role, t.status) for t in store.saved] == [("assistant", "failed")]
 
 
 async def test_failed_user_commit_fails_the_reply_before_any_text() -> None:

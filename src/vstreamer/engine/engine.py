@@ -167,13 +167,15 @@ class DialogueEngine:
             return
         user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
         conversation.turns.append(user_turn)
-        # The user's message is queued now. Overlapped (the default), it is committed at the turn's first wait:
-        # usually once the request is out, while the model reads the prompt (sooner, it would hold the request back
-        # by the time a commit takes on the event loop). The first text of the reply is released only once the commit
+        # Overlapped (the default), the user's message is queued and committed at the turn's first wait: usually once
+        # the request is out, while the model reads the prompt (sooner, it would hold the request back by the time
+        # queueing and a commit take on the event loop). The first text of the reply is released only once the commit
         # is done, and a failed commit fails the reply.
-        saving = self._queue(conversation, user_turn) if self.store is not None else None
-        if saving is not None and self.user_commit == "before":
-            await asyncio.shield(saving)
+        saving: asyncio.Future[None] | None = None
+        if self.store is not None and self.user_commit == "before":
+            await asyncio.shield(self._queue(conversation, user_turn))
+        elif self.store is not None:
+            saving = self._queue_soon(conversation, user_turn)
         try:
             recall = (
                 await self.memory.recall(conversation, persona, user_turn.content)
@@ -361,6 +363,25 @@ class DialogueEngine:
             future: asyncio.Future[None] = queue(conversation, turn)
             return future
         return asyncio.ensure_future(self._save(conversation, turn))
+
+    def _queue_soon(self, conversation: Conversation, turn: Turn) -> asyncio.Future[None]:
+        """:meth:`_queue` at the loop's next turn, into the store's queue (a store without one starts its task now);
+        the future is done once the turn is committed."""
+        queue = getattr(self.store, "queue_turn", None)
+        if queue is None:
+            return self._queue(conversation, turn)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def start() -> None:
+            try:
+                queue(conversation, turn, done)
+            except Exception as exc:  # a store closed meanwhile: fail the reply, never leave it waiting
+                if not done.done():
+                    done.set_exception(exc)
+
+        loop.call_soon(start)
+        return done
 
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:

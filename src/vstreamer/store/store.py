@@ -299,14 +299,19 @@ class Store(MemoryTables):
         """
         await self.queue_turn(conversation, turn)
 
-    def queue_turn(self, conversation: Conversation, turn: Turn) -> asyncio.Future[None]:
-        """:meth:`save_turn` without a coroutine: the write is queued now, and the future is done once it is committed
-        (the engine overlaps the user's message this way, with no task to run it)."""
+    def queue_turn(
+        self, conversation: Conversation, turn: Turn, done: asyncio.Future[None] | None = None
+    ) -> asyncio.Future[None]:
+        """:meth:`save_turn` without a coroutine: the write is queued now, and the future (``done``, or a new one) is
+        done once it is committed (the engine overlaps the user's message this way, with no task to run it)."""
         now = _now()
         # A session's ``updated_at`` follows its replies: the user's message, on the path of every reply's first
         # text, is committed without it (the reply is always saved after it, also when it fails or is cut off).
         touch = turn.role != "user"
-        done = self.writer.enqueue(Write(conversation.id, now, turn=turn, touch=touch))
+        write = Write(conversation.id, now, turn=turn, touch=touch)
+        if done is not None:
+            write.done = done
+        done = self.writer.enqueue(write)
         cached = self.cache.sessions.get(conversation.id)
         if cached is not None:
             if touch:
