@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from vstreamer.safety.matcher import trigram_reach
+
 DriftReason = Literal["ai_disclaimer", "model_identity", "wrong_name"]
 
 _ZH_SELF = ("作为", "作为一个", "作为一名", "作为一款", "身为", "身为一个", "身为一名", "我是", "我是一个",
@@ -120,11 +122,7 @@ def _compiled_phrases() -> tuple[
     ordered = sorted(phrases, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(p) for p in ordered))
     prefixes = frozenset(p[:i] for p in ordered for i in range(1, len(p) + 1))
-    reach: dict[str, int] = {}
-    for prefix in prefixes:
-        if len(prefix) > 2:
-            reach[prefix[-3:]] = max(reach.get(prefix[-3:], 0), len(prefix))
-    return phrases, pattern, len(ordered[0]), prefixes, reach
+    return phrases, pattern, len(ordered[0]), prefixes, trigram_reach(ordered)
 
 
 def warm_up() -> None:

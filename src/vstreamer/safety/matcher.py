@@ -80,7 +80,7 @@ class CompiledLexicon:
         pinyin_terms = [t for t in lexicon.terms if (c := self.categories.get(t.category)) and c.pinyin]
         self._pinyin = PinyinIndex(pinyin_terms) if pinyin_terms else None
         self.max_key_length = max((len(k) for k in self._keys), default=0)
-        self._reach = _trigram_reach(self._keys)
+        self._reach = trigram_reach(self._keys)
         self.trie = ahocorasick.Automaton()
         for i, key in enumerate(self._keys):
             self.trie.add_word(key, i)
@@ -234,7 +234,7 @@ def _screen(patterns: list[re.Pattern[str]]) -> re.Pattern[str] | None:
         return None
 
 
-def _trigram_reach(keys: Sequence[str]) -> dict[str, int]:
+def trigram_reach(keys: Sequence[str]) -> dict[str, int]:
     """For each three characters found in a key, the furthest end they have in one (the length of
     the longest key beginning that ends with them)."""
     reach: dict[str, int] = {}
