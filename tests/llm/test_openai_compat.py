@@ -413,10 +413,14 @@ async def test_events_of_one_read_merge_into_one_delta() -> None:
     assert deltas == [TextDelta("abc"), TextDelta("d"), StreamEnd("stop", Usage(7, 3))]
 
 
+#: The text events of a reply that one read brings whole (a burst), ~1 kB of SSE.
+BURST_WORDS = [f"word{i} " for i in range(12)]
+
+
 async def test_first_text_of_a_burst_goes_out_before_the_rest_is_read() -> None:
     # A read that brings a whole reply at once: its first words are a delta of their own (what follows them is
     # not decoded on the first text's way), the rest of that read is the next; later reads merge as before.
-    words = [f"word{i} " for i in range(12)]
+    words = BURST_WORDS
     first = math.ceil(FIRST_TEXT_CHARS / len(words[0]))
     burst = b"".join(text_event(w) for w in words) + FINISH + USAGE
     later = text_event("x") + text_event("y") + b"data: [DONE]\n\n"
@@ -431,7 +435,7 @@ async def test_first_text_of_a_burst_goes_out_before_the_rest_is_read() -> None:
 
 async def test_a_busy_backend_takes_each_burst_whole() -> None:
     # With more requests in flight than FIRST_TEXT_MAX_BUSY, splitting would cost every reply a delta and a write.
-    words = [f"word{i} " for i in range(12)]
+    words = BURST_WORDS
     role = sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
     burst = b"".join(text_event(w) for w in words) + FINISH + b"data: [DONE]\n\n"
     streams = FIRST_TEXT_MAX_BUSY + 1
@@ -442,7 +446,7 @@ async def test_a_busy_backend_takes_each_burst_whole() -> None:
 
 async def test_an_error_in_a_burst_after_its_first_text_is_a_mid_stream_error() -> None:
     error = sse({"error": {"message": "the engine died", "type": "server_error", "code": 500}})
-    words = [f"word{i} " for i in range(12)]
+    words = BURST_WORDS
     async with scripted_backend([b"".join(text_event(w) for w in words) + error]) as (backend, _):
         received: list[str] = []
         with pytest.raises(BackendResponseError, match=r"mid-stream.*the engine died"):
