@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -26,6 +27,27 @@ async def test_concurrent_turns_share_transactions(store: Store) -> None:
     assert store.writer.batches - before < len(turns)  # grouped: fewer transactions than writes
     stored = await store.list_messages(record.id)
     assert sorted(t.content for t in stored) == sorted(t.content for t in turns)
+
+
+async def test_times_are_stored_as_the_orm_stores_them(store: Store) -> None:
+    """The group commit binds datetimes itself: a turn's time and the session's ``updated_at`` must read back as
+    written, and on SQLite (where they are text, compared as text by ``ORDER BY``) look like the ORM's own."""
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    conversation.turns.append(turn := Turn("assistant", "stored"))
+    await store.save_turn(conversation, turn)
+    [message] = await store.list_messages(record.id)
+    assert message.created_at == pytest.approx(turn.created_at, abs=1e-6)
+    updated = await store.get_session(record.id)
+    assert updated is not None and updated.updated_at > record.created_at
+    if store.engine.dialect.name == "sqlite":
+        database = sqlite3.connect(str(store.engine.url.database))
+        orm_made = database.execute("SELECT created_at FROM sessions").fetchone()[0]
+        written = database.execute("SELECT created_at FROM messages").fetchone()[0]
+        touched = database.execute("SELECT updated_at FROM sessions").fetchone()[0]
+        database.close()
+        shape = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+        assert shape.fullmatch(orm_made) and shape.fullmatch(written) and shape.fullmatch(touched)
 
 
 async def test_one_bad_write_fails_alone(store: Store) -> None:

@@ -71,8 +71,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     tune_gc()
     print(f"vstreamer gateway on http://{settings.gateway_host}:{settings.gateway_port}/v1 "
           f"(auth {'on' if settings.auth else 'off'})", flush=True)  # fmt: skip
+    # The gateway never reads a client's address or scheme, so uvicorn's X-Forwarded-* middleware (one more layer
+    # on every request) is left out, and responses do not name the server software.
     uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
+                access_log=False, timeout_graceful_shutdown=5, proxy_headers=False,
+                server_header=False)  # fmt: skip
     return 0
 
 

@@ -308,9 +308,11 @@ class Store(MemoryTables):
         # A session's ``updated_at`` follows its replies: the user's message, on the path of every reply's first
         # text, is committed without it (the reply is always saved after it, also when it fails or is cut off).
         touch = turn.role != "user"
-        write = Write(conversation.id, now, turn=turn, touch=touch)
-        if done is not None:
-            write.done = done
+        write = (
+            Write(conversation.id, now, turn=turn, touch=touch)
+            if done is None
+            else Write(conversation.id, now, turn=turn, touch=touch, done=done)  # no throwaway future
+        )
         done = self.writer.enqueue(write)
         cached = self.cache.sessions.get(conversation.id)
         if cached is not None:

@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Dialect, bindparam, update
+from sqlalchemy import DateTime, Dialect, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -106,20 +107,50 @@ class _Statements:
     def plan(self, writes: Sequence[Write]) -> list[tuple[UpdateBase, list[dict[str, Any]]]]:
         """The statements of one batch with their rows: new sessions, turns, sessions' ``updated_at``, summaries
         and each session's current summary (the batch's last for it)."""
-        sessions = [w.session for w in writes if w.session is not None]
-        messages = [message_row(w.session_id, w.turn) for w in writes if w.turn is not None]
-        latest = {w.session_id: w.now for w in writes if w.turn is not None and w.touch}
-        touched = [{"sid": sid, "now": now} for sid, now in latest.items()]
-        summaries = [w.summary for w in writes if w.summary is not None]
-        current = {w.session_id: w.summary["text"] for w in writes if w.summary is not None}
-        texts = [{"sid": sid, "summary_text": text} for sid, text in current.items()]
-        return [(stmt, rows) for stmt, rows in ((self.session, sessions), (self.message, messages),
-                                                 (self.touch, touched), (self.summary, summaries),
-                                                 (self.current_summary, texts)) if rows]  # fmt: skip
+        sessions: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
+        latest: dict[str, datetime] = {}
+        summaries: list[dict[str, Any]] = []
+        current: dict[str, str] = {}
+        for w in writes:  # one pass: most batches are one or two turns
+            if w.session is not None:
+                sessions.append(w.session)
+            if w.turn is not None:
+                messages.append(message_row(w.session_id, w.turn))
+                if w.touch:
+                    latest[w.session_id] = w.now
+            if w.summary is not None:
+                summaries.append(w.summary)
+                current[w.session_id] = w.summary["text"]
+        plan: list[tuple[UpdateBase, list[dict[str, Any]]]] = []
+        if sessions:
+            plan.append((self.session, sessions))
+        if messages:
+            plan.append((self.message, messages))
+        if latest:
+            plan.append((self.touch, [{"sid": sid, "now": now} for sid, now in latest.items()]))
+        if summaries:
+            plan.append((self.summary, summaries))
+        if current:
+            plan.append(
+                (self.current_summary, [{"sid": sid, "summary_text": text} for sid, text in current.items()])
+            )
+        return plan
 
     def apply(self, connection: Connection, writes: Sequence[Write]) -> None:
         for statement, rows in self.plan(writes):
             connection.execute(statement, rows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """A statement compiled to SQLite's SQL for one set of row keys, and how a row becomes its parameters."""
+
+    sql: str
+    getter: Callable[[dict[str, Any]], tuple[Any, ...]]
+    """A row's values in the order of the SQL's ``?``."""
+    times: tuple[int, ...]
+    """The positions of datetime parameters."""
 
 
 class _SQLiteFile:
@@ -142,16 +173,24 @@ class _SQLiteFile:
         self.dialect = dialect
         self._inline: sqlite3.Connection | None = None
         self._threaded: sqlite3.Connection | None = None
-        self._sql: dict[tuple[int, tuple[str, ...]], tuple[str, tuple[str, ...]]] = {}
+        self._sql: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
         process = _SESSIONS.c.updated_at.type.dialect_impl(dialect).bind_processor(dialect)
         self._datetime: Callable[[Any], Any] = process or (lambda value: value)
         self.inline_commits = 0
 
-    def _compiled(self, statement: UpdateBase, keys: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    def _compiled(self, statement: UpdateBase, keys: tuple[str, ...]) -> _Compiled:
         cached = self._sql.get((id(statement), keys))
         if cached is None:
             compiled = statement.compile(dialect=self.dialect, column_keys=list(keys))
-            cached = self._sql[(id(statement), keys)] = (str(compiled), tuple(compiled.positiontup or ()))
+            order = tuple(compiled.positiontup or ())
+            # Which parameters are datetimes: SQLite stores them as text, in SQLAlchemy's format.
+            times = tuple(
+                i for i, name in enumerate(order) if isinstance(compiled.binds[name].type, DateTime)
+            )
+            getter = (
+                itemgetter(*order) if len(order) > 1 else (lambda row: tuple(row[name] for name in order))
+            )
+            cached = self._sql[(id(statement), keys)] = _Compiled(str(compiled), getter, times)
         return cached
 
     def _connect(self) -> sqlite3.Connection:
@@ -194,16 +233,23 @@ class _SQLiteFile:
         connection.execute("BEGIN IMMEDIATE")
         try:
             for statement, rows in self.statements.plan(writes):
-                sql, order = self._compiled(statement, tuple(rows[0]))
-                connection.executemany(sql, [tuple(self._bind(row[name]) for name in order) for row in rows])
+                compiled = self._compiled(statement, tuple(rows[0]))
+                connection.executemany(compiled.sql, [self._params(compiled, row) for row in rows])
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
 
-    def _bind(self, value: Any) -> Any:
-        return self._datetime(value) if isinstance(value, datetime) else value
+    def _params(self, compiled: _Compiled, row: dict[str, Any]) -> tuple[Any, ...]:
+        values = compiled.getter(row)
+        if not compiled.times:
+            return values
+        bound = list(values)
+        for i in compiled.times:
+            if bound[i] is not None:
+                bound[i] = self._datetime(bound[i])
+        return tuple(bound)
 
     def close(self) -> None:
         for connection in (self._inline, self._threaded):
