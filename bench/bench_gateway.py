@@ -224,6 +224,12 @@ def main() -> None:
             added = [pct(v, .5) - pct(d, .5) for v, d in zip(_split(samples["vstreamer"], rounds),
                                                                _split(base, rounds), strict=True)]  # fmt: skip
             print("vstreamer added p50 per round (ms): " + " ".join(f"{a * 1e3:.2f}" for a in added))
+            # The direct path does not change between rounds: how far its p50 moves is the machine's own noise.
+            direct = [pct(d, 0.5) for d in _split(base, rounds)]
+            print(
+                "direct TTFT p50 per round (ms), the machine's noise: "
+                + " ".join(f"{d * 1e3:.2f}" for d in direct)
+            )
         print(f"\n{'streams':>8} " + " ".join(f"{p.name + ' req/s':>16}" for p in paths))
         cpu: dict[str, list[float]] = {p.name: [] for p in paths if p.pid}
         for concurrency in (1, 50, 200):
