@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from vstreamer.config import Settings
@@ -47,3 +49,55 @@ async def test_an_unexpected_failure_before_the_reply_is_an_openai_error(
             assert 'vstreamer_requests_total{route="/v1/chat/completions",status="500"} 1.0' in metrics
     finally:
         await runtime.aclose()
+
+
+async def test_a_streamed_reply_ends_with_its_last_text_finish_and_done_in_one_write(tmp_path: Path) -> None:
+    """The output guard holds a reply's last words until the end; they go out with the finish chunk and ``[DONE]``
+    in the response's last body message (one network write, not two)."""
+    runtime = await open_runtime(
+        Settings.load(data_dir=tmp_path, auth=False),
+        backend=FakeBackend(lambda _: "Nice to see you again today"),
+    )
+    request = orjson.dumps(
+        {"model": "nova", "stream": True, "user": "s1", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"gateway"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    sent: list[dict[str, object]] = []
+    received = False
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, object]:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": request, "more_body": False}
+        await never.wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    try:
+        await create_app(runtime)(scope, receive, send)
+    finally:
+        await runtime.aclose()
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    bodies = [m["body"] for m in sent[1:]]
+    assert all(isinstance(b, bytes) for b in bodies) and sent[-1].get("more_body", False) is False
+    events = [[line[6:] for line in b.split(b"\n\n") if line] for b in bodies]  # type: ignore[union-attr]
+    last = events[-1]
+    assert last[-1] == b"[DONE]"
+    finish = orjson.loads(last[-2])["choices"][0]
+    assert finish["finish_reason"] == "stop" and finish["delta"] == {}
+    tail = orjson.loads(last[-3])["choices"][0]["delta"]["content"]
+    assert tail and "Nice to see you again today".endswith(tail)
+    chunks = [orjson.loads(event) for body in events for event in body if event != b"[DONE]"]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Nice to see you again today"
+    )
+    assert len(bodies) >= 2  # the first text went out before the end

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, DriftDetector
 from vstreamer.engine.drift import _NAME_OPEN as drift_name_open
-from vstreamer.engine.drift import FALLBACK_EN, FALLBACK_ZH
+from vstreamer.engine.drift import FALLBACK_EN, FALLBACK_ZH, _compiled_phrases, phrase_finder
 from vstreamer.engine.drift import fold as drift_fold
 from vstreamer.llm import FakeBackend
 from vstreamer.persona import Persona
@@ -191,3 +191,26 @@ def test_hold_skips_only_endings_no_phrase_has(pieces: list[str], released: int)
     if opened is not None:
         expected = min(expected, opened.start())
     assert detector.hold_from(folded, released) == max(expected, released)
+
+
+_PIECES = ["作为", "一个", "一名", "ai", "语言模型", "人工智能助手", "as an", " ai ", "ai assistant", "language model",
+           "我是", "我是由", "通义千问", "chatgpt", "openai", "阿里云", "开发的", "i'm", " ", "。", "x", "的粉丝"]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=14), st.integers(0, 40))
+def test_the_automaton_finds_the_spans_the_expression_finds(pieces: list[str], start: int) -> None:
+    """Leftmost first, the longest at a place, not overlapping, from ``start`` on: the Aho-Corasick finder and the
+    regular expression it replaced agree, phrases that overlap and nest included."""
+    phrases = list(_compiled_phrases()[0])
+    text = "".join(pieces)
+    start = min(start, len(text))
+    automaton = phrase_finder(phrases)
+    expression = phrase_finder(phrases, automaton=False)
+    assert list(automaton(text, start)) == list(expression(text, start))
+
+
+def test_the_finder_takes_the_longest_phrase_at_a_place() -> None:
+    text = "嗯，我是通义千问，作为一个人工智能助手"
+    spans = list(phrase_finder(list(_compiled_phrases()[0]))(text, 0))
+    assert [text[a:b] for a, b in spans] == ["我是通义千问", "作为一个人工智能助手"]

@@ -12,11 +12,17 @@ import itertools
 import re
 import unicodedata
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from vstreamer.safety.matcher import trigram_reach
+
+_acrs: Any
+try:  # the phrase finder's automaton (the regular expression below is the fallback)
+    import ahocorasick_rs as _acrs
+except ImportError:  # pragma: no cover - depends on the environment
+    _acrs = None
 
 DriftReason = Literal["ai_disclaimer", "model_identity", "wrong_name"]
 
@@ -38,10 +44,11 @@ _EN_IDENTITY = ("i'm", "i am", "my name is", "i was created by", "i was develope
 
 #: after a model or company name, these mean it is not a self-identification ("我是chatgpt的粉丝")
 _NOT_IDENTITY_NEXT = frozenset("的粉迷用")
+# Matched against folded (lower-case) text. No IGNORECASE: with it, re tries the pattern at every position of a
+# reply; without it, only where one of the claims' first characters is (4-6x faster).
 _NAME_CLAIM = re.compile(
     r"(?:我的名字(?:是|叫)|我名叫|我叫做|my name is|i'm called|i am called)\s*"
-    r"([^\s,.!?;:，。！？；：~～、\"'“”()（）]{1,16})(?=[\s,.!?;:，。！？；：~～、\"'“”()（）]|$)",
-    re.IGNORECASE,
+    r"([^\s,.!?;:，。！？；：~～、\"'“”()（）]{1,16})(?=[\s,.!?;:，。！？；：~～、\"'“”()（）]|$)"
 )
 _NAME_OPEN = re.compile(
     r"(?:我的名字(?:是|叫)|我名叫|我叫做|my name is|i'm called|i am called)\s*[^\s,.!?;:，。！？；：~～、]{0,16}$"
@@ -111,18 +118,38 @@ def _phrases() -> dict[str, DriftReason]:
     return found
 
 
+PhraseFinder = Callable[[str, int], Iterator[tuple[int, int]]]
+"""``(text, start)`` -> the spans of the phrases in ``text[start:]``, leftmost first, the longest at a place, not
+overlapping."""
+
+
+def phrase_finder(phrases: Sequence[str], *, automaton: bool = True) -> PhraseFinder:
+    """The finder of ``phrases``: an Aho-Corasick automaton (``ahocorasick_rs``), or a regular expression when it is
+    not installed or ``automaton`` is false. Both give the same spans; the automaton reads a Chinese reply ~15x
+    faster (the expression's alternation of 857 phrases is tried at every character that begins one)."""
+    ordered = sorted(phrases, key=len, reverse=True)
+    if automaton and _acrs is not None:
+        found = _acrs.AhoCorasick(ordered, matchkind=_acrs.MatchKind.LeftmostLongest).find_matches_as_indexes
+
+        def find(text: str, start: int) -> Iterator[tuple[int, int]]:
+            for _, begin, end in found(text[start:] if start else text):
+                yield begin + start, end + start
+
+        return find
+    # Longest first: of the phrases that begin at a place, the alternation takes the longest.
+    pattern = re.compile("|".join(re.escape(p) for p in ordered))
+    return lambda text, start: (m.span() for m in pattern.finditer(text, start))
+
+
 @functools.cache
-def _compiled_phrases() -> tuple[
-    dict[str, DriftReason], re.Pattern[str], int, frozenset[str], dict[str, int]
-]:
-    """The phrase table and its matcher, the same for every persona: built once per process (~0.1 s). Also every
+def _compiled_phrases() -> tuple[dict[str, DriftReason], PhraseFinder, int, frozenset[str], dict[str, int]]:
+    """The phrase table and its finder, the same for every persona: built once per process (~0.1 s). Also every
     phrase beginning, and for each three characters the longest beginning that ends with them (most text ends with
     none: only beginnings of one or two characters are left to try)."""
     phrases = _phrases()
     ordered = sorted(phrases, key=len, reverse=True)
-    pattern = re.compile("|".join(re.escape(p) for p in ordered))
     prefixes = frozenset(p[:i] for p in ordered for i in range(1, len(p) + 1))
-    return phrases, pattern, len(ordered[0]), prefixes, trigram_reach(ordered)
+    return phrases, phrase_finder(ordered), len(ordered[0]), prefixes, trigram_reach(ordered)
 
 
 def warm_up() -> None:
@@ -136,7 +163,7 @@ class DriftDetector:
     def __init__(self, persona_name: str, aliases: Iterable[str] = ()) -> None:
         self.persona_name = persona_name
         self.allowed_names = {fold(n) for n in (persona_name, *aliases) if n}
-        self._phrases, self._pattern, self._longest, self._prefixes, self._reach = _compiled_phrases()
+        self._phrases, self._find, self._longest, self._prefixes, self._reach = _compiled_phrases()
 
     def check(self, text: str) -> DriftHit | None:
         """Whether the whole reply breaks character."""
@@ -147,11 +174,11 @@ class DriftDetector:
 
     def scan(self, text: str, folded: str, start: int, *, final: bool) -> DriftHit | None:
         """The first drift in ``text[start:]`` (a phrase that could still continue counts only once final)."""
-        for match in self._pattern.finditer(folded, start):
-            phrase = match.group()
-            if not self._boundary_ok(folded, match.end(), phrase, final):
+        for begin, end in self._find(folded, start):
+            phrase = folded[begin:end]
+            if not self._boundary_ok(folded, end, phrase, final):
                 continue
-            return DriftHit(self._phrases[phrase], text[match.start() : match.end()])
+            return DriftHit(self._phrases[phrase], text[begin:end])
         for match in _NAME_CLAIM.finditer(folded, start):
             if match.end() == len(folded) and not final:
                 continue

@@ -207,7 +207,7 @@ class DialogueEngine:
         await self._save(conversation, turn)
         yield ReplyStarted(turn, 0)
         if turn.content:
-            yield ReplyDelta(turn.content)
+            yield ReplyDelta(turn.content, last=True)
         yield ReplyFinished(turn)
 
     def _guard(self, persona: Persona, context: BuiltContext, source: Source) -> OutputGuard:
@@ -232,12 +232,12 @@ class DialogueEngine:
         started = time.perf_counter()
         parts: list[str] = []
 
-        def shown(text: str) -> ReplyDelta:
+        def shown(text: str, last: bool = False) -> ReplyDelta:
             if not parts:
                 turn.first_token_ms = round((time.perf_counter() - started) * 1000)
             parts.append(text)
             turn.content = "".join(parts)
-            return ReplyDelta(text)
+            return ReplyDelta(text, last)
 
         # The guard and each attempt's drift watch are made while the request is out (the loop's next turn: the
         # request goes out before it), not on the request's way there; the first text makes them if need be.
@@ -301,7 +301,7 @@ class DialogueEngine:
                 guard = guard or self._guard(persona, context, source)  # a reply without text is audited too
                 tail = guard.deflection if guard.blocked else guard.finish()
                 if tail:
-                    yield shown(tail)
+                    yield shown(tail, last=True)  # the guard's held-back end, right before ReplyFinished
                 guard.result()  # the whole reply's verdict goes to the audit log
             turn.status = "blocked" if guard is not None and guard.blocked else "complete"
             logger.debug("reply of %d chars in %.2fs", len(turn.content), time.perf_counter() - started)

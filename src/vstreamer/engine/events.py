@@ -24,6 +24,9 @@ class ReplyDelta:
     """New text of the reply, safe to show."""
 
     text: str
+    last: bool = False
+    """The reply's last text: :class:`ReplyFinished` follows without a wait, so an adapter may send the two
+    together (one network write where there would be two)."""
     kind: Literal["delta"] = "delta"
 
 

@@ -200,8 +200,8 @@ class ChatReply(Response):
                     b"".join(self._sse(event) for event in head)
                 )  # the first text goes out now
                 async for event in self.events:
-                    if isinstance(event, ReplyFinished):
-                        pending += self._sse(event)  # the last chunk goes out with [DONE]
+                    if isinstance(event, ReplyFinished) or isinstance(event, ReplyDelta) and event.last:
+                        pending += self._sse(event)  # the reply's last text and chunk go out with [DONE]
                     else:
                         await watcher.write(self._sse(event))
             except asyncio.CancelledError:

@@ -22,10 +22,18 @@ _EMAIL = re.compile(
 )
 _CARD = re.compile(r"(?<!\d)\d{4}(?:[\s-]?\d){9,15}(?!\d)")
 
-_MAYBE_PII = re.compile(r"[@＠]|\d(?:[\s\-－]?\d){10}")
-"""Every detector needs an at sign or eleven digits (``\\d``: any script's) with at most one separator between
-two of them (a phone number has eleven, a card thirteen, an ID number eighteen): a reply counting "word0 word1"
-or quoting a price skips all four detectors."""
+_ELEVEN_DIGITS = re.compile(r"\d(?:[\s\-－]?\d){10}")
+
+
+def _maybe_pii(text: str) -> bool:
+    """Every detector needs an at sign or eleven digits (``\\d``: any script's) with at most one separator between
+    two of them (a phone number has eleven, a card thirteen, an ID number eighteen): a reply counting "word0 word1"
+    or quoting a price skips all four detectors. The at signs are looked for with ``in``: a pattern that begins with
+    a digit lets re skip to the digits, where one that begins with a choice of at sign or digit is tried at every
+    character (2-2.5x slower)."""
+    return "@" in text or "＠" in text or _ELEVEN_DIGITS.search(text) is not None
+
+
 _FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９Ｘｘ－＋＠．", "0123456789Xx-+@.")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
@@ -73,7 +81,7 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool] | None], ...
 
 def find_pii(text: str) -> list[Match]:
     """Every personal-data span in ``text``; overlapping detections keep the first detector's."""
-    if not _MAYBE_PII.search(text):
+    if not _maybe_pii(text):
         return []
     text = text.translate(_FULLWIDTH_DIGITS)  # same length: spans stay valid
     out: list[Match] = []

@@ -104,7 +104,7 @@ class PinyinIndex:
         return self._homophones(text, normalized) + self._latin(text, at_end, folded)
 
     def _homophones(self, text: str, normalized: str | None) -> list[Match]:
-        if not len(self._sounds) or not _HAN.search(text):
+        if not len(self._sounds) or text.isascii() or not _HAN.search(text):
             return []
         if normalized is None:
             normalized = normalize_short(text)
