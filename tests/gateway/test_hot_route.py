@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import httpx
 import orjson
 import pytest
 
 from vstreamer.config import Settings
+from vstreamer.engine import Conversation, Turn
+from vstreamer.errors import StoreError
 from vstreamer.gateway import create_app
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage
-from vstreamer.runtime import open_runtime
+from vstreamer.runtime import Runtime, open_runtime
 
 
 def broken(_: Sequence[ChatMessage]) -> str:
@@ -51,53 +54,86 @@ async def test_an_unexpected_failure_before_the_reply_is_an_openai_error(
         await runtime.aclose()
 
 
-async def test_a_streamed_reply_ends_with_its_last_text_finish_and_done_in_one_write(tmp_path: Path) -> None:
-    """The output guard holds a reply's last words until the end; they go out with the finish chunk and ``[DONE]``
-    in the response's last body message (one network write, not two)."""
-    runtime = await open_runtime(
-        Settings.load(data_dir=tmp_path, auth=False),
-        backend=FakeBackend(lambda _: "Nice to see you again today"),
-    )
+_SCOPE = {
+    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+    "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+    "headers": [(b"host", b"gateway"), (b"content-type", b"application/json")],
+    "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+}  # fmt: skip
+
+
+async def _stream_in_process(runtime: Runtime, text: str) -> list[list[bytes]]:
+    """One streamed request straight through the ASGI app (its client stays): the data of each event, per body
+    message (the gateway's writes)."""
     request = orjson.dumps(
-        {"model": "nova", "stream": True, "user": "s1", "messages": [{"role": "user", "content": "hi"}]}
+        {"model": "nova", "stream": True, "user": "s1", "messages": [{"role": "user", "content": text}]}
     )
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"gateway"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-    }  # fmt: skip
     sent: list[dict[str, object]] = []
     received = False
-    never = asyncio.Event()
 
     async def receive() -> dict[str, object]:
         nonlocal received
         if not received:
             received = True
             return {"type": "http.request", "body": request, "more_body": False}
-        await never.wait()  # the client stays
-        return {"type": "http.disconnect"}
+        await asyncio.Event().wait()  # the client stays
+        raise AssertionError("unreachable")
 
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
+    await create_app(runtime)(dict(_SCOPE), receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert sent[-1].get("more_body", False) is False
+    bodies = [cast(bytes, m["body"]) for m in sent[1:]]
+    return [[line[6:] for line in body.split(b"\n\n") if line] for body in bodies]
+
+
+async def test_a_streamed_reply_ends_with_its_last_text_finish_and_done_in_one_write(tmp_path: Path) -> None:
+    """The output guard holds a reply's last words until the end; they go out with the finish chunk and ``[DONE]``
+    in the response's last body message (one network write, not two)."""
+    reply = "Nice to see you again today"
+    runtime = await open_runtime(
+        Settings.load(data_dir=tmp_path, auth=False), backend=FakeBackend(lambda _: reply)
+    )
     try:
-        await create_app(runtime)(scope, receive, send)
+        events = await _stream_in_process(runtime, "hi")
     finally:
         await runtime.aclose()
-    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
-    bodies = [m["body"] for m in sent[1:]]
-    assert all(isinstance(b, bytes) for b in bodies) and sent[-1].get("more_body", False) is False
-    events = [[line[6:] for line in b.split(b"\n\n") if line] for b in bodies]  # type: ignore[union-attr]
     last = events[-1]
     assert last[-1] == b"[DONE]"
     finish = orjson.loads(last[-2])["choices"][0]
     assert finish["finish_reason"] == "stop" and finish["delta"] == {}
     tail = orjson.loads(last[-3])["choices"][0]["delta"]["content"]
-    assert tail and "Nice to see you again today".endswith(tail)
+    assert tail and reply.endswith(tail)
     chunks = [orjson.loads(event) for body in events for event in body if event != b"[DONE]"]
-    assert (
-        "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Nice to see you again today"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == reply
+    assert len(events) >= 2  # the first text went out before the end
+
+
+async def test_a_reply_the_database_refuses_ends_with_an_error_not_a_silent_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply is committed before ``[DONE]``: when that commit fails, the client is told so in the stream."""
+    runtime = await open_runtime(
+        Settings.load(data_dir=tmp_path, auth=False), backend=FakeBackend(lambda _: "Nice to see you")
     )
-    assert len(bodies) >= 2  # the first text went out before the end
+    store = runtime.store
+    assert store is not None
+    save_turn = store.save_turn
+
+    async def refuse_replies(conversation: Conversation, turn: Turn) -> None:
+        if turn.role == "assistant":
+            raise StoreError("the database is full")
+        await save_turn(conversation, turn)
+
+    monkeypatch.setattr(store, "save_turn", refuse_replies)
+    try:
+        events = await _stream_in_process(runtime, "hi")
+    finally:
+        await runtime.aclose()
+    last = events[-1]
+    assert last[-1] == b"[DONE]"
+    error = orjson.loads(last[-2])["error"]
+    assert "the database is full" in error["message"]
+    assert not any(b'"finish_reason":"stop"' in event for body in events for event in body)

@@ -76,6 +76,25 @@ async def test_engine_commits_user_turn_before_generation(store: Store, user_com
     assert reply.duration_ms is not None and reply.first_token_ms is not None and reply.usage is not None
 
 
+async def test_a_reply_is_stored_by_the_time_it_is_announced_finished(store: Store) -> None:
+    """Whoever hears that a reply ended (the gateway's ``[DONE]``) and reads the session back finds the reply."""
+    persona = PersonaLibrary(None).get("xiaoxing")
+    engine = DialogueEngine(FakeBackend(), ContextBudget(4096, 256), store=store)
+    record = await store.create_session(persona.id, owner="alice")
+    conversation = await store.load_conversation(record.id)
+    async with contextlib.aclosing(engine.reply(conversation, persona, "在吗")) as events:
+        async for event in events:
+            if event.kind == "finished":
+                stored = await store.list_messages(record.id)
+                assert [(t.role, t.status, t.content) for t in stored] == [
+                    ("user", "complete", "在吗"), ("assistant", "complete", "收到：在吗"),
+                ]  # fmt: skip
+                assert stored[-1].duration_ms is not None
+                break
+        else:
+            pytest.fail("the reply never finished")
+
+
 async def test_updated_at_follows_the_replies(store: Store) -> None:
     """The user's message is committed without touching its session (it is on the path of the reply's first text);
     the reply, always saved after it, moves ``updated_at`` — in the database and in the cache alike."""

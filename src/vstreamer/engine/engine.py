@@ -260,6 +260,7 @@ class DialogueEngine:
             return guard.feed(text)
 
         loop = asyncio.get_running_loop()
+        saved = False
         try:
             yield ReplyStarted(turn, context.prompt_tokens)
             messages = context.messages
@@ -305,6 +306,10 @@ class DialogueEngine:
                 guard.result()  # the whole reply's verdict goes to the audit log
             turn.status = "blocked" if guard is not None and guard.blocked else "complete"
             logger.debug("reply of %d chars in %.2fs", len(turn.content), time.perf_counter() - started)
+            # Stored before it is announced: whoever hears the reply ended (an SSE client's [DONE]) and reads the
+            # session back finds it there. One attempt: a failure propagates, as below.
+            saved = True
+            await self._store_reply(conversation, turn, parts, started)
             yield ReplyFinished(turn)
         except Exception as exc:  # backend, store, or a bug: the partial reply is kept as failed
             turn.status, turn.error = "failed", str(exc) or type(exc).__name__
@@ -313,12 +318,10 @@ class DialogueEngine:
             if saving is not None:  # ended before the first delta: the user's message is still stored
                 with contextlib.suppress(StoreError):
                     await asyncio.shield(saving)
-            turn.content = "".join(parts)
-            turn.duration_ms = round((time.perf_counter() - started) * 1000)
-            if turn.status == "streaming":
-                turn.status = "interrupted"
-            # Shielded: a reply cancelled by its client is still committed with its partial text.
-            await asyncio.shield(self._save(conversation, turn))
+            if not saved:
+                if turn.status == "streaming":
+                    turn.status = "interrupted"
+                await self._store_reply(conversation, turn, parts, started)
             if turn.in_prompt and getattr(self.backend, "counts_remotely", False):
                 # The next turn's prompt holds this reply: count its share now, not on that turn's path.
                 self.tasks.spawn(f"count:{turn.id}", self.context.count_turn(turn))
@@ -382,6 +385,14 @@ class DialogueEngine:
 
         loop.call_soon(start)
         return done
+
+    async def _store_reply(
+        self, conversation: Conversation, turn: Turn, parts: list[str], started: float
+    ) -> None:
+        turn.content = "".join(parts)
+        turn.duration_ms = round((time.perf_counter() - started) * 1000)
+        # Shielded: a reply cancelled by its client is still committed with its partial text.
+        await asyncio.shield(self._save(conversation, turn))
 
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:

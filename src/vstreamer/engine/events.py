@@ -25,14 +25,15 @@ class ReplyDelta:
 
     text: str
     last: bool = False
-    """The reply's last text: :class:`ReplyFinished` follows without a wait, so an adapter may send the two
-    together (one network write where there would be two)."""
+    """The reply's last text: :class:`ReplyFinished` comes next, as soon as the reply is stored, so an adapter may
+    send the two together (one network write where there would be two)."""
     kind: Literal["delta"] = "delta"
 
 
 @dataclass(frozen=True, slots=True)
 class ReplyFinished:
-    """The reply ended normally (``complete``) or was stopped by moderation (``blocked``)."""
+    """The reply ended normally (``complete``) or was stopped by moderation (``blocked``); with a store, the reply
+    is stored by then."""
 
     turn: Turn
     kind: Literal["finished"] = "finished"
