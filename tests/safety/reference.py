@@ -14,13 +14,16 @@ from vstreamer.safety.normalize import (
     _LOOKALIKE,
     _LOOKALIKE_MAP,
     _RUNS,
+    _SEP,
     _SEP_CHARS,
-    _SPACED_LETTERS,
     NormalizedText,
     char_table,
 )
 from vstreamer.safety.stream_guard import _CONTEXT, _TAIL_MAX, _TAIL_PATTERNS, Analyse
 from vstreamer.safety.types import mask_spans
+
+_SPACED_LETTERS = re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
+"""The spaced-letters pattern as first written (look-behind first)."""
 
 
 def fold_with_map(text: str) -> tuple[str, list[int]]:

@@ -31,7 +31,8 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _SEP = r"\s*._\-~|/\\·•‧・+=^#'\"`"
 
 _CJK_SEP = re.compile(f"(?<=[{_CJK}])[{_SEP}]+(?=[{_CJK}])")
-_SPACED_LETTERS = re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
+# The letter comes before the look-behind (which then spans it), so that re skips to letters: 3x faster on Chinese.
+_SPACED_LETTERS = re.compile(f"[a-z](?<![a-z0-9].)(?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
 _SEP_CHARS = re.compile(f"[{_SEP}]+")
 _LOOKALIKE_MAP = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 # Written to start with a character class so that re can skip ahead quickly.
