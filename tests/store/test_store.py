@@ -76,10 +76,12 @@ async def test_engine_commits_user_turn_before_generation(store: Store, user_com
     assert reply.duration_ms is not None and reply.first_token_ms is not None and reply.usage is not None
 
 
-async def test_a_reply_is_stored_by_the_time_it_is_announced_finished(store: Store) -> None:
-    """Whoever hears that a reply ended (the gateway's ``[DONE]``) and reads the session back finds the reply."""
+@pytest.mark.parametrize("answer", ["收到：在吗", ""])
+async def test_a_reply_is_stored_by_the_time_it_is_announced_finished(store: Store, answer: str) -> None:
+    """Whoever hears that a reply ended (the gateway's ``[DONE]``) and reads the session back finds the message and
+    the reply, in order; also when the reply has no text (its user message's commit was never waited for)."""
     persona = PersonaLibrary(None).get("xiaoxing")
-    engine = DialogueEngine(FakeBackend(), ContextBudget(4096, 256), store=store)
+    engine = DialogueEngine(FakeBackend(lambda _: answer), ContextBudget(4096, 256), store=store)
     record = await store.create_session(persona.id, owner="alice")
     conversation = await store.load_conversation(record.id)
     async with contextlib.aclosing(engine.reply(conversation, persona, "在吗")) as events:
@@ -87,7 +89,7 @@ async def test_a_reply_is_stored_by_the_time_it_is_announced_finished(store: Sto
             if event.kind == "finished":
                 stored = await store.list_messages(record.id)
                 assert [(t.role, t.status, t.content) for t in stored] == [
-                    ("user", "complete", "在吗"), ("assistant", "complete", "收到：在吗"),
+                    ("user", "complete", "在吗"), ("assistant", "complete", answer),
                 ]  # fmt: skip
                 assert stored[-1].duration_ms is not None
                 break

@@ -307,7 +307,10 @@ class DialogueEngine:
             turn.status = "blocked" if guard is not None and guard.blocked else "complete"
             logger.debug("reply of %d chars in %.2fs", len(turn.content), time.perf_counter() - started)
             # Stored before it is announced: whoever hears the reply ended (an SSE client's [DONE]) and reads the
-            # session back finds it there. One attempt: a failure propagates, as below.
+            # session back finds it there, after its user message. One attempt: a failure propagates, as below.
+            if saving is not None:  # a reply without text never waited for its user message
+                await asyncio.shield(saving)
+                saving = None
             saved = True
             await self._store_reply(conversation, turn, parts, started)
             yield ReplyFinished(turn)
