@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -62,11 +62,16 @@ _SCOPE = {
 }  # fmt: skip
 
 
-async def _stream_in_process(runtime: Runtime, text: str) -> list[list[bytes]]:
-    """One streamed request straight through the ASGI app (its client stays): the data of each event, per body
-    message (the gateway's writes)."""
+async def _stream_in_process(
+    tmp_path: Path, answer: str, prepare: Callable[[Runtime], object] = lambda runtime: None
+) -> list[list[bytes]]:
+    """One streamed request straight through the ASGI app of a runtime whose model answers ``answer`` (``prepare``
+    sees the runtime first; its client stays): the data of each event, per body message (the gateway's writes)."""
+    runtime = await open_runtime(
+        Settings.load(data_dir=tmp_path, auth=False), backend=FakeBackend(lambda _: answer)
+    )
     request = orjson.dumps(
-        {"model": "nova", "stream": True, "user": "s1", "messages": [{"role": "user", "content": text}]}
+        {"model": "nova", "stream": True, "user": "s1", "messages": [{"role": "user", "content": "hi"}]}
     )
     sent: list[dict[str, object]] = []
     received = False
@@ -82,26 +87,25 @@ async def _stream_in_process(runtime: Runtime, text: str) -> list[list[bytes]]:
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    await create_app(runtime)(dict(_SCOPE), receive, send)
+    try:
+        prepare(runtime)
+        await create_app(runtime)(dict(_SCOPE), receive, send)
+    finally:
+        await runtime.aclose()
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
     assert sent[-1].get("more_body", False) is False
     bodies = [cast(bytes, m["body"]) for m in sent[1:]]
-    return [[line[6:] for line in body.split(b"\n\n") if line] for body in bodies]
+    events = [[line[6:] for line in body.split(b"\n\n") if line] for body in bodies]
+    assert events[-1][-1] == b"[DONE]"
+    return events
 
 
 async def test_a_streamed_reply_ends_with_its_last_text_finish_and_done_in_one_write(tmp_path: Path) -> None:
     """The output guard holds a reply's last words until the end; they go out with the finish chunk and ``[DONE]``
     in the response's last body message (one network write, not two)."""
     reply = "Nice to see you again today"
-    runtime = await open_runtime(
-        Settings.load(data_dir=tmp_path, auth=False), backend=FakeBackend(lambda _: reply)
-    )
-    try:
-        events = await _stream_in_process(runtime, "hi")
-    finally:
-        await runtime.aclose()
+    events = await _stream_in_process(tmp_path, reply)
     last = events[-1]
-    assert last[-1] == b"[DONE]"
     finish = orjson.loads(last[-2])["choices"][0]
     assert finish["finish_reason"] == "stop" and finish["delta"] == {}
     tail = orjson.loads(last[-3])["choices"][0]["delta"]["content"]
@@ -115,25 +119,21 @@ async def test_a_reply_the_database_refuses_ends_with_an_error_not_a_silent_done
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The reply is committed before ``[DONE]``: when that commit fails, the client is told so in the stream."""
-    runtime = await open_runtime(
-        Settings.load(data_dir=tmp_path, auth=False), backend=FakeBackend(lambda _: "Nice to see you")
-    )
-    store = runtime.store
-    assert store is not None
-    save_turn = store.save_turn
 
-    async def refuse_replies(conversation: Conversation, turn: Turn) -> None:
-        if turn.role == "assistant":
-            raise StoreError("the database is full")
-        await save_turn(conversation, turn)
+    def refuse_replies(runtime: Runtime) -> None:
+        store = runtime.store
+        assert store is not None
+        save_turn = store.save_turn
 
-    monkeypatch.setattr(store, "save_turn", refuse_replies)
-    try:
-        events = await _stream_in_process(runtime, "hi")
-    finally:
-        await runtime.aclose()
+        async def refusing(conversation: Conversation, turn: Turn) -> None:
+            if turn.role == "assistant":
+                raise StoreError("the database is full")
+            await save_turn(conversation, turn)
+
+        monkeypatch.setattr(store, "save_turn", refusing)
+
+    events = await _stream_in_process(tmp_path, "Nice to see you", refuse_replies)
     last = events[-1]
-    assert last[-1] == b"[DONE]"
     error = orjson.loads(last[-2])["error"]
     assert "the database is full" in error["message"]
     assert not any(b'"finish_reason":"stop"' in event for body in events for event in body)
