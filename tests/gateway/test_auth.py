@@ -58,3 +58,33 @@ def test_no_auth_refuses_public_bind(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "vstreamer", "serve", "--no-auth", "--host", "0.0.0.0"], env=env,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2 and "local use only" in result.stderr
+
+
+def test_only_the_importing_key_replaces_or_deletes_a_persona(
+    start_gateway, tmp_path: Path, shared_data
+) -> None:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path / "gw"
+    alice, bob = create_key(data_dir, "alice"), create_key(data_dir, "bob")
+    server = start_gateway({"VSTREAMER_BACKEND": "fake"}, auth=True)
+    card = (shared_data / "cards" / "seraphina.png").read_bytes()
+
+    def call(method: str, key: str, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.request(
+            method, f"{server.url}{path}", headers={"Authorization": f"Bearer {key}"}, **kwargs
+        )  # type: ignore[arg-type]
+
+    imported = {"params": {"filename": "seraphina.png"}, "content": card}
+    assert call("POST", alice, "/api/personas", **imported).status_code == 201
+    replaced = call(
+        "POST", bob, "/api/personas", params={"filename": "seraphina.png", "replace": "true"}, content=card
+    )
+    assert replaced.status_code == 403 and replaced.json()["error"]["code"] == "persona_owned_elsewhere"
+    assert call("DELETE", bob, "/api/personas/seraphina").status_code == 403
+    # Every key may still talk to it; its owner may replace and delete it.
+    chat = {"model": "seraphina", "messages": [{"role": "user", "content": "hi"}]}
+    assert call("POST", bob, "/v1/chat/completions", json=chat).status_code == 200
+    again = call(
+        "POST", alice, "/api/personas", params={"filename": "seraphina.png", "replace": "true"}, content=card
+    )
+    assert again.status_code == 201
+    assert call("DELETE", alice, "/api/personas/seraphina").status_code == 204

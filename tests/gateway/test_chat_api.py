@@ -50,6 +50,25 @@ def test_server_keeps_session_history(fake_gateway: GatewayServer) -> None:
     assert [m["content"] for m in listing] == [t.content for t in stored]
 
 
+def test_session_ids_are_plain_and_any_user_string_names_a_session(fake_gateway: GatewayServer) -> None:
+    """``X-Session-Id`` is echoed in a header and is part of REST paths: it must be a plain id. The ``user`` field is
+    any string an OpenAI client chooses: one that is not a plain id names its session by a hash of it."""
+    url = f"{fake_gateway.url}/v1/chat/completions"
+    body = {"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}]}
+    for bad in ("a/b", "x y", "s" * 65, "é"):
+        refused = httpx.post(url, json=body, headers={"X-Session-Id": bad.encode()})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_session_id", bad
+    named = [httpx.post(url, json=body | {"user": "观众 #1\r\nSet-Cookie: x=1"}) for _ in range(2)]
+    assert [r.status_code for r in named] == [200, 200]
+    session = named[0].headers["x-session-id"]
+    assert session.startswith("user-") and named[1].headers["x-session-id"] == session
+    assert "set-cookie" not in named[0].headers
+    history = httpx.get(f"{fake_gateway.url}/api/sessions/{session}/messages").json()["data"]
+    assert [m["content"] for m in history] == ["hi", "收到：hi", "hi", "收到：hi"]
+    plain = httpx.post(url, json=body | {"user": "viewer-42@bili"}, headers={"X-Session-Id": ""})
+    assert plain.headers["x-session-id"] == "viewer-42@bili"
+
+
 def test_stateless_history_is_stored_too(fake_gateway: GatewayServer) -> None:
     raw = httpx.post(
         f"{fake_gateway.url}/v1/chat/completions",
@@ -104,6 +123,20 @@ def test_streamed_chunks_arrive_incrementally(start_gateway) -> None:  # type: i
         ({"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}], "bogus": 1}, 400, "bogus"),
         ({"model": "nobody", "messages": [{"role": "user", "content": "hi"}]}, 404, "nobody"),
         ({"model": "xiaoxing", "messages": [{"role": "user", "content": "长" * 5000}]}, 400, "longer than"),
+        ({"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}], "seed": 10**23}, 400, "seed"),
+        ({"model": "xiaoxing", "messages": [{"role": "user", "content": "a\u0000b"}]}, 400, "NUL"),
+        # Lone surrogates, which Python's JSON parser lets through: in the message, in the history, in ``stop``.
+        ('{"model":"xiaoxing","messages":[{"role":"user","content":"x \\ud800"}]}', 400, "surrogate"),
+        (
+            '{"model":"xiaoxing","messages":[{"role":"assistant","content":"\\udfff"},{"role":"user","content":"hi"}]}',
+            400,
+            "surrogate",
+        ),
+        (
+            '{"model":"xiaoxing","messages":[{"role":"user","content":"hi"}],"stop":["\\ud800"]}',
+            400,
+            "surrogate",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors(

@@ -18,6 +18,7 @@ from vstreamer.gateway import create_app
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage
 from vstreamer.runtime import Runtime, open_runtime
+from vstreamer.store import open_store
 
 
 def broken(_: Sequence[ChatMessage]) -> str:
@@ -137,3 +138,40 @@ async def test_a_reply_the_database_refuses_ends_with_an_error_not_a_silent_done
     error = orjson.loads(last[-2])["error"]
     assert "the database is full" in error["message"]
     assert not any(b'"finish_reason":"stop"' in event for body in events for event in body)
+
+
+async def test_a_bug_mid_stream_still_ends_the_stream_with_an_error_and_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only the expected failures: an error of any kind after the first text ends the stream the API's way (an
+    error event, then ``[DONE]``; no internals), and the partial reply is stored as failed."""
+
+    def buggy(runtime: Runtime) -> None:
+        backend = runtime.engine.backend
+        original = backend.stream
+
+        async def stream(messages: Sequence[ChatMessage], params: object):  # type: ignore[no-untyped-def]
+            async for n, delta in aenumerate(original(messages, params)):  # type: ignore[arg-type]
+                yield delta
+                if n == 6:
+                    raise KeyError("a bug")
+
+        monkeypatch.setattr(backend, "stream", stream)
+
+    events = await _stream_in_process(tmp_path, "Nice to see you again today, everyone", buggy)
+    assert len(events) >= 2  # some text went out first
+    error = orjson.loads(events[-1][-2])["error"]
+    assert error["type"] == "server_error" and "KeyError" not in error["message"]
+    store = await open_store(None, tmp_path)
+    try:
+        reply = (await store.list_messages("s1"))[-1]
+    finally:
+        await store.close()
+    assert reply.role == "assistant" and reply.status == "failed" and reply.content.startswith("Nice")
+
+
+async def aenumerate(items):  # type: ignore[no-untyped-def]
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1

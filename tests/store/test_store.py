@@ -26,6 +26,24 @@ async def test_sessions_are_per_owner(store: Store) -> None:
     assert await store.get_session(alice.id) is None
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+async def test_a_named_session_made_twice_at_once_stays_its_first_makers(store: Store, cached: bool) -> None:
+    """Two owners naming one new session at the same moment: the second insert is a no-op, and both are told the
+    stored owner (before, without the session cache, the second was handed a record with its own name on it)."""
+    under_test = store if cached else Store(store.engine, session_cache=0)
+    for i in range(5):
+        made = await asyncio.gather(
+            *(
+                under_test.create_session("nova", owner=who, session_id=f"race-{i}")
+                for who in ("alice", "bob")
+            )
+        )
+        stored = await under_test.get_session(f"race-{i}")
+        assert stored is not None and {r.owner for r in made} == {stored.owner}
+    if under_test is not store:
+        await under_test.writer.aclose()  # (the engine is the fixture's)
+
+
 async def test_turns_round_trip_with_status_and_order(store: Store) -> None:
     record = await store.create_session("xiaoxing", owner="alice", user_name="小明")
     conversation = await store.load_conversation(record.id)

@@ -62,6 +62,23 @@ async def test_one_bad_write_fails_alone(store: Store) -> None:
     assert [t.content for t in await store.list_messages(record.id)] == ["kept"]
 
 
+async def test_a_row_the_database_cannot_take_fails_alone_and_nobody_waits_forever(store: Store) -> None:
+    """Text the driver cannot encode (a lone surrogate) fails its own write with a StoreError that names no values;
+    before, on SQLite, the error escaped the batch and every writer in it waited forever."""
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    conversation.turns.extend([bad := Turn("user", "secret \ud800 text"), ok := Turn("user", "kept")])
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            store.save_turn(conversation, bad), store.save_turn(conversation, ok), return_exceptions=True
+        ),
+        timeout=10,
+    )
+    assert isinstance(results[0], StoreError) and results[1] is None
+    assert "secret" not in str(results[0])
+    assert [t.content for t in await store.list_messages(record.id)] == ["kept"]
+
+
 async def test_locked_sqlite_waits_without_blocking_the_loop(tmp_path: Path) -> None:
     store = await open_store(None, tmp_path)
     try:

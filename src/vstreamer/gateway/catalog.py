@@ -7,6 +7,7 @@ import logging
 import time
 
 from vstreamer.errors import PersonaError, PersonaNotFound
+from vstreamer.gateway.errors import APIError
 from vstreamer.persona import Persona, PersonaLibrary, load_persona_bytes
 from vstreamer.store import Store
 
@@ -24,6 +25,8 @@ class PersonaCatalog:
         self.library = library
         self.store = store
         self._stored: dict[str, Persona] = {}
+        self._owners: dict[str, str] = {}
+        """Who imported each stored persona: only that API key may replace or delete it."""
         self._recent: dict[str, tuple[float, Persona]] = {}
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._generation = 0
@@ -31,11 +34,12 @@ class PersonaCatalog:
 
     async def load(self) -> None:
         rows = await self.store.persona_rows()
-        loaded = {}
-        for data, avatar in rows:
+        loaded, owners = {}, {}
+        for data, avatar, owner in rows:
             persona = Persona.model_validate_json(data).model_copy(update={"avatar_png": avatar})
             loaded[persona.id] = persona
-        self._stored = loaded
+            owners[persona.id] = owner
+        self._stored, self._owners = loaded, owners
 
     async def list(self) -> list[Persona]:
         files = await asyncio.to_thread(self.library.list)
@@ -104,19 +108,29 @@ class PersonaCatalog:
         existing = {p.id for p in await self.list()}
         if persona.id in existing and not (replace and self.is_stored(persona.id)):
             raise PersonaError(f"a persona with id {persona.id!r} exists already")
+        self._check_owner(persona.id, owner)
         payload = persona.model_copy(update={"avatar_png": None}).model_dump_json()
         await self.store.save_persona(
             persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png
         )
         self._stored[persona.id] = persona
+        self._owners[persona.id] = owner
         self._forget()
         return persona
 
-    async def delete(self, persona_id: str) -> None:
+    async def delete(self, persona_id: str, *, owner: str) -> None:
         if not self.is_stored(persona_id):
             raise PersonaError(
                 f"{persona_id!r} is not a persona imported through the API; it cannot be deleted here"
             )
+        self._check_owner(persona_id, owner)
         await self.store.delete_persona(persona_id)
         self._stored.pop(persona_id, None)
+        self._owners.pop(persona_id, None)
         self._forget()
+
+    def _check_owner(self, persona_id: str, owner: str) -> None:
+        """Every key may use every persona; only the key that imported one may replace or delete it."""
+        if persona_id in self._owners and self._owners[persona_id] != owner:
+            raise APIError(403, f"persona {persona_id!r} was imported with another API key", param="persona_id",
+                           type_="permission_error", code="persona_owned_elsewhere")  # fmt: skip

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Mapping
 
@@ -27,6 +30,7 @@ from vstreamer.gateway.state import GatewayState, gateway_state, principal
 from vstreamer.persona import Persona
 from vstreamer.store import SessionRecord
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 SESSION_HEADER = "X-Session-Id"
 VIEWER_HEADER = "X-Viewer-Id"
@@ -34,6 +38,28 @@ SESSION_HEADER_KEY, VIEWER_HEADER_KEY = SESSION_HEADER.lower(), VIEWER_HEADER.lo
 """The names to look up: ``headers`` are a plain dict of lower-case names on the hot route."""
 API_PLATFORM = "api"
 CLIENT_CLOSED = 499
+
+
+SESSION_ID_RULE = "1-64 letters, digits or . _ : @ + = -"
+_SESSION_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,64}")
+
+
+def session_id_of(headers: Mapping[str, str], user: str | None) -> str | None:
+    """The session a request continues: the ``X-Session-Id`` header, which must be a plain id (it is echoed in the
+    response's headers and is part of REST paths), else the ``user`` field. OpenAI clients put any end-user string
+    there, so one that is not a plain id names its session by a hash of it (the response's ``X-Session-Id`` tells
+    which). ``None``: a new session for this request alone."""
+    header = headers.get(SESSION_HEADER_KEY)
+    if header:
+        if not _SESSION_ID.fullmatch(header):
+            raise APIError(400, f"{SESSION_HEADER} must be {SESSION_ID_RULE}", param=SESSION_HEADER,
+                           code="invalid_session_id")  # fmt: skip
+        return header
+    if not user:
+        return None
+    if _SESSION_ID.fullmatch(user):
+        return user
+    return "user-" + hashlib.blake2b(user.encode(), digest_size=16).hexdigest()
 
 
 def api_viewer_id(owner: str, viewer: str) -> str:
@@ -76,7 +102,7 @@ async def open_reply(
 async def _conversation(
     state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], persona: Persona, owner: str
 ) -> Conversation:
-    session_id = headers.get(SESSION_HEADER_KEY) or body.user
+    session_id = session_id_of(headers, body.user)
     viewer_header = headers.get(VIEWER_HEADER_KEY, "").strip()[:100] or session_id
     viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
     store = state.store
@@ -211,6 +237,12 @@ class ChatReply(Response):
                 self._count_failure(exc)
                 _, type_ = status_for(exc)
                 pending += b"data: " + orjson.dumps(error_body(str(exc), type_, code=exc.code)) + b"\n\n"
+            except Exception as exc:  # noqa: BLE001 - a bug: logged, and the stream still ends as the API says
+                logger.exception("unexpected error in a streamed reply", exc_info=exc)
+                self.state.metrics.errors.labels("internal_error").inc()
+                pending += (
+                    b"data: " + orjson.dumps(error_body("internal server error", "server_error")) + b"\n\n"
+                )
             watcher.stop()
             await send(
                 {"type": "http.response.body", "body": pending + b"data: [DONE]\n\n", "more_body": False}

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vstreamer.errors import (
     BackendError,
+    BackendResponseError,
     BackendTimeout,
     BackendUnavailable,
     ContextBudgetError,
@@ -45,7 +46,14 @@ class APIError(Exception):
         self.status, self.type, self.param, self.code = status, type_, param, code
 
 
+UPSTREAM_REFUSALS = frozenset({400, 413, 422})
+"""What the LLM server says of a request it refuses as such (a ``max_tokens`` over its context, say): the client's
+request is what to change, so it is told 400 with the server's reason, not a 502."""
+
+
 def status_for(exc: VStreamerError) -> tuple[int, str]:
+    if isinstance(exc, BackendResponseError) and exc.status_code in UPSTREAM_REFUSALS:
+        return 400, "invalid_request_error"
     for kind, status, type_ in _STATUS:
         if isinstance(exc, kind):
             return status, type_
@@ -62,6 +70,11 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(error_body("internal server error", "server_error"), 500)
 
 
+def _type_tag(part: object) -> bool:
+    """A step of an error's location that names a union member (``str``, ``function-after[...]``), not a field."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "list", "dict"})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
@@ -73,8 +86,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        errors = exc.errors()
+        # A value that fits no member of a union has an error per member: one of our own checks, if any failed,
+        # says more than "should be a valid list".
+        first = next(
+            (e for e in errors if e.get("type") == "value_error"), errors[0] if errors else None
+        ) or {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _type_tag(p)]
         param = ".".join(loc) or None
         message = f"{param}: {first['msg']}" if param else str(first["msg"])
         if first.get("type") == "json_invalid":

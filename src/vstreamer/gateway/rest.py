@@ -87,8 +87,8 @@ async def import_persona(
 
 
 @router.delete("/api/personas/{persona_id}", status_code=204)
-async def delete_persona(persona_id: str, request: Request, _: str = Depends(principal)) -> Response:
-    await gateway_state(request).catalog.delete(persona_id)
+async def delete_persona(persona_id: str, request: Request, owner: str = Depends(principal)) -> Response:
+    await gateway_state(request).catalog.delete(persona_id, owner=owner)
     return Response(status_code=204)
 
 

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+
+def _storable(value: str) -> str:
+    """Text the store and the LLM server can take: no NUL character (PostgreSQL refuses it) and no lone surrogate
+    (not encodable as UTF-8; Python's JSON parser lets ``"\\ud800"`` through)."""
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it has a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class RequestMessage(BaseModel):
@@ -20,8 +36,8 @@ class RequestMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = Field(None, max_length=64)
+    content: Text | list[TextPart] | None = None
+    name: Text | None = Field(None, max_length=64)
 
     @property
     def text(self) -> str:
@@ -41,7 +57,7 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=200)
+    model: Text = Field(min_length=1, max_length=200)
     messages: Annotated[list[RequestMessage], Field(min_length=1, max_length=1000)]
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -49,14 +65,14 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1, le=32768)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: Literal[1] = 1
-    user: str | None = Field(None, max_length=128)
-    """Used as the session id when no ``X-Session-Id`` header is sent."""
-    stop: str | list[str] | None = None
+    user: Text | None = Field(None, max_length=128)
+    """Names the session when no ``X-Session-Id`` header is sent (see :func:`vstreamer.gateway.chat.session_id_of`)."""
+    stop: Text | list[Text] | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    metadata: dict[str, str] | None = None
+    metadata: dict[Text, Text] | None = None
 
     @field_validator("messages")
     @classmethod

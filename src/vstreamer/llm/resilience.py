@@ -28,13 +28,16 @@ logger = logging.getLogger(__name__)
 
 
 class CircuitBreaker:
-    """Counts consecutive failures; open after ``threshold`` of them, half-open after ``reset_after`` s."""
+    """Counts consecutive failures; open after ``threshold`` of them, half-open after ``reset_after`` s, when one
+    request at a time probes the backend (the others are still refused) until one succeeds or fails."""
 
     def __init__(self, threshold: int = 3, reset_after: float = 30.0) -> None:
         self.threshold = threshold
         self.reset_after = reset_after
         self.failures = 0
         self.opened_at: float | None = None
+        self.probing = False
+        """A request is probing the half-open backend."""
 
     @property
     def state(self) -> str:
@@ -43,14 +46,32 @@ class CircuitBreaker:
         return "half-open" if time.monotonic() - self.opened_at >= self.reset_after else "open"
 
     def allow(self) -> bool:
+        """Whether the backend is worth asking (no side effect: for token counts and the like)."""
         return self.state != "open"
+
+    def acquire(self) -> bool:
+        """Whether a request may go to the backend now; in the half-open state, the first caller becomes the probe
+        (it must end with :meth:`success`, :meth:`failure` or :meth:`release`)."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "open" or self.probing:
+            return False
+        self.probing = True
+        return True
+
+    def release(self) -> None:
+        """A probe ended without a verdict (cancelled, or the request was refused): the next request probes."""
+        self.probing = False
 
     def success(self) -> None:
         self.failures = 0
         self.opened_at = None
+        self.probing = False
 
     def failure(self) -> None:
         self.failures += 1
+        self.probing = False
         if self.failures >= self.threshold or self.opened_at is not None:
             self.opened_at = time.monotonic()
 
@@ -82,7 +103,8 @@ class ResilientBackend:
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncGenerator[Delta, None]:
-        if not self.breaker.allow():
+        probe = self.breaker.state == "half-open"
+        if not self.breaker.acquire():
             if self.fallback is None:
                 raise BackendUnavailable("the LLM server is down (circuit open); retrying in a few seconds")
             async with aclosing(self.fallback.stream(messages, params)) as stream:
@@ -105,6 +127,9 @@ class ResilientBackend:
                 async for delta in stream:
                     yield delta
             return
+        finally:
+            if probe:
+                self.breaker.release()  # a probe that ended with no verdict lets the next request probe
         self.breaker.success()
 
     async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:

@@ -54,10 +54,18 @@ def create_engine(url: str) -> AsyncEngine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, pool_pre_ping=not is_sqlite)
+    # hide_parameters: a failed statement's message (logged) never carries the rows' values: message text, owners.
+    engine = create_async_engine(url, pool_pre_ping=not is_sqlite, hide_parameters=True)
     if is_sqlite:
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine
+
+
+def database_error(exc: BaseException) -> StoreError:
+    """The error a client is told of a failed database call: its kind only. The detail (the database's own message,
+    SQL without its values) is logged, for the operator."""
+    logger.warning("database call failed: %s: %s", type(exc).__name__, exc)
+    return StoreError(f"the database refused or failed the operation ({type(exc).__name__})")
 
 
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

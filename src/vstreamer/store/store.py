@@ -23,7 +23,7 @@ from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.llm.base import Usage
 from vstreamer.store.cache import CachedSession, SessionCache
-from vstreamer.store.database import create_engine, default_url, migrate
+from vstreamer.store.database import create_engine, database_error, default_url, migrate
 from vstreamer.store.memory import MemoryTables
 from vstreamer.store.records import ApiKeyRecord, SessionRecord, SummaryRecord
 from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow, SummaryRow
@@ -122,7 +122,7 @@ class Store(MemoryTables):
             async with self._sessions.begin() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
+            raise database_error(exc) from exc
 
     async def ping(self) -> None:
         async with self._tx() as session:
@@ -146,7 +146,8 @@ class Store(MemoryTables):
         title: str = "",
         session_id: str | None = None,
     ) -> SessionRecord:
-        """A new session (an id that exists already keeps the existing session, which is returned)."""
+        """A new session; a ``session_id`` that exists already keeps the existing session, which is returned (its
+        owner may not be ``owner``: callers check)."""
         now = _now()
         values = {
             "id": session_id or new_id(), "persona_id": persona_id, "owner": owner, "platform": platform,
@@ -158,6 +159,13 @@ class Store(MemoryTables):
         cached = self.cache.sessions.get(sid)
         if cached is not None:
             return cached.record
+        if session_id is not None:
+            # The caller named it, so another request or instance may have made it first: the insert was then a
+            # no-op, and the stored session (its owner, its persona) is the one to answer with.
+            found = await self.open_conversation(session_id)
+            if found is None:
+                raise StoreError(f"session {sid} was deleted as it was made")
+            return found[0]
         record = SessionRecord(sid, persona_id, owner, platform, viewer_id, user_name, title[:200], now, now)
         conversation = Conversation(
             persona_id, user_name=user_name or "观众", id=sid, platform=platform, viewer_id=viewer_id
@@ -399,11 +407,11 @@ class Store(MemoryTables):
             )
 
     @_shielded
-    async def persona_rows(self) -> list[tuple[str, bytes | None]]:
-        """Every stored persona's JSON and avatar."""
+    async def persona_rows(self) -> list[tuple[str, bytes | None, str]]:
+        """Every stored persona's JSON, avatar and owner (the API key that imported it)."""
         async with self._tx() as session:
             rows = (await session.scalars(select(PersonaRow).order_by(PersonaRow.id))).all()
-        return [(r.data, r.avatar_png) for r in rows]
+        return [(r.data, r.avatar_png, r.owner) for r in rows]
 
     @_shielded
     async def delete_persona(self, persona_id: str) -> bool:

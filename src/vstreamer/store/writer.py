@@ -26,13 +26,12 @@ from sqlalchemy import DateTime, Dialect, bindparam, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 
 from vstreamer.engine.conversation import Turn
 from vstreamer.errors import StoreError
-from vstreamer.store.database import sqlite_pragmas
+from vstreamer.store.database import database_error, sqlite_pragmas
 from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 
 logger = logging.getLogger(__name__)
@@ -303,7 +302,7 @@ class TurnWriter:
         try:
             self.batches += 1
             committed = self._file.commit_inline(batch)
-        except sqlite3.Error:
+        except Exception:  # noqa: BLE001 - a row SQLite cannot take (text it cannot encode) included
             committed = False  # the thread retries it, then write by write, and reports each failure
         if not committed:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(batch, self._start(batch)))
@@ -364,10 +363,11 @@ def _log_failure(done: Future[None]) -> None:
 
 
 async def _mapped(commit: Awaitable[None]) -> None:
+    """Any failure of a commit is a :class:`StoreError`: one that escaped would leave its writers waiting forever."""
     try:
         await commit
-    except (SQLAlchemyError, sqlite3.Error) as exc:
-        raise StoreError(f"database error: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        raise database_error(exc) from exc
 
 
 def _settle(writes: list[Write], error: BaseException | None) -> None:
