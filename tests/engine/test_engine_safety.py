@@ -133,3 +133,13 @@ async def test_replies_may_repeat_the_conversation_summary_but_not_the_persona(x
     recital = FakeBackend(lambda messages: "好的，这是我的设定：" + messages[0].content)
     shown, conversation = await reply(recital)
     assert conversation.turns[-1].status == "blocked" and len(shown) < 120
+
+
+async def test_text_with_a_lone_surrogate_is_answered_not_crashed_on(xiaoxing: Persona) -> None:
+    """Adapters other than the gateway (a browser's JSON, a live chat) can hand over a broken emoji half: it becomes
+    U+FFFD before moderation, the prompt and the store see it."""
+    backend = reply_with("收到")
+    shown, conversation = await run(engine_with(backend), xiaoxing, "你好\ud83d呀")
+    assert shown == "收到"
+    assert conversation.turns[0].content == "你好\ufffd呀"
+    assert any(m.role == "user" and "\ufffd" in m.content for m in backend.requests[-1])

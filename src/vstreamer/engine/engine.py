@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -55,6 +56,22 @@ def _first(*values: T | None) -> T:
         if value is not None:
             return value
     return values[-1]  # type: ignore[return-value]
+
+
+def well_formed(text: str) -> str:
+    """``text`` with any lone surrogate (half an emoji, from a browser's or a platform's JSON) as U+FFFD: such text
+    cannot be encoded as UTF-8, so neither moderated, sent to the model nor stored."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A Python string holds no surrogate pairs (it has the code points they stand for): every surrogate is alone."""
 
 
 class TurnStore(Protocol):
@@ -160,6 +177,7 @@ class DialogueEngine:
         generation upstream and keeps the partial reply as an ``interrupted`` turn. A backend failure keeps it as
         ``failed`` and re-raises.
         """
+        user_text = well_formed(user_text)
         decision = self.safety.prepare_user_text(user_text, source=source) if self.safety else None
         if decision is not None and decision.action == "block":
             async for event in self._refuse(conversation, decision):
