@@ -175,3 +175,48 @@ async def aenumerate(items):  # type: ignore[no-untyped-def]
     async for item in items:
         yield n, item
         n += 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_leaving_as_its_reply_ends_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """The watcher may notice the client leaving while the response's last message is being sent (the reply is
+    over and stored): the request then ends quietly, with no exception for the server to log."""
+    from vstreamer.gateway import chat
+
+    watchers: list[chat.Watcher] = []
+    make = chat.Watcher.__init__
+
+    def recorded(watcher: chat.Watcher, *args: object) -> None:
+        make(watcher, *args)  # type: ignore[arg-type]
+        watchers.append(watcher)
+
+    monkeypatch.setattr(chat.Watcher, "__init__", recorded)
+    runtime = await open_runtime(
+        Settings.load(data_dir=tmp_path, auth=False), backend=FakeBackend(lambda _: "Hi")
+    )
+    request = orjson.dumps(
+        {"model": "nova", "stream": stream, "user": "s1", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    messages = iter([{"type": "http.request", "body": request, "more_body": False}])
+
+    async def receive() -> dict[str, object]:
+        return next(messages, None) or await asyncio.Event().wait()  # type: ignore[func-returns-value]
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            # What the watcher does on seeing the client go, while the request's task waits in this send.
+            [watcher] = watchers
+            watcher.reply.client_gone = True
+            assert watcher.main is not None
+            watcher.main.cancel()
+            await asyncio.sleep(0)
+
+    try:
+        await create_app(runtime)(dict(_SCOPE), receive, send)  # returns: no CancelledError, no error
+        assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
+        stored = await runtime.store.list_messages("s1")  # type: ignore[union-attr]
+        assert [(t.role, t.status) for t in stored] == [("user", "complete"), ("assistant", "complete")]
+    finally:
+        await runtime.aclose()

@@ -190,6 +190,12 @@ class ChatReply(Response):
                 await self._stream(head, send, watcher)
             else:
                 await self._whole(head, scope, receive, send, watcher)
+        except asyncio.CancelledError:
+            # The watcher saw the client leave just as the reply ended (the reply is stored): nobody to tell.
+            task = asyncio.current_task()
+            if not self.client_gone or task is None or not task.cancelling():
+                raise
+            task.uncancel()
         finally:
             watcher.stop()
 
