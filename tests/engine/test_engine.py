@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, SamplingOverrides
 from vstreamer.engine.conversation import new_id
-from vstreamer.errors import BackendUnavailable
+from vstreamer.errors import BackendUnavailable, ContextBudgetError
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.persona import Persona, SamplingDefaults
+from vstreamer.store import open_store
 
 
 def engine_for(backend: FakeBackend) -> DialogueEngine:
@@ -140,3 +143,60 @@ def test_new_ids_are_random_version_4_uuids() -> None:
     assert all(
         u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == i for u, i in zip(parsed, ids, strict=True)
     )
+
+
+@pytest.mark.parametrize("fail_after", [0, None], ids=["backend-fails", "backend-answers"])
+async def test_a_reply_cancelled_at_any_step_is_stored_after_its_message(
+    persona: Persona, tmp_path: Path, fail_after: int | None
+) -> None:
+    """Cancel the consumer after each number of loop steps: whatever the moment (waiting for the user message's
+    commit included), the store ends up with the user message and the reply, as the conversation has them."""
+    store = await open_store(None, tmp_path)
+    try:
+        for steps in range(8):
+            backend = FakeBackend(delay=0.005, fail_after=fail_after)
+            engine = DialogueEngine(backend, ContextBudget(4096, 256), store=store)
+            record = await store.create_session(persona.id, owner="o")
+            conversation = await store.load_conversation(record.id)
+
+            task = asyncio.create_task(consume(engine.reply(conversation, persona, "hello there")))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            await asyncio.sleep(0.05)  # a shielded commit may finish after the cancel
+            shape = [(t.role, t.status) for t in conversation.turns]
+            assert [(t.role, t.status) for t in await store.list_messages(record.id)] == shape, steps
+            assert shape[:1] in ([], [("user", "complete")]) and len(shape) <= 2
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("user_commit", ["overlap", "before"])
+async def test_a_message_over_the_budget_is_kept_as_failed_and_out_of_later_prompts(
+    persona: Persona, tmp_path: Path, user_commit: str
+) -> None:
+    store = await open_store(None, tmp_path)
+    try:
+        backend = FakeBackend()
+        engine = DialogueEngine(backend, ContextBudget(2048, 256), store=store, user_commit=user_commit)  # type: ignore[arg-type]
+        record = await store.create_session(persona.id, owner="o")
+        conversation = await store.load_conversation(record.id)
+        async for _ in engine.reply(conversation, persona, "my name is Sam, remember it"):
+            pass
+        with pytest.raises(ContextBudgetError):
+            async for _ in engine.reply(conversation, persona, "word " * 3000):
+                pass
+        stored = await store.list_messages(record.id)
+        assert [(t.role, t.status) for t in stored][-1] == ("user", "failed")
+        async for _ in engine.reply(conversation, persona, "what is my name?"):
+            pass
+        assert any("my name is Sam" in m.content for m in backend.requests[-1])
+    finally:
+        await store.close()
+
+
+async def consume(events: AsyncIterator[object]) -> None:
+    async for _ in events:
+        pass

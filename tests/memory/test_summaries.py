@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 from tests.memory.conftest import ScriptedBackend
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, MemoryPolicy, Turn
@@ -54,6 +55,32 @@ async def test_summary_covers_what_left_and_is_used_in_later_prompts(
     assert covered < len(conversation.turns) - 2
     folded = "\n".join(m.content for p in backend.kinds["summary"] for m in p)
     assert xiaoxing.render(xiaoxing.description, "阿明")[:30] not in folded  # the persona is never summarised
+
+
+async def test_folds_that_fall_behind_catch_up_in_order_and_skip_no_turn(xiaoxing: Persona) -> None:
+    """A summariser slow for a hundred turns: the folds after it take the oldest unfolded turns first, so every turn
+    that left the window ends up in some fold (before, the ones beyond one fold's reach were skipped for good)."""
+    gate = asyncio.Event()
+    backend = ScriptedBackend(summary=lambda _: "（闲聊）", summary_gate=gate)
+    budget = ContextBudget(context_window=3072, max_tokens=128, reserve_tokens=16)
+    engine = DialogueEngine(backend, budget, memory=MemoryManager(backend, budget))
+    conversation = Conversation(xiaoxing.id)
+    for index in range(100):
+        await chat(engine, conversation, xiaoxing, filler(index))
+    gate.set()
+    await engine.tasks.drain()
+    for index in range(100, 220):
+        await chat(engine, conversation, xiaoxing, filler(index))
+        await engine.tasks.drain()
+    folded = {
+        int(n)
+        for prompt in backend.kinds["summary"]
+        for n in re.findall(r"第(\d+)条弹幕", prompt[-1].content)
+    }
+    covered = [t.id for t in conversation.turns].index(conversation.summary_until)
+    left = [t for t in conversation.turns[: covered + 1] if t.role == "user"]
+    assert len(left) > 150
+    assert {int(re.search(r"第(\d+)条", t.content).group(1)) for t in left} <= folded  # type: ignore[union-attr]
 
 
 async def test_summary_of_summaries_stays_within_budget(xiaoxing: Persona) -> None:

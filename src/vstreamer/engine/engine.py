@@ -24,7 +24,7 @@ from vstreamer.engine.drift import DriftDetector, DriftStream, fallback_line, re
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
 from vstreamer.engine.memory import MemoryManager, Recall
 from vstreamer.engine.stats import EngineStats
-from vstreamer.errors import StoreError
+from vstreamer.errors import ContextBudgetError, StoreError
 from vstreamer.llm.base import ChatMessage, LLMBackend, SamplingParams, StreamEnd
 
 if TYPE_CHECKING:
@@ -201,9 +201,14 @@ class DialogueEngine:
                 else Recall()
             )
             context = await self.build_context(conversation, persona, memory=recall.blocks)
-        except BaseException:
+        except BaseException as exc:
+            refused = isinstance(exc, ContextBudgetError)
+            if refused:  # kept, as failed: never in a later prompt (where it would not fit either)
+                user_turn.status, user_turn.error = "failed", str(exc)
             if saving is not None:
                 await asyncio.shield(saving)
+            if refused and self.store is not None:
+                await asyncio.shield(self._save(conversation, user_turn))  # its row, if committed first, too
             raise
         params = self.sampling_for(persona, overrides)
         reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
@@ -336,13 +341,9 @@ class DialogueEngine:
             turn.status, turn.error = "failed", str(exc) or type(exc).__name__
             raise
         finally:
-            if saving is not None:  # ended before the first delta: the user's message is still stored
-                with contextlib.suppress(StoreError):
-                    await asyncio.shield(saving)
             if not saved:
-                if turn.status == "streaming":
-                    turn.status = "interrupted"
-                await self._store_reply(conversation, turn, parts, started)
+                # Shielded as one: a cancel while it waits for the user's message must not skip the reply's commit.
+                await asyncio.shield(self._store_unfinished(conversation, turn, parts, started, saving))
             if turn.in_prompt and getattr(self.backend, "counts_remotely", False):
                 # The next turn's prompt holds this reply: count its share now, not on that turn's path.
                 self.tasks.spawn(f"count:{turn.id}", self.context.count_turn(turn))
@@ -406,6 +407,22 @@ class DialogueEngine:
 
         loop.call_soon(start)
         return done
+
+    async def _store_unfinished(
+        self,
+        conversation: Conversation,
+        turn: Turn,
+        parts: list[str],
+        started: float,
+        saving: asyncio.Future[None] | None,
+    ) -> None:
+        """A reply that ended early (stopped, failed): stored with its partial text, after its user message."""
+        if saving is not None:  # ended before the first delta: the user's message is still being stored
+            with contextlib.suppress(StoreError):
+                await saving
+        if turn.status == "streaming":
+            turn.status = "interrupted"
+        await self._store_reply(conversation, turn, parts, started)
 
     async def _store_reply(
         self, conversation: Conversation, turn: Turn, parts: list[str], started: float

@@ -213,14 +213,12 @@ class MemoryManager:
             self.tasks.spawn(f"facts:{conversation.id}", self._extract_pending(conversation.id))
 
     def evicted(self, conversation: Conversation, window_start: int) -> list[Turn]:
-        """Turns that left the window and are not in the summary yet (at most ``max_fold_turns``)."""
-        turns = conversation.turns
-        lowest = max(0, window_start - self.policy.max_fold_turns)
-        start = lowest
-        covered = self._covered_index(conversation, lowest)
-        if covered is not None:
-            start = max(start, covered + 1)
-        return [t for t in turns[start:window_start] if t.in_prompt]
+        """The oldest turns that left the window and are not in the summary yet (at most ``max_fold_turns``): when
+        folds fall behind (a slow summariser, a busy chat), the next ones catch up in order and skip none."""
+        covered = self._covered_index(conversation, 0)
+        start = 0 if covered is None else covered + 1  # not found: older than every turn held in memory
+        end = min(window_start, start + self.policy.max_fold_turns)
+        return [t for t in conversation.turns[start:end] if t.in_prompt]
 
     @staticmethod
     def _covered_index(conversation: Conversation, lowest: int) -> int | None:
