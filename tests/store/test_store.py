@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, Turn
 from vstreamer.errors import BackendUnavailable, ConfigError, StoreError
@@ -315,3 +318,80 @@ async def test_failed_user_commit_fails_the_reply_before_any_text() -> None:
                 shown.append(event.text)
     assert shown == []
     assert [(t.role, t.status) for t in store.saved] == [("assistant", "failed")]
+
+
+async def test_turns_are_read_in_the_order_they_were_made_not_inserted(store: Store) -> None:
+    """A reply's row is inserted when it ends, after a message sent while it ran; the engine appended the reply
+    first. Before, every read (a restart's, the REST listing) put the later message before the reply."""
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    start = time.time()
+    first, reply, second = (
+        Turn("user", "A", created_at=start),
+        Turn("assistant", "", status="streaming", created_at=start + 0.001),
+        Turn("user", "B", created_at=start + 0.002),
+    )
+    same_time = [Turn("user", f"tie {i}", created_at=start + 0.003) for i in range(2)]
+    conversation.turns.extend([first, reply, second, *same_time])
+    for turn in (first, second, reply, *same_time):  # the reply is stored when it ends
+        reply.content, reply.status = "a", "complete"
+        await store.save_turn(conversation, turn)
+    order = [t.id for t in conversation.turns]
+    assert [t.id for t in await store.list_messages(record.id)] == order
+    assert [t.id for t in await store.list_messages(record.id, limit=2, offset=1)] == order[1:3]
+    assert [t.id for t in (await store.load_conversation(record.id, recent=4)).turns] == order[1:]
+    uncached = Store(store.engine, session_cache=0)  # as after a restart
+    try:
+        assert [t.id for t in (await uncached.load_conversation(record.id)).turns] == order
+    finally:
+        await uncached.writer.aclose()
+
+
+async def test_concurrent_replies_on_one_session_are_stored_as_the_conversation_holds_them(
+    store: Store,
+) -> None:
+    persona = PersonaLibrary(None).get("nova")
+    engine = DialogueEngine(FakeBackend(delay=0.01), ContextBudget(4096, 256), store=store)
+    record = await store.create_session(persona.id, owner="o")
+    conversation = await store.load_conversation(record.id)
+
+    async def reply(text: str) -> None:
+        async for _ in engine.reply(conversation, persona, text):
+            pass
+
+    await asyncio.gather(reply("first message one two"), reply("second message three four"))
+    held = [(t.role, t.content) for t in conversation.turns]
+    assert [(t.role, t.content) for t in await store.list_messages(record.id)] == held
+    uncached = Store(store.engine, session_cache=0)
+    try:
+        assert [(t.role, t.content) for t in (await uncached.load_conversation(record.id)).turns] == held
+    finally:
+        await uncached.writer.aclose()
+
+
+async def test_a_sessions_turns_are_read_in_order_from_the_index(tmp_path: Path) -> None:
+    """SQLite: the ordered reads (a conversation's newest turns, the listing) walk the index, with no sort."""
+    store = await open_store(None, tmp_path)
+    statements: list[tuple[str, Any]] = []
+
+    def record_statement(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "FROM messages" in statement and "ORDER BY" in statement:
+            statements.append((statement, parameters))
+
+    try:
+        session = await store.create_session("nova", owner="o")
+        event.listen(store.engine.sync_engine, "before_cursor_execute", record_statement)
+        await store.load_conversation(session.id, recent=10)  # as a cache miss reads it
+        await store.list_messages(session.id)
+        await store.list_messages(session.id, offset=5)
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record_statement)
+        assert len(statements) == 3
+        async with store.engine.connect() as connection:
+            for statement, parameters in statements:
+                plan = " ".join(
+                    str(row[-1])
+                    for row in await connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+                )
+                assert "ix_messages_session_id_created_at" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        await store.close()

@@ -191,3 +191,19 @@ async def test_facts_known_already_leave_the_viewer_cache_alone(
     assert await store.viewer_facts(viewer) == known and reads == 0  # still served from memory
     await store.add_facts(viewer, [Fact(viewer, "下周考试")])
     assert [f.text for f in await store.viewer_facts(viewer)] == ["下周考试", "喜欢猫"] and reads == 1
+
+
+async def test_writes_after_close_fail_at_once(store: Store) -> None:
+    """Before, on SQLite, a write queued after close waited forever (its batch could no longer be committed)."""
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    await store.close()
+    conversation.turns.append(late := Turn("user", "late"))
+    async with asyncio.timeout(5):
+        with pytest.raises(StoreError, match="closed"):
+            await store.save_turn(conversation, late)
+        with pytest.raises(StoreError, match="closed"):
+            await store.save_summary(record.id, "late")
+        with pytest.raises(StoreError, match="closed"):
+            await store.create_session("nova", owner="o")
+    assert store.cache.sessions.get(record.id) is None  # nor is the turn kept in memory

@@ -5,10 +5,16 @@ from the database on each turn cost ~7 ms on SQLite. Writes go through the store
 current, so a hit is always what the database holds — as long as this process is the only writer of the session.
 That holds for one instance (SQLite, the default); instances sharing a PostgreSQL database must route a session to
 one instance (sticky sessions) or turn the cache off (``session_cache = 0``, the default for PostgreSQL).
+
+A read that misses takes a :meth:`SessionCache.token` before it starts and keeps its result only if nothing changed
+the session (or viewer) meanwhile: a delete, a failed write, a write around the cached object. Otherwise a read of
+a just-deleted session would bring it back.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from vstreamer.engine.conversation import Conversation
@@ -27,10 +33,18 @@ class CachedSession:
 class SessionCache:
     """Sessions and viewer facts kept between turns; ``size`` sessions (and as many viewers) at most."""
 
+    REMEMBERED_CHANGES = 1024
+    """How many keys' latest change are remembered; a read older than the oldest forgotten one is not kept."""
+
     def __init__(self, size: int, *, keep_turns: int = 200) -> None:
         self.sessions: LRU[str, CachedSession] = LRU(size)
         self.facts: LRU[tuple[ViewerKey, int], list[Fact]] = LRU(size)
         self.keep_turns = keep_turns
+        self._clock = 0
+        self._changed: OrderedDict[Hashable, int] = OrderedDict()
+        """A session id or viewer → the clock at its latest change, oldest first."""
+        self._forgotten = 0
+        """The clock of the newest change dropped from ``_changed``."""
 
     @property
     def enabled(self) -> bool:
@@ -47,6 +61,43 @@ class SessionCache:
             conversation.summary_index = None
         return entry.record, conversation
 
+    def token(self) -> int:
+        """Taken before a read of the database: :meth:`current` then tells whether its result may be cached."""
+        return self._clock
+
+    def current(self, key: Hashable, token: int) -> bool:
+        """Whether ``key`` (a session id or viewer) is unchanged since ``token`` was taken."""
+        return token >= self._forgotten and self._changed.get(key, 0) <= token
+
+    def changed(self, key: Hashable) -> None:
+        """Note that ``key`` changed in the database: reads that began before may not be cached."""
+        if not self.enabled:
+            return
+        self._clock += 1
+        self._changed[key] = self._clock
+        self._changed.move_to_end(key)
+        if len(self._changed) > self.REMEMBERED_CHANGES:
+            self._forgotten = self._changed.popitem(last=False)[1]
+
+    def forget(self, session_id: str) -> None:
+        """Drop the session (deleted, or its cached copy no longer sure), and keep reads begun before from caching it."""
+        self.sessions.pop(session_id)
+        self.changed(session_id)
+
+    def keep(self, session_id: str, entry: CachedSession, token: int) -> CachedSession | None:
+        """Cache what a read begun at ``token`` found, unless the session changed meanwhile; returns the entry now
+        cached (``None`` if none). A conversation cached by a concurrent read stays: every caller shares one object."""
+        cached = self.sessions.get(session_id)
+        if cached is not None and cached.conversation is not None or not self.current(session_id, token):
+            return cached
+        return self.sessions.put(session_id, entry)
+
+    def keep_facts(self, viewer: ViewerKey, limit: int, facts: list[Fact], token: int) -> list[Fact]:
+        if self.current(viewer, token):
+            self.facts.put((viewer, limit), facts)
+        return facts
+
     def forget_viewer(self, viewer: ViewerKey) -> None:
         for key in [k for k in self.facts if k[0] == viewer]:
             self.facts.pop(key)
+        self.changed(viewer)

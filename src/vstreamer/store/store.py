@@ -51,6 +51,10 @@ def _session_record(row: SessionRow) -> SessionRecord:
 
 
 _MESSAGES = MessageRow.__table__
+_IN_ORDER = (MessageRow.created_at, MessageRow.pk)
+"""A session's turns in the order the engine made them (a reply's row is inserted when it ends, after a message
+sent while it ran); ``ix_messages_session_id_created_at`` serves it."""
+_NEWEST_FIRST = (MessageRow.created_at.desc(), MessageRow.pk.desc())
 
 
 def _turn(row: Any) -> Turn:
@@ -114,7 +118,7 @@ class Store(MemoryTables):
         if session_cache is None:
             session_cache = 1000 if engine.dialect.name == "sqlite" else 0
         self.cache = SessionCache(session_cache, keep_turns=self.RECENT_TURNS)
-        self.writer = TurnWriter(engine)
+        self.writer = TurnWriter(engine, on_settled=self._settled)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -179,12 +183,13 @@ class Store(MemoryTables):
         if cached is not None:
             record = cached.record
         else:
+            token = self.cache.token()
             async with self._tx() as session:
                 row = await session.get(SessionRow, session_id)
             if row is None:
                 return None
             record = _session_record(row)
-            self.cache.sessions.put(session_id, CachedSession(record))
+            self.cache.keep(session_id, CachedSession(record), token)
         if owner is not None and record.owner != owner:
             return None
         return record
@@ -211,18 +216,19 @@ class Store(MemoryTables):
         cached = self.cache.sessions.get(session_id)
         if cached is not None:
             cached.record = replace(cached.record, title=title[:200])
+        self.cache.changed(session_id)  # a read begun before the update keeps the old title to itself
 
     @_shielded
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         query = delete(SessionRow).where(SessionRow.id == session_id)
         if owner is not None:
             query = query.where(SessionRow.owner == owner)
-        self.cache.sessions.pop(session_id)
+        self.cache.forget(session_id)
         async with self._tx() as session:
             await session.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
             await session.execute(delete(SummaryRow).where(SummaryRow.session_id == session_id))
             result = await session.execute(query)
-        self.cache.sessions.pop(session_id)
+        self.cache.forget(session_id)  # and a read begun meanwhile does not bring it back
         return bool(getattr(result, "rowcount", 0))
 
     # --- messages -------------------------------------------------------------------------------------
@@ -248,13 +254,15 @@ class Store(MemoryTables):
         hit = self.cache.conversation(session_id)
         if hit is not None:
             return hit
+        token = self.cache.token()
         loaded = await self._read_conversation(session_id, self.RECENT_TURNS)
         if loaded is None:
             return None
-        cached = self.cache.sessions.get(session_id)
-        if cached is not None and cached.conversation is not None:  # loaded concurrently: share one object
-            return cached.record, cached.conversation
-        return self.cache.sessions.put(session_id, CachedSession(*loaded)).record, loaded[1]
+        # Loaded concurrently: share one object. Changed meanwhile (deleted, say): this read is not cached.
+        kept = self.cache.keep(session_id, CachedSession(*loaded), token)
+        if kept is not None and kept.conversation is not None:
+            return kept.record, kept.conversation
+        return loaded
 
     @_shielded
     async def _read_conversation(
@@ -268,7 +276,7 @@ class Store(MemoryTables):
             query = (
                 select(_MESSAGES)
                 .where(MessageRow.session_id == session_id)
-                .order_by(MessageRow.pk.desc())
+                .order_by(*_NEWEST_FIRST)
                 .limit(recent)
             )
             rows = list((await session.execute(query)).all())
@@ -287,7 +295,7 @@ class Store(MemoryTables):
         query = (
             select(_MESSAGES)
             .where(MessageRow.session_id == session_id)
-            .order_by(MessageRow.pk)
+            .order_by(*_IN_ORDER)
             .limit(limit)
             .offset(offset)
         )
@@ -316,21 +324,30 @@ class Store(MemoryTables):
         # A session's ``updated_at`` follows its replies: the user's message, on the path of every reply's first
         # text, is committed without it (the reply is always saved after it, also when it fails or is cut off).
         touch = turn.role != "user"
+        cached = self.cache.sessions.get(conversation.id)
+        # Written around the cached object (or none is cached): reload from the database next time, and once it is
+        # committed drop what a read running meanwhile may have cached without it (:meth:`_settled`).
+        around = self.cache.enabled and (
+            cached is None or cached.conversation is not conversation or not _holds(conversation, turn)
+        )
         write = (
-            Write(conversation.id, now, turn=turn, touch=touch)
+            Write(conversation.id, now, turn=turn, touch=touch, notify=around)
             if done is None
-            else Write(conversation.id, now, turn=turn, touch=touch, done=done)  # no throwaway future
+            else Write(conversation.id, now, turn=turn, touch=touch, notify=around, done=done)  # no throwaway
         )
         done = self.writer.enqueue(write)
-        cached = self.cache.sessions.get(conversation.id)
         if cached is not None:
             if touch:
                 cached.record = replace(cached.record, updated_at=now)
-            if cached.conversation is not conversation or not _holds(conversation, turn):
-                cached.conversation = (
-                    None  # written around the cached object: reload from the database next time
-                )
+            if around:
+                cached.conversation = None
         return done
+
+    def _settled(self, write: Write, error: BaseException | None) -> None:
+        """A write failed, or one made around the cached conversation was committed: the session's cached copy may
+        differ from the database (a turn the engine appended but never stored, a read that missed the turn), so the
+        next read reloads it. Failures are rare, and writes through the cached object are not reported."""
+        self.cache.forget(write.session_id)
 
     # --- memory: summaries and viewer facts ------------------------------------------------------------
 
@@ -341,6 +358,7 @@ class Store(MemoryTables):
         row = {"id": summary_id, "session_id": session_id, "covers_until_turn_id": covers_until, "text": summary,
                "created_at": now}  # fmt: skip
         await self.writer.submit(Write(session_id, now, summary=row))  # with the turns' group commit
+        self.cache.changed(session_id)  # a read begun before the commit keeps the older summary to itself
         cached = self.cache.sessions.get(session_id)
         if cached is not None and (conversation := cached.conversation) is not None:
             conversation.summary, conversation.summary_id = summary, summary_id
@@ -373,7 +391,8 @@ class Store(MemoryTables):
         # Only a read of the database is shielded: a hit (on every turn) never yields to the event loop.
         cached = self.cache.facts.get((viewer, limit))
         if cached is None:
-            cached = self.cache.facts.put((viewer, limit), await self._read_viewer_facts(viewer, limit))
+            token = self.cache.token()
+            cached = self.cache.keep_facts(viewer, limit, await self._read_viewer_facts(viewer, limit), token)
         return list(cached)
 
     @_shielded

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -30,13 +30,15 @@ class SessionRow(Base):
 
 
 class MessageRow(Base):
-    """One turn of a session, in order of ``pk``."""
+    """One turn of a session. A session's turns are in order of ``created_at``, then ``pk``: a reply's row is
+    inserted when it ends, after a message sent while it ran, but it was made (and shown) first."""
 
     __tablename__ = "messages"
+    __table_args__ = (Index("ix_messages_session_id_created_at", "session_id", "created_at", "pk"),)
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
-    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))

@@ -59,6 +59,8 @@ class Write:
     summary: dict[str, Any] | None = None
     touch: bool = True
     """Whether a ``turn`` moves the session's ``updated_at`` (two more pages to write in a ~5-page commit)."""
+    notify: bool = False
+    """Whether the writer's ``on_settled`` hears of this write when it is committed (it hears of every failure)."""
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -257,11 +259,20 @@ class _SQLiteFile:
         self._inline = self._threaded = None
 
 
-class TurnWriter:
-    """Queues writes and commits them in batches; ``await submit(...)`` returns once committed."""
+Settled = Callable[[Write, BaseException | None], None]
+"""Told of a write that failed (with its error), or that was committed and asked to be told (``Write.notify``)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+class TurnWriter:
+    """Queues writes and commits them in batches; ``await submit(...)`` returns once committed.
+
+    Once :meth:`aclose` has begun, new writes fail at once (a :class:`StoreError`).
+    """
+
+    def __init__(self, engine: AsyncEngine, *, on_settled: Settled | None = None) -> None:
         self._async_engine = engine
+        self._on_settled = on_settled
+        self._closed = False
         self._statements = _Statements(engine.dialect.name)
         self._file: _SQLiteFile | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -281,6 +292,9 @@ class TurnWriter:
 
     def enqueue(self, write: Write) -> asyncio.Future[None]:
         """Queue ``write`` for the next batch; its future is done once it is committed (or failed)."""
+        if self._closed:
+            self._settle([write], StoreError("the store is closed"))
+            return write.done
         self._pending.append(write)
         if self._file is not None:
             if (
@@ -307,7 +321,7 @@ class TurnWriter:
         if not committed:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(batch, self._start(batch)))
             return
-        _settle(batch, None)
+        self._settle(batch, None)
         if self._file.checkpoint_due:
             self._executor.submit(self._file.checkpoint).add_done_callback(_log_failure)
 
@@ -318,7 +332,7 @@ class TurnWriter:
             except StoreError:
                 await self._one_by_one(batch)
             else:
-                _settle(batch, None)
+                self._settle(batch, None)
             if not self._pending:
                 return
             batch, self._pending = self._pending, []
@@ -329,9 +343,9 @@ class TurnWriter:
             try:
                 await _mapped(self._start([write]))
             except StoreError as exc:
-                _settle([write], exc)
+                self._settle([write], exc)
             else:
-                _settle([write], None)
+                self._settle([write], None)
 
     def _start(self, batch: list[Write]) -> Awaitable[None]:
         """Begin committing ``batch``: on the writer thread (SQLite) or the async engine (PostgreSQL)."""
@@ -344,8 +358,16 @@ class TurnWriter:
         async with self._async_engine.begin() as connection:
             await connection.run_sync(self._statements.apply, batch)
 
+    def _settle(self, writes: list[Write], error: BaseException | None) -> None:
+        _settle(writes, error)
+        if self._on_settled is not None:
+            for write in writes:
+                if error is not None or write.notify:
+                    self._on_settled(write, error)
+
     async def aclose(self) -> None:
-        """Commit what is queued, then release the thread and the engine."""
+        """Commit what is queued, then release the thread and the engine; later writes fail."""
+        self._closed = True
         if self._file is not None and self._pending:
             self._flush_inline()  # scheduled for the next loop iteration: do it now, before the file closes
         if self._flusher is not None:
