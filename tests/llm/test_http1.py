@@ -8,6 +8,7 @@ import inspect
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
@@ -284,6 +285,26 @@ async def test_sequential_requests_share_one_connection() -> None:
         assert pool.open_connections == 1
 
 
+@pytest.mark.parametrize("pause", [0.0, 0.05], ids=["same-read", "final-later"])
+@on_both_loops
+async def test_interim_responses_are_skipped_for_the_final_one(pause: float) -> None:
+    async def interim_first(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(pause)  # the model thinks: the final response comes in a later read
+        writer.write(ok(b"first", b"X-Final: 1\r\n"))
+
+    async with serving(interim_first, ok(b"second")) as (upstream, pool):
+        response = await pool.post("/p", b"{}")
+        assert (response.status, response.reason) == (200, "OK")
+        assert "link" not in response.headers and response.headers["x-final"] == "1"
+        assert await read_all(response) == b"first"
+        response.release()
+        # The connection is reused in step with the server: the next request gets its own reply.
+        assert await fetch(pool) == b"second"
+        assert upstream.accepted == 1
+
+
 @pytest.mark.parametrize(
     "reply",
     [
@@ -357,6 +378,17 @@ async def test_idle_connection_closed_by_the_server_is_replaced(when: str) -> No
         assert pool.open_connections == 1
 
 
+@on_both_loops
+async def test_reused_connection_closed_after_part_of_a_response_is_not_retried() -> None:
+    # The server took the request (it began to answer): sending it again would run the POST twice.
+    async with serving(ok(), close_after(b"HTTP/1.1 20"), ok()) as (upstream, pool):
+        assert await fetch(pool) == b"ok"
+        with pytest.raises(ConnectionClosed, match="before the response"):
+            await pool.post("/p", b"{}")
+        assert len(upstream.requests) == 2 and upstream.accepted == 1
+        assert pool.open_connections == 0
+
+
 @pytest.mark.parametrize("sent", [b"", b"HTTP/1.1 200 OK\r\nContent-Le"], ids=["nothing", "part of the head"])
 @on_both_loops
 async def test_fresh_connection_closed_before_the_response_raises(sent: bytes) -> None:
@@ -386,6 +418,31 @@ async def test_server_closing_mid_body_raises(head: bytes) -> None:
         response = await pool.post("/p", b"{}")
         assert await response.read() == b"abc"
         with pytest.raises(ConnectionClosed, match="during the response body"):
+            await response.read()
+        assert not response.is_eof()
+        response.close()
+        assert pool.open_connections == 0
+
+
+@on_both_loops
+async def test_reset_cuts_a_body_delimited_by_the_connections_end() -> None:
+    sent = asyncio.Event()
+
+    async def reset_mid_body(request: Request, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart one")
+        await writer.drain()
+        await sent.wait()
+        # SO_LINGER 0: closing sends a reset (a crash, a proxy giving up), not the FIN that ends such a body.
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.transport.abort()
+
+    async with serving(reset_mid_body) as (_, pool):
+        response = await pool.post("/p", b"{}")
+        assert await response.read() == b"part one"
+        sent.set()
+        with pytest.raises(ConnectionClosed, match="broke during the response body"):
             await response.read()
         assert not response.is_eof()
         response.close()
@@ -595,6 +652,14 @@ async def test_request_bytes_on_the_wire() -> None:
     assert first.body == body
     assert second.line == b"POST /v1/tokenize HTTP/1.1"
     assert ("content-type", "text/plain") in second.headers and second.body == b"x"
+
+
+@pytest.mark.parametrize("name", ["Authorization", "X-Evil\r\nHost"])
+def test_headers_with_line_breaks_are_refused(name: str) -> None:
+    # A key read from a file with its line break would end the header early and start another (injection).
+    with pytest.raises(ValueError, match="line break") as info:
+        Pool("http://127.0.0.1:1", headers={name: "Bearer sk-secret-1\r\nX-Injected: 1"})
+    assert "sk-secret-1" not in str(info.value)
 
 
 @on_both_loops

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import itertools
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import LlamaServer, free_port
-from vstreamer.errors import BackendResponseError, BackendTimeout, BackendUnavailable
+from vstreamer.errors import BackendResponseError, BackendTimeout, BackendUnavailable, ConfigError
 from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta, Usage
 from vstreamer.llm.openai_compat import FIRST_TEXT_CHARS, FIRST_TEXT_MAX_BUSY, OpenAICompatBackend
-from vstreamer.llm.sse import SSEDecoder
+from vstreamer.llm.sse import MAX_LINE_BYTES, SSEDecoder
 
 #: Tests that start real servers; the SSE and transport tests below use scripted in-process ones.
 integration = pytest.mark.integration
@@ -314,6 +317,30 @@ def test_sse_decoder_keeps_an_unterminated_last_event_for_flush() -> None:
     assert decoder.flush() == []
 
 
+@pytest.mark.parametrize("cut", range(6))
+def test_sse_decoder_skips_a_bom_at_the_start(cut: int) -> None:
+    stream = b'\xef\xbb\xbfdata: {"a":1}\n\ndata: \xef\xbb\xbf\n\n'  # a BOM later is data
+    assert decode_in_pieces(stream, [cut]) == [(b"", b'{"a":1}'), (b"", b"\xef\xbb\xbf")]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=3 * 10_000), max_size=12))
+def test_sse_decoder_reads_long_lines_split_anywhere(cuts: list[int]) -> None:
+    # Lines longer than a read are held in pieces and searched only where new bytes came.
+    lines = [b"data: " + bytes([65 + i]) * 10_000 for i in range(3)]
+    stream = b"\r\n".join(lines[:2]) + b"\r\n\r" + lines[2] + b"\r\n\r\n"
+    events = [(b"", lines[0][6:] + b"\n" + lines[1][6:]), (b"", lines[2][6:])]
+    assert decode_in_pieces(stream, [c for c in cuts if c < len(stream)]) == events
+
+
+def test_sse_decoder_refuses_a_line_longer_than_its_limit() -> None:
+    decoder = SSEDecoder()
+    piece = b"x" * 65536
+    assert decoder.feed(b"data: " + piece) == []
+    with pytest.raises(ValueError, match="longer than"):
+        for _ in range(MAX_LINE_BYTES // len(piece)):
+            decoder.feed(piece)
+
+
 # --- the transport, against scripted servers ----------------------------------------------------------------
 
 
@@ -531,3 +558,197 @@ async def test_finished_streams_reuse_a_connection_and_abandoned_ones_close_it()
         await asyncio.wait_for(upstream.disconnected.wait(), 1)
         assert (await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))).text == "a"
         assert upstream.connections == 2
+
+
+# --- hostile servers ----------------------------------------------------------------------------------------
+
+Answer = Callable[[asyncio.StreamWriter], Awaitable[None]]
+"""Writes one chat request's answer (what it writes, with pauses as it likes)."""
+
+
+@dataclass
+class ChatRequest:
+    at: float
+    """When it arrived (``time.monotonic()``)."""
+    head: bytes
+
+
+@contextlib.asynccontextmanager
+async def answering(
+    *answers: bytes | Answer, **kwargs: Any
+) -> AsyncIterator[tuple[OpenAICompatBackend, list[ChatRequest]]]:
+    """A backend whose server answers its n-th chat request with ``answers[n]`` (the last repeats), keeping each
+    connection open; yields the backend and the chat requests the server read."""
+    requests: list[ChatRequest] = []
+    handlers: set[asyncio.Task[Any]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                if b"/chat/completions" not in head.split(b"\r\n")[0]:  # no tokenizer here
+                    writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                    continue
+                requests.append(ChatRequest(time.monotonic(), head))
+                answer = answers[min(len(requests), len(answers)) - 1]
+                if isinstance(answer, bytes):
+                    writer.write(answer)
+                else:
+                    await answer(writer)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    backend = OpenAICompatBackend(base_url=url, model="m", **{"max_retries": 0, **kwargs})
+    try:
+        yield backend, requests
+    finally:
+        await backend.aclose()
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+def whole(head: bytes, body: bytes) -> bytes:
+    """A response with ``head``'s status line and headers and ``body`` framed by its length."""
+    return head + b"content-length: %d\r\n\r\n" % len(body) + body
+
+
+COMPLETION = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Hi"}}]}).encode()
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (whole(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n", COMPLETION), "not an event stream"),
+        (whole(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n", b"<html>Bad gateway</html>"), "not an event stream"),
+        (whole(b"HTTP/1.1 200 OK\r\n", COMPLETION), "not an event stream.*without a single event"),
+        (whole(SSE_HEAD + b"content-encoding: gzip\r\n", gzip.compress(text_event("Hi"))), "'gzip'-encoded"),
+        (whole(b"HTTP/1.1 302 Found\r\nlocation: https://llm.example/v1/chat/completions\r\n", b""),
+         "HTTP 302: redirected to 'https://llm.example/v1/chat/completions'"),
+    ],
+    ids=["json", "html", "json-untyped", "gzip", "redirect"],
+)  # fmt: skip
+async def test_a_success_that_is_not_an_event_stream_is_an_error(reply: bytes, error: str) -> None:
+    # Taken as an empty reply, such a response would pass for a model with nothing to say.
+    async with answering(reply) as (backend, requests):
+        with pytest.raises(BackendResponseError, match=error):
+            await deltas_of(backend)
+    assert b"accept-encoding: identity" in requests[0].head.lower()
+
+
+async def test_stream_with_a_bom_keeps_its_first_event() -> None:
+    body = b"\xef\xbb\xbf" + text_event("Hello") + text_event(" world") + FINISH + b"data: [DONE]\n\n"
+    async with answering(whole(SSE_HEAD, body)) as (backend, _):
+        assert await deltas_of(backend) == [TextDelta("Hello world"), StreamEnd("stop", None)]
+
+
+def trickling(piece: bytes) -> Answer:
+    """A stream that sends one text, then ``piece`` every 50 ms: bytes keep coming, events do not."""
+
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(STREAM_HEAD + http_chunk(text_event("Hi")))
+        while True:
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(http_chunk(piece))
+
+    return answer
+
+
+@pytest.mark.parametrize("piece", [b": ping\n\n", b"d"], ids=["comments", "an-endless-line"])
+async def test_stall_timeout_counts_from_the_last_event_not_the_last_read(piece: bytes) -> None:
+    async with answering(trickling(piece), stall_timeout=0.3) as (backend, _):
+        received: list[str] = []
+        started = time.monotonic()
+        with pytest.raises(BackendTimeout, match="mid-stream"):
+            async with asyncio.timeout(3):
+                async for delta in backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5)):
+                    received.append(delta.text)  # type: ignore[union-attr]
+    assert received == ["Hi"] and time.monotonic() - started < 1.5
+
+
+async def test_events_keep_a_slow_stream_alive() -> None:
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        writer.write(STREAM_HEAD)
+        for i in range(6):  # 0.6 s in all, each event within the stall timeout of the one before
+            writer.write(http_chunk(text_event(str(i)) if i % 2 else FINISH))  # events without text count too
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(http_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+
+    async with answering(slow, stall_timeout=0.25, first_token_timeout=1) as (backend, _):
+        completion = await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
+    assert completion.text == "135"
+
+
+async def test_a_line_longer_than_the_decoder_holds_is_a_malformed_response() -> None:
+    async def endless_line(writer: asyncio.StreamWriter) -> None:
+        writer.write(STREAM_HEAD + http_chunk(text_event("Hi")) + http_chunk(b'data: {"choices": "'))
+        piece = http_chunk(b"x" * 65536)
+        for _ in range(MAX_LINE_BYTES // 65536 + 2):
+            writer.write(piece)
+            await writer.drain()
+
+    async with answering(endless_line) as (backend, _):
+        received: list[str] = []
+        with pytest.raises(BackendResponseError, match=r"malformed response \(mid-stream\).*longer than"):
+            async for delta in backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5)):
+                received.append(delta.text)  # type: ignore[union-attr]
+    assert received == ["Hi"]
+
+
+def unavailable(
+    retry_after: int, body: bytes = b'{"error": {"message": "overloaded"}}', cut: int = 0
+) -> bytes:
+    """A 503 that asks to come back in ``retry_after`` seconds; its body stalls ``cut`` bytes before its end."""
+    head = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: %d\r\n" % retry_after
+    return whole(head, body)[: len(whole(head, body)) - cut]
+
+
+async def test_stalled_error_body_and_a_retry_after_past_the_deadline_fail_at_once() -> None:
+    stalled = unavailable(30, cut=10)  # a wait longer than the first-token deadline has room for: no retry
+    async with answering(stalled, first_token_timeout=10, max_retries=2) as (backend, requests):
+        started = time.monotonic()
+        with pytest.raises(BackendResponseError, match="HTTP 503") as info:
+            await deltas_of(backend)
+    assert info.value.status_code == 503 and len(requests) == 1
+    assert time.monotonic() - started < 2  # the body is given a second, not the whole deadline
+
+
+async def test_retry_after_sets_the_wait_before_the_next_try() -> None:
+    ok = STREAM_HEAD + http_chunk(text_event("ok") + b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    async with answering(unavailable(1), ok, max_retries=1, retry_backoff=0.01) as (backend, requests):
+        completion = await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
+    assert completion.text == "ok"
+    assert 1 <= requests[1].at - requests[0].at < 2
+
+
+async def test_api_key_is_trimmed_and_kept_out_of_errors() -> None:
+    async def echo_key(writer: asyncio.StreamWriter) -> None:  # a proxy that echoes what it got
+        body = json.dumps({"error": {"message": f"bad key in {requests[-1].head!r}"}}).encode()
+        writer.write(whole(b"HTTP/1.1 401 Unauthorized\r\n", body))
+
+    async with answering(echo_key, api_key="sk-test-0123456789\n") as (backend, requests):  # read from a file
+        with pytest.raises(BackendResponseError, match=r"HTTP 401: bad key in .*Bearer \*\*\*") as info:
+            await deltas_of(backend)
+    assert b"\r\nAuthorization: Bearer sk-test-0123456789\r\n" in requests[0].head
+    assert "sk-test-0123456789" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-test-0123456789\r\nX-Injected: 1", "sk-test-0123456789\x00", "sk-tést-0123456789"]
+)
+def test_api_key_with_characters_a_header_cannot_carry_is_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match="API key") as info:
+        OpenAICompatBackend(base_url="http://127.0.0.1:1/v1", model="m", api_key=key)
+    assert "0123456789" not in str(info.value)

@@ -58,6 +58,10 @@ class Response:
         self._complete = False
         self._keep_alive = False
         self._headers_done = False
+        self._interim = False
+        """The head parsed last was an interim (1xx) response's: the final one follows on the connection."""
+        self._begun = False
+        """A byte of the response arrived: the server took the request (so it must not be sent again)."""
         self._error: HTTPClientError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -124,12 +128,16 @@ class Response:
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(ProtocolError(f"invalid HTTP response: {exc}"))
             self._connection.abort()
 
-    def _lost(self) -> None:
+    def _lost(self, exc: Exception | None) -> None:
         if self._complete:
+            return
+        if exc is not None:  # a reset: whatever the framing, the body may have been cut short
+            where = "during the response body" if self._headers_done else "before the response"
+            self._fail(ConnectionClosed(f"the connection broke {where}: {exc}"))
             return
         if self._headers_done and self._closes_body():
             self._complete = True  # the body was delimited by the end of the connection
@@ -155,6 +163,7 @@ class Response:
     def on_message_begin(self) -> None:
         if self._complete:  # a second response to one request: stop the parser; _feed drops the connection
             raise ProtocolError("bytes after the end of the response")
+        self._begun = True
 
     def on_status(self, status: bytes) -> None:
         self.reason += status.decode("latin-1")
@@ -164,7 +173,14 @@ class Response:
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints...: an interim head without a body; the final response follows.
+            self._interim = True
+            self.reason = ""
+            self.headers = {}
+            return
+        self.status = status
         self._headers_done = True
         self._wake()
 
@@ -177,6 +193,9 @@ class Response:
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         assert self._parser is not None
         self._keep_alive = self._parser.should_keep_alive()  # asked later, the parser has moved on
         self._complete = True
@@ -209,7 +228,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.response is not None:
-            self.response._lost()
+            self.response._lost(exc)
 
     def send(self, request: bytes) -> Response:
         assert self.transport is not None
@@ -277,6 +296,11 @@ class Pool:
             self.ssl = ssl_context or ssl.create_default_context()
         host_header = parts.netloc.rpartition("@")[2]
         fixed = {"Host": host_header, "User-Agent": "vstreamer", **headers}
+        for name, value in fixed.items():
+            if not name.isprintable() or any(c in value for c in "\r\n\0"):
+                # A line break would end the header early and start another (header injection). The value is
+                # left out of the message: it may be a secret.
+                raise ValueError(f"header {name!r} has a line break or NUL in its name or value")
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
         self.connect_timeout = connect_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -309,8 +333,10 @@ class Pool:
                 await response._headers()
             except ConnectionClosed:
                 response.close()
-                if reused:
-                    continue  # the server had just closed that idle connection: once more on a new one
+                if reused and not response._begun:
+                    # The server had just closed that idle connection: once more on a new one. Not once a byte
+                    # of a response came: the server took the request, and a POST must not run twice.
+                    continue
                 raise
             except BaseException:
                 response.close()

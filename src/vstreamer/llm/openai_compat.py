@@ -16,7 +16,13 @@ from typing import Any
 import httpx
 import orjson
 
-from vstreamer.errors import BackendError, BackendResponseError, BackendTimeout, BackendUnavailable
+from vstreamer.errors import (
+    BackendError,
+    BackendResponseError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+)
 from vstreamer.llm.base import (
     BackendHealth,
     ChatMessage,
@@ -37,15 +43,19 @@ from vstreamer.llm.http1 import (
     Response,
 )
 from vstreamer.llm.sse import SSEDecoder
-from vstreamer.llm.tokenize import RemoteTokenizer
+from vstreamer.llm.tokenize import RemoteTokenizer, hide_secret
 
 logger = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 _BEFORE_FIRST_TOKEN = "before the first token"
 _MID_STREAM = "mid-stream"
-#: How much of an HTTP error body is read for its message.
+#: How much of an HTTP error body is read for its message...
 _ERROR_BODY_LIMIT = 64 * 1024
+#: ...and for how long: a body that stalls does not hold the error back (the status alone says enough).
+_ERROR_BODY_TIMEOUT_S = 1.0
+#: Statuses whose ``Retry-After`` (in seconds) sets the wait before the next try.
+_RETRY_AFTER_STATUS = {429, 503}
 #: How long a finished stream may take to send its end of body, so that its connection can be reused.
 _DRAIN_TIMEOUT_S = 1.0
 #: A reply's first text is taken from the start of a network read that brings more (a burst) once it is this long...
@@ -78,6 +88,13 @@ class _StreamState:
     """...and the bytes of the burst not decoded yet."""
     eof: bool = False
     """The body has ended (``done`` once ``pending`` and ``unread`` are taken too)."""
+    seen: bool = False
+    """An event arrived: the body is an event stream (set until the first text, which implies it)."""
+    deadline: float = 0.0
+    """When the next read times out (loop time): the first-token deadline until the first text, then the stall
+    timeout after the last progress (an event, not a read: comments and bytes trickling in do not count)."""
+    retry_after: float = 0.0
+    """How long the server asked to wait before the next try (``Retry-After`` of a 429 or 503), if it did."""
 
     @property
     def where(self) -> str:
@@ -122,11 +139,12 @@ class OpenAICompatBackend:
     """Talks to ``{base_url}/chat/completions``.
 
     Timeouts: ``connect_timeout`` to reach the server, ``first_token_timeout`` from sending a request until its
-    first text, ``stall_timeout`` between two network reads after that. Retries (bounded, with backoff) happen
-    only before the first token, so a reply is never duplicated. ``max_connections`` bounds the keep-alive pool
-    (0: no bound); idle connections are dropped after ``keepalive_timeout``, which should be shorter than the
-    server's own (5 s for vLLM's uvicorn and llama.cpp's server) so that a request never picks a connection
-    the server is closing.
+    first text, ``stall_timeout`` without an event after that (bytes that complete none do not count). Retries
+    (bounded, with backoff, or after a 429's or 503's ``Retry-After`` when it fits the first-token deadline)
+    happen only before the first token, so a reply is never duplicated. ``max_connections`` bounds the
+    keep-alive pool (0: no bound); idle connections are dropped after ``keepalive_timeout``, which should be
+    shorter than the server's own (5 s for vLLM's uvicorn and llama.cpp's server) so that a request never picks
+    a connection the server is closing.
     """
 
     name = "openai"
@@ -154,15 +172,23 @@ class OpenAICompatBackend:
         self.retry_backoff = retry_backoff
         self.max_connections = max_connections
         self.keepalive_timeout = keepalive_timeout
-        headers = {"Authorization": f"Bearer {api_key}"}
-        self._chat_headers = headers
+        # A key read from a file often ends with a line break; inside, one would split the header (injection).
+        api_key = api_key.strip()
+        if not all("!" <= c <= "~" for c in api_key):
+            raise ConfigError(
+                "the LLM server's API key has characters other than visible ASCII (e.g. a line break)"
+            )
+        self._api_key = api_key
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # Compressed streams are not decoded here (no request says it takes them; a server may assume so).
+        self._chat_headers = {**headers, "Accept-Encoding": "identity"}
         # Connections belong to an event loop; the pool is made by the first request (see _pool).
         self._chat: Pool | None = None
         self._chat_loop: asyncio.AbstractEventLoop | None = None
         self._http = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(stall_timeout, connect=connect_timeout)
         )
-        self.tokenizer = RemoteTokenizer(self._http, self.base_url, model)
+        self.tokenizer = RemoteTokenizer(self._http, self.base_url, model, secret=api_key)
 
     # --- generation -------------------------------------------------------------------------------------
 
@@ -178,11 +204,10 @@ class OpenAICompatBackend:
         while True:
             # One retry budget for the whole request: opening it and reading up to the first token.
             response: Response | None = None
-            state = _StreamState()
+            state = _StreamState(deadline=loop.time() + self.first_token_timeout)
             try:
-                deadline = loop.time() + self.first_token_timeout
-                response = await self._open_stream(body, deadline)
-                while (text := await self._next_text(response, state, deadline)) is not None:
+                response = await self._open_stream(body, state)
+                while (text := await self._next_text(response, state)) is not None:
                     yield TextDelta(text)
                 await self._release(response)
                 usage = state.usage or await self._count_usage(messages, "".join(state.parts))
@@ -191,35 +216,47 @@ class OpenAICompatBackend:
             except BackendError as exc:
                 if state.parts or attempt >= self.max_retries or not _is_retryable(exc):
                     raise
+                delay = self.retry_backoff * 2**attempt
+                if state.retry_after:
+                    delay = max(delay, state.retry_after)
+                    if loop.time() + delay > state.deadline:
+                        raise  # the server asks for a wait that the first-token deadline has no room for
                 attempt += 1
                 logger.warning(
-                    "upstream failed before the first token (%s); retry %d/%d", exc, attempt, self.max_retries
-                )
-                await asyncio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+                    "upstream failed before the first token (%s); retry %d/%d in %.2gs",
+                    exc, attempt, self.max_retries, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
             finally:
                 if response is not None:
                     # Closing (not releasing) a half-read response drops its connection: vLLM and llama.cpp watch
                     # for disconnects and abort the generation. After _release this does nothing.
                     response.close()
 
-    async def _open_stream(self, body: bytes, deadline: float) -> Response:
+    async def _open_stream(self, body: bytes, state: _StreamState) -> Response:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(state.deadline):
                 response = await self._pool().post("/chat/completions", body)
         except (HTTPClientError, TimeoutError) as exc:
             raise self._map_error(exc, _BEFORE_FIRST_TOKEN) from exc
-        if response.status < 400:
-            return response
+        if 200 <= response.status < 300:
+            error = _not_a_stream(response)
+            if error is None:
+                return response
+            response.close()
+            raise error
         try:
-            raise await self._status_error(response, deadline)
+            raise await self._status_error(response, state)
         finally:
             if response.is_eof():  # the error body was read to its end: keep the connection
                 response.release()
             else:
                 response.close()
 
-    async def _next_text(self, response: Response, state: _StreamState, deadline: float) -> str | None:
+    async def _next_text(self, response: Response, state: _StreamState) -> str | None:
         """The text of the next network read that carries some; ``None`` once the stream is over."""
+        if state.parts:  # the last text was the last progress; the time the caller kept it does not count
+            state.deadline = asyncio.get_running_loop().time() + self.stall_timeout
         while not state.done:
             # The reply's first text goes out once its first words are taken: the rest of a burst waits for the
             # next call, so that text is not held back by decoding and moderating all of it.
@@ -230,30 +267,41 @@ class OpenAICompatBackend:
                 if state.unread:
                     chunk, state.unread = state.unread, b""
                 else:
-                    chunk = await self._read(response, state, deadline)
+                    chunk = await self._read(response, state)
                     state.eof = not chunk
                 if split and (cut := chunk.find(b"\n\n", FIRST_TEXT_BYTES)) != -1:
                     chunk, state.unread = chunk[: cut + 2], chunk[cut + 2 :]
-                events += state.decoder.feed(chunk) if chunk else state.decoder.flush()
+                try:
+                    events += state.decoder.feed(chunk) if chunk else state.decoder.flush()
+                except ValueError as exc:  # a line longer than the decoder holds
+                    raise _malformed(exc, state.where) from exc
+                if events:
+                    if state.parts:  # progress: the stall clock starts again
+                        state.deadline = asyncio.get_running_loop().time() + self.stall_timeout
+                    else:
+                        state.seen = True
             try:
                 text = state.take(events, FIRST_TEXT_CHARS if split else 0)
             except _DECODE_ERRORS as exc:
-                raise BackendResponseError(
-                    f"LLM server sent a malformed response ({state.where}): {type(exc).__name__}: {exc}"
-                ) from exc
-            state.done = state.done or (state.eof and not state.pending and not state.unread)
+                raise _malformed(exc, state.where) from exc
+            if state.eof and not state.done and not state.pending and not state.unread:
+                if not state.seen:
+                    raise BackendResponseError(
+                        f"LLM server sent a response that is not an event stream ({state.where}): "
+                        "its body ended without a single event"
+                    )
+                state.done = True
             if text:
                 state.parts.append(text)
                 return text
         return None
 
-    async def _read(self, response: Response, state: _StreamState, deadline: float) -> bytes:
+    async def _read(self, response: Response, state: _StreamState) -> bytes:
         """The next bytes of the body (``b""`` at its end)."""
         try:
             chunk = response.read_nowait()  # what arrived meanwhile, without a timer (busy servers)
             if not chunk and not response.is_eof():
-                timer = asyncio.timeout(self.stall_timeout) if state.parts else asyncio.timeout_at(deadline)
-                async with timer:
+                async with asyncio.timeout_at(state.deadline):
                     chunk = await response.read()
         except (HTTPClientError, TimeoutError) as exc:
             raise self._map_error(exc, state.where) from exc
@@ -271,16 +319,24 @@ class OpenAICompatBackend:
                 return
         response.release()
 
-    async def _status_error(self, response: Response, deadline: float) -> BackendResponseError:
+    async def _status_error(self, response: Response, state: _StreamState) -> BackendResponseError:
+        status = response.status
+        if status in _RETRY_AFTER_STATUS:
+            state.retry_after = _retry_after(response.headers.get("retry-after", ""))
         body = b""
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(min(state.deadline, loop.time() + _ERROR_BODY_TIMEOUT_S)):
                 while len(body) < _ERROR_BODY_LIMIT and (chunk := await response.read()):
                     body += chunk
         except (HTTPClientError, TimeoutError):
             pass  # the status alone says enough
-        message = _error_message(_loads_or_text(body)) or response.reason or ""
-        return BackendResponseError(f"LLM server returned HTTP {response.status}: {message}", response.status)
+        if 300 <= status < 400:
+            location = response.headers.get("location", "")[:500]
+            message = f"redirected to {location!r}; set base_url to the address it names"
+        else:
+            message = _error_message(_loads_or_text(body)) or response.reason or ""
+        return BackendResponseError(f"LLM server returned HTTP {status}: {self._hide(message)}", status)
 
     def _pool(self) -> Pool:
         loop = asyncio.get_running_loop()
@@ -292,6 +348,10 @@ class OpenAICompatBackend:
             )  # fmt: skip
             self._chat_loop = loop
         return self._chat
+
+    def _hide(self, text: str) -> str:
+        """``text`` without the API key (a server or proxy may echo the request's headers)."""
+        return hide_secret(text, self._api_key)
 
     def _map_error(self, exc: BaseException, where: str) -> BackendError:
         if isinstance(exc, ConnectTimeout):
@@ -386,9 +446,8 @@ class OpenAICompatBackend:
             response.raise_for_status()
             served = [m.get("id", "") for m in response.json().get("data", [])]
         except (httpx.HTTPError, ValueError) as exc:
-            return BackendHealth(
-                ok=False, backend=self.name, model=self.model, detail=f"{type(exc).__name__}: {exc}"
-            )
+            detail = self._hide(f"{type(exc).__name__}: {exc}")  # /readyz shows it
+            return BackendHealth(ok=False, backend=self.name, model=self.model, detail=detail)
         version = await self.tokenizer.server_version()
         extras = {"engine": "vllm"} if version is not None else {}
         if served and self.model not in served:
@@ -422,6 +481,36 @@ def _is_retryable(error: BackendError) -> bool:
     if isinstance(error, BackendResponseError):
         return error.status_code in _RETRYABLE_STATUS
     return isinstance(error, BackendUnavailable | BackendTimeout)
+
+
+def _malformed(exc: Exception, where: str) -> BackendResponseError:
+    return BackendResponseError(
+        f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}"
+    )
+
+
+def _not_a_stream(response: Response) -> BackendResponseError | None:
+    """Why a successful response cannot be read as an event stream, if it cannot (asked once per response)."""
+    headers = response.headers
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        return BackendResponseError(
+            f"LLM server sent a {encoding[:40]!r}-encoded stream, which is not decoded here"
+        )
+    content_type = headers.get("content-type")
+    # Like a browser's EventSource, refuse a declared type other than SSE's (a whole JSON completion, a proxy's
+    # HTML page); a body with no type is judged by its events.
+    if content_type is not None and content_type.partition(";")[0].strip().lower() != "text/event-stream":
+        return BackendResponseError(
+            f"LLM server sent a response that is not an event stream (Content-Type: {content_type[:100]!r})"
+        )
+    return None
+
+
+def _retry_after(value: str) -> float:
+    """``Retry-After`` in seconds (its HTTP-date form is not read: 0)."""
+    value = value.strip()
+    return float(value) if value.isascii() and value.isdigit() else 0.0
 
 
 def _loads_or_text(body: bytes) -> Any:

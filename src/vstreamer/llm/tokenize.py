@@ -29,11 +29,18 @@ TokenizerKind = Literal["vllm", "llama_cpp", "estimate"]
 _TEXT_ONLY_OVERHEAD = 6
 
 
+def hide_secret(text: str, secret: str) -> str:
+    """``text`` with ``secret`` (an API key) replaced by ``***``, for messages and logs."""
+    return text.replace(secret, "***") if secret else text
+
+
 class RemoteTokenizer:
     """Counts tokens with the serving model's own tokenizer when the server exposes one."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, model: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, base_url: str, model: str, *, secret: str = "") -> None:
         self._http = http
+        self._secret = secret
+        """The API key ``http`` sends: never logged."""
         self._v1 = base_url.rstrip("/")
         self._root = self._v1.removesuffix("/v1")
         self._model = model
@@ -180,7 +187,7 @@ class RemoteTokenizer:
             # Short limit: a hung tokenizer must not hold up a turn (the estimate stands in).
             response = await self._http.post(url, json=body, timeout=_TOKENIZE_TIMEOUT_S)
         except httpx.HTTPError as exc:
-            logger.debug("tokenize at %s failed: %s", url, exc)
+            logger.debug("tokenize at %s failed: %s", url, hide_secret(str(exc), self._secret))
             self._unreachable = True
             return None
         if response.status_code != 200:
