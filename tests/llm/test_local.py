@@ -65,8 +65,9 @@ async def test_cancel_stops_generation_within_a_token(backend: LocalBackend) -> 
     started = time.perf_counter()
     completion = await backend.complete([ChatMessage("user", "Hi")], SamplingParams(max_tokens=4))
     assert completion.text
-    # 1500 tokens at ~95 tok/s would block the single worker for ~15 s if generation went on.
-    assert time.perf_counter() - started < 3
+    # 1500 tokens at ~95 tok/s would block the single worker for ~15 s if generation went on; a cancelled one
+    # leaves it free at once (the limit leaves room for a machine busy with other work: 3 s proved too tight).
+    assert time.perf_counter() - started < 8
 
 
 async def test_concurrent_requests_are_queued_not_crashed(backend: LocalBackend) -> None:
