@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import hypothesis  # noqa: F401  - imported up front: a late first import in pytest's summary trips a CPython 3.11 AST bug
 import pytest
 
 from vstreamer.llm.vllm_cpu import VLLMCPUServer
+
+if TYPE_CHECKING:
+    from tests.pg import PostgresServer
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -224,3 +230,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(
         key=lambda item: "tests/ui/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("ui/")
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole run (tests make a database each)."""
+    from tests.pg import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip(
+            "PostgreSQL server binaries not installed (apt-get install postgresql): PostgreSQL tests skipped"
+        )
+    # Not under pytest's tmp dir: that one is private to root, and PostgreSQL runs as its own user.
+    root = Path(tempfile.mkdtemp(prefix="vstreamer-pg-"))
+    server = PostgresServer(root)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

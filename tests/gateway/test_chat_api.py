@@ -283,3 +283,17 @@ def test_oversized_and_non_json_bodies_get_openai_errors(fake_gateway: GatewaySe
     assert ok.status_code == 200  # the server is still fine
     metrics = httpx.get(f"{fake_gateway.url}/metrics").text
     assert 'vstreamer_requests_total{route="/v1/chat/completions",status="413"} 1.0' in metrics
+
+
+def test_the_gateway_serves_from_postgresql(start_gateway, postgres) -> None:  # type: ignore[no-untyped-def]
+    """``vstreamer serve`` over a PostgreSQL URL: the database is opened before the server's loop runs, and its
+    connections must not follow it there (asyncpg's belong to the loop that made them: startup failed)."""
+    url = postgres.create_database("gateway_serve")
+    server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_DATABASE_URL": url})
+    reply = client(server).chat.completions.create(
+        model="xiaoxing", user="pg-1", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert reply.choices[0].message.content == "收到：hi"
+    listing = httpx.get(f"{server.url}/api/sessions/pg-1/messages").json()["data"]
+    assert [m["content"] for m in listing] == ["hi", "收到：hi"]
+    assert httpx.get(f"{server.url}/readyz").json()["checks"]["database"]["ok"]

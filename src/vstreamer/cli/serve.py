@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import gc
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vstreamer.config import Settings, is_loopback
 from vstreamer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vstreamer.runtime import Runtime
 
 
 def add_commands(
@@ -50,7 +53,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from vstreamer.gateway import create_app
-    from vstreamer.runtime import open_runtime
 
     updates: dict[str, Any] = {}
     if args.host:
@@ -66,7 +68,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             "--no-auth is for local use only: bind to 127.0.0.1 (or create keys with `vstreamer keys`)"
         )
-    runtime = asyncio.run(open_runtime(settings))
+    runtime = asyncio.run(_opened(settings))
     app = create_app(runtime, close_runtime=True)
     tune_gc()
     print(f"vstreamer gateway on http://{settings.gateway_host}:{settings.gateway_port}/v1 "
@@ -77,6 +79,18 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
                 access_log=False, timeout_graceful_shutdown=5, proxy_headers=False,
                 server_header=False)  # fmt: skip
     return 0
+
+
+async def _opened(settings: Settings) -> Runtime:
+    """The runtime, opened (and its database migrated) before the server starts, on a loop of its own: the database
+    connections made meanwhile belong to that loop (asyncpg's do), so they are closed and the server's loop makes
+    its own."""
+    from vstreamer.runtime import open_runtime
+
+    runtime = await open_runtime(settings)
+    if runtime.store is not None:
+        await runtime.store.engine.dispose()
+    return runtime
 
 
 async def run_keys(args: argparse.Namespace, settings: Settings) -> int:
