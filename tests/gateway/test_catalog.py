@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vstreamer.errors import PersonaNotFound
+from vstreamer.errors import PersonaError, PersonaNotFound
 from vstreamer.gateway.catalog import PersonaCatalog
 from vstreamer.persona import PersonaLibrary
 from vstreamer.store import Store, open_store
@@ -76,3 +76,16 @@ async def test_closing_stops_background_rereads(tmp_path: Path, store: Store) ->
     assert running
     await catalog.aclose()
     assert all(task.done() for task in running) and not catalog._refreshing
+
+
+async def test_a_card_whose_name_has_a_nul_is_refused_not_a_database_error(
+    tmp_path: Path, store: Store
+) -> None:
+    """The name has a column of its own, which PostgreSQL would refuse a NUL in (a 503, not the client's 400)."""
+    catalog = PersonaCatalog(PersonaLibrary(tmp_path / "personas"), store)
+    bad = json.dumps(
+        {"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Ar\u0000ia", "description": "x"}}
+    ).encode()
+    with pytest.raises(PersonaError, match="NUL"):
+        await catalog.import_bytes(bad, "aria.json", owner="o")
+    assert await store.persona_rows() == []

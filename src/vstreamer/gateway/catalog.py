@@ -105,6 +105,8 @@ class PersonaCatalog:
 
     async def import_bytes(self, data: bytes, filename: str, *, owner: str, replace: bool = False) -> Persona:
         persona = await asyncio.to_thread(load_persona_bytes, data, filename)
+        if "\x00" in persona.name:  # stored in a column of its own, which PostgreSQL refuses it in
+            raise PersonaError("the persona's name must not contain NUL characters")
         existing = {p.id for p in await self.list()}
         if persona.id in existing and not (replace and self.is_stored(persona.id)):
             raise PersonaError(f"a persona with id {persona.id!r} exists already")
