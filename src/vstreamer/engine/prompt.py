@@ -2,13 +2,16 @@
 
 Card semantics (Character Card V2/V3): a card's ``system_prompt`` replaces our main prompt, with ``{{original}}``
 standing for ours; ``post_history_instructions`` likewise replaces our closing note; ``creator_notes`` never
-reaches the model.
+reaches the model. Persona and lore text is untrusted (uploaded cards), so chat-template control tokens are
+stripped from it as from viewer text: a card must not be able to forge turns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from vstreamer.safety.injection import sanitize_control_tokens
 
 if TYPE_CHECKING:
     from vstreamer.persona import LoreEntry, Persona
@@ -42,11 +45,17 @@ def _lang(persona: Persona) -> str:
     return "zh" if persona.language.lower().startswith("zh") else "en"
 
 
+def _render(persona: Persona, text: str, user: str) -> str:
+    """Persona or lore text with the macros filled in and control tokens removed (after, so the viewer name
+    cannot bring any either). Role labels stay: example dialogue is written as ``User: …`` lines."""
+    return sanitize_control_tokens(persona.render(text, user), role_headers=False)
+
+
 def main_prompt(persona: Persona, user: str) -> str:
     """The card's system prompt (``{{original}}`` = ours), or ours."""
     ours = _MAIN_PROMPT[_lang(persona)]
     text = persona.system_prompt.replace("{{original}}", ours) if persona.system_prompt.strip() else ours
-    return persona.render(text, user)
+    return _render(persona, text, user)
 
 
 def post_history_note(persona: Persona, user: str) -> str:
@@ -58,7 +67,7 @@ def post_history_note(persona: Persona, user: str) -> str:
     text = persona.post_history_instructions.strip()
     if not text:
         return ""
-    return persona.render(text.replace("{{original}}", ""), user).strip()
+    return _render(persona, text.replace("{{original}}", ""), user).strip()
 
 
 def system_message(
@@ -72,13 +81,14 @@ def system_message(
     """The pinned system message: main prompt, character definition, active lore, memory, examples."""
     labels = _LABELS[_lang(persona)]
     parts = [main_prompt(persona, user)]
-    parts += [persona.render(e.prompt_text, user) for e in lore if e.position == "before_char"]
+    parts += [_render(persona, e.prompt_text, user) for e in lore if e.position == "before_char"]
     for key in ("description", "personality", "scenario"):
         value = getattr(persona, key).strip()
         if value:
-            parts.append(f"【{labels[key]}】\n{persona.render(value, user)}")
-    parts += [persona.render(e.prompt_text, user) for e in lore if e.position == "after_char"]
+            parts.append(f"【{labels[key]}】\n{_render(persona, value, user)}")
+    parts += [_render(persona, e.prompt_text, user) for e in lore if e.position == "after_char"]
     parts += [block for block in memory if block.strip()]
     if include_examples and persona.example_dialogue.strip():
-        parts.append(f"【{labels['examples']}】\n{persona.render(persona.example_dialogue.strip(), user)}")
+        examples = _render(persona, persona.example_dialogue.strip(), user)
+        parts.append(f"【{labels['examples']}】\n{examples}")
     return "\n\n".join(part.strip() for part in parts if part.strip())

@@ -23,6 +23,7 @@ from vstreamer.persona.limits import (
     parse_toml,
     parse_yaml,
 )
+from vstreamer.persona.lorebook import check_lorebook
 from vstreamer.persona.model import Persona
 from vstreamer.persona.png import SIGNATURE, read_card_chunks, strip_card_chunks
 
@@ -76,7 +77,10 @@ def load_persona_bytes(data: bytes, filename: str) -> Persona:
     if len(data) > MAX_FILE_BYTES:
         raise PersonaError(f"{where}: file is {len(data)} bytes, more than the {MAX_FILE_BYTES} allowed")
     try:
-        return _dispatch(data, where, Path(filename).suffix.lower())
+        persona = _dispatch(data, where, Path(filename).suffix.lower())
+        if persona.lorebook is not None:
+            check_lorebook(persona.lorebook, where)
+        return persona
     except PersonaError:
         raise
     except _INPUT_ERRORS as exc:

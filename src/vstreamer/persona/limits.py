@@ -21,6 +21,8 @@ MiB = 1024 * 1024
 MAX_FILE_BYTES = 20 * MiB
 #: JSON/YAML/TOML text, and the decoded card inside a PNG chunk
 MAX_TEXT_BYTES = 2 * MiB
+#: YAML text: it parses far slower than JSON, and hand-written cards are a few KB
+MAX_YAML_BYTES = 512 * 1024
 #: decompressed zTXt/iTXt chunk
 MAX_INFLATED_BYTES = 2 * MiB
 #: CHARX (zip) limits
@@ -32,10 +34,47 @@ MAX_STRING_CHARS = 100_000
 MAX_LORE_ENTRIES = 5000
 #: items of a list field (tags, greetings, keys)
 MAX_LIST_ITEMS = 1000
+#: keys (primary and secondary) of all entries of one lorebook: each is looked for on every chat turn
+MAX_LORE_KEYS = 10_000
+#: regex keys of one lorebook (a regex search costs far more than a substring search)
+MAX_REGEX_KEYS = 50
 #: nesting of parsed data (extensions may hold arbitrary JSON)
 MAX_NESTING = 64
 #: values visited in one parsed document (stops YAML alias "billion laughs")
 MAX_NODES = 1_000_000
+#: characters of all strings (keys included) of one parsed document: what gets stored
+MAX_TOTAL_CHARS = MAX_TEXT_BYTES
+
+
+class _NoAliases:
+    """Constructor mixin refusing YAML aliases: a node built twice is one an alias points to.
+
+    Checked while constructing (not composing) so the C parser (``CSafeLoader``) is covered too.
+    """
+
+    constructed_objects: dict[Any, Any]
+    recursive_objects: dict[Any, Any]
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        if node in self.constructed_objects or node in self.recursive_objects:
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases are not allowed (write the value out)", node.start_mark
+            )
+        return super().construct_object(node, deep)  # type: ignore[misc]
+
+
+class PySafeLoader(_NoAliases, yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases."""
+
+
+if getattr(yaml, "__with_libyaml__", False):
+
+    class CSafeLoader(_NoAliases, yaml.CSafeLoader):
+        """``yaml.CSafeLoader`` (libyaml, much faster) without aliases."""
+
+    YAML_LOADERS: tuple[type[Any], ...] = (CSafeLoader, PySafeLoader)
+else:  # pragma: no cover - PyYAML built without libyaml
+    YAML_LOADERS = (PySafeLoader,)
 
 
 def _reject_constant(name: str) -> Any:
@@ -67,11 +106,16 @@ def parse_json(data: bytes | str, where: str) -> Any:
     return value
 
 
-def parse_yaml(data: bytes, where: str) -> Any:
-    """Parse YAML with ``yaml.safe_load`` within the limits; only JSON-like values are allowed."""
+def parse_yaml(data: bytes, where: str, loader: type[Any] = YAML_LOADERS[0]) -> Any:
+    """Parse YAML with a safe loader within the limits; no aliases, only JSON-like values."""
+    if len(data) > MAX_YAML_BYTES:
+        raise PersonaError(
+            f"{where}: YAML text is {len(data)} bytes, more than the {MAX_YAML_BYTES} allowed"
+            " (use JSON for bigger personas)"
+        )
     text = decode_text(data, where)
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=loader)  # a safe loader (no aliases)
     except RecursionError as exc:
         raise PersonaError(f"{where}: YAML is nested too deeply") from exc
     except yaml.YAMLError as exc:
@@ -97,17 +141,21 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def check_tree(value: Any, where: str) -> None:
-    """Reject values that are too deep, too many (aliases, cycles) or not JSON-like.
+    """Reject values that are too deep, too many, too long together (aliases, cycles) or not JSON-like.
 
     Iterative, so hostile nesting cannot exhaust the Python stack.
     """
     stack: list[tuple[Any, int, str]] = [(value, 0, "")]
-    visited = 0
+    visited = chars = 0
     while stack:
         node, depth, path = stack.pop()
         visited += 1
         if visited > MAX_NODES:
             raise PersonaError(f"{where}: document holds more than {MAX_NODES} values")
+        if isinstance(node, str):
+            chars += len(node)
+            if chars > MAX_TOTAL_CHARS:
+                raise PersonaError(f"{where}: document holds more than {MAX_TOTAL_CHARS} characters of text")
         if depth > MAX_NESTING:
             shown = path if len(path) <= 120 else path[:120] + "..."
             raise PersonaError(f"{where}: data nested deeper than {MAX_NESTING} levels at {shown}")
@@ -117,6 +165,7 @@ def check_tree(value: Any, where: str) -> None:
             for key, item in node.items():
                 if not isinstance(key, str):
                     raise PersonaError(f"{where}: non-string key {key!r} at {path or '<root>'}")
+                chars += len(key)
                 stack.append((item, depth + 1, f"{path}.{key}" if path else key))
         elif isinstance(node, list):
             stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(node))

@@ -13,9 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
+from vstreamer.errors import PersonaError
 from vstreamer.llm.estimate import estimate_tokens
-from vstreamer.persona.limits import MAX_LIST_ITEMS, MAX_LORE_ENTRIES, MAX_STRING_CHARS
-from vstreamer.persona.matching import Matcher, ScanText, keys_matcher
+from vstreamer.persona.limits import (
+    MAX_LIST_ITEMS,
+    MAX_LORE_ENTRIES,
+    MAX_LORE_KEYS,
+    MAX_REGEX_KEYS,
+    MAX_STRING_CHARS,
+)
+from vstreamer.persona.matching import Matcher, ScanText, keys_matcher, unsafe_regex_reason
 
 Text = Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS)]
 Key = Annotated[str, StringConstraints(max_length=1000)]
@@ -198,3 +205,30 @@ class Lorebook(BaseModel):
                 kept.add(c.index)
                 used += cost[c.index]
         return [c for c in chosen if c.index in kept]
+
+
+def check_lorebook(book: Lorebook, where: str) -> None:
+    """Refuse an imported lorebook whose keys would make every chat turn slow.
+
+    Checked at import rather than in the model, so books stored before these limits still load
+    (their unsafe regex keys just never match).
+    """
+    total = sum(len(e.keys) + len(e.secondary_keys) for e in book.entries)
+    if total > MAX_LORE_KEYS:
+        raise PersonaError(f"{where}: the lorebook has {total} keys, more than the {MAX_LORE_KEYS} allowed")
+    regex_keys = 0
+    for i, entry in enumerate(book.entries):
+        if not entry.use_regex:
+            continue
+        for key in (*entry.keys, *entry.secondary_keys):
+            if not key.strip():
+                continue
+            regex_keys += 1
+            reason = unsafe_regex_reason(key)
+            if reason is not None:
+                shown = key if len(key) <= 60 else key[:60] + "..."
+                raise PersonaError(f"{where}: lorebook entry {i}: regex key {shown!r} {reason}")
+    if regex_keys > MAX_REGEX_KEYS:
+        raise PersonaError(
+            f"{where}: the lorebook has {regex_keys} regex keys, more than the {MAX_REGEX_KEYS} allowed"
+        )

@@ -1,8 +1,9 @@
 """Key matchers for lorebook entries: plain substrings and (guarded) regular expressions.
 
 Regex keys come from untrusted cards, so they are compiled defensively: too long, invalid or
-backtracking-prone patterns (a repeat inside a repeat, backreferences) never match, and the text
-they run on is capped.
+backtracking-prone patterns (a repeat inside a repeat, more than one open-ended repeat,
+backreferences) never match, and the text they run on is capped. Loaders refuse the unsafe ones
+outright (``unsafe_regex_reason``) so the author learns why.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from typing import Any
 
 #: longest regex key accepted
 MAX_PATTERN_CHARS = 256
-#: regex keys only see the last this-many characters of the scanned text
-MAX_REGEX_SCAN_CHARS = 8000
-#: plain keys only see the last this-many characters of the scanned text
-MAX_PLAIN_SCAN_CHARS = 200_000
+#: regex keys only see the last this-many characters of the scanned text; even a single open-ended
+#: repeat costs up to this squared per search, and matching runs on every chat turn
+MAX_REGEX_SCAN_CHARS = 1000
+#: a repeat allowing more than this many items counts as open-ended (``.{0,5000}`` is like ``.*``)
+MAX_BOUNDED_REPEAT = 100
+#: plain keys only see the last this-many characters of the scanned text (with MAX_LORE_KEYS keys,
+#: a scan stays well under a second)
+MAX_PLAIN_SCAN_CHARS = 50_000
 
 _SLASH_FORM = re.compile(r"^/(.+)/([a-zA-Z]*)$", re.DOTALL)
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
@@ -52,33 +57,37 @@ def _never(_: ScanText) -> bool:
     return False
 
 
-def _is_risky(parsed: Any, inside_repeat: bool = False) -> bool:
-    """True when a pattern may backtrack catastrophically (nested repeats, backreferences)."""
+def _risk(parsed: Any, inside_repeat: bool = False) -> tuple[bool, int]:
+    """(nested repeat or backreference found, number of open-ended repeats) of a parsed pattern."""
     c = _sre_constants
+    nested, open_ended = False, 0
     for op, arg in parsed:
+        subs: list[Any] = []
+        inner = inside_repeat
         if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
-            low, high, sub = arg
+            _low, high, sub = arg
             repeats = high == c.MAXREPEAT or high > 1
-            if repeats and inside_repeat:
-                return True
-            if _is_risky(sub, inside_repeat or repeats):
-                return True
+            nested = nested or (repeats and inside_repeat)
+            open_ended += high == c.MAXREPEAT or high > MAX_BOUNDED_REPEAT
+            subs, inner = [sub], inside_repeat or repeats
         elif op in (c.GROUPREF, c.GROUPREF_EXISTS):
-            return True
-        elif op in (c.SUBPATTERN, c.ATOMIC_GROUP):
-            sub = arg[-1] if op == c.SUBPATTERN else arg
-            if _is_risky(sub, inside_repeat):
-                return True
+            nested = True
+        elif op == c.SUBPATTERN:
+            subs = [arg[-1]]
+        elif op == c.ATOMIC_GROUP:
+            subs = [arg]
         elif op == c.BRANCH:
-            if any(_is_risky(branch, inside_repeat) for branch in arg[1]):
-                return True
-        elif op in (c.ASSERT, c.ASSERT_NOT) and _is_risky(arg[1], inside_repeat):
-            return True
-    return False
+            subs = list(arg[1])
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            subs = [arg[1]]
+        for sub in subs:
+            sub_nested, sub_open = _risk(sub, inner)
+            nested, open_ended = nested or sub_nested, open_ended + sub_open
+    return nested, open_ended
 
 
-def compile_regex(key: str, case_sensitive: bool) -> re.Pattern[str] | None:
-    """Compile a regex key (plain or ``/pattern/flags``); None when it is invalid or unsafe."""
+def _split_key(key: str, case_sensitive: bool) -> tuple[str, int] | None:
+    """(pattern, flags) of a plain or ``/pattern/flags`` key; None for an unknown flag."""
     pattern, flags = key, 0 if case_sensitive else re.IGNORECASE
     slash = _SLASH_FORM.match(key)
     if slash:
@@ -88,12 +97,50 @@ def compile_regex(key: str, case_sensitive: bool) -> re.Pattern[str] | None:
                 flags |= _FLAGS[flag]
             elif flag not in _IGNORED_FLAGS:
                 return None
+    return pattern, flags
+
+
+def unsafe_regex_reason(key: str) -> str | None:
+    """Why a regex key could be slow enough to stall chat (refused at import); None when acceptable.
+
+    Keys that merely fail to compile are not reported: like in SillyTavern, they never match.
+    """
+    split = _split_key(key.strip(), case_sensitive=True)
+    if split is None or not split[0]:
+        return None
+    pattern, flags = split
+    if len(pattern) > MAX_PATTERN_CHARS:
+        return f"is longer than {MAX_PATTERN_CHARS} characters"
+    if _sre_parser is None:  # pragma: no cover - other Python implementations
+        return None
+    try:
+        nested, open_ended = _risk(_sre_parser.parse(pattern, flags))
+    except (re.error, RecursionError, OverflowError, ValueError, TypeError, AttributeError):
+        return None
+    if nested:
+        return "may backtrack catastrophically (a repeat inside a repeat, or a backreference)"
+    if open_ended > 1:
+        return (
+            "may backtrack catastrophically (more than one open-ended repeat such as"
+            f" '*', '+', '{{n,}}' or a repeat of over {MAX_BOUNDED_REPEAT})"
+        )
+    return None
+
+
+def compile_regex(key: str, case_sensitive: bool) -> re.Pattern[str] | None:
+    """Compile a regex key (plain or ``/pattern/flags``); None when it is invalid or unsafe."""
+    split = _split_key(key, case_sensitive)
+    if split is None:
+        return None
+    pattern, flags = split
     if not pattern or len(pattern) > MAX_PATTERN_CHARS:
         return None
     try:
         compiled = re.compile(pattern, flags)
-        if _sre_parser is not None and _is_risky(_sre_parser.parse(pattern, flags)):
-            return None
+        if _sre_parser is not None:
+            nested, open_ended = _risk(_sre_parser.parse(pattern, flags))
+            if nested or open_ended > 1:
+                return None
     except (re.error, RecursionError, OverflowError, ValueError, TypeError, AttributeError):
         return None
     return compiled

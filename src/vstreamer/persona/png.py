@@ -117,11 +117,13 @@ def read_card_chunks(data: bytes, where: str = "PNG") -> dict[str, str]:
     for chunk in iter_chunks(data, where):
         if chunk.type not in _TEXT_TYPES:
             continue
-        keyword = chunk.data[:6].partition(b"\0")[0].lower()
-        if keyword.decode("latin-1") not in CARD_KEYWORDS:
-            continue  # skip without inflating chunks we do not need
+        keyword = chunk.data[:6].partition(b"\0")[0].lower().decode("latin-1")
+        if keyword not in CARD_KEYWORDS or keyword in found:
+            # skip without inflating chunks we do not need: at most one chunk per card keyword is
+            # decoded, so a file inflates to at most len(CARD_KEYWORDS) * MAX_INFLATED_BYTES
+            continue
         key, text = decode_text_chunk(chunk, where)
-        found.setdefault(key.lower(), text)
+        found[key.lower()] = text
     return found
 
 

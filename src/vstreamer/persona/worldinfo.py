@@ -12,7 +12,7 @@ from vstreamer.persona import coerce
 from vstreamer.persona.cards import card_kind, lorebook_from_card_book, persona_from_card
 from vstreamer.persona.files import looks_binary, read_limited
 from vstreamer.persona.limits import MAX_LORE_ENTRIES, describe_validation_error, parse_json
-from vstreamer.persona.lorebook import Lorebook
+from vstreamer.persona.lorebook import Lorebook, check_lorebook
 
 # SillyTavern entry key -> ours; everything else is kept in the entry's extensions
 _ST_FIELDS = {
@@ -53,6 +53,7 @@ def load_lorebook(source: str | Path | bytes, name: str = "") -> Lorebook:
     if not isinstance(obj, dict):
         raise PersonaError(f"{where}: a lorebook must be a JSON object, got {type(obj).__name__}")
     book = lorebook_from_object(obj, where)
+    check_lorebook(book, where)
     if name and not book.name:
         book = book.model_copy(update={"name": name})
     return book

@@ -38,12 +38,15 @@ _ROLE_PREFIX = re.compile(
 )
 
 
-def sanitize_control_tokens(text: str) -> str:
-    """Remove chat-template control tokens and line-start role headers from user text."""
+def sanitize_control_tokens(text: str, *, role_headers: bool = True) -> str:
+    """Remove chat-template control tokens and line-start role headers from user text. ``role_headers=False``
+    keeps the headers: for persona text, whose example dialogue writes ``User:`` lines on purpose."""
     if not _MAYBE_CONTROL.search(text):
         return text
     for _ in range(16):
-        cleaned = _ROLE_PREFIX.sub("", _CONTROL.sub("", text))
+        cleaned = _CONTROL.sub("", text)
+        if role_headers:
+            cleaned = _ROLE_PREFIX.sub("", cleaned)
         if cleaned == text:
             break
         text = cleaned
