@@ -341,6 +341,16 @@ def test_sse_decoder_refuses_a_line_longer_than_its_limit() -> None:
             decoder.feed(piece)
 
 
+def test_sse_decoder_refuses_an_event_of_endless_data_lines() -> None:
+    """Short lines, but no blank line ever ends the event: its data is capped like a line."""
+    decoder = SSEDecoder()
+    read = b"data: " + b"x" * 1000 + b"\n"
+    with pytest.raises(ValueError, match="event longer than"):
+        for _ in range(2 * MAX_LINE_BYTES // len(read)):
+            assert decoder.feed(read * 64) == []
+    assert SSEDecoder().feed(read * 64 + b"\n") == [(b"", b"\n".join([b"x" * 1000] * 64))]
+
+
 # --- the transport, against scripted servers ----------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 MAX_LINE_BYTES = 4 << 20
-"""The longest line a stream may send (a chat chunk is ~200 bytes): a longer one is an error, not a memory sink."""
+"""The longest line (and the longest event, all its ``data`` lines together) a stream may send (a chat chunk is ~200
+bytes): a longer one is an error, not a memory sink."""
 
 _BOM = b"\xef\xbb\xbf"
 _SHORT_LINE = 4096
@@ -63,6 +64,8 @@ class SSEDecoder:
                 self._event = b""
             else:
                 self._field(line)
+        if self._data and sum(map(len, self._data)) > MAX_LINE_BYTES:  # an event left open across reads
+            raise ValueError(f"an event longer than {MAX_LINE_BYTES} bytes")
         return events
 
     def flush(self) -> list[tuple[bytes, bytes]]:
