@@ -192,10 +192,8 @@ class ChatReply(Response):
                 await self._whole(head, scope, receive, send, watcher)
         except asyncio.CancelledError:
             # The watcher saw the client leave just as the reply ended (the reply is stored): nobody to tell.
-            task = asyncio.current_task()
-            if not self.client_gone or task is None or not task.cancelling():
+            if not self._took_back_cancel():
                 raise
-            task.uncancel()
         finally:
             watcher.stop()
 
@@ -308,12 +306,18 @@ class ChatReply(Response):
 
     async def _cancelled(self) -> None:
         """The watcher cancelled us because the client left: unwind the reply (which stops the upstream)."""
-        task = asyncio.current_task()
         await self.events.aclose()
-        if task is not None and self.client_gone and task.cancelling():
-            task.uncancel()
+        if self._took_back_cancel():
             raise _ClientGone
         raise asyncio.CancelledError
+
+    def _took_back_cancel(self) -> bool:
+        """Whether the task's cancellation is the watcher's, for a client that left; if so, it is taken back."""
+        task = asyncio.current_task()
+        if task is None or not self.client_gone or not task.cancelling():
+            return False
+        task.uncancel()
+        return True
 
     def _sse(self, event: EngineEvent) -> bytes:
         if event.kind == "started":

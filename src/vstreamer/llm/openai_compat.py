@@ -361,9 +361,7 @@ class OpenAICompatBackend:
             return BackendTimeout(f"LLM server did not answer within {limit:g}s ({where})")
         if isinstance(exc, ConnectError | ConnectionClosed):
             return BackendUnavailable(f"cannot reach the LLM server ({where}): {exc}")
-        return BackendResponseError(
-            f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}"
-        )
+        return _malformed(exc, where)
 
     async def _count_usage(self, messages: Sequence[ChatMessage], text: str) -> Usage | None:
         """Usage for servers that stream none (llama.cpp ignores ``stream_options``), counted with their tokenizer."""
@@ -483,7 +481,7 @@ def _is_retryable(error: BackendError) -> bool:
     return isinstance(error, BackendUnavailable | BackendTimeout)
 
 
-def _malformed(exc: Exception, where: str) -> BackendResponseError:
+def _malformed(exc: BaseException, where: str) -> BackendResponseError:
     return BackendResponseError(
         f"LLM server sent a malformed response ({where}): {type(exc).__name__}: {exc}"
     )
