@@ -47,6 +47,44 @@ async def test_a_named_session_made_twice_at_once_stays_its_first_makers(store: 
         await under_test.writer.aclose()  # (the engine is the fixture's)
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
+async def test_naming_a_stored_session_answers_with_the_stored_one(store: Store, cached: bool) -> None:
+    """A session made earlier (here by another store on the database: not in this one's cache) is not remade by a
+    caller naming it: the insert is a no-op, and the caller hears the stored owner and persona."""
+    await store.create_session("nova", owner="alice", session_id="kept-1")
+    other = Store(store.engine, session_cache=1000 if cached else 0)
+    try:
+        record = await other.create_session("xiaoxing", owner="bob", session_id="kept-1")
+        assert (record.owner, record.persona_id) == ("alice", "nova")
+        made = await other.create_session("xiaoxing", owner="bob", session_id="new-1")
+        assert (made.owner, made.persona_id) == ("bob", "xiaoxing")
+        assert (await store.get_session("new-1")) == made
+    finally:
+        await other.writer.aclose()  # (the engine is the fixture's)
+
+
+async def test_a_new_named_session_is_made_without_reading_the_database(tmp_path: Path) -> None:
+    """The writer tells whether the session's row was made: a new viewer's session costs its insert, not also a
+    read of what was just written."""
+    store = await open_store(None, tmp_path)
+    reads: list[str] = []
+
+    def record_statement(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            reads.append(statement)
+
+    try:
+        event.listen(store.engine.sync_engine, "before_cursor_execute", record_statement)
+        record = await store.create_session("nova", owner="o", session_id="viewer-1")
+        conversation = await store.load_conversation("viewer-1")
+        event.remove(store.engine.sync_engine, "before_cursor_execute", record_statement)
+        assert reads == []
+        assert record.owner == "o" and conversation.turns == []
+        assert await store.get_session("viewer-1") == record
+    finally:
+        await store.close()
+
+
 async def test_turns_round_trip_with_status_and_order(store: Store) -> None:
     record = await store.create_session("xiaoxing", owner="alice", user_name="小明")
     conversation = await store.load_conversation(record.id)

@@ -152,21 +152,20 @@ class Store(MemoryTables):
     ) -> SessionRecord:
         """A new session; a ``session_id`` that exists already keeps the existing session, which is returned (its
         owner may not be ``owner``: callers check)."""
-        now = _now()
+        now, sid = _now(), session_id or new_id()
         values = {
-            "id": session_id or new_id(), "persona_id": persona_id, "owner": owner, "platform": platform,
+            "id": sid, "persona_id": persona_id, "owner": owner, "platform": platform,
             "viewer_id": viewer_id, "user_name": user_name, "title": title[:200], "summary": "",
             "created_at": now, "updated_at": now,
         }  # fmt: skip
-        sid = values["id"]
-        await self.writer.submit(Write(sid, now, session=values))
+        await self.writer.submit(write := Write(sid, now, session=values))
         cached = self.cache.sessions.get(sid)
         if cached is not None:
             return cached.record
-        if session_id is not None:
-            # The caller named it, so another request or instance may have made it first: the insert was then a
-            # no-op, and the stored session (its owner, its persona) is the one to answer with.
-            found = await self.open_conversation(session_id)
+        if not write.inserted:
+            # The caller named it, and another request or instance made it first: the insert was a no-op, and the
+            # stored session (its owner, its persona) is the one to answer with.
+            found = await self.open_conversation(sid)
             if found is None:
                 raise StoreError(f"session {sid} was deleted as it was made")
             return found[0]

@@ -61,6 +61,8 @@ class Write:
     """Whether a ``turn`` moves the session's ``updated_at`` (two more pages to write in a ~5-page commit)."""
     notify: bool = False
     """Whether the writer's ``on_settled`` hears of this write when it is committed (it hears of every failure)."""
+    inserted: bool | None = None
+    """For a ``session``, once committed: whether its row was made (``False``: a session with its id was there)."""
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -106,16 +108,13 @@ class _Statements:
         )
 
     def plan(self, writes: Sequence[Write]) -> list[tuple[UpdateBase, list[dict[str, Any]]]]:
-        """The statements of one batch with their rows: new sessions, turns, sessions' ``updated_at``, summaries
-        and each session's current summary (the batch's last for it)."""
-        sessions: list[dict[str, Any]] = []
+        """The statements of one batch with their rows, after its new sessions (:meth:`apply`): turns, sessions'
+        ``updated_at``, summaries and each session's current summary (the batch's last for it)."""
         messages: list[dict[str, Any]] = []
         latest: dict[str, datetime] = {}
         summaries: list[dict[str, Any]] = []
         current: dict[str, str] = {}
         for w in writes:  # one pass: most batches are one or two turns
-            if w.session is not None:
-                sessions.append(w.session)
             if w.turn is not None:
                 messages.append(message_row(w.session_id, w.turn))
                 if w.touch:
@@ -124,8 +123,6 @@ class _Statements:
                 summaries.append(w.summary)
                 current[w.session_id] = w.summary["text"]
         plan: list[tuple[UpdateBase, list[dict[str, Any]]]] = []
-        if sessions:
-            plan.append((self.session, sessions))
         if messages:
             plan.append((self.message, messages))
         if latest:
@@ -139,6 +136,11 @@ class _Statements:
         return plan
 
     def apply(self, connection: Connection, writes: Sequence[Write]) -> None:
+        # New sessions one by one, each learning whether it was made: the caller answers with its own record
+        # then, or reads the one that was there (rare next to turns, so one statement each costs nothing).
+        for write in writes:
+            if write.session is not None:
+                write.inserted = connection.execute(self.session, write.session).rowcount == 1
         for statement, rows in self.plan(writes):
             connection.execute(statement, rows)
 
@@ -233,6 +235,11 @@ class _SQLiteFile:
     def _commit(self, connection: sqlite3.Connection, writes: Sequence[Write]) -> None:
         connection.execute("BEGIN IMMEDIATE")
         try:
+            for write in writes:  # as in _Statements.apply
+                if write.session is not None:
+                    compiled = self._compiled(self.statements.session, tuple(write.session))
+                    made = connection.execute(compiled.sql, self._params(compiled, write.session)).rowcount
+                    write.inserted = made == 1
             for statement, rows in self.statements.plan(writes):
                 compiled = self._compiled(statement, tuple(rows[0]))
                 connection.executemany(compiled.sql, [self._params(compiled, row) for row in rows])
