@@ -85,6 +85,23 @@ async def test_a_new_named_session_is_made_without_reading_the_database(tmp_path
         await store.close()
 
 
+async def test_turns_keep_their_order_when_the_clock_steps_back(store: Store) -> None:
+    """Turns are read back by time: one made after the wall clock stepped back (or in the same microsecond as the
+    last) still comes after the turns before it."""
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    made = [
+        conversation.add(Turn("user", "first", created_at=2_000_000_000.0)),
+        conversation.add(Turn("assistant", "second", created_at=1_000_000_000.0)),  # the clock stepped back
+        conversation.add(Turn("user", "third", created_at=1_000_000_000.0)),  # the same instant
+    ]
+    assert [t.created_at for t in made] == sorted({t.created_at for t in made})
+    for turn in made:
+        await store.save_turn(conversation, turn)
+    loaded = await store.load_conversation(record.id, recent=10)
+    assert [t.content for t in loaded.turns] == ["first", "second", "third"]
+
+
 async def test_turns_round_trip_with_status_and_order(store: Store) -> None:
     record = await store.create_session("xiaoxing", owner="alice", user_name="小明")
     conversation = await store.load_conversation(record.id)

@@ -40,7 +40,7 @@ class ChatSession:
         greetings = self.persona.greetings()
         if greetings:
             greeting = self.persona.render(greetings[0], conversation.user_name)
-            conversation.turns.append(Turn("assistant", greeting))
+            conversation.add(Turn("assistant", greeting))
             self.say(f"{self.persona.name}: {greeting}\n")
         return conversation
 

@@ -9,6 +9,9 @@ from typing import Literal
 
 from vstreamer.llm.base import ChatMessage, Usage
 
+_TICK = 1e-6
+"""A turn's time is stored to the microsecond."""
+
 TurnStatus = Literal["complete", "interrupted", "failed", "blocked", "streaming"]
 
 
@@ -85,6 +88,15 @@ class Conversation:
     """The viewer's stable id on ``platform``; ``None`` keeps no long-term memory about them."""
     history_index: object | None = field(default=None, repr=False, compare=False)
     """What the context builder keeps between turns (:class:`~vstreamer.engine.window.HistoryIndex`; not stored)."""
+
+    def add(self, turn: Turn) -> Turn:
+        """Append ``turn``, after the last one in time too: turns are stored and read back in the order of their
+        ``created_at``, so a turn made in the same microsecond as the last, or after the wall clock stepped back,
+        is moved just after it (by one microsecond, the stored resolution)."""
+        if self.turns and turn.created_at <= (last := self.turns[-1].created_at):
+            turn.created_at = last + _TICK
+        self.turns.append(turn)
+        return turn
 
     def reset(self) -> None:
         self.turns.clear()

@@ -184,7 +184,7 @@ class DialogueEngine:
                 yield event
             return
         user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
-        conversation.turns.append(user_turn)
+        conversation.add(user_turn)
         # Overlapped (the default), the user's message is queued and committed at the turn's first wait: usually once
         # the request is out, while the model reads the prompt (sooner, it would hold the request back by the time
         # queueing and a commit take on the event loop). The first text of the reply is released only once the commit
@@ -224,9 +224,9 @@ class DialogueEngine:
         self, conversation: Conversation, decision: InputDecision
     ) -> AsyncGenerator[EngineEvent, None]:
         """A blocked message: stored as blocked (masked), answered with the policy's message, never sent on."""
-        conversation.turns.append(user_turn := Turn("user", decision.result.output, status="blocked"))
+        user_turn = conversation.add(Turn("user", decision.result.output, status="blocked"))
         await self._save(conversation, user_turn)
-        conversation.turns.append(turn := Turn("assistant", decision.user_message or "", status="blocked"))
+        turn = conversation.add(Turn("assistant", decision.user_message or "", status="blocked"))
         await self._save(conversation, turn)
         yield ReplyStarted(turn, 0)
         if turn.content:
@@ -251,7 +251,7 @@ class DialogueEngine:
         saving: asyncio.Future[None] | None = None,
     ) -> AsyncGenerator[EngineEvent, None]:
         turn = Turn("assistant", "", status="streaming", summary_id=summary_id)
-        conversation.turns.append(turn)
+        conversation.add(turn)
         started = time.perf_counter()
         parts: list[str] = []
 

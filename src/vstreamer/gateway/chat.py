@@ -126,7 +126,7 @@ async def _conversation(
     for message in body.messages[:-1]:
         if message.role in ("user", "assistant") and message.text.strip():
             turn = Turn(message.role, message.text)
-            conversation.turns.append(turn)
+            conversation.add(turn)
             await store.save_turn(conversation, turn)
     return conversation
 

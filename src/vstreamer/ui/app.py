@@ -77,7 +77,7 @@ async def _chat_start() -> None:
     greetings = persona.greetings()
     if greetings:
         greeting = Turn("assistant", persona.render(greetings[0], conversation.user_name))
-        conversation.turns.append(greeting)
+        conversation.add(greeting)
         await cl.Message(content=greeting.content, author=persona.name, id=greeting.id).send()
     _remember(persona, conversation, stored=False)
     await profiles.settings_panel(STATE.require_runtime().engine, persona).send()
