@@ -2,6 +2,7 @@
 through ``vstreamer serve`` and (when installed) through LiteLLM's proxy, in one run.
 
     .venv/bin/python bench/bench_gateway.py [--requests 1000] [--rounds 5] [--chunks 16] [--litellm PATH|none]
+                                            [--baseline SRC]
 
 Prints the time to first token (p50/p99) at one stream and streamed requests/s at 1, 50 and 200 concurrent
 streams for every path. The gateway runs as configured for production use: persistence (SQLite), moderation of
@@ -13,6 +14,10 @@ the time vstreamer adds splits into the stack's and its own. The client is aioht
 LiteLLM's proxy is the peer (no database, no moderation: a plain relay); install it beside, not into, the project:
 ``python3 -m venv ~/.cache/vstreamer/litellm-venv && ~/.cache/vstreamer/litellm-venv/bin/pip install 'litellm[proxy]'``.
 Goals from the issue: <= 0.5 ms p50 / <= 2 ms p99 added TTFT at one stream, >= 1,500 streamed req/s on 2 cores.
+
+``--baseline SRC`` runs a second gateway from another source tree (``SRC`` is its ``src`` folder, e.g. a
+``git worktree`` of an older commit) as one more path, measured in the same rounds: on a shared machine whose speed
+swings by half within minutes, a change is only judged against a baseline measured alongside it.
 """
 
 from __future__ import annotations
@@ -163,6 +168,9 @@ def main() -> None:
                         "path measured in each round")  # fmt: skip
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--litellm", default=str(DEFAULT_LITELLM), help="LiteLLM's executable, or 'none'")
+    parser.add_argument(
+        "--baseline", type=Path, help="another source tree's src folder, run as one more gateway"
+    )
     args = parser.parse_args()
     up_port, gw_port, ll_port, relay_port = free_port(), free_port(), free_port(), free_port()
     data = tempfile.mkdtemp(prefix="vstreamer-bench-")
@@ -180,6 +188,16 @@ def main() -> None:
     processes.append(
         subprocess.Popen([sys.executable, str(HERE / "relay.py"), str(up_port), str(relay_port)])
     )
+    base_port = free_port()
+    if args.baseline is not None:
+        if not (args.baseline / "vstreamer").is_dir():
+            parser.error(f"--baseline: no vstreamer package in {args.baseline}")
+        base_env = env | {"VSTREAMER_DATA_DIR": tempfile.mkdtemp(prefix="vstreamer-bench-base-"),
+                          "PYTHONPATH": str(args.baseline.resolve())}  # fmt: skip
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "vstreamer", "serve", "--no-auth", "--port", str(base_port)], env=base_env,
+            stdout=subprocess.DEVNULL,
+        ))  # fmt: skip
     paths = [
         Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", "fake", False),
         Target(
@@ -189,6 +207,10 @@ def main() -> None:
             "vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True, processes[1].pid
         ),
     ]
+    if args.baseline is not None:
+        paths.append(Target(
+            "baseline", f"http://127.0.0.1:{base_port}/v1/chat/completions", "nova", True, processes[-1].pid
+        ))  # fmt: skip
     litellm = Path(args.litellm)
     if args.litellm != "none" and litellm.exists():
         processes.append(start_litellm(litellm, ll_port, up_port))
@@ -207,7 +229,9 @@ def main() -> None:
         wait_ready(f"http://127.0.0.1:{up_port}/v1/models")
         wait_ready(f"http://127.0.0.1:{gw_port}/healthz")
         wait_ready(f"http://127.0.0.1:{relay_port}/healthz")
-        if len(paths) > 3:
+        if args.baseline is not None:
+            wait_ready(f"http://127.0.0.1:{base_port}/healthz")
+        if paths[-1].name == "litellm":
             wait_ready(f"http://127.0.0.1:{ll_port}/health/liveliness")
         rounds = max(1, min(args.rounds, args.requests))
         print(f"upstream: fake OpenAI server, {args.chunks} chunks per reply; {args.requests} sequential requests "
@@ -221,9 +245,10 @@ def main() -> None:
                   f"{(pct(t, .5) - pct(base, .5)) * 1e3:>10.2f} {(pct(t, .99) - pct(base, .99)) * 1e3:>10.2f}")  # fmt: skip
         print("goal for vstreamer: added <= 0.5 ms p50 / <= 2 ms p99")
         if rounds > 1:
-            added = [pct(v, .5) - pct(d, .5) for v, d in zip(_split(samples["vstreamer"], rounds),
-                                                               _split(base, rounds), strict=True)]  # fmt: skip
-            print("vstreamer added p50 per round (ms): " + " ".join(f"{a * 1e3:.2f}" for a in added))
+            for name in ("vstreamer", "baseline") if args.baseline is not None else ("vstreamer",):
+                added = [pct(v, .5) - pct(d, .5) for v, d in zip(_split(samples[name], rounds),
+                                                                   _split(base, rounds), strict=True)]  # fmt: skip
+                print(f"{name} added p50 per round (ms): " + " ".join(f"{a * 1e3:.2f}" for a in added))
             # The direct path does not change between rounds: how far its p50 moves is the machine's own noise.
             direct = [pct(d, 0.5) for d in _split(base, rounds)]
             print(
