@@ -25,6 +25,8 @@ MAX_BOUNDED_REPEAT = 100
 #: a scan stays well under a second)
 MAX_PLAIN_SCAN_CHARS = 50_000
 
+_PATTERN_ERRORS = (re.error, RecursionError, OverflowError, ValueError, TypeError, AttributeError)
+"""What compiling or parsing a hostile pattern may raise."""
 _SLASH_FORM = re.compile(r"^/(.+)/([a-zA-Z]*)$", re.DOTALL)
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 _IGNORED_FLAGS = set("guyd")  # JavaScript flags with no meaning for a yes/no search
@@ -111,12 +113,18 @@ def unsafe_regex_reason(key: str) -> str | None:
     pattern, flags = split
     if len(pattern) > MAX_PATTERN_CHARS:
         return f"is longer than {MAX_PATTERN_CHARS} characters"
+    try:
+        return _backtracking_reason(pattern, flags)
+    except _PATTERN_ERRORS:
+        return None
+
+
+def _backtracking_reason(pattern: str, flags: int) -> str | None:
+    """Why ``pattern`` may backtrack catastrophically; None when it may not (or cannot be checked here).
+    Raises what the pattern parser raises."""
     if _sre_parser is None:  # pragma: no cover - other Python implementations
         return None
-    try:
-        nested, open_ended = _risk(_sre_parser.parse(pattern, flags))
-    except (re.error, RecursionError, OverflowError, ValueError, TypeError, AttributeError):
-        return None
+    nested, open_ended = _risk(_sre_parser.parse(pattern, flags))
     if nested:
         return "may backtrack catastrophically (a repeat inside a repeat, or a backreference)"
     if open_ended > 1:
@@ -137,11 +145,9 @@ def compile_regex(key: str, case_sensitive: bool) -> re.Pattern[str] | None:
         return None
     try:
         compiled = re.compile(pattern, flags)
-        if _sre_parser is not None:
-            nested, open_ended = _risk(_sre_parser.parse(pattern, flags))
-            if nested or open_ended > 1:
-                return None
-    except (re.error, RecursionError, OverflowError, ValueError, TypeError, AttributeError):
+        if _backtracking_reason(pattern, flags) is not None:
+            return None
+    except _PATTERN_ERRORS:
         return None
     return compiled
 
