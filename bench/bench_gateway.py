@@ -149,6 +149,14 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def start_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``vstreamer serve`` on ``port``, from the source tree that ``env`` (its ``PYTHONPATH``) selects."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "vstreamer", "serve", "--no-auth", "--port", str(port)], env=env,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def start_litellm(executable: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:
     env = os.environ | {
         "OPENAI_API_KEY": "EMPTY", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -181,23 +189,17 @@ def main() -> None:
         "VSTREAMER_DATA_DIR": data, "VSTREAMER_BACKEND": "openai", "VSTREAMER_MODEL": "fake",
         "VSTREAMER_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
     }  # fmt: skip
-    processes.append(subprocess.Popen(
-        [sys.executable, "-m", "vstreamer", "serve", "--no-auth", "--port", str(gw_port)], env=env,
-        stdout=subprocess.DEVNULL,
-    ))  # fmt: skip
+    processes.append(start_gateway(gw_port, env))
     processes.append(
         subprocess.Popen([sys.executable, str(HERE / "relay.py"), str(up_port), str(relay_port)])
     )
-    base_port = free_port()
+    base_port = free_port() if args.baseline is not None else 0
     if args.baseline is not None:
         if not (args.baseline / "vstreamer").is_dir():
             parser.error(f"--baseline: no vstreamer package in {args.baseline}")
         base_env = env | {"VSTREAMER_DATA_DIR": tempfile.mkdtemp(prefix="vstreamer-bench-base-"),
                           "PYTHONPATH": str(args.baseline.resolve())}  # fmt: skip
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "vstreamer", "serve", "--no-auth", "--port", str(base_port)], env=base_env,
-            stdout=subprocess.DEVNULL,
-        ))  # fmt: skip
+        processes.append(start_gateway(base_port, base_env))
     paths = [
         Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", "fake", False),
         Target(
