@@ -27,17 +27,30 @@ from vstreamer.llm.base import (
 logger = logging.getLogger(__name__)
 
 
+PASS = object()
+"""The pass of a request let through a closed breaker (a probe gets one of its own)."""
+
+
 class CircuitBreaker:
     """Counts consecutive failures; open after ``threshold`` of them, half-open after ``reset_after`` s, when one
-    request at a time probes the backend (the others are still refused) until one succeeds or fails."""
+    request at a time probes the backend (the others are still refused) until one succeeds or fails.
+
+    :meth:`acquire` hands each request let through a pass, which it gives back to :meth:`failure` or
+    :meth:`release` (any :meth:`success` closes the breaker): a request that began before the breaker opened, or an
+    earlier probe, cannot end the current probe (which would let a second one through, or leave it stuck)."""
 
     def __init__(self, threshold: int = 3, reset_after: float = 30.0) -> None:
         self.threshold = threshold
         self.reset_after = reset_after
         self.failures = 0
         self.opened_at: float | None = None
-        self.probing = False
+        self.probe: object | None = None
+        """The pass of the request probing the half-open backend."""
+
+    @property
+    def probing(self) -> bool:
         """A request is probing the half-open backend."""
+        return self.probe is not None
 
     @property
     def state(self) -> str:
@@ -49,29 +62,33 @@ class CircuitBreaker:
         """Whether the backend is worth asking (no side effect: for token counts and the like)."""
         return self.state != "open"
 
-    def acquire(self) -> bool:
-        """Whether a request may go to the backend now; in the half-open state, the first caller becomes the probe
-        (it must end with :meth:`success`, :meth:`failure` or :meth:`release`)."""
-        state = self.state
+    def acquire(self) -> object | None:
+        """A pass if a request may go to the backend now (``None``: refused); in the half-open state, the first
+        caller becomes the probe (its pass must come back to :meth:`success`, :meth:`failure` or :meth:`release`)."""
+        state = self.state  # read once: the verdict and the pass are of the same moment
         if state == "closed":
-            return True
-        if state == "open" or self.probing:
-            return False
-        self.probing = True
-        return True
+            return PASS
+        if state == "open" or self.probe is not None:
+            return None
+        self.probe = probe = object()
+        return probe
 
-    def release(self) -> None:
-        """A probe ended without a verdict (cancelled, or the request was refused): the next request probes."""
-        self.probing = False
+    def release(self, ticket: object) -> None:
+        """A request ended without a verdict (cancelled, or refused as a bad request): if it was the probe, the next
+        request probes."""
+        if ticket is self.probe:
+            self.probe = None
 
     def success(self) -> None:
+        """The backend answered: closed (whoever answered, the backend is up)."""
         self.failures = 0
         self.opened_at = None
-        self.probing = False
+        self.probe = None
 
-    def failure(self) -> None:
+    def failure(self, ticket: object) -> None:
         self.failures += 1
-        self.probing = False
+        if ticket is self.probe:
+            self.probe = None
         if self.failures >= self.threshold or self.opened_at is not None:
             self.opened_at = time.monotonic()
 
@@ -103,24 +120,33 @@ class ResilientBackend:
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncGenerator[Delta, None]:
-        probe = self.breaker.state == "half-open"
-        if not self.breaker.acquire():
+        ticket = self.breaker.acquire()
+        if ticket is None:
             if self.fallback is None:
                 raise BackendUnavailable("the LLM server is down (circuit open); retrying in a few seconds")
             async with aclosing(self.fallback.stream(messages, params)) as stream:
                 async for delta in stream:
                     yield delta
             return
-        started_text = False
+        # The verdict comes with the first text (the server is up: a probe closes the breaker then, not when its
+        # reply ends, and a reply whose reader stops early still counts), or with a failure that means an outage.
+        judged = started_text = False
         try:
             async with aclosing(self.primary.stream(messages, params)) as stream:
                 async for delta in stream:
-                    started_text = started_text or isinstance(delta, TextDelta)
+                    if not started_text and isinstance(delta, TextDelta):
+                        judged = started_text = True
+                        self.breaker.success()
                     yield delta
+            if not judged:  # a reply without text, whole: the server is up all the same
+                judged = True
+                self.breaker.success()
         except BackendError as exc:
-            if _counts_as_outage(exc):
-                self.breaker.failure()
-            if started_text or self.fallback is None or not _counts_as_outage(exc):
+            outage = _counts_as_outage(exc)
+            if outage:
+                judged = True
+                self.breaker.failure(ticket)
+            if started_text or self.fallback is None or not outage:
                 raise
             logger.warning("primary backend failed before the first token (%s); using the fallback", exc)
             async with aclosing(self.fallback.stream(messages, params)) as stream:
@@ -128,9 +154,10 @@ class ResilientBackend:
                     yield delta
             return
         finally:
-            if probe:
-                self.breaker.release()  # a probe that ended with no verdict lets the next request probe
-        self.breaker.success()
+            if not judged:
+                self.breaker.release(
+                    ticket
+                )  # ended with no verdict: if it was the probe, the next request probes
 
     async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
         return await collect(self.stream(messages, params))
