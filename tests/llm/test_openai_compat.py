@@ -258,6 +258,36 @@ async def test_retries_are_bounded_across_open_and_read() -> None:
     assert requests == 3, requests  # the first try and two retries, not a retry loop inside a retry loop
 
 
+@integration
+async def test_a_try_given_up_hangs_up_before_the_wait_for_the_next() -> None:
+    """A try that timed out waiting for its first token is closed when it is given up: the server stops generating
+    for it (and the pool slot is free) during the wait before the retry, not after it."""
+    hung_up: list[float] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+            writer.write(b"transfer-encoding: chunked\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # nothing more comes: until the client hangs up
+            hung_up.append(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    backend = backend_for(url, max_retries=1, retry_backoff=1.5, first_token_timeout=0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendTimeout):
+            await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
+    finally:
+        await backend.aclose()
+        server.close()
+    assert hung_up, "the first try's connection stayed open to the end"
+    assert hung_up[0] - started < 1.0, hung_up[0] - started  # given up at 0.3 s; the retry starts at 1.8 s
+
+
 # --- the SSE parser ---------------------------------------------------------------------------------------
 
 SSE_STREAM = (

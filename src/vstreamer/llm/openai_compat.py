@@ -216,6 +216,9 @@ class OpenAICompatBackend:
             except BackendError as exc:
                 if state.parts or attempt >= self.max_retries or not _is_retryable(exc):
                     raise
+                if response is not None:  # given up: the server stops generating for it during the wait
+                    response.close()
+                    response = None
                 delay = self.retry_backoff * 2**attempt
                 if state.retry_after:
                     delay = max(delay, state.retry_after)
