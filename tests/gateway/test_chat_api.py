@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import httpx
@@ -201,6 +202,47 @@ def test_health_metrics_and_persona_import(fake_gateway: GatewayServer, shared_d
         if line.startswith("vstreamer_time_to_first_token_seconds_count")
     ]
     assert counted and float(counted[0].split()[-1]) >= 1  # the reply's first text was observed
+
+
+def metric(metrics: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
+
+
+def test_an_idle_stream_is_never_silent_much_longer_than_the_keep_alive_interval(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """The keep-alive counts from the last thing sent: a proxy that drops connections idle for a little more than
+    the interval keeps the stream (comments came up to twice the interval apart)."""
+    server = start_gateway(
+        {"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "1.2", "VSTREAMER_SSE_KEEPALIVE_S": "0.5"}
+    )
+    body = {
+        "model": "nova",
+        "stream": True,
+        "max_tokens": 3,
+        "messages": [{"role": "user", "content": "one two three"}],
+    }
+    arrived: list[float] = []
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30) as response:
+        for line in response.iter_lines():
+            if line:
+                arrived.append(time.monotonic())
+    gaps = [later - earlier for earlier, later in itertools.pairwise(arrived)]
+    assert len(gaps) >= 4 and max(gaps) < 0.7, gaps
+
+
+def test_a_whole_reply_times_its_first_token_when_it_came(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Not streamed, a reply is sent once whole; its first token's time and its tokens/s are still those of the
+    generation (they were taken once it was whole: the whole reply's time, and tokens per few microseconds)."""
+    server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.1"})
+    body = {"model": "nova", "messages": [{"role": "user", "content": "one two three four five six"}]}
+    reply = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    metrics = httpx.get(f"{server.url}/metrics").text
+    first = metric(metrics, "vstreamer_time_to_first_token_seconds_sum")
+    whole = metric(metrics, "vstreamer_upstream_latency_seconds_sum")
+    assert metric(metrics, "vstreamer_time_to_first_token_seconds_count") == 1
+    assert 0.08 < first < whole - 0.2, (first, whole)  # pieces 0.1 s apart: the first after one of them
+    rate = metric(metrics, "vstreamer_tokens_per_second_sum")
+    assert 0 < rate < 100, rate  # ~10 pieces/s
 
 
 def test_idle_stream_gets_keep_alive_comments(start_gateway) -> None:  # type: ignore[no-untyped-def]

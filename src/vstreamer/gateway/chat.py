@@ -264,6 +264,8 @@ class ChatReply(Response):
         parts: list[str] = []
         finished: Turn | None = None
         reply_id = ""
+        if any(isinstance(event, ReplyDelta) for event in head):
+            self._observe_delta()  # the first text is here now: the reply's end is not its first token's time
         try:
             async for event in self.events:
                 head.append(event)
@@ -409,8 +411,15 @@ class Watcher:
     async def _watch(self) -> None:
         interval = self.reply.state.settings.sse_keepalive_s
         while True:
+            # Woken when the stream has been idle for an interval (not an interval after the last wake-up, which let
+            # an idle stream go nearly two without a comment), and no more often than a tenth of one.
+            wait = (
+                max(interval - (time.monotonic() - self.last_send), interval / 10)
+                if self.streaming
+                else interval
+            )
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(wait):
                     message: Message = await self.receive()
             except TimeoutError:
                 await self._keep_alive(interval)
