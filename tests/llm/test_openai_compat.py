@@ -234,11 +234,10 @@ async def test_retries_are_bounded_across_open_and_read() -> None:
             head = await reader.readuntil(b"\r\n\r\n")
             if b"/chat/completions" in head.split(b"\r\n")[0]:
                 requests += 1
-            if requests == 1:  # opens fine, then no token comes: a first-token timeout while reading
+            if requests == 1:  # opens fine, then the server goes away before a token: a failure while reading
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
                 writer.write(b"transfer-encoding: chunked\r\n\r\n")
                 await writer.drain()
-                await asyncio.sleep(5)
             else:
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n")
                 writer.write(b"connection: close\r\n\r\n")
@@ -259,16 +258,46 @@ async def test_retries_are_bounded_across_open_and_read() -> None:
 
 
 @integration
+async def test_the_first_token_deadline_is_the_whole_requests() -> None:
+    """Retries share one first-token deadline: a server that takes every request and never answers fails it once the
+    limit is up (each try waited the whole limit, so the client waited up to three times it with default retries)."""
+    requests = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        with contextlib.suppress(Exception):
+            head = await reader.readuntil(b"\r\n\r\n")
+            requests += b"/chat/completions" in head.split(b"\r\n")[0]
+            await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    backend = backend_for(url, max_retries=2, retry_backoff=0.01, first_token_timeout=0.6)
+    started = time.monotonic()
+    try:
+        with pytest.raises(BackendTimeout, match="before the first token"):
+            await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
+    finally:
+        await backend.aclose()
+        server.close()
+    assert time.monotonic() - started < 1.1
+    assert requests == 1
+
+
+@integration
 async def test_a_try_given_up_hangs_up_before_the_wait_for_the_next() -> None:
-    """A try that timed out waiting for its first token is closed when it is given up: the server stops generating
-    for it (and the pool slot is free) during the wait before the retry, not after it."""
+    """A try that failed before its first token (here: the server reports it is loading, and keeps the stream open)
+    is closed when it is given up: the server stops generating for it, and the pool slot is free, during the wait
+    before the retry, not after it."""
     hung_up: list[float] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             await reader.readuntil(b"\r\n\r\n")
+            event = b'error: {"code": 503, "message": "loading model", "type": "unavailable_error"}\n\n'
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
-            writer.write(b"transfer-encoding: chunked\r\n\r\n")
+            writer.write(b"transfer-encoding: chunked\r\n\r\n" + http_chunk(event))
             await writer.drain()
             await reader.read()  # nothing more comes: until the client hangs up
             hung_up.append(time.monotonic())
@@ -276,16 +305,16 @@ async def test_a_try_given_up_hangs_up_before_the_wait_for_the_next() -> None:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    backend = backend_for(url, max_retries=1, retry_backoff=1.5, first_token_timeout=0.3)
+    backend = backend_for(url, max_retries=1, retry_backoff=1.5, first_token_timeout=10)
     started = time.monotonic()
     try:
-        with pytest.raises(BackendTimeout):
+        with pytest.raises(BackendResponseError, match="loading model"):
             await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
     finally:
         await backend.aclose()
         server.close()
     assert hung_up, "the first try's connection stayed open to the end"
-    assert hung_up[0] - started < 1.0, hung_up[0] - started  # given up at 0.3 s; the retry starts at 1.8 s
+    assert hung_up[0] - started < 1.0, hung_up[0] - started  # given up at once; the retry starts at 1.5 s
 
 
 # --- the SSE parser ---------------------------------------------------------------------------------------

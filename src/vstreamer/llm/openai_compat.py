@@ -201,10 +201,12 @@ class OpenAICompatBackend:
         body = orjson.dumps(request)
         loop = asyncio.get_running_loop()
         attempt = 0
+        # One retry budget and one first-token deadline for the whole request, however many tries it takes: a server
+        # that never answers fails the request once the limit is up, not once each try has waited for it.
+        first_token_deadline = loop.time() + self.first_token_timeout
         while True:
-            # One retry budget for the whole request: opening it and reading up to the first token.
             response: Response | None = None
-            state = _StreamState(deadline=loop.time() + self.first_token_timeout)
+            state = _StreamState(deadline=first_token_deadline)
             try:
                 response = await self._open_stream(body, state)
                 while (text := await self._next_text(response, state)) is not None:
@@ -219,11 +221,9 @@ class OpenAICompatBackend:
                 if response is not None:  # given up: the server stops generating for it during the wait
                     response.close()
                     response = None
-                delay = self.retry_backoff * 2**attempt
-                if state.retry_after:
-                    delay = max(delay, state.retry_after)
-                    if loop.time() + delay > state.deadline:
-                        raise  # the server asks for a wait that the first-token deadline has no room for
+                delay = max(self.retry_backoff * 2**attempt, state.retry_after)
+                if loop.time() + delay >= first_token_deadline:
+                    raise  # no room for another try (or for the wait the server asks for) before the deadline
                 attempt += 1
                 logger.warning(
                     "upstream failed before the first token (%s); retry %d/%d in %.2gs",
