@@ -12,6 +12,8 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.integration
 
 
@@ -88,3 +90,25 @@ def test_only_the_importing_key_replaces_or_deletes_a_persona(
     )
     assert again.status_code == 201
     assert call("DELETE", alice, "/api/personas/seraphina").status_code == 204
+
+
+def test_readiness_tells_its_details_only_to_a_key_holder(start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``/readyz`` needs no key (probes call it), but the error behind a failing check (the LLM server's address)
+    is for key holders only."""
+    data_dir = tmp_path / "gw"
+    key = create_key(data_dir, "ops")
+    port = free_port()
+    server = start_gateway({"VSTREAMER_BACKEND": "openai", "VSTREAMER_BASE_URL": f"http://127.0.0.1:{port}/v1",
+                            "VSTREAMER_MODEL": "m", "VSTREAMER_CONNECT_TIMEOUT": "1"}, auth=True)  # fmt: skip
+    anonymous = httpx.get(f"{server.url}/readyz", timeout=30)
+    assert anonymous.status_code == 503
+    assert anonymous.json() == {
+        "status": "not ready",
+        "checks": {"database": {"ok": True}, "llm": {"ok": False}},
+    }
+    wrong = httpx.get(f"{server.url}/readyz", headers={"Authorization": "Bearer vs-wrong"}, timeout=30)
+    assert wrong.json()["checks"]["llm"] == {"ok": False}
+    known = httpx.get(f"{server.url}/readyz", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert known.status_code == 503
+    llm = known.json()["checks"]["llm"]
+    assert llm["ok"] is False and llm["backend"] == "openai" and "Connect" in llm["detail"], llm

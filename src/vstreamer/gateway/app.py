@@ -18,6 +18,7 @@ from vstreamer.gateway.catalog import PersonaCatalog
 from vstreamer.gateway.chat import CHAT_PATH
 from vstreamer.gateway.hot_route import ChatRoute
 from vstreamer.gateway.metrics import GatewayMetrics, count_request
+from vstreamer.gateway.readiness import Readiness
 from vstreamer.gateway.state import GatewayState
 from vstreamer.runtime import Runtime
 
@@ -68,6 +69,7 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> GatewayApp:
         catalog=PersonaCatalog(runtime.personas, runtime.store),
         metrics=GatewayMetrics(),
         auth=Authenticator(runtime.store, enabled=settings.auth),
+        readiness=Readiness(runtime.store, runtime.backend),
     )
 
     @asynccontextmanager

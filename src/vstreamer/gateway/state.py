@@ -10,6 +10,7 @@ from vstreamer.config import Settings
 from vstreamer.gateway.auth import Authenticator
 from vstreamer.gateway.catalog import PersonaCatalog
 from vstreamer.gateway.metrics import GatewayMetrics
+from vstreamer.gateway.readiness import Readiness
 from vstreamer.runtime import Runtime
 from vstreamer.store import Store
 
@@ -21,6 +22,7 @@ class GatewayState:
     catalog: PersonaCatalog
     metrics: GatewayMetrics
     auth: Authenticator
+    readiness: Readiness
 
     @property
     def settings(self) -> Settings:
