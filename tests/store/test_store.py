@@ -29,6 +29,20 @@ async def test_sessions_are_per_owner(store: Store) -> None:
     assert await store.get_session(alice.id) is None
 
 
+async def test_deleting_someone_elses_session_deletes_nothing(store: Store) -> None:
+    """Refused for its owner's sake, a delete kept the session but wiped its messages and summaries all the same."""
+    record = await store.create_session("nova", owner="alice", session_id="alices")
+    conversation = await store.load_conversation(record.id)
+    for text in ("hello", "hi"):
+        turn = conversation.add(Turn("user", text))
+        await store.save_turn(conversation, turn)
+    await store.save_summary(record.id, "they said hello", covers_until=conversation.turns[0].id)
+    assert not await store.delete_session(record.id, owner="mallory")
+    reloaded = await store.load_conversation(record.id)
+    assert [t.content for t in reloaded.turns] == ["hello", "hi"]
+    assert reloaded.summary == "they said hello"
+
+
 @pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
 async def test_a_named_session_made_twice_at_once_stays_its_first_makers(store: Store, cached: bool) -> None:
     """Two owners naming one new session at the same moment: the second insert is a no-op, and both are told the

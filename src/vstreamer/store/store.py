@@ -219,14 +219,15 @@ class Store(MemoryTables):
 
     @_shielded
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
-        query = delete(SessionRow).where(SessionRow.id == session_id)
+        # The session's rows go only with it: a caller that does not own it deletes nothing at all.
+        mine = select(SessionRow.id).where(SessionRow.id == session_id)
         if owner is not None:
-            query = query.where(SessionRow.owner == owner)
+            mine = mine.where(SessionRow.owner == owner)
         self.cache.forget(session_id)
         async with self._tx() as session:
-            await session.execute(delete(MessageRow).where(MessageRow.session_id == session_id))
-            await session.execute(delete(SummaryRow).where(SummaryRow.session_id == session_id))
-            result = await session.execute(query)
+            await session.execute(delete(MessageRow).where(MessageRow.session_id.in_(mine)))
+            await session.execute(delete(SummaryRow).where(SummaryRow.session_id.in_(mine)))
+            result = await session.execute(delete(SessionRow).where(SessionRow.id.in_(mine)))
         self.cache.forget(session_id)  # and a read begun meanwhile does not bring it back
         return bool(getattr(result, "rowcount", 0))
 
