@@ -16,6 +16,7 @@ from vstreamer.errors import BackendUnavailable, ConfigError, StoreError
 from vstreamer.llm import FakeBackend
 from vstreamer.persona import PersonaLibrary
 from vstreamer.store import Store, open_store
+from vstreamer.store.database import create_engine
 
 
 async def test_sessions_are_per_owner(store: Store) -> None:
@@ -313,6 +314,23 @@ async def test_bad_urls_and_unreachable_databases_are_clear_errors(tmp_path: Pat
         await open_store("mysql://x/y", tmp_path)
     with pytest.raises(StoreError, match="cannot open"):
         await open_store("postgresql://nobody@127.0.0.1:1/none", tmp_path)
+
+
+async def test_a_database_gone_away_is_a_store_error_on_every_call() -> None:
+    """A PostgreSQL server that stopped answering after the store was opened: reads fail with a ``StoreError`` too
+    (the driver's own ``ConnectionRefusedError`` came through them, a 500 from the gateway instead of a 503)."""
+    store = Store(create_engine("postgresql://nobody@127.0.0.1:1/none"))
+    try:
+        for call in (
+            lambda: store.get_session("x"),
+            lambda: store.open_conversation("x"),
+            lambda: store.list_sessions(owner="o"),
+            store.ping,
+        ):
+            with pytest.raises(StoreError):
+                await call()
+    finally:
+        await store.close()
 
 
 async def test_conversation_id_must_exist(store: Store) -> None:

@@ -125,7 +125,7 @@ class Store(MemoryTables):
         try:
             async with self._sessions.begin() as session:
                 yield session
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:  # a server that cannot be reached: the driver's own OSError
             raise database_error(exc) from exc
 
     async def ping(self) -> None:
