@@ -14,9 +14,10 @@ from sqlalchemy import event
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, Turn
 from vstreamer.errors import BackendUnavailable, ConfigError, StoreError
 from vstreamer.llm import FakeBackend
+from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.persona import PersonaLibrary
 from vstreamer.store import Store, open_store
-from vstreamer.store.database import create_engine
+from vstreamer.store.database import create_engine, default_url, migrate
 
 
 async def test_sessions_are_per_owner(store: Store) -> None:
@@ -482,3 +483,117 @@ async def test_a_sessions_turns_are_read_in_order_from_the_index(tmp_path: Path)
                 assert "ix_messages_session_id_created_at" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         await store.close()
+
+
+async def test_two_messages_at_once_to_one_session_are_each_answered(store: Store) -> None:
+    """Two requests on one session (the gateway's, sharing the cached conversation): each reply answers its own
+    message (the first's prompt ended with the second's message, whose own reply then failed), and they take turns."""
+    persona = PersonaLibrary(None).get("nova")
+    backend = FakeBackend(delay=0.001)
+    budget = ContextBudget(4096, 128)
+    engine = DialogueEngine(backend, budget, store=store, defaults=SamplingParams(max_tokens=128),
+                            memory=MemoryManager(backend, budget, facts=store, summaries=store))  # fmt: skip
+    record = await store.create_session(persona.id, owner="o", viewer_id="viewer-1", platform="api")
+
+    async def ask(text: str) -> str:
+        conversation = await store.load_conversation(record.id)
+        return "".join([e.text async for e in engine.reply(conversation, persona, text) if e.kind == "delta"])
+
+    try:
+        replies = await asyncio.gather(ask("message A"), ask("message B"))
+    finally:
+        await engine.aclose()
+    assert replies == ["收到：message A", "收到：message B"]
+    if store.cache.enabled:  # one shared conversation: the second reply waited for the first
+        stored = [t.content for t in await store.list_messages(record.id)]
+        assert stored == ["message A", "收到：message A", "message B", "收到：message B"]
+
+
+class FewTurnsStore(Store):
+    RECENT_TURNS = 5
+
+
+class CountedRemotely(FakeBackend):
+    """Counts each message's tokens as a server would (the prompt's build waits), holding the count of ``held``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: str | None = None
+        self.counting, self.go = asyncio.Event(), asyncio.Event()
+
+    async def count_message_tokens(self, message: ChatMessage) -> int:
+        if message.content == self.held:
+            self.counting.set()
+            await self.go.wait()
+        await asyncio.sleep(0)
+        return await super().count_message_tokens(message)
+
+
+async def test_a_long_cached_session_is_not_trimmed_under_a_reply_being_made(tmp_path: Path) -> None:
+    """Opening a long session trims its cached turns; one whose prompt was being built on them lost its places in
+    the list (an IndexError: the user's message stored, its reply never)."""
+    database = create_engine(default_url(tmp_path))
+    await migrate(database)
+    store = FewTurnsStore(database)
+    persona = PersonaLibrary(None).get("nova")
+    backend = CountedRemotely()
+    engine = DialogueEngine(
+        backend, ContextBudget(4096, 128), store=store, defaults=SamplingParams(max_tokens=64)
+    )
+    session_id = (await store.create_session(persona.id, owner="o")).id
+
+    async def ask(text: str) -> str:
+        conversation = await store.load_conversation(session_id)
+        return "".join([e.text async for e in engine.reply(conversation, persona, text) if e.kind == "delta"])
+
+    try:
+        for i in range(5):
+            await ask(f"message {i}")  # 10 turns, cached
+        conversation = await store.load_conversation(session_id)
+        backend.held = conversation.turns[-1].content  # counted again while the next prompt is built
+        answering = asyncio.create_task(ask("message A"))
+        await backend.counting.wait()
+        await store.open_conversation(session_id)  # 11 turns: past twice the kept number, trimmed when idle
+        backend.go.set()
+        assert await answering == "收到：message A"
+        assert [t.content for t in await store.list_messages(session_id)][-2:] == [
+            "message A",
+            "收到：message A",
+        ]
+    finally:
+        await engine.aclose()
+        await store.close()
+
+
+async def test_a_user_message_that_was_not_stored_leaves_later_prompts(store: Store) -> None:
+    """Its commit failed, so its reply failed: the message must not ride along in the next prompts (the CLI and the
+    web UI keep their conversation) when the database never had it."""
+    persona = PersonaLibrary(None).get("nova")
+    backend = FakeBackend()
+    engine = DialogueEngine(
+        backend, ContextBudget(4096, 128), store=store, defaults=SamplingParams(max_tokens=64)
+    )
+    conversation = await store.load_conversation((await store.create_session(persona.id, owner="o")).id)
+    real_queue = store.queue_turn
+
+    def failing(conversation: Conversation, turn: Turn, done: Any = None) -> asyncio.Future[None]:
+        if turn.content != "not stored":
+            return real_queue(conversation, turn, done)
+        failed: asyncio.Future[None] = (
+            done if done is not None else asyncio.get_running_loop().create_future()
+        )
+        failed.set_exception(StoreError("the database is locked"))
+        return failed
+
+    store.queue_turn = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StoreError):
+            async for _ in engine.reply(conversation, persona, "not stored"):
+                pass
+        async for _ in engine.reply(conversation, persona, "next"):
+            pass
+    finally:
+        store.queue_turn = real_queue  # type: ignore[method-assign]
+        await engine.aclose()
+    last_prompt = [m.content for m in backend.requests[-1] if m.role == "user"]
+    assert "not stored" not in last_prompt and last_prompt[-1] == "next"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ class Conversation:
     """The viewer's stable id on ``platform``; ``None`` keeps no long-term memory about them."""
     history_index: object | None = field(default=None, repr=False, compare=False)
     """What the context builder keeps between turns (:class:`~vstreamer.engine.window.HistoryIndex`; not stored)."""
+    replying: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False, compare=False)
+    """Held while the engine makes a reply: a conversation's replies take turns (not stored)."""
 
     def add(self, turn: Turn) -> Turn:
         """Append ``turn``, after the last one in time too: turns are stored and read back in the order of their

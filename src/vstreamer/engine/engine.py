@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from vstreamer.engine.background import BackgroundTasks
@@ -177,57 +178,70 @@ class DialogueEngine:
         generation upstream and keeps the partial reply as an ``interrupted`` turn. A backend failure keeps it as
         ``failed`` and re-raises.
         """
-        user_text = well_formed(user_text)
-        decision = self.safety.prepare_user_text(user_text, source=source) if self.safety else None
-        if decision is not None and decision.action == "block":
-            async for event in self._refuse(conversation, decision):
-                yield event
-            return
-        user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
-        conversation.add(user_turn)
-        # Overlapped (the default), the user's message is queued and committed at the turn's first wait: usually once
-        # the request is out, while the model reads the prompt (sooner, it would hold the request back by the time
-        # queueing and a commit take on the event loop). The first text of the reply is released only once the commit
-        # is done, and a failed commit fails the reply.
-        saving: asyncio.Future[None] | None = None
-        if self.store is not None and self.user_commit == "before":
-            await asyncio.shield(self._queue(conversation, user_turn))
-        elif self.store is not None:
-            saving = self._queue_soon(conversation, user_turn)
-        try:
-            recall = (
-                await self.memory.recall(conversation, persona, user_turn.content)
-                if self.memory
-                else Recall()
-            )
-            context = await self.build_context(conversation, persona, memory=recall.blocks)
-        except BaseException as exc:
-            refused = isinstance(exc, ContextBudgetError)
-            if refused:  # kept, as failed: never in a later prompt (where it would not fit either)
-                user_turn.status, user_turn.error = "failed", str(exc)
-            if saving is not None:
-                await asyncio.shield(saving)
-            if refused and self.store is not None:
-                await asyncio.shield(self._save(conversation, user_turn))  # its row, if committed first, too
-            raise
-        params = self.sampling_for(persona, overrides)
-        reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
-        try:
-            async with aclosing(reply) as events:
-                async for event in events:
+        # One reply at a time per conversation: a second message waits for the reply before it to end (answered
+        # alongside it, each prompt would end with whichever message came last, and a trim of the cached turns could
+        # pull them from under a prompt being built).
+        async with conversation.replying:
+            user_text = well_formed(user_text)
+            decision = self.safety.prepare_user_text(user_text, source=source) if self.safety else None
+            if decision is not None and decision.action == "block":
+                async for event in self._refuse(conversation, decision):
                     yield event
-        finally:
-            if self.memory is not None:  # scheduling only: the reply never waits for memory work
-                self.memory.after_turn(conversation, persona, context, user_turn)
+                return
+            user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
+            conversation.add(user_turn)
+            # Overlapped (the default), the user's message is queued and committed at the turn's first wait: usually
+            # once the request is out, while the model reads the prompt (sooner, it would hold the request back by the
+            # time queueing and a commit take on the event loop). The first text of the reply is released only once
+            # the commit is done; a failed commit fails the reply, and the message leaves later prompts.
+            saving: asyncio.Future[None] | None = None
+            if self.store is not None:
+                before = self.user_commit == "before"
+                queued = (
+                    self._queue(conversation, user_turn)
+                    if before
+                    else self._queue_soon(conversation, user_turn)
+                )
+                queued.add_done_callback(partial(_unless_stored, user_turn))
+                if before:
+                    await asyncio.shield(queued)
+                else:
+                    saving = queued
+            try:
+                recall = (
+                    await self.memory.recall(conversation, persona, user_turn.content)
+                    if self.memory
+                    else Recall()
+                )
+                context = await self.build_context(conversation, persona, memory=recall.blocks)
+            except BaseException as exc:
+                refused = isinstance(exc, ContextBudgetError)
+                if refused:  # kept, as failed: never in a later prompt (where it would not fit either)
+                    user_turn.status, user_turn.error = "failed", str(exc)
+                if saving is not None:
+                    await asyncio.shield(saving)
+                if refused and self.store is not None:
+                    await asyncio.shield(
+                        self._save(conversation, user_turn)
+                    )  # its row, if committed first, too
+                raise
+            params = self.sampling_for(persona, overrides)
+            reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
+            try:
+                async with aclosing(reply) as events:
+                    async for event in events:
+                        yield event
+            finally:
+                if self.memory is not None:  # scheduling only: the reply never waits for memory work
+                    self.memory.after_turn(conversation, persona, context, user_turn)
 
     async def _refuse(
         self, conversation: Conversation, decision: InputDecision
     ) -> AsyncGenerator[EngineEvent, None]:
         """A blocked message: stored as blocked (masked), answered with the policy's message, never sent on."""
         user_turn = conversation.add(Turn("user", decision.result.output, status="blocked"))
-        await self._save(conversation, user_turn)
         turn = conversation.add(Turn("assistant", decision.user_message or "", status="blocked"))
-        await self._save(conversation, turn)
+        await asyncio.shield(self._save_all(conversation, user_turn, turn))  # both, also if the caller goes
         yield ReplyStarted(turn, 0)
         if turn.content:
             yield ReplyDelta(turn.content, last=True)
@@ -435,3 +449,13 @@ class DialogueEngine:
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:
             await self.store.save_turn(conversation, turn)
+
+    async def _save_all(self, conversation: Conversation, *turns: Turn) -> None:
+        for turn in turns:
+            await self._save(conversation, turn)
+
+
+def _unless_stored(turn: Turn, saving: asyncio.Future[None]) -> None:
+    """A user's message whose commit failed fails its reply, and leaves later prompts (and summaries) too."""
+    if not saving.cancelled() and (error := saving.exception()) is not None:
+        turn.status, turn.error = "failed", f"not stored: {error}"

@@ -55,8 +55,9 @@ class SessionCache:
         if entry is None or entry.conversation is None:
             return None
         conversation = entry.conversation
-        if len(conversation.turns) > 2 * self.keep_turns:
-            # Long sessions: older turns live in the summary; keep the cached window bounded.
+        if len(conversation.turns) > 2 * self.keep_turns and not conversation.replying.locked():
+            # Long sessions: older turns live in the summary; keep the cached window bounded (not under a reply
+            # being made, whose prompt holds places in the list).
             del conversation.turns[: -self.keep_turns]
             conversation.summary_index = None
         return entry.record, conversation
