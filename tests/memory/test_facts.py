@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -23,9 +24,9 @@ from vstreamer.engine import (
 from vstreamer.engine.embeddings import OpenAIEmbeddings
 from vstreamer.engine.extract import FactParseError, parse_facts, worth_extracting
 from vstreamer.engine.facts import normalize_fact, rank_facts, similar
-from vstreamer.errors import BackendResponseError
+from vstreamer.errors import BackendResponseError, StoreError
 from vstreamer.llm.estimate import estimate_tokens
-from vstreamer.persona import Persona
+from vstreamer.persona import Persona, PersonaLibrary
 
 
 @pytest.mark.parametrize(
@@ -217,3 +218,34 @@ async def test_moderation_vets_facts_before_they_are_remembered(xiaoxing: Person
     assert engine.memory is not None
     remembered = await engine.memory.facts.viewer_facts(ViewerKey("bilibili", "9"))
     assert [f.text for f in remembered] == ["喜欢猫"]
+
+
+class FailingOnceFacts(InMemoryFacts):
+    """Its first ``add_facts`` fails, as a database may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def add_facts(self, viewer: ViewerKey, facts: list[Fact], *, keep: int = 200) -> list[Fact]:
+        await asyncio.sleep(0.01)
+        if not self.failed:
+            self.failed = True
+            raise StoreError("the database is locked")
+        return await super().add_facts(viewer, facts, keep=keep)
+
+
+async def test_a_message_whose_facts_fail_to_store_does_not_drop_the_ones_queued_after_it() -> None:
+    persona = PersonaLibrary(None).get("xiaoxing")
+    backend = ScriptedBackend(facts=lambda text: facts_json(text.split("：", 1)[-1][:20]))
+    budget = ContextBudget(4096, 128)
+    facts = FailingOnceFacts()
+    engine = DialogueEngine(backend, budget, memory=MemoryManager(backend, budget, facts=facts))
+    conversation = Conversation(persona.id, user_name="阿明", platform="bilibili", viewer_id="111")
+    messages = ["我喜欢猫", "我下周三考试", "我住在上海", "我养了一只狗"]
+    for text in messages:
+        async for _ in engine.reply(conversation, persona, text):
+            pass
+    await engine.tasks.drain()
+    assert len(backend.kinds["facts"]) == len(messages)  # every message was read for facts
+    assert len(await facts.viewer_facts(ViewerKey("bilibili", "111"))) >= 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from tests.memory.conftest import ScriptedBackend, facts_json
@@ -103,3 +104,35 @@ async def test_memory_survives_a_restart(tmp_path: Path) -> None:
     assert "下周考试" in system and restored.summary in system
     await engine.aclose()
     await reopened.close()
+
+
+async def test_two_extractions_for_one_viewer_at_once_both_keep_their_new_facts(store: Store) -> None:
+    """Two sessions of one viewer learn facts at the same moment, one of them the same: each keeps its new ones (the
+    second batch failed as a whole on the duplicate's unique constraint)."""
+    viewer = ViewerKey("bilibili", "111")
+    first = [Fact(viewer, "喜欢猫"), Fact(viewer, "下周考试")]
+    second = [Fact(viewer, "喜欢猫"), Fact(viewer, "住在上海"), Fact(viewer, "养了一只狗")]
+    added = await asyncio.gather(store.add_facts(viewer, first), store.add_facts(viewer, second))
+    assert sorted(f.text for batch in added for f in batch) == [
+        "下周考试",
+        "住在上海",
+        "养了一只狗",
+        "喜欢猫",
+    ]
+    remembered = sorted(f.text for f in await store.viewer_facts(viewer))
+    assert remembered == ["下周考试", "住在上海", "养了一只狗", "喜欢猫"]
+
+
+async def test_text_with_nul_characters_is_stored_without_them(store: Store) -> None:
+    """A model's output may hold NUL, which PostgreSQL refuses in text: a reply, a summary or a fact holding one
+    failed to store (a whole reply lost at its end); every database now keeps the text without it."""
+    record = await store.create_session("nova", owner="o")
+    conversation = await store.load_conversation(record.id)
+    turn = conversation.add(Turn("assistant", "hello\x00world"))
+    await store.save_turn(conversation, turn)
+    await store.save_summary(record.id, "they\x00 met", covers_until=turn.id)
+    viewer = ViewerKey("bilibili", "222")
+    await store.add_facts(viewer, [Fact(viewer, "likes\x00 cats")])
+    assert [t.content for t in await store.list_messages(record.id)] == ["helloworld"]
+    assert (await store.load_conversation(record.id)).summary == "they met"
+    assert [f.text for f in await store.viewer_facts(viewer)] == ["likes cats"]

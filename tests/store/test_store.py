@@ -597,3 +597,21 @@ async def test_a_user_message_that_was_not_stored_leaves_later_prompts(store: St
         await engine.aclose()
     last_prompt = [m.content for m in backend.requests[-1] if m.role == "user"]
     assert "not stored" not in last_prompt and last_prompt[-1] == "next"
+
+
+async def test_a_reply_holding_nul_is_shown_and_stored_without_it(store: Store) -> None:
+    """PostgreSQL refuses NUL in text: a reply holding one streamed whole, then failed to store at its end."""
+    persona = PersonaLibrary(None).get("nova")
+    engine = DialogueEngine(FakeBackend(lambda _: "hello\x00 world"), ContextBudget(4096, 128), store=store,
+                            defaults=SamplingParams(max_tokens=64))  # fmt: skip
+    conversation = await store.load_conversation((await store.create_session(persona.id, owner="o")).id)
+    try:
+        shown = "".join(
+            [e.text async for e in engine.reply(conversation, persona, "hi") if e.kind == "delta"]
+        )
+    finally:
+        await engine.aclose()
+    assert shown == "hello world"
+    stored = await store.list_messages(conversation.id)
+    assert [(t.role, t.content, t.status) for t in stored] == [("user", "hi", "complete"),
+                                                                ("assistant", "hello world", "complete")]  # fmt: skip

@@ -270,6 +270,8 @@ class DialogueEngine:
         parts: list[str] = []
 
         def shown(text: str, last: bool = False) -> ReplyDelta:
+            if "\x00" in text:  # a model's NUL: no client shows it, and PostgreSQL would refuse the reply
+                text = text.replace("\x00", "")
             if not parts:
                 turn.first_token_ms = round((time.perf_counter() - started) * 1000)
             parts.append(text)

@@ -253,7 +253,14 @@ class MemoryManager:
         try:
             while pending:
                 conversation, persona, turn = pending.pop(0)
-                await self.learn(conversation, persona, turn)
+                try:
+                    await self.learn(conversation, persona, turn)
+                except (
+                    VStreamerError
+                ) as exc:  # this message's facts are lost; the ones queued after it are not
+                    logger.warning("facts of a message not learnt: %s", exc)
+                except Exception:  # noqa: BLE001 - a bug: logged, and the queue goes on all the same
+                    logger.exception("facts of a message not learnt")
         finally:
             self._pending.pop(key, None)
 

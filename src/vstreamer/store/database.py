@@ -68,6 +68,12 @@ def database_error(exc: BaseException) -> StoreError:
     return StoreError(f"the database refused or failed the operation ({type(exc).__name__})")
 
 
+def storable(text: str) -> str:
+    """``text`` as every database can keep it: PostgreSQL refuses NUL in text, which a model's output may hold (a
+    whole reply failed to store at its end for one), so it is dropped on SQLite too: the same text either way."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

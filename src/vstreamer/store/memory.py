@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from vstreamer.engine.facts import Fact, ViewerKey
+from vstreamer.store.database import storable
 from vstreamer.store.records import SummaryRecord
 from vstreamer.store.tables import SummaryRow, ViewerFactRow
 
@@ -71,21 +74,26 @@ class MemoryTables:
         now = datetime.now(UTC)
         added: list[Fact] = []
         async with self._tx() as session:
+            # Inserted unless known: another extraction for the viewer may store the same fact meanwhile (it made
+            # this whole batch fail on the unique constraint, the new facts in it lost with the duplicate).
+            dialect = session.get_bind().dialect.name
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
             known = set((await session.scalars(select(ViewerFactRow.normalized).where(*_of(viewer)))).all())
             for fact in facts:
-                if not fact.normalized or fact.normalized in known:
+                normalized = storable(fact.normalized)[:200]
+                if not normalized or normalized in known:
                     continue
-                known.add(fact.normalized)
-                row = ViewerFactRow(
-                    id=fact.id, platform=viewer.platform, user_id=viewer.user_id, fact=fact.text[:MAX_FACT_CHARS],
-                    normalized=fact.normalized[:200], session_id=fact.session_id, turn_id=fact.turn_id,
-                    embedding=json.dumps(list(fact.embedding)) if fact.embedding is not None else None,
-                    created_at=now,
-                )  # fmt: skip
-                session.add(row)
-                added.append(_fact(row))
+                known.add(normalized)
+                text = storable(fact.text)[:MAX_FACT_CHARS]
+                embedding = json.dumps(list(fact.embedding)) if fact.embedding is not None else None
+                row = {"id": fact.id, "platform": viewer.platform, "user_id": viewer.user_id, "fact": text,
+                       "normalized": normalized, "session_id": fact.session_id, "turn_id": fact.turn_id,
+                       "embedding": embedding, "created_at": now}  # fmt: skip
+                made = await session.execute(insert(ViewerFactRow).values(row).on_conflict_do_nothing())
+                if getattr(made, "rowcount", 0) == 1:
+                    added.append(Fact(viewer, text, normalized, fact.id, now.timestamp(), fact.session_id,
+                                      fact.turn_id, fact.embedding))  # fmt: skip
             if added:
-                await session.flush()
                 await _prune(session, viewer, keep)
         return added
 

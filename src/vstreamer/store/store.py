@@ -23,7 +23,7 @@ from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.llm.base import Usage
 from vstreamer.store.cache import CachedSession, SessionCache
-from vstreamer.store.database import create_engine, database_error, default_url, migrate
+from vstreamer.store.database import create_engine, database_error, default_url, migrate, storable
 from vstreamer.store.memory import MemoryTables
 from vstreamer.store.records import ApiKeyRecord, SessionRecord, SummaryRecord
 from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow, SummaryRow
@@ -355,13 +355,13 @@ class Store(MemoryTables):
     async def save_summary(self, session_id: str, summary: str, *, covers_until: str | None = None) -> str:
         """Store a new version of the session's running summary; returns its id (turns refer to it)."""
         summary_id, now = new_id(), _now()
-        row = {"id": summary_id, "session_id": session_id, "covers_until_turn_id": covers_until, "text": summary,
-               "created_at": now}  # fmt: skip
+        row = {"id": summary_id, "session_id": session_id, "covers_until_turn_id": covers_until,
+               "text": storable(summary), "created_at": now}  # fmt: skip
         await self.writer.submit(Write(session_id, now, summary=row))  # with the turns' group commit
         self.cache.changed(session_id)  # a read begun before the commit keeps the older summary to itself
         cached = self.cache.sessions.get(session_id)
         if cached is not None and (conversation := cached.conversation) is not None:
-            conversation.summary, conversation.summary_id = summary, summary_id
+            conversation.summary, conversation.summary_id = row["text"], summary_id
             conversation.summary_until, conversation.summary_index = covers_until, None
         return summary_id
 

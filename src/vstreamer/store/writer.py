@@ -31,7 +31,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from vstreamer.engine.conversation import Turn
 from vstreamer.errors import StoreError
-from vstreamer.store.database import database_error, sqlite_pragmas
+from vstreamer.store.database import database_error, sqlite_pragmas, storable
 from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 
 logger = logging.getLogger(__name__)
@@ -74,13 +74,13 @@ def message_row(session_id: str, turn: Turn) -> dict[str, Any]:
         "session_id": session_id,
         "created_at": datetime.fromtimestamp(turn.created_at, UTC),
         "role": turn.role,
-        "content": turn.content,
+        "content": storable(turn.content),
         "status": turn.status,
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
         "first_token_ms": turn.first_token_ms,
         "duration_ms": turn.duration_ms,
-        "error": turn.error,
+        "error": storable(turn.error) if turn.error else turn.error,
         "summary_id": turn.summary_id,
     }
 
