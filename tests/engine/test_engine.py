@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, SamplingOverrides
-from vstreamer.engine.conversation import new_id
+from vstreamer.engine.conversation import Turn, new_id
 from vstreamer.errors import BackendUnavailable, ContextBudgetError
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.persona import Persona, SamplingDefaults
 from vstreamer.store import open_store
+from vstreamer.store.writer import message_row
 
 
 def engine_for(backend: FakeBackend) -> DialogueEngine:
@@ -200,3 +202,15 @@ async def test_a_message_over_the_budget_is_kept_as_failed_and_out_of_later_prom
 async def consume(events: AsyncIterator[object]) -> None:
     async for _ in events:
         pass
+
+
+def test_turns_made_at_one_moment_are_stored_a_microsecond_apart() -> None:
+    """Turns are read back in the order of their stored time, to the microsecond: a turn made at (or before) the last
+    one's time goes after it as stored (one microsecond later in floats often rounded back onto the same one)."""
+    rng = random.Random(7)
+    for _ in range(20_000):
+        moment = 1.8e9 + rng.random() * 1e6
+        conversation = Conversation("nova")
+        first = conversation.add(Turn("assistant", "", created_at=moment))
+        second = conversation.add(Turn("user", "sent meanwhile", created_at=moment - rng.random() * 1e-6))
+        assert message_row("s", second)["created_at"] > message_row("s", first)["created_at"]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from vstreamer.llm.base import ChatMessage, Usage
 
-_TICK = 1e-6
+_PER_SECOND = 1_000_000
 """A turn's time is stored to the microsecond."""
 
 TurnStatus = Literal["complete", "interrupted", "failed", "blocked", "streaming"]
@@ -96,8 +96,12 @@ class Conversation:
         """Append ``turn``, after the last one in time too: turns are stored and read back in the order of their
         ``created_at``, so a turn made in the same microsecond as the last, or after the wall clock stepped back,
         is moved just after it (by one microsecond, the stored resolution)."""
-        if self.turns and turn.created_at <= (last := self.turns[-1].created_at):
-            turn.created_at = last + _TICK
+        # Whole microseconds, as stored (``last + 1e-6`` in floats was often stored as ``last`` again): on that grid
+        # the float rounds back to its own microsecond, so turns compare here as they will in the database.
+        moment = round(turn.created_at * _PER_SECOND)
+        if self.turns and moment <= (last := round(self.turns[-1].created_at * _PER_SECOND)):
+            moment = last + 1
+        turn.created_at = moment / _PER_SECOND
         self.turns.append(turn)
         return turn
 
