@@ -6,6 +6,7 @@ import asyncio
 import re
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from vstreamer.engine import Conversation, Turn
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.store import Store, open_store
+from vstreamer.store.writer import Write
 
 
 async def test_concurrent_turns_share_transactions(store: Store) -> None:
@@ -168,6 +170,18 @@ async def test_summaries_share_the_turns_transactions(store: Store) -> None:
     ]
     reloaded = await store.load_conversation(record.id)
     assert reloaded.summary == texts[-1] and reloaded.summary_id == ids[-1]
+
+
+async def test_a_summary_committed_twice_is_stored_once(store: Store) -> None:
+    """A batch whose commit went through but whose acknowledgement was lost is retried write by write: its summary,
+    stored already, must not fail the retry (it did, on the primary key)."""
+    record = await store.create_session("nova", owner="o")
+    now = datetime.now(UTC)
+    row = {"id": "summary-1", "session_id": record.id, "covers_until_turn_id": None, "text": "they met",
+           "created_at": now}  # fmt: skip
+    for _ in range(2):
+        await store.writer.submit(Write(record.id, now, summary=dict(row)))
+    assert [s.id for s in await store.summary_history(record.id)] == ["summary-1"]
 
 
 async def test_facts_known_already_leave_the_viewer_cache_alone(

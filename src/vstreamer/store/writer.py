@@ -100,7 +100,9 @@ class _Statements:
             .where(_SESSIONS.c.id == bindparam("sid"))
             .values(updated_at=bindparam("now", type_=_SESSIONS.c.updated_at.type))
         )
-        self.summary = insert(_SUMMARIES)
+        # Idempotent, as the others: a batch whose commit may have happened after all (its acknowledgement lost) is
+        # retried write by write, and a summary already stored must not fail then.
+        self.summary = insert(_SUMMARIES).on_conflict_do_nothing(index_elements=["id"])
         self.current_summary = (
             update(_SESSIONS)
             .where(_SESSIONS.c.id == bindparam("sid"))
