@@ -89,3 +89,25 @@ async def test_a_card_whose_name_has_a_nul_is_refused_not_a_database_error(
     with pytest.raises(PersonaError, match="NUL"):
         await catalog.import_bytes(bad, "aria.json", owner="o")
     assert await store.persona_rows() == []
+
+
+async def test_two_keys_importing_one_new_persona_at_once_get_one_answer(
+    tmp_path: Path, store: Store
+) -> None:
+    """Both imports were told they made it, and the later one took the persona over from the earlier's key."""
+    catalog = PersonaCatalog(PersonaLibrary(tmp_path / "personas"), store)
+    await catalog.load()
+    results = await asyncio.gather(
+        catalog.import_bytes(card("by A"), "a.json", owner="key-a"),
+        catalog.import_bytes(card("by B"), "b.json", owner="key-b"),
+        return_exceptions=True,
+    )
+    made = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, PersonaError)]
+    assert len(made) == 1 and len(refused) == 1 and "exists already" in str(refused[0])
+    owner = "key-a" if made[0].description == "by A" else "key-b"
+    restarted = PersonaCatalog(PersonaLibrary(tmp_path / "personas"), store)
+    await restarted.load()
+    for loaded in (catalog, restarted):
+        assert (await loaded.get("aria")).description == made[0].description
+        assert loaded._owners["aria"] == owner

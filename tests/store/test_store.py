@@ -615,3 +615,17 @@ async def test_a_reply_holding_nul_is_shown_and_stored_without_it(store: Store) 
     stored = await store.list_messages(conversation.id)
     assert [(t.role, t.content, t.status) for t in stored] == [("user", "hi", "complete"),
                                                                 ("assistant", "hello world", "complete")]  # fmt: skip
+
+
+async def test_sessions_are_searched_by_title_in_any_case(store: Store) -> None:
+    for title in ("Pizza talk", "other", "100%_literal", "披萨时间"):
+        await store.create_session("nova", owner="alice", title=title)
+    await store.create_session("nova", owner="bob", title="pizza too")
+
+    async def titles(search: str) -> list[str]:
+        return sorted(r.title for r in await store.list_sessions(owner="alice", search=search))
+
+    assert await titles("PIZZA") == ["Pizza talk"]
+    assert await titles("%_") == ["100%_literal"]
+    assert await titles("披萨") == ["披萨时间"]
+    assert len(await titles("")) == 4

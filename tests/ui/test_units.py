@@ -179,3 +179,29 @@ async def test_paging_search_rename_delete(layer) -> None:  # type: ignore[no-un
     assert (await store.get_session(ids[0])).title == "新名字"
     await data_layer.delete_thread(ids[0])
     assert await store.get_session(ids[0]) is None
+
+
+async def test_search_looks_past_the_page_at_hand(layer) -> None:  # type: ignore[no-untyped-def]
+    """A thread older than the first page is found (the search filtered only the page it had read)."""
+    data_layer, store, pagination, thread_filter = layer
+    wanted = await _conversation(store, "alice", "Pizza talk")
+    for i in range(5):
+        await _conversation(store, "alice", f"other {i}")
+    await _conversation(store, "alice", "100%_literal")
+    found = await data_layer.list_threads(pagination(first=2), thread_filter(userId="alice", search="pIZZA"))
+    assert [t["id"] for t in found.data] == [wanted] and not found.pageInfo.hasNextPage
+    literal = await data_layer.list_threads(pagination(first=10), thread_filter(userId="alice", search="%_"))
+    assert [t["name"] for t in literal.data] == ["100%_literal"]  # % and _ are searched as themselves
+
+
+async def test_a_long_thread_resumes_with_its_newest_turns(layer, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Past the shown number of turns, a resumed thread showed its oldest ones and ended far from where it stopped."""
+    data_layer, store, _, _ = layer
+    monkeypatch.setattr("vstreamer.ui.datalayer.THREAD_TURNS", 4)
+    record = await store.create_session("xiaoxing", owner="alice", title="long")
+    conversation = Conversation("xiaoxing", id=record.id)
+    for i in range(7):
+        turn = conversation.add(Turn("user" if i % 2 else "assistant", f"msg {i}"))
+        await store.save_turn(conversation, turn)
+    thread = await data_layer.get_thread(record.id)
+    assert [s["output"] for s in thread["steps"]] == ["msg 3", "msg 4", "msg 5", "msg 6"]

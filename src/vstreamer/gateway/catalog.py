@@ -31,6 +31,8 @@ class PersonaCatalog:
         self._refreshing: dict[str, asyncio.Task[None]] = {}
         self._generation = 0
         """Bumped whenever every remembered persona is forgotten (an import or a delete)."""
+        self._changing = asyncio.Lock()
+        """Held by an import or a delete from its checks to its last change (of the store and of memory)."""
 
     async def load(self) -> None:
         rows = await self.store.persona_rows()
@@ -107,29 +109,33 @@ class PersonaCatalog:
         persona = await asyncio.to_thread(load_persona_bytes, data, filename)
         if "\x00" in persona.name:  # stored in a column of its own, which PostgreSQL refuses it in
             raise PersonaError("the persona's name must not contain NUL characters")
-        existing = {p.id for p in await self.list()}
-        if persona.id in existing and not (replace and self.is_stored(persona.id)):
-            raise PersonaError(f"a persona with id {persona.id!r} exists already")
-        self._check_owner(persona.id, owner)
         payload = persona.model_copy(update={"avatar_png": None}).model_dump_json()
-        await self.store.save_persona(
-            persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png
-        )
-        self._stored[persona.id] = persona
-        self._owners[persona.id] = owner
-        self._forget()
+        async with (
+            self._changing
+        ):  # checked and stored as one: two keys' imports of one new id both "succeeded"
+            existing = {p.id for p in await self.list()}
+            if persona.id in existing and not (replace and self.is_stored(persona.id)):
+                raise PersonaError(f"a persona with id {persona.id!r} exists already")
+            self._check_owner(persona.id, owner)
+            await self.store.save_persona(
+                persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png
+            )
+            self._stored[persona.id] = persona
+            self._owners[persona.id] = owner
+            self._forget()
         return persona
 
     async def delete(self, persona_id: str, *, owner: str) -> None:
-        if not self.is_stored(persona_id):
-            raise PersonaError(
-                f"{persona_id!r} is not a persona imported through the API; it cannot be deleted here"
-            )
-        self._check_owner(persona_id, owner)
-        await self.store.delete_persona(persona_id)
-        self._stored.pop(persona_id, None)
-        self._owners.pop(persona_id, None)
-        self._forget()
+        async with self._changing:
+            if not self.is_stored(persona_id):
+                raise PersonaError(
+                    f"{persona_id!r} is not a persona imported through the API; it cannot be deleted here"
+                )
+            self._check_owner(persona_id, owner)
+            await self.store.delete_persona(persona_id)
+            self._stored.pop(persona_id, None)
+            self._owners.pop(persona_id, None)
+            self._forget()
 
     def _check_owner(self, persona_id: str, owner: str) -> None:
         """Every key may use every persona; only the key that imported one may replace or delete it."""

@@ -194,14 +194,15 @@ class Store(MemoryTables):
         return record
 
     @_shielded
-    async def list_sessions(self, *, owner: str, limit: int = 50, offset: int = 0) -> list[SessionRecord]:
-        query = (
-            select(SessionRow)
-            .where(SessionRow.owner == owner)
-            .order_by(SessionRow.updated_at.desc())
-            .limit(limit)
-            .offset(offset)
-        )
+    async def list_sessions(
+        self, *, owner: str, limit: int = 50, offset: int = 0, search: str | None = None
+    ) -> list[SessionRecord]:
+        """The owner's sessions, most recently active first; ``search``: only those whose title holds it (any case)."""
+        query = select(SessionRow).where(SessionRow.owner == owner)
+        if search:
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            query = query.where(SessionRow.title.ilike(pattern, escape="\\"))
+        query = query.order_by(SessionRow.updated_at.desc()).limit(limit).offset(offset)
         async with self._tx() as session:
             rows = (await session.scalars(query)).all()
         return [_session_record(r) for r in rows]

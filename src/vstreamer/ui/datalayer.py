@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+THREAD_TURNS = 1000
+"""The newest turns a resumed thread shows."""
+
 StoreGetter = Callable[[], Store]
 Describe = Callable[[str], tuple[str, str]]
 """persona id -> (display name, chat profile name)."""
@@ -124,14 +127,12 @@ class StoreDataLayer(BaseDataLayer):
         if not filters.userId:
             return PaginatedResponse(PageInfo(False, None, None), [])
         offset = int(pagination.cursor) if pagination.cursor and pagination.cursor.isdigit() else 0
+        # Searched in the database: among all of the user's threads, not within the page at hand.
         records = await self._store().list_sessions(
-            owner=filters.userId, limit=pagination.first + 1, offset=offset
+            owner=filters.userId, limit=pagination.first + 1, offset=offset, search=filters.search or None
         )
         has_next = len(records) > pagination.first
         records = records[: pagination.first]
-        if filters.search:
-            needle = filters.search.casefold()
-            records = [r for r in records if needle in r.title.casefold()]
         threads = [self._thread(r, []) for r in records]
         end = str(offset + pagination.first) if has_next else None
         return PaginatedResponse(PageInfo(has_next, str(offset), end), threads)
@@ -144,7 +145,11 @@ class StoreDataLayer(BaseDataLayer):
         persona_name, _ = self._describe(record.persona_id)
         user_name = record.user_name or record.owner
         steps = []
-        for turn in await store.list_messages(thread_id):
+        # The newest turns of a long thread (the oldest came first, and a resumed thread ended a thousand turns in).
+        total = await store.count_messages(thread_id)
+        for turn in await store.list_messages(
+            thread_id, limit=THREAD_TURNS, offset=max(0, total - THREAD_TURNS)
+        ):
             step = turn_step(turn, thread_id, persona_name=persona_name, user_name=user_name)
             step["output"] = self._decorate(turn, record.persona_id)
             steps.append(step)
