@@ -146,3 +146,12 @@ def test_ctrl_c_stops_the_reply_not_the_program(data_env: dict[str, str]) -> Non
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_chat_whose_replies_fail_exits_with_an_error(data_env: dict[str, str]) -> None:
+    """A script piping messages in learns from the exit status that the LLM server was not there (it exited 0)."""
+    env = data_env | {"VSTREAMER_BACKEND": "openai", "VSTREAMER_BASE_URL": "http://127.0.0.1:9/v1",
+                      "VSTREAMER_MODEL": "m", "VSTREAMER_CONNECT_TIMEOUT": "1", "VSTREAMER_MAX_RETRIES": "0"}  # fmt: skip
+    result = run_cli("chat", stdin="hello?\n/exit\n", env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error" in result.stdout

@@ -32,6 +32,8 @@ class ChatSession:
         self.persona = persona
         self.stored: list[str] = []
         """Ids of the sessions this chat stored, in order."""
+        self.failed = 0
+        """Messages that got no reply (an error): the exit status tells a script."""
         self.conversation = self._new_conversation()
 
     def _new_conversation(self) -> Conversation:
@@ -88,6 +90,7 @@ class ChatSession:
         try:
             await self._ensure_stored(text)
         except StoreError as exc:
+            self.failed += 1
             self.say(f"（无法保存 / cannot store the conversation: {exc}）\n")
             return
         self.say(f"{self.persona.name}: ")
@@ -100,6 +103,7 @@ class ChatSession:
             self.say(" …（已停止 / stopped）\n")
             raise
         except (BackendError, ContextBudgetError, StoreError) as exc:
+            self.failed += 1
             self.say(f"\n（出错了 / error: {exc}）\n")
             return
         finally:
@@ -108,7 +112,8 @@ class ChatSession:
 
 
 def run(settings: Settings, *, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
-    """Run the chat loop until /exit or end of input."""
+    """Run the chat loop until /exit or end of input; the exit status is 1 if any message got an error instead of a
+    reply."""
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     interactive = stdin.isatty()
@@ -151,4 +156,4 @@ def run(settings: Settings, *, stdin: TextIO | None = None, out: TextIO | None =
     if session.stored:
         session.say(f"（已保存 / saved: {', '.join(session.stored)}）\n")
     session.say("再见 / bye!\n")
-    return 0
+    return 1 if session.failed else 0  # for scripts: some message got an error instead of a reply
