@@ -143,3 +143,24 @@ async def test_text_with_a_lone_surrogate_is_answered_not_crashed_on(xiaoxing: P
     assert shown == "收到"
     assert conversation.turns[0].content == "你好\ufffd呀"
     assert any(m.role == "user" and "\ufffd" in m.content for m in backend.requests[-1])
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x01", "\x1f", "\x7f"])
+async def test_control_characters_inside_a_banned_term_do_not_hide_it(
+    xiaoxing: Persona, control: str
+) -> None:
+    """A model's control character split the term for the guard; dropped after it, the viewer saw the term whole."""
+    shown, conversation = await run(
+        engine_with(reply_with(f"好的，我们来聊冰{control}毒吧")), xiaoxing, "聊点什么"
+    )
+    assert "冰毒" not in shown and control not in shown
+    assert conversation.turns[-1].status == "blocked"
+
+
+async def test_a_retried_reply_shows_nothing_of_the_first_attempt(xiaoxing: Persona) -> None:
+    """The first attempt broke character and was retried: what the guard still held of it (a Latin word before the
+    drifting words) came out in front of the second attempt's reply."""
+    replies = iter(["OK作为一个AI语言模型", "大家好呀！今天聊游戏～"])
+    backend = FakeBackend(lambda _: next(replies))
+    shown, _ = await run(engine_with(backend), xiaoxing, "你是谁")
+    assert shown == "大家好呀！今天聊游戏～"

@@ -113,11 +113,14 @@ class ReferenceGuard:
         base = min(len(self._emitted), _CONTEXT)
         t = self._emitted[len(self._emitted) - base :] + self._pending
         found = [(m, a) for m, a in self._analyse(t, final, None) if m.end > base and a != "flag"]
-        if any(a == "block" for _, a in found):
+        hold = len(t) if final else self._hold_point(t, base)
+        blocks = [m for m, a in found if a == "block"]
+        if any(m.end <= hold for m in blocks):
             self.blocked = True
             return ""
-        hold = len(t) if final else self._hold_point(t, base)
-        masks = [(m.start, m.end) for m, _ in found]
+        for m in blocks:  # ending in the held tail: decided once it is known what the term grows into
+            hold = min(hold, max(base, m.start))
+        masks = [(m.start, m.end) for m, a in found if a != "block"]
         for s, e in masks:
             if s < hold < e:
                 hold = max(base, s)

@@ -125,3 +125,19 @@ def test_leak_guard_ignores_short_overlaps_and_rewording(pipeline: SafetyPipelin
     for word in ("Sure: " + system.upper()).split(" "):
         copy.feed(word + " ")
     assert copy.blocked
+
+
+ALLOWED = ["好久不见想死你们了", "跳楼价甩卖哈哈"]
+"""Each holds a blocked term inside a longer phrase the lexicon allows."""
+
+
+@pytest.mark.parametrize("text", ALLOWED)
+@pytest.mark.parametrize("pieces", [2, 3])
+def test_allowed_phrases_split_anywhere_pass(pipeline: SafetyPipeline, text: str, pieces: int) -> None:
+    """A blocked term whose chunk ends it is held until the phrase around it is known (the stream blocked "想死" of
+    "想死你们了" when a token ended there, which the whole text passes)."""
+    assert pipeline.moderate(text, direction="output").output == text
+    for chunks in _splits(text, pieces):
+        guard = pipeline.output_guard()
+        out, _ = _run(guard, chunks)
+        assert not guard.blocked and out == text, chunks

@@ -72,6 +72,9 @@ def well_formed(text: str) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters a model may emit (NUL among them): no client shows them, PostgreSQL refuses NUL, and left in
+a reply they would split a word the output guard must see whole."""
 """A Python string holds no surrogate pairs (it has the code points they stand for): every surrogate is alone."""
 
 
@@ -270,8 +273,6 @@ class DialogueEngine:
         parts: list[str] = []
 
         def shown(text: str, last: bool = False) -> ReplyDelta:
-            if "\x00" in text:  # a model's NUL: no client shows it, and PostgreSQL would refuse the reply
-                text = text.replace("\x00", "")
             if not parts:
                 turn.first_token_ms = round((time.perf_counter() - started) * 1000)
             parts.append(text)
@@ -316,7 +317,12 @@ class DialogueEngine:
                             continue
                         if drift is None and self.drift_repair:
                             prepare()  # the first text came before the loop's next turn
-                        text = passed(drift.feed(delta.text) if drift is not None else delta.text)
+                        text = delta.text
+                        if _CONTROL.search(
+                            text
+                        ):  # dropped before the checks, which they would split a word for
+                            text = _CONTROL.sub("", text)
+                        text = passed(drift.feed(text) if drift is not None else text)
                         if text:
                             yield shown(text)
                         if guard is not None and guard.blocked:
@@ -332,6 +338,7 @@ class DialogueEngine:
                 repair = self._on_drift(conversation, persona, drift, attempt, bool(parts))
                 if repair == "retry":
                     messages = await self._reinforced(conversation, persona, context)
+                    guard = None  # a fresh one: what the first attempt's held back is never shown
                     continue
                 if repair and (text := passed(repair)):
                     yield shown(text)

@@ -190,13 +190,18 @@ class OutputGuard:
         t = self._recent[len(self._recent) - base :] + self._pending
         normalized = normalize_short(t)
         found = [(m, a) for m, a in self._analyse(t, final, normalized) if m.end > base and a != "flag"]
-        for m, action in found:
-            if action == "block":
+        hold = len(t) if final else self._hold_point(t, base, normalized)
+        blocks = [m for m, action in found if action == "block"]
+        for m in blocks:
+            if m.end <= hold:
                 return self._block(f"{m.category}: {m.term} ({m.rule})")
+        for m in blocks:
+            # Its end is in the tail held back for what it may grow into, an allowed phrase among them ("想死" of
+            # "想死你了"): decided when more comes, or at the end; held whole meanwhile.
+            hold = min(hold, max(base, m.start))
         if self._leak.feed(new):
             return self._block("leak: reproduces the protected system prompt")
-        hold = len(t) if final else self._hold_point(t, base, normalized)
-        masks = [(m.start, m.end) for m, _ in found]
+        masks = [(m.start, m.end) for m, action in found if action != "block"]
         for s, e in masks:
             if s < hold < e:
                 hold = max(base, s)
