@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 import weakref
@@ -42,17 +43,33 @@ class AuditRecord:
         return asdict(self)
 
 
+LEAK_REASON = "leak: "
+"""How a reply blocked for reproducing the protected prompt is explained."""
+_TERM_FILE_RULE = re.compile(r"\.\w+:\d+\Z")
+"""The rule of a lexicon term (``folder/file.txt:line``): its term is the lexicon's word, not the message's own text
+(as what a pattern or a personal-data screen matched is)."""
+
+
 def make_record(
     result: ModerationResult, *, direction: str, source: str, store: StoreMode, injection: bool = False
 ) -> AuditRecord:
-    """Build the record of ``result``, keeping the text as ``store`` says."""
+    """Build the record of ``result``, keeping the text as ``store`` says: ``masked`` and ``none`` keep no more of it
+    in the reason either (what a pattern matched is the message's own text: an id, a number), and ``masked`` keeps no
+    text of a reply that reproduced the protected prompt (masking covers none of it)."""
     kept = {"full": result.text, "masked": result.output, "none": None}[store]
+    reason = result.reason
+    if store != "full":
+        if LEAK_REASON in reason:
+            kept = None
+        for match in result.matches:
+            if not _TERM_FILE_RULE.search(match.rule):
+                reason = reason.replace(f"'{match.term}'", f"'{'*' * len(match.term)}'")
     return AuditRecord(
         direction=direction,
         source=source,
         action=result.action,
         categories=result.categories,
-        reason=result.reason,
+        reason=reason,
         rules=tuple(dict.fromkeys(m.rule for m in result.matches)),
         text=kept,
         text_sha256=hashlib.sha256(result.text.encode("utf-8")).hexdigest(),

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from functools import cache
 
+from vstreamer.safety.audit import LEAK_REASON
 from vstreamer.safety.leak import LeakDetector, LeakTracker
 from vstreamer.safety.matcher import CompiledLexicon
 from vstreamer.safety.normalize import (
@@ -200,7 +201,7 @@ class OutputGuard:
             # "想死你了"): decided when more comes, or at the end; held whole meanwhile.
             hold = min(hold, max(base, m.start))
         if self._leak.feed(new):
-            return self._block("leak: reproduces the protected system prompt")
+            return self._block(LEAK_REASON + "reproduces the protected system prompt")
         masks = [(m.start, m.end) for m, action in found if action != "block"]
         for s, e in masks:
             if s < hold < e:
