@@ -72,10 +72,10 @@ def well_formed(text: str) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+"""A Python string holds no surrogate pairs (it has the code points they stand for): every surrogate is alone."""
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """Control characters a model may emit (NUL among them): no client shows them, PostgreSQL refuses NUL, and left in
 a reply they would split a word the output guard must see whole."""
-"""A Python string holds no surrogate pairs (it has the code points they stand for): every surrogate is alone."""
 
 
 class TurnStore(Protocol):
@@ -223,10 +223,8 @@ class DialogueEngine:
                     user_turn.status, user_turn.error = "failed", str(exc)
                 if saving is not None:
                     await asyncio.shield(saving)
-                if refused and self.store is not None:
-                    await asyncio.shield(
-                        self._save(conversation, user_turn)
-                    )  # its row, if committed first, too
+                if refused and self.store is not None:  # its row, if committed first, too
+                    await asyncio.shield(self._save(conversation, user_turn))
                 raise
             params = self.sampling_for(persona, overrides)
             reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
@@ -318,9 +316,8 @@ class DialogueEngine:
                         if drift is None and self.drift_repair:
                             prepare()  # the first text came before the loop's next turn
                         text = delta.text
-                        if _CONTROL.search(
-                            text
-                        ):  # dropped before the checks, which they would split a word for
+                        # Control characters go before the checks, for which they would split a word.
+                        if _CONTROL.search(text):
                             text = _CONTROL.sub("", text)
                         text = passed(drift.feed(text) if drift is not None else text)
                         if text:

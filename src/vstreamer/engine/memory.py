@@ -255,9 +255,7 @@ class MemoryManager:
                 conversation, persona, turn = pending.pop(0)
                 try:
                     await self.learn(conversation, persona, turn)
-                except (
-                    VStreamerError
-                ) as exc:  # this message's facts are lost; the ones queued after it are not
+                except VStreamerError as exc:  # this message's facts are lost, not those queued after it
                     logger.warning("facts of a message not learnt: %s", exc)
                 except Exception:  # noqa: BLE001 - a bug: logged, and the queue goes on all the same
                     logger.exception("facts of a message not learnt")

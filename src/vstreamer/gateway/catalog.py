@@ -110,9 +110,8 @@ class PersonaCatalog:
         if "\x00" in persona.name:  # stored in a column of its own, which PostgreSQL refuses it in
             raise PersonaError("the persona's name must not contain NUL characters")
         payload = persona.model_copy(update={"avatar_png": None}).model_dump_json()
-        async with (
-            self._changing
-        ):  # checked and stored as one: two keys' imports of one new id both "succeeded"
+        # Checked and stored as one: two keys' imports of one new id both "succeeded".
+        async with self._changing:
             existing = {p.id for p in await self.list()}
             if persona.id in existing and not (replace and self.is_stored(persona.id)):
                 raise PersonaError(f"a persona with id {persona.id!r} exists already")

@@ -154,10 +154,8 @@ class ResilientBackend:
                     yield delta
             return
         finally:
-            if not judged:
-                self.breaker.release(
-                    ticket
-                )  # ended with no verdict: if it was the probe, the next request probes
+            if not judged:  # ended with no verdict: if it was the probe, the next request probes
+                self.breaker.release(ticket)
 
     async def complete(self, messages: Sequence[ChatMessage], params: SamplingParams) -> Completion:
         return await collect(self.stream(messages, params))
