@@ -223,6 +223,20 @@ async def test_tokenizer_found_once_the_server_comes_back(smollm2_gguf) -> None:
         await backend.aclose()
 
 
+@contextlib.asynccontextmanager
+async def hand_served(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], **kwargs: float
+) -> AsyncIterator[OpenAICompatBackend]:
+    """A backend (``kwargs``: its settings) over a server whose connections ``handle`` answers by hand."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    backend = backend_for(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", **kwargs)
+    try:
+        yield backend
+    finally:
+        await backend.aclose()
+        server.close()
+
+
 @integration
 async def test_retries_are_bounded_across_open_and_read() -> None:
     """max_retries counts every attempt of a request, however it failed before the first token."""
@@ -244,15 +258,9 @@ async def test_retries_are_bounded_across_open_and_read() -> None:
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    backend = backend_for(url, max_retries=2, retry_backoff=0.01, first_token_timeout=0.5)
-    try:
+    async with hand_served(handle, max_retries=2, retry_backoff=0.01, first_token_timeout=0.5) as backend:
         with pytest.raises(BackendResponseError) as info:
             await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
-    finally:
-        await backend.aclose()
-        server.close()
     assert info.value.status_code == 503
     assert requests == 3, requests  # the first try and two retries, not a retry loop inside a retry loop
 
@@ -271,16 +279,10 @@ async def test_the_first_token_deadline_is_the_whole_requests() -> None:
             await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    backend = backend_for(url, max_retries=2, retry_backoff=0.01, first_token_timeout=0.6)
-    started = time.monotonic()
-    try:
+    async with hand_served(handle, max_retries=2, retry_backoff=0.01, first_token_timeout=0.6) as backend:
+        started = time.monotonic()
         with pytest.raises(BackendTimeout, match="before the first token"):
             await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
-    finally:
-        await backend.aclose()
-        server.close()
     assert time.monotonic() - started < 1.1
     assert requests == 1
 
@@ -303,16 +305,10 @@ async def test_a_try_given_up_hangs_up_before_the_wait_for_the_next() -> None:
             hung_up.append(time.monotonic())
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-    backend = backend_for(url, max_retries=1, retry_backoff=1.5, first_token_timeout=10)
-    started = time.monotonic()
-    try:
+    async with hand_served(handle, max_retries=1, retry_backoff=1.5, first_token_timeout=10) as backend:
+        started = time.monotonic()
         with pytest.raises(BackendResponseError, match="loading model"):
             await backend.complete(LONG_PROMPT, SamplingParams(max_tokens=5))
-    finally:
-        await backend.aclose()
-        server.close()
     assert hung_up, "the first try's connection stayed open to the end"
     assert hung_up[0] - started < 1.0, hung_up[0] - started  # given up at once; the retry starts at 1.5 s
 
