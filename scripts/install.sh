@@ -24,15 +24,27 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 
 stamp="$venv/.vstreamer-installed-${extras//,/-}"
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/install.sh ]; then
   echo "==> vstreamer[$extras] already installed in $venv"
   exit 0
 fi
 
-if [[ ",$extras," == *",local,"* || ",$extras," == *",dev,"* ]] &&
-   ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
-  echo "==> installing llama-cpp-python: it compiles llama.cpp from source, about 5 minutes the first time"
-  echo "    (later installs reuse pip's cached wheel). Progress follows."
+# llama.cpp is compiled for x86-64-v3 (AVX2, FMA, F16C), not for the build machine's own CPU: a native build uses
+# every instruction the CPU lists, and some virtual machines list AMX without letting programs run it (the model
+# then dies of an illegal instruction on its first token). The wheel is built once per version and flags, and kept.
+llama_version=$(sed -n 's/^ *"llama-cpp-python==\([0-9.]*\)",*$/\1/p' pyproject.toml | head -1)
+llama_flags="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+if [ "$(uname -m)" != x86_64 ]; then llama_flags=""; fi  # elsewhere llama.cpp's own defaults
+llama_wheels="${XDG_CACHE_HOME:-$HOME/.cache}/vstreamer/wheels/llama-cpp-python-$llama_version-$(echo "$llama_flags" | cksum | cut -d' ' -f1)"
+if [[ ",$extras," == *",local,"* || ",$extras," == *",dev,"* || ",$extras," == *",server,"* ]] &&
+   ! [ -f "$venv/.llama-$(basename "$llama_wheels")" ]; then
+  if ! ls "$llama_wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "==> building llama-cpp-python $llama_version: it compiles llama.cpp from source, about 5 minutes, once"
+    CMAKE_ARGS="$llama_flags" "$venv/bin/python" -m pip wheel --no-deps --no-cache-dir --progress-bar on \
+      -w "$llama_wheels" "llama-cpp-python==$llama_version"
+  fi
+  "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$llama_wheels"/llama_cpp_python-*.whl
+  touch "$venv/.llama-$(basename "$llama_wheels")"
 fi
 echo "==> installing vstreamer[$extras] into $venv"
 "$venv/bin/python" -m pip install --progress-bar on -e ".[$extras]" 2>&1 |
