@@ -104,15 +104,17 @@ def bm25_scores(query: str, documents: Sequence[str], k1: float = 1.2, b: float 
     if not docs or not query_terms:
         return [0.0] * len(documents)
     average = sum(sum(d.values()) for d in docs) / len(docs) or 1.0
+    # Document frequencies counted once, in one pass (per document and term, it was quadratic in the facts: tens
+    # of milliseconds per reply at 200 facts, on the event loop).
+    frequency = Counter(term for doc in docs for term in query_terms & doc.keys())
+    idf = {term: math.log(1 + (len(docs) - n + 0.5) / (n + 0.5)) for term, n in frequency.items()}
     scores = []
     for doc in docs:
         length = sum(doc.values())
         score = 0.0
         for term in query_terms & doc.keys():
-            frequency = sum(1 for d in docs if term in d)
-            idf = math.log(1 + (len(docs) - frequency + 0.5) / (frequency + 0.5))
             tf = doc[term]
-            score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average))
+            score += idf[term] * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average))
         scores.append(score)
     return scores
 

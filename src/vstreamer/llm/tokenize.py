@@ -90,9 +90,8 @@ class RemoteTokenizer:
         elif kind == "llama_cpp":
             count = await self._llama_tokenize(text)
         if count is None:
-            count = estimate_tokens(text)
-            if self.kind is None:
-                return count  # a stand-in while the server is unreachable: not cached
+            # A stand-in, never cached: the tokenizer may answer next time (a server starting up or restarting).
+            return estimate_tokens(text)
         self._cache.put(text, count)
         return count
 
@@ -121,34 +120,45 @@ class RemoteTokenizer:
 
     async def role_overhead(self, role: Role) -> int:
         if not self._overheads:
-            self._overheads = await self._measure_overheads()
+            measured = await self._measure_overheads()
+            if measured is None:  # the server is unreachable: estimate for now, measure once it answers
+                return MESSAGE_OVERHEAD
+            self._overheads = measured
         return self._overheads[role]
 
-    async def _measure_overheads(self) -> dict[Role, int]:
+    async def _measure_overheads(self) -> dict[Role, int] | None:
+        """The per-role overheads, kept for good; ``None`` while the server cannot be asked (nothing is kept)."""
         kind = await self.detect()
         if kind == "vllm":
-            # Render [system x] and [system x, role x] with the server's own chat template; the differences are
-            # exact, template quirks included (a default system prompt is only added when none is given).
-            text = await self.count_text("x")
-            base = await self._vllm_tokenize(messages=[ChatMessage("system", "x")])
-            overheads: dict[Role, int] = {}
-            if base is not None:
-                overheads["system"] = base - text
-                for role in ("user", "assistant"):
-                    two = await self._vllm_tokenize(
-                        messages=[ChatMessage("system", "x"), ChatMessage(role, "x")]
-                    )
-                    if two is None:
-                        break
-                    overheads[role] = two - base - text
-                else:
-                    self.template_measured = True
-                    return overheads
-            logger.info("vLLM /tokenize refused chat messages; using an estimated template overhead")
-            self.reason = "the server's /tokenize does not render chat messages; template overhead estimated"
-            return dict.fromkeys(("system", "user", "assistant"), MESSAGE_OVERHEAD)
+            return await self._measure_template()
         if kind == "llama_cpp":
             return dict.fromkeys(("system", "user", "assistant"), _TEXT_ONLY_OVERHEAD)
+        if self.kind is None:
+            return None  # "estimate" only for now: the server is unreachable, its kind still unknown
+        return dict.fromkeys(("system", "user", "assistant"), MESSAGE_OVERHEAD)
+
+    async def _measure_template(self) -> dict[Role, int] | None:
+        """Overheads measured with vLLM's own chat template; ``None`` when a request failed on the network."""
+        # Render [system x] and [system x, role x] with the server's own chat template; the differences are
+        # exact, template quirks included (a default system prompt is only added when none is given).
+        self._unreachable = False
+        text = await self.count_text("x")
+        base = await self._vllm_tokenize(messages=[ChatMessage("system", "x")])
+        overheads: dict[Role, int] = {}
+        if base is not None:
+            overheads["system"] = base - text
+            for role in ("user", "assistant"):
+                two = await self._vllm_tokenize(messages=[ChatMessage("system", "x"), ChatMessage(role, "x")])
+                if two is None:
+                    break
+                overheads[role] = two - base - text
+        if self._unreachable:
+            return None  # a network failure is not the server refusing chat messages: measure again later
+        if len(overheads) == 3:
+            self.template_measured = True
+            return overheads
+        logger.info("vLLM /tokenize refused chat messages; using an estimated template overhead")
+        self.reason = "the server's /tokenize does not render chat messages; template overhead estimated"
         return dict.fromkeys(("system", "user", "assistant"), MESSAGE_OVERHEAD)
 
     @property

@@ -1,0 +1,73 @@
+"""Remote token counts: what an outage or a failed ``/tokenize`` leaves behind once the server answers again."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from vstreamer.llm.base import ChatMessage
+from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.tokenize import RemoteTokenizer
+
+
+class FlakyVLLM:
+    """vLLM's ``/tokenize`` (a word a token, 3 tokens around each chat message) that can be taken down."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.refuse_prompts = False
+        """Answer 500 to plain-text requests (the server is up)."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("connection refused")
+        body = json.loads(request.content)
+        if "messages" in body:
+            return httpx.Response(
+                200, json={"count": sum(3 + len(m["content"].split()) for m in body["messages"])}
+            )
+        if self.refuse_prompts:
+            return httpx.Response(500)
+        return httpx.Response(200, json={"count": len(body["prompt"].split())})
+
+
+def tokenizer(server: FlakyVLLM) -> RemoteTokenizer:
+    return RemoteTokenizer(httpx.AsyncClient(transport=httpx.MockTransport(server)), "http://vllm/v1", "m")
+
+
+async def test_overheads_are_not_kept_from_an_outage_at_the_first_count() -> None:
+    server = FlakyVLLM()
+    server.up = False  # still starting
+    counter = tokenizer(server)
+    during = await counter.count_message(ChatMessage("user", "hello there"))
+    assert during == estimate_tokens("hello there") + await counter.role_overhead("user")
+    assert counter.kind is None and not counter.template_measured
+    server.up, counter._retry_at = True, 0.0  # back, and the retry delay is over
+    assert await counter.count_message(ChatMessage("user", "hello there")) == 2 + 3
+    assert counter.kind == "vllm" and counter.template_measured
+
+
+async def test_a_network_failure_while_measuring_the_template_is_not_a_refusal() -> None:
+    server = FlakyVLLM()
+    counter = tokenizer(server)
+    assert await counter.detect() == "vllm"
+    server.up = False
+    await counter.role_overhead("user")
+    assert not counter.template_measured and counter.reason == ""
+    server.up = True
+    assert await counter.role_overhead("user") == 3 and counter.template_measured
+
+
+async def test_an_estimate_standing_in_for_a_failed_count_is_not_cached() -> None:
+    server = FlakyVLLM()
+    counter = tokenizer(server)
+    assert await counter.count_text("one two three") == 3
+    server.refuse_prompts = True
+    assert await counter.count_text("four five") == estimate_tokens("four five")
+    server.up = False
+    assert await counter.count_text("six seven") == estimate_tokens("six seven")
+    server.up, server.refuse_prompts = True, False
+    assert await counter.count_text("four five") == 2
+    assert await counter.count_text("six seven") == 2
+    assert await counter.count_text("one two three") == 3
