@@ -29,7 +29,7 @@ _ops = st.one_of(
     ),  # fmt: skip
     st.tuples(st.just("settle"), st.integers(0, 400), st.sampled_from(["complete", "failed", "interrupted"])),
     st.tuples(st.just("trim"), st.integers(1, 30)),
-    st.tuples(st.just("fit"), st.integers(0, 300)),
+    st.tuples(st.just("fit"), st.integers(0, 300), st.integers(0, 60), st.sampled_from([2, 5, 128])),
     st.tuples(st.just("reset")),
 )
 
@@ -56,9 +56,10 @@ def test_kept_window_is_the_walked_window(ops: list[tuple[object, ...]]) -> None
                 conversation.reset()
             else:
                 turns.append(Turn("user", "now?"))  # the message to answer
-                room = int(op[1])  # type: ignore[call-overload]
-                kept = await fit_history(conversation, room, _count)
-                walked, _ = await walk(turns, len(turns) - 1, room, _count)
+                room, start, limit = (int(v) for v in op[1:])  # type: ignore[call-overload]
+                kept = await fit_history(conversation, room, _count, start=start, limit=limit)
+                walked, _ = await walk(turns, len(turns) - 1, room, _count, start=start, limit=limit)
+                assert len(walked.indices) <= limit and all(i >= start for i in walked.indices)
                 assert kept.indices == walked.indices
                 assert kept.used == walked.used <= room
                 assert all(a is b for a, b in zip(kept.messages, walked.messages, strict=True))
@@ -73,6 +74,7 @@ async def test_kept_window_is_the_walked_window_in_long_chats(seed: int) -> None
     conversation = Conversation("p")
     turns = conversation.turns
     room = 120
+    start, limit = 0, rng.choice([7, 30, 128])
     fast = 0
     for _ in range(600):
         roll = rng.random()
@@ -93,12 +95,14 @@ async def test_kept_window_is_the_walked_window_in_long_chats(seed: int) -> None
             del turns[: rng.randint(1, 60)]
         elif roll < 0.68:
             room = rng.randint(0, 400)
+        elif roll < 0.70:  # the summary moved on (now and then back: a session read again)
+            start = rng.randint(0, len(turns)) if rng.random() < 0.8 else rng.randint(0, start)
         else:
             turns.append(Turn("user", "now?"))
             index = conversation.history_index
-            kept = await fit_history(conversation, room, _count)
+            kept = await fit_history(conversation, room, _count, start=start, limit=limit)
             fast += conversation.history_index is index
-            walked, _ = await walk(turns, len(turns) - 1, room, _count)
+            walked, _ = await walk(turns, len(turns) - 1, room, _count, start=start, limit=limit)
             assert (kept.indices, kept.used) == (walked.indices, walked.used)
             assert all(a is b for a, b in zip(kept.messages, walked.messages, strict=True))
     assert fast > 50  # the index was used, not rebuilt each time

@@ -339,3 +339,15 @@ def test_the_gateway_serves_from_postgresql(start_gateway, postgres) -> None:  #
     listing = httpx.get(f"{server.url}/api/sessions/pg-1/messages").json()["data"]
     assert [m["content"] for m in listing] == ["hi", "收到：hi"]
     assert httpx.get(f"{server.url}/readyz").json()["checks"]["database"]["ok"]
+    # A NUL in an id or name (PostgreSQL holds no NUL): a 400 that says so, not a database error (a 503).
+    for method, path in [
+        ("GET", "/api/sessions/pg%00/messages"), ("DELETE", "/api/sessions/pg%00"),
+        ("GET", "/api/viewers/api/u%00/memory"), ("DELETE", "/api/viewers/api/u%00/memory"),
+        ("DELETE", "/api/viewers/api/u/memory/f%00"), ("GET", "/api/memory/export?platform=%00"),
+    ]:  # fmt: skip
+        answer = httpx.request(method, server.url + path)
+        assert answer.status_code == 400, (path, answer.text)
+        assert "NUL" in answer.json()["error"]["message"]
+    assert [m["content"] for m in httpx.get(f"{server.url}/api/sessions/pg-1/messages").json()["data"]] == [
+        "hi", "收到：hi",
+    ]  # fmt: skip

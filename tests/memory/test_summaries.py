@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
 
 from tests.memory.conftest import ScriptedBackend
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, MemoryPolicy, Turn
 from vstreamer.engine.summary import Summarizer
+from vstreamer.engine.window import MAX_HISTORY_TURNS
 from vstreamer.errors import BackendUnavailable
 from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.persona import Persona
+from vstreamer.store import open_store
 
 
 async def chat(engine: DialogueEngine, conversation: Conversation, persona: Persona, text: str) -> str:
@@ -119,3 +125,79 @@ async def test_memory_off_switches_keep_prompts_plain(xiaoxing: Persona, small_b
         await chat(engine, conversation, xiaoxing, "我" + filler(index))
     await engine.tasks.drain()
     assert backend.kinds["summary"] == [] and backend.kinds["facts"] == []
+
+
+def _numbers(texts: Iterable[str]) -> set[int]:
+    return {int(n) for text in texts for n in re.findall(r"msg(\d+)\b", text)}
+
+
+@pytest.mark.parametrize("stalled", [0, 250], ids=["summariser-keeps-up", "summariser-stalls-for-a-while"])
+@pytest.mark.parametrize("session_cache", [None, 0], ids=["cached", "read-each-turn"])
+async def test_long_sessions_summarise_every_turn_that_leaves_the_prompt(
+    xiaoxing: Persona, tmp_path: Path, session_cache: int | None, stalled: int
+) -> None:
+    """Short messages in a wide context: hundreds of turns would fit. The prompt takes a bounded window, the store
+    keeps every turn not summarised yet (its cache trims, a read of the session goes back to the summary), so each
+    message is either in the last prompt or in a fold, never in both, never in neither; also when the summariser
+    hangs for a few hundred turns."""
+    store = await open_store(None, tmp_path, session_cache=session_cache)
+    gate = asyncio.Event()
+    backend = ScriptedBackend(reply=lambda m: "ok", summary=lambda m: "（闲聊）", summary_gate=gate)
+    budget = ContextBudget(context_window=8192, max_tokens=256)
+    memory = MemoryManager(backend, budget, summaries=store, policy=MemoryPolicy(facts=False))
+    engine = DialogueEngine(backend, budget, store=store, memory=memory)
+    record = await store.create_session(xiaoxing.id, owner="o")
+    sent = max(stalled, 200) + 60
+    try:
+        for index in range(sent):
+            conversation = await store.load_conversation(record.id)  # as the gateway does on every request
+            await chat(engine, conversation, xiaoxing, f"msg{index}")
+            if index >= stalled:
+                gate.set()
+                await engine.tasks.drain()
+    finally:
+        await engine.aclose()
+        await store.close()
+    raw = _numbers(m.content for m in backend.kinds["reply"][-1][1:])
+    folded = _numbers(prompt[-1].content for prompt in backend.kinds["summary"])
+    assert len(raw) <= MAX_HISTORY_TURNS and not raw & folded and len(backend.kinds["summary"]) > 5
+    waiting = set(range(sent)) - raw - folded  # left the window since the last fold: fewer than a fold takes
+    assert all(max(folded) < n < min(raw) for n in waiting) and 2 * len(waiting) < memory.policy.summary_batch
+
+
+async def test_a_raid_of_messages_left_out_of_prompts_does_not_stop_the_summary(
+    xiaoxing: Persona, small_budget: ContextBudget
+) -> None:
+    """A fold waits for enough turns that prompts carried; a stretch of blocked ones longer than a fold's reach
+    moves the summary past them instead of holding it there for good."""
+    backend = ScriptedBackend(summary=lambda m: "（闲聊）")
+    engine = DialogueEngine(backend, small_budget, memory=MemoryManager(backend, small_budget))
+    conversation = Conversation(xiaoxing.id)
+    for _ in range(40):
+        conversation.add(Turn("user", "刷屏", status="blocked"))
+        conversation.add(Turn("assistant", "请文明发言", status="blocked"))
+    for index in range(150):
+        await chat(engine, conversation, xiaoxing, f"msg{index} " + filler(index))
+        await engine.tasks.drain()
+    folded = _numbers(prompt[-1].content for prompt in backend.kinds["summary"])
+    window = _numbers(m.content for m in backend.kinds["reply"][-1][1:])
+    waiting = set(range(150)) - window - folded
+    assert folded and all(max(folded) < n < min(window) for n in waiting) and len(waiting) < 6
+
+
+async def test_summarised_turns_never_come_back_raw_beside_their_summary(
+    xiaoxing: Persona, small_budget: ContextBudget
+) -> None:
+    """A wider window (the system message got smaller again) would have room for turns already folded: they stay
+    out, the summary speaks for them."""
+    backend = ScriptedBackend()
+    engine = DialogueEngine(backend, small_budget, memory=MemoryManager(backend, small_budget))
+    conversation = Conversation(xiaoxing.id)
+    for index in range(6):
+        conversation.add(Turn("user", f"msg{index}"))
+        conversation.add(Turn("assistant", "好呀"))
+    conversation.summary, conversation.summary_until = "他们聊了 msg0 到 msg3", conversation.turns[7].id
+    await chat(engine, conversation, xiaoxing, "msg6")
+    prompt = backend.kinds["reply"][-1]
+    assert "msg0 到 msg3" in prompt[0].content
+    assert _numbers(m.content for m in prompt[1:]) == {4, 5, 6}

@@ -54,8 +54,10 @@ async def test_a_session_deleted_while_it_is_read_does_not_come_back(
     cached.cache.sessions.pop(record.id)  # evicted, or a restart
     read = cached._read_conversation
 
-    async def deleted_meanwhile(session_id: str, recent: int) -> tuple[SessionRecord, Conversation] | None:
-        found = await read(session_id, recent)
+    async def deleted_meanwhile(
+        session_id: str, recent: int, **options: bool
+    ) -> tuple[SessionRecord, Conversation] | None:
+        found = await read(session_id, recent, **options)
         assert await cached.delete_session(session_id)
         return found
 
@@ -77,8 +79,10 @@ async def test_a_read_that_misses_a_write_around_the_cache_is_not_kept(
     read = cached._read_conversation
     saving: list[asyncio.Future[None]] = []
 
-    async def committed_meanwhile(session_id: str, recent: int) -> tuple[SessionRecord, Conversation] | None:
-        found = await read(session_id, recent)
+    async def committed_meanwhile(
+        session_id: str, recent: int, **options: bool
+    ) -> tuple[SessionRecord, Conversation] | None:
+        found = await read(session_id, recent, **options)
         saving.append(cached.queue_turn(stranger, turn))
         await saving[0]
         return found

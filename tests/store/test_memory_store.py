@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from tests.memory.conftest import ScriptedBackend, facts_json
 from vstreamer.engine import ContextBudget, DialogueEngine, Fact, MemoryManager, Turn, ViewerKey
+from vstreamer.errors import StoreError
 from vstreamer.persona import PersonaLibrary
 from vstreamer.store import Store, open_store
 
@@ -136,3 +139,26 @@ async def test_text_with_nul_characters_is_stored_without_them(store: Store) -> 
     assert [t.content for t in await store.list_messages(record.id)] == ["helloworld"]
     assert (await store.load_conversation(record.id)).summary == "they met"
     assert [f.text for f in await store.viewer_facts(viewer)] == ["likes cats"]
+
+
+async def test_a_summary_of_a_deleted_session_never_reaches_a_new_one_under_its_id(store: Store) -> None:
+    """A fold still running when its session is deleted ends after a client made the session again (same id): its
+    summary, of the old talk, is refused, and neither the new session's rows nor its cached copy get it."""
+    record = await store.create_session("xiaoxing", owner="o", session_id="s-1")
+    old = await store.load_conversation(record.id)
+    turn = Turn("user", "my secret is 42")
+    old.turns.append(turn)
+    await store.save_turn(old, turn)
+    assert await store.delete_session(record.id)
+    await store.create_session("xiaoxing", owner="o", session_id="s-1")
+    new = await store.load_conversation("s-1")
+    with pytest.raises(StoreError):
+        await store.save_summary("s-1", "they said their secret is 42", covers_until=turn.id)
+    assert await store.summary_history("s-1") == []
+    assert new.summary == "" and new.summary_until is None
+    assert (await store.load_conversation("s-1")).summary == ""
+    fresh = Turn("user", "hello again")
+    new.turns.append(fresh)
+    await store.save_turn(new, fresh)
+    await store.save_summary("s-1", "they said hello", covers_until=fresh.id)  # its own turns: stored
+    assert [s.text for s in await store.summary_history("s-1")] == ["they said hello"]

@@ -58,6 +58,8 @@ class BuiltContext:
     protected: tuple[str, ...] = ()
     """The instructions a reply must not recite: the system messages without their memory blocks (a summary of
     the conversation or what a viewer said is no secret, and replies may well repeat it)."""
+    history_from: int = 0
+    """The oldest turn the history could take (those before it are summarised)."""
 
 
 class ContextBuilder:
@@ -73,9 +75,15 @@ class ContextBuilder:
         self._notes: LRU[tuple[int, str], tuple[Persona, ChatMessage | None]] = LRU(512)
 
     async def build(
-        self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
+        self,
+        conversation: Conversation,
+        persona: Persona,
+        *,
+        memory: Sequence[str] = (),
+        history_from: int = 0,
     ) -> BuiltContext:
-        """Prompt for replying to the conversation's last turn (the new user message)."""
+        """Prompt for replying to the conversation's last turn (the new user message); the history is taken from
+        ``history_from`` on (the turns before it are in the running summary among the ``memory`` blocks)."""
         if not conversation.turns or conversation.turns[-1].role != "user":
             raise ValueError("the conversation must end with the user message to answer")
         user = conversation.user_name
@@ -111,7 +119,7 @@ class ContextBuilder:
                 "shorten the message or raise context_window"
             )
         room = budget - fixed_cost - system_cost
-        history = await fit_history(conversation, room, self._turn_tokens)
+        history = await fit_history(conversation, room, self._turn_tokens, start=history_from)
         messages = [system, *history.messages, *tail]
         if getattr(self.backend, "counts_add_up", False):
             # The shares are the count (the history took ``used`` of ``room``): no second pass over the prompt.
@@ -138,6 +146,7 @@ class ContextBuilder:
             window_start=start,
             memory=tuple(memory),
             protected=(instructions, note.content) if note is not None else (instructions,),
+            history_from=history_from,
         )
 
     def _system_message(

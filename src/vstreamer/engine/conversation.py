@@ -105,6 +105,21 @@ class Conversation:
         self.turns.append(turn)
         return turn
 
+    def summarised_index(self) -> int | None:
+        """Where ``summary_until`` sits in ``turns`` (``None``: no summary, or its turn is not held), kept in
+        ``summary_index`` between calls."""
+        until, turns = self.summary_until, self.turns
+        if until is None:
+            return None
+        hint = self.summary_index
+        if hint is not None and 0 <= hint < len(turns) and turns[hint].id == until:
+            return hint
+        for index in range(len(turns) - 1, -1, -1):
+            if turns[index].id == until:
+                self.summary_index = index
+                return index
+        return None
+
     def reset(self) -> None:
         self.turns.clear()
         self.summary = ""

@@ -161,9 +161,14 @@ class DialogueEngine:
         return made
 
     async def build_context(
-        self, conversation: Conversation, persona: Persona, *, memory: Sequence[str] = ()
+        self,
+        conversation: Conversation,
+        persona: Persona,
+        *,
+        memory: Sequence[str] = (),
+        history_from: int = 0,
     ) -> BuiltContext:
-        return await self.context.build(conversation, persona, memory=memory)
+        return await self.context.build(conversation, persona, memory=memory, history_from=history_from)
 
     async def reply(
         self,
@@ -216,7 +221,9 @@ class DialogueEngine:
                     if self.memory
                     else Recall()
                 )
-                context = await self.build_context(conversation, persona, memory=recall.blocks)
+                context = await self.build_context(
+                    conversation, persona, memory=recall.blocks, history_from=recall.history_from
+                )
             except BaseException as exc:
                 refused = isinstance(exc, ContextBudgetError)
                 if refused:  # kept, as failed: never in a later prompt (where it would not fit either)
@@ -399,7 +406,10 @@ class DialogueEngine:
         before = Conversation(conversation.persona_id, conversation.user_name, conversation.id,
                               conversation.turns[:-1])  # fmt: skip
         note = reinforcement(persona.language, persona.char_name)
-        return (await self.context.build(before, persona, memory=(*context.memory, note))).messages
+        rebuilt = await self.context.build(
+            before, persona, memory=(*context.memory, note), history_from=context.history_from
+        )
+        return rebuilt.messages
 
     def _queue(self, conversation: Conversation, turn: Turn) -> asyncio.Future[None]:
         """Start committing ``turn``: straight into the store's queue where it has one (no task to run it)."""

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
@@ -22,6 +23,7 @@ from vstreamer.engine.stats import EngineStats
 from vstreamer.engine.summary import Summarizer
 from vstreamer.errors import VStreamerError
 from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.lru import LRU
 
 if TYPE_CHECKING:
     from vstreamer.engine.context import BuiltContext, ContextBudget
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _MAX_PENDING = 16
+_FORGOTTEN_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class Recall:
     blocks: tuple[str, ...] = ()
     summary_id: str | None = None
     facts: tuple[Fact, ...] = ()
+    history_from: int = 0
+    """The oldest turn the prompt's history may take: the summary holds those before it."""
 
 
 class FactStore(Protocol):
@@ -151,6 +156,8 @@ class MemoryManager:
         self.extractor = FactExtractor(backend, max_tokens=self.policy.extract_max_tokens)
         self.facts_tokens = min(self.policy.facts_tokens, budget.prompt_budget // 8)
         self._pending: dict[str, list[tuple[Conversation, Persona, Turn]]] = {}
+        self._forgotten: LRU[ViewerKey, float] = LRU(_FORGOTTEN_KEPT)
+        """When each viewer was last forgotten (``time.time()``, as ``Turn.created_at``): see :meth:`forget`."""
         self.fact_filter: Callable[[str], str | None] | None = None
         """Vets a fact before it is stored (the engine's moderation: a fact reaches later system prompts, so a
         viewer must not plant instructions or banned words through it); returns the text to keep, or ``None``."""
@@ -168,7 +175,11 @@ class MemoryManager:
         if chosen:
             lines = "\n".join(f"- {fact.text}" for fact in chosen)
             blocks.append(f"{facts_label.format(user=conversation.user_name)}\n{lines}")
-        return Recall(tuple(blocks), conversation.summary_id, tuple(chosen))
+        # Turns up to the summary's last are in it (or never were in prompts): never raw beside it, also when a
+        # wider window (a smaller system message) would have room for them again.
+        covered = conversation.summarised_index() if self.policy.summaries else None
+        history_from = 0 if covered is None else covered + 1
+        return Recall(tuple(blocks), conversation.summary_id, tuple(chosen), history_from)
 
     async def _relevant_facts(self, conversation: Conversation, query: str) -> list[Fact]:
         viewer = viewer_of(conversation)
@@ -203,41 +214,43 @@ class MemoryManager:
     ) -> None:
         """Schedule the background work this turn calls for; returns at once."""
         if self.policy.summaries:
-            evicted = self.evicted(conversation, context.window_start)
-            if len(evicted) >= self.policy.summary_batch:
-                self.tasks.spawn(f"summary:{conversation.id}", self._fold(conversation, persona, evicted))
-        if self.policy.facts and viewer_of(conversation) and worth_extracting(user_turn.content):
+            evicted, until = self.evicted(conversation, context.window_start)
+            if until is not None:
+                self.tasks.spawn(
+                    f"summary:{conversation.id}", self._fold(conversation, persona, evicted, until)
+                )
+        # Only from a message that prompts carry: one whose commit failed (or that was refused) is not remembered.
+        learnable = user_turn.in_prompt and worth_extracting(user_turn.content)
+        if self.policy.facts and viewer_of(conversation) and learnable:
             pending = self._pending.setdefault(conversation.id, [])
             pending.append((conversation, persona, user_turn))
             del pending[:-_MAX_PENDING]
             self.tasks.spawn(f"facts:{conversation.id}", self._extract_pending(conversation.id))
 
-    def evicted(self, conversation: Conversation, window_start: int) -> list[Turn]:
-        """The oldest turns that left the window and are not in the summary yet (at most ``max_fold_turns``): when
-        folds fall behind (a slow summariser, a busy chat), the next ones catch up in order and skip none."""
-        covered = self._covered_index(conversation, 0)
+    def evicted(self, conversation: Conversation, window_start: int) -> tuple[list[Turn], str | None]:
+        """The oldest turns that left the window and are not in the summary yet, and the id of the last turn the fold
+        covers (``None``: nothing to fold yet). A fold waits for ``summary_batch`` of them in prompts, unless the
+        turns that left fill a whole fold (``max_fold_turns``, which bounds its work): then it takes what is there,
+        few or none (a raid of blocked messages), so the summary never stops moving. When folds fall behind (a slow
+        summariser, a busy chat), the next ones catch up in order and skip none."""
+        covered = conversation.summarised_index()
         start = 0 if covered is None else covered + 1  # not found: older than every turn held in memory
         end = min(window_start, start + self.policy.max_fold_turns)
-        return [t for t in conversation.turns[start:end] if t.in_prompt]
+        if end <= start:
+            return [], None
+        turns = [t for t in conversation.turns[start:end] if t.in_prompt]
+        if len(turns) < self.policy.summary_batch and end - start < self.policy.max_fold_turns:
+            return turns, None
+        return turns, conversation.turns[end - 1].id
 
-    @staticmethod
-    def _covered_index(conversation: Conversation, lowest: int) -> int | None:
-        """Index of ``summary_until`` in the turns (cached on the conversation; a bounded search otherwise)."""
-        until, turns = conversation.summary_until, conversation.turns
-        if until is None:
-            return None
-        hint = conversation.summary_index
-        if hint is not None and 0 <= hint < len(turns) and turns[hint].id == until:
-            return hint
-        for index in range(len(turns) - 1, lowest - 1, -1):
-            if turns[index].id == until:
-                conversation.summary_index = index
-                return index
-        return None
-
-    async def _fold(self, conversation: Conversation, persona: Persona, turns: list[Turn]) -> None:
-        text = await self.summarizer.fold(persona, conversation.user_name, conversation.summary, turns)
-        until = turns[-1].id
+    async def _fold(
+        self, conversation: Conversation, persona: Persona, turns: list[Turn], until: str
+    ) -> None:
+        text = (
+            await self.summarizer.fold(persona, conversation.user_name, conversation.summary, turns)
+            if turns
+            else conversation.summary  # nothing said that prompts carry: the summary only moves on
+        )
         summary_id = new_id()
         if self.summaries is not None:
             try:
@@ -262,10 +275,24 @@ class MemoryManager:
         finally:
             self._pending.pop(key, None)
 
+    def forget(self, viewer: ViewerKey) -> None:
+        """Stop learning from what ``viewer`` said so far; call it before deleting their facts ("forget me").
+
+        Extractions of their earlier messages, queued or in flight, would otherwise store facts after the delete.
+        """
+        self._forgotten.put(viewer, time.time())
+        for pending in self._pending.values():
+            pending[:] = [entry for entry in pending if viewer_of(entry[0]) != viewer]
+
+    def _may_learn(self, viewer: ViewerKey, turn: Turn) -> bool:
+        """``turn`` is in prompts (its commit did not fail) and newer than the viewer's last "forget me"."""
+        forgotten = self._forgotten.get(viewer)
+        return turn.in_prompt and (forgotten is None or turn.created_at > forgotten)
+
     async def learn(self, conversation: Conversation, persona: Persona, turn: Turn) -> list[Fact]:
         """Extract and remember the facts the viewer states in ``turn``; returns those newly remembered."""
         viewer = viewer_of(conversation)
-        if viewer is None:
+        if viewer is None or not self._may_learn(viewer, turn):
             return []
         failures = self.extractor.failures
         texts = await self.extractor.extract(persona, conversation.user_name, turn.content)
@@ -282,8 +309,18 @@ class MemoryManager:
                 fresh.append(fact)
         if not fresh:
             return []  # all known already: nothing to embed or store
-        fresh = await self._embed(fresh)
-        added = await self.facts.add_facts(viewer, fresh, keep=self.policy.facts_per_viewer)
+        return await self._remember(viewer, turn, await self._embed(fresh))
+
+    async def _remember(self, viewer: ViewerKey, turn: Turn, facts: list[Fact]) -> list[Fact]:
+        """Store ``facts`` unless the viewer was forgotten meanwhile (checked again once they are stored: a delete
+        may have run while they were being written)."""
+        if not self._may_learn(viewer, turn):  # forgotten, or its commit failed, while the model was asked
+            return []
+        added = await self.facts.add_facts(viewer, facts, keep=self.policy.facts_per_viewer)
+        if added and not self._may_learn(viewer, turn):
+            for fact in added:
+                await self.facts.delete_facts(viewer, fact_id=fact.id)
+            return []
         self.stats.facts_added += len(added)
         return added
 

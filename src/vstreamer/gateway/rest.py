@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, TypeAlias
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,12 +12,15 @@ from vstreamer.errors import StoreError
 from vstreamer.gateway.chat import API_PLATFORM, api_viewer_id
 from vstreamer.gateway.errors import APIError
 from vstreamer.gateway.readiness import public
+from vstreamer.gateway.schemas import Text
 from vstreamer.gateway.state import gateway_state, principal
 from vstreamer.persona import Persona
 from vstreamer.persona.limits import MAX_FILE_BYTES
 from vstreamer.store import SessionRecord
 
 router = APIRouter()
+StoredId: TypeAlias = Text
+"""An id or name from a path or a query: text the database can hold (a NUL in it is a 400, not a database error)."""
 
 
 def _persona_summary(persona: Persona) -> dict[str, Any]:
@@ -106,7 +109,7 @@ async def list_sessions(
 
 @router.get("/api/sessions/{session_id}/messages")
 async def session_messages(
-    session_id: str,
+    session_id: StoredId,
     request: Request,
     limit: int = Query(1000, ge=1, le=5000),
     offset: int = Query(0, ge=0, le=10_000_000),
@@ -119,7 +122,7 @@ async def session_messages(
 
 
 @router.delete("/api/sessions/{session_id}", status_code=204)
-async def delete_session(session_id: str, request: Request, owner: str = Depends(principal)) -> Response:
+async def delete_session(session_id: StoredId, request: Request, owner: str = Depends(principal)) -> Response:
     if not await gateway_state(request).store.delete_session(session_id, owner=owner):
         raise APIError(404, f"no session {session_id!r}", code="session_not_found")
     return Response(status_code=204)
@@ -144,7 +147,7 @@ def _fact(fact: Fact, owner: str) -> dict[str, Any]:
 
 @router.get("/api/viewers/{platform}/{user_id}/memory")
 async def viewer_memory(
-    platform: str, user_id: str, request: Request, owner: str = Depends(principal)
+    platform: StoredId, user_id: StoredId, request: Request, owner: str = Depends(principal)
 ) -> dict[str, Any]:
     """What is remembered about one viewer, newest first."""
     facts = await gateway_state(request).store.viewer_facts(_viewer(platform, user_id, owner), limit=1000)
@@ -153,16 +156,24 @@ async def viewer_memory(
 
 @router.delete("/api/viewers/{platform}/{user_id}/memory")
 async def forget_viewer(
-    platform: str, user_id: str, request: Request, owner: str = Depends(principal)
+    platform: StoredId, user_id: StoredId, request: Request, owner: str = Depends(principal)
 ) -> dict[str, Any]:
     """Forget everything about the viewer ("forget me")."""
-    deleted = await gateway_state(request).store.delete_facts(_viewer(platform, user_id, owner))
+    state, viewer = gateway_state(request), _viewer(platform, user_id, owner)
+    memory = state.runtime.engine.memory
+    if memory is not None:  # first: an extraction in flight must not store facts after the delete
+        memory.forget(viewer)
+    deleted = await state.store.delete_facts(viewer)
     return {"deleted": deleted}
 
 
 @router.delete("/api/viewers/{platform}/{user_id}/memory/{fact_id}")
 async def forget_fact(
-    platform: str, user_id: str, fact_id: str, request: Request, owner: str = Depends(principal)
+    platform: StoredId,
+    user_id: StoredId,
+    fact_id: StoredId,
+    request: Request,
+    owner: str = Depends(principal),
 ) -> dict[str, Any]:
     deleted = await gateway_state(request).store.delete_facts(
         _viewer(platform, user_id, owner), fact_id=fact_id
@@ -174,7 +185,9 @@ async def forget_fact(
 
 @router.get("/api/memory/export")
 async def export_memory(
-    request: Request, platform: str | None = Query(None, max_length=32), owner: str = Depends(principal)
+    request: Request,
+    platform: Annotated[StoredId | None, Query(max_length=32)] = None,
+    owner: str = Depends(principal),
 ) -> dict[str, Any]:
     """Every remembered fact (live-platform viewers, and this key's API viewers), for operators."""
     facts = await gateway_state(request).store.export_facts(platform=platform)

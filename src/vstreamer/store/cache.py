@@ -36,10 +36,12 @@ class SessionCache:
     REMEMBERED_CHANGES = 1024
     """How many keys' latest change are remembered; a read older than the oldest forgotten one is not kept."""
 
-    def __init__(self, size: int, *, keep_turns: int = 200) -> None:
+    def __init__(self, size: int, *, keep_turns: int = 200, max_turns: int = 1000) -> None:
         self.sessions: LRU[str, CachedSession] = LRU(size)
         self.facts: LRU[tuple[ViewerKey, int], list[Fact]] = LRU(size)
         self.keep_turns = keep_turns
+        self.max_turns = max_turns
+        """Turns a cached conversation holds at most, summarised or not (a summariser that fails for good)."""
         self._clock = 0
         self._changed: OrderedDict[Hashable, int] = OrderedDict()
         """A session id or viewer → the clock at its latest change, oldest first."""
@@ -56,11 +58,23 @@ class SessionCache:
             return None
         conversation = entry.conversation
         if len(conversation.turns) > 2 * self.keep_turns and not conversation.replying.locked():
-            # Long sessions: older turns live in the summary; keep the cached window bounded (not under a reply
-            # being made, whose prompt holds places in the list).
-            del conversation.turns[: -self.keep_turns]
-            conversation.summary_index = None
+            self._trim(conversation)
         return entry.record, conversation
+
+    def _trim(self, conversation: Conversation) -> None:
+        """Long sessions: the turns the running summary holds go, down to ``keep_turns`` (not under a reply being
+        made, whose prompt holds places in the list). Turns not summarised yet stay (the summary must still read
+        them), up to ``max_turns``."""
+        turns = conversation.turns
+        cut = len(turns) - self.keep_turns
+        covered = conversation.summarised_index()
+        if covered is not None:
+            cut = min(cut, covered)  # the summary's last turn stays: it marks where the summary ends
+        elif len(turns) <= self.max_turns:
+            return
+        if cut > 0:
+            del turns[:cut]
+            conversation.summary_index = None
 
     def token(self) -> int:
         """Taken before a read of the database: :meth:`current` then tells whether its result may be cached."""

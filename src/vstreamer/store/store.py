@@ -111,13 +111,18 @@ class Store(MemoryTables):
     """
 
     RECENT_TURNS = 200
+    """Turns a session is read with (more than a prompt's window: :data:`~vstreamer.engine.window.MAX_HISTORY_TURNS`)
+    and kept with in the cache."""
+    HELD_TURNS = 1000
+    """Turns a session is read with when the running summary is further back than :attr:`RECENT_TURNS` (or there is
+    none): those that left the window without being summarised yet must be there for the summary to take them."""
 
     def __init__(self, engine: AsyncEngine, *, session_cache: int | None = None) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         if session_cache is None:
             session_cache = 1000 if engine.dialect.name == "sqlite" else 0
-        self.cache = SessionCache(session_cache, keep_turns=self.RECENT_TURNS)
+        self.cache = SessionCache(session_cache, keep_turns=self.RECENT_TURNS, max_turns=self.HELD_TURNS)
         self.writer = TurnWriter(engine, on_settled=self._settled)
 
     @asynccontextmanager
@@ -256,7 +261,7 @@ class Store(MemoryTables):
         if hit is not None:
             return hit
         token = self.cache.token()
-        loaded = await self._read_conversation(session_id, self.RECENT_TURNS)
+        loaded = await self._read_conversation(session_id, self.RECENT_TURNS, to_summary=True)
         if loaded is None:
             return None
         # Loaded concurrently: share one object. Changed meanwhile (deleted, say): this read is not cached.
@@ -267,8 +272,10 @@ class Store(MemoryTables):
 
     @_shielded
     async def _read_conversation(
-        self, session_id: str, recent: int
+        self, session_id: str, recent: int, *, to_summary: bool = False
     ) -> tuple[SessionRecord, Conversation] | None:
+        """The session's header and newest ``recent`` turns; ``to_summary``: also every older one back to the running
+        summary's last (:attr:`HELD_TURNS` at most)."""
         async with self._tx() as session:
             header = await session.get(SessionRow, session_id)
             if header is None:
@@ -282,6 +289,22 @@ class Store(MemoryTables):
             )
             rows = list((await session.execute(query)).all())
             latest = await self._latest_summary(session, session_id)
+            until = latest.covers_until_turn_id if latest else None
+            if to_summary and len(rows) == recent < self.HELD_TURNS and all(r.id != until for r in rows):
+                # Older turns may not be summarised yet: read back to the summary's last turn (or the held most).
+                query = query.limit(self.HELD_TURNS)
+                mark = None
+                if until is not None:
+                    where = (MessageRow.id == until) & (MessageRow.session_id == session_id)
+                    mark = (
+                        await session.execute(select(MessageRow.created_at, MessageRow.pk).where(where))
+                    ).first()
+                if mark is not None:
+                    at, pk = mark
+                    query = query.where(
+                        (MessageRow.created_at > at) | (MessageRow.created_at == at) & (MessageRow.pk >= pk)
+                    )
+                rows = list((await session.execute(query)).all())
         rows.reverse()
         conversation = Conversation(
             header.persona_id, user_name=header.user_name or "观众", id=header.id,
@@ -358,7 +381,10 @@ class Store(MemoryTables):
         summary_id, now = new_id(), _now()
         row = {"id": summary_id, "session_id": session_id, "covers_until_turn_id": covers_until,
                "text": storable(summary), "created_at": now}  # fmt: skip
-        await self.writer.submit(Write(session_id, now, summary=row))  # with the turns' group commit
+        write = Write(session_id, now, summary=row)
+        await self.writer.submit(write)  # with the turns' group commit
+        if not write.inserted:
+            raise StoreError(f"session {session_id} does not hold turn {covers_until} (deleted meanwhile?)")
         self.cache.changed(session_id)  # a read begun before the commit keeps the older summary to itself
         cached = self.cache.sessions.get(session_id)
         if cached is not None and (conversation := cached.conversation) is not None:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, bindparam, update
+from sqlalchemy import DateTime, Dialect, bindparam, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -62,7 +62,9 @@ class Write:
     notify: bool = False
     """Whether the writer's ``on_settled`` hears of this write when it is committed (it hears of every failure)."""
     inserted: bool | None = None
-    """For a ``session``, once committed: whether its row was made (``False``: a session with its id was there)."""
+    """For a ``session``, once committed: whether its row was made (``False``: a session with its id was there).
+    For a ``summary``: whether it was stored (``False``: the turn it covers is not the session's, which was deleted
+    meanwhile, perhaps made again under the same id)."""
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -101,8 +103,26 @@ class _Statements:
             .values(updated_at=bindparam("now", type_=_SESSIONS.c.updated_at.type))
         )
         # Idempotent, as the others: a batch whose commit may have happened after all (its acknowledgement lost) is
-        # retried write by write, and a summary already stored must not fail then.
-        self.summary = insert(_SUMMARIES).on_conflict_do_nothing(index_elements=["id"])
+        # retried write by write, and a summary already stored must not fail then. Stored only while the turn it
+        # covers is the session's: a fold that ends after its session was deleted (and a new one made under the same
+        # id, as a client that names its session does at once) must not give the new session the old one's talk.
+        row = {
+            name: bindparam(name, type_=_SUMMARIES.c[name].type)
+            for name in ("id", "session_id", "covers_until_turn_id", "text", "created_at")
+        }
+        covered = (
+            select(_MESSAGES.c.id)
+            .where(_MESSAGES.c.id == row["covers_until_turn_id"])
+            .where(_MESSAGES.c.session_id == row["session_id"])
+        )
+        self.summary = (
+            insert(_SUMMARIES)
+            .from_select(
+                list(row),
+                select(*row.values()).where(row["covers_until_turn_id"].is_(None) | exists(covered)),
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
         self.current_summary = (
             update(_SESSIONS)
             .where(_SESSIONS.c.id == bindparam("sid"))
@@ -110,32 +130,27 @@ class _Statements:
         )
 
     def plan(self, writes: Sequence[Write]) -> list[tuple[UpdateBase, list[dict[str, Any]]]]:
-        """The statements of one batch with their rows, after its new sessions (:meth:`apply`): turns, sessions'
-        ``updated_at``, summaries and each session's current summary (the batch's last for it)."""
+        """The statements of one batch with their rows, after its new sessions and before its summaries
+        (:meth:`apply`): turns and sessions' ``updated_at``."""
         messages: list[dict[str, Any]] = []
         latest: dict[str, datetime] = {}
-        summaries: list[dict[str, Any]] = []
-        current: dict[str, str] = {}
         for w in writes:  # one pass: most batches are one or two turns
             if w.turn is not None:
                 messages.append(message_row(w.session_id, w.turn))
                 if w.touch:
                     latest[w.session_id] = w.now
-            if w.summary is not None:
-                summaries.append(w.summary)
-                current[w.session_id] = w.summary["text"]
         plan: list[tuple[UpdateBase, list[dict[str, Any]]]] = []
         if messages:
             plan.append((self.message, messages))
         if latest:
             plan.append((self.touch, [{"sid": sid, "now": now} for sid, now in latest.items()]))
-        if summaries:
-            plan.append((self.summary, summaries))
-        if current:
-            plan.append(
-                (self.current_summary, [{"sid": sid, "summary_text": text} for sid, text in current.items()])
-            )
         return plan
+
+    @staticmethod
+    def current(writes: Sequence[Write]) -> list[dict[str, Any]]:
+        """Each session's current summary: the batch's last stored one for it (rows of ``current_summary``)."""
+        current = {w.session_id: w.summary["text"] for w in writes if w.summary is not None and w.inserted}
+        return [{"sid": sid, "summary_text": text} for sid, text in current.items()]
 
     def apply(self, connection: Connection, writes: Sequence[Write]) -> None:
         # New sessions one by one, each learning whether it was made: the caller answers with its own record
@@ -145,6 +160,12 @@ class _Statements:
                 write.inserted = connection.execute(self.session, write.session).rowcount == 1
         for statement, rows in self.plan(writes):
             connection.execute(statement, rows)
+        # Summaries one by one, after the turns they may cover, each learning whether it was stored.
+        for write in writes:
+            if write.summary is not None:
+                write.inserted = connection.execute(self.summary, write.summary).rowcount == 1
+        if current := self.current(writes):
+            connection.execute(self.current_summary, current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +266,14 @@ class _SQLiteFile:
             for statement, rows in self.statements.plan(writes):
                 compiled = self._compiled(statement, tuple(rows[0]))
                 connection.executemany(compiled.sql, [self._params(compiled, row) for row in rows])
+            for write in writes:
+                if write.summary is not None:
+                    compiled = self._compiled(self.statements.summary, tuple(write.summary))
+                    made = connection.execute(compiled.sql, self._params(compiled, write.summary)).rowcount
+                    write.inserted = made == 1
+            if current := self.statements.current(writes):
+                compiled = self._compiled(self.statements.current_summary, tuple(current[0]))
+                connection.executemany(compiled.sql, [self._params(compiled, row) for row in current])
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
