@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.estimate import estimate_tokens, typical_tokens
 from vstreamer.llm.models import QWEN_FILE
 from vstreamer.llm.vllm_cpu import cache_root
 
@@ -108,3 +108,16 @@ def test_the_estimate_bounds_real_tokenizers(real_count: Callable[[str], int]) -
     samples = [*OTHER_SCRIPTS.values(), *(text for text, _ in ASCII_WORST.values()), *_mixed_texts(2000)]
     over = [(text, real_count(text), estimate_tokens(text)) for text in samples]
     assert [o for o in over if o[1] > o[2]] == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["hello there, how are you doing today?", "今天直播间好热闹啊，主播加油！", "😀 emoji", "", "a" * 400],
+)
+def test_the_typical_count_for_soft_budgets_stays_under_the_bound(text: str) -> None:
+    """Lorebook and fact budgets count with the likely figure: close to English's ~4 characters a token and one a
+    Chinese character, never above the bound the prompt is checked with."""
+    typical = typical_tokens(text)
+    assert 1 <= typical <= estimate_tokens(text)
+    if text.isascii():
+        assert abs(typical - len(text) / 4) <= 2

@@ -29,7 +29,7 @@ from vstreamer.engine.embeddings import OpenAIEmbeddings
 from vstreamer.engine.extract import FactParseError, parse_facts, worth_extracting
 from vstreamer.engine.facts import bm25_scores, normalize_fact, rank_facts, similar, terms
 from vstreamer.errors import BackendResponseError, StoreError
-from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.estimate import typical_tokens
 from vstreamer.persona import Persona, PersonaLibrary
 
 
@@ -212,7 +212,7 @@ async def test_facts_in_the_prompt_stay_within_their_budget(xiaoxing: Persona) -
     memory = MemoryManager(backend, ContextBudget(4096, 128), facts=store)
     recall = await memory.recall(Conversation(xiaoxing.id, viewer_id="u"), xiaoxing, "石头")
     assert 0 < len(recall.facts) < 100
-    assert sum(estimate_tokens(f.text) + 2 for f in recall.facts) <= memory.facts_tokens
+    assert sum(typical_tokens(f.text) + 2 for f in recall.facts) <= memory.facts_tokens
     assert "石头" in recall.blocks[-1]
 
 

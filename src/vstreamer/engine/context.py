@@ -17,7 +17,7 @@ from vstreamer.engine.conversation import Conversation, Turn
 from vstreamer.engine.window import fit_history
 from vstreamer.errors import ContextBudgetError
 from vstreamer.llm.base import ChatMessage, LLMBackend
-from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.estimate import typical_tokens
 from vstreamer.lru import LRU
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class ContextBuilder:
         recent = [
             t.content for t in conversation.turns[-depth:] if t.in_prompt or t is conversation.turns[-1]
         ]
-        return list(book.activate(recent, count_tokens=estimate_tokens))
+        return list(book.activate(recent, count_tokens=typical_tokens))
 
     async def count_turn(self, turn: Turn) -> None:
         """Count ``turn``'s share of later prompts ahead of time (kept on the turn)."""

@@ -22,7 +22,7 @@ from vstreamer.engine.facts import Fact, ViewerKey, rank_facts, similar
 from vstreamer.engine.stats import EngineStats
 from vstreamer.engine.summary import Summarizer
 from vstreamer.errors import VStreamerError
-from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.estimate import typical_tokens
 from vstreamer.lru import LRU
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class MemoryManager:
                 logger.info("embeddings unavailable, lexical recall only: %s", exc)
         room, chosen = self.facts_tokens, []
         for fact in rank_facts(query, known, query_embedding=query_vector):
-            cost = estimate_tokens(fact.text) + 2
+            cost = typical_tokens(fact.text) + 2
             if cost > room:
                 break
             room -= cost

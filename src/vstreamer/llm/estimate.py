@@ -38,3 +38,11 @@ def estimate_tokens(text: str) -> int:
     other_ascii = len(ascii_only) - merging
     non_ascii_bytes = len(data) - len(ascii_only)
     return non_ascii_bytes + (3 * other_ascii + merging + 1) // 2 + 1
+
+
+def typical_tokens(text: str) -> int:
+    """A likely count, not a bound: four ASCII characters a token (English runs ~4.5), one a character of anything
+    else. For soft budgets that choose what to include (lorebook entries, remembered facts), where the upper bound
+    would leave out a third of what fits (the prompt's own count still guards the context window)."""
+    ascii_count = len(text.encode("utf-8", "surrogatepass").translate(None, _NON_ASCII))
+    return (ascii_count + 3) // 4 + len(text) - ascii_count + 1
