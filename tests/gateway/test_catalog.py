@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from vstreamer.errors import PersonaError, PersonaNotFound
+from vstreamer.gateway import catalog as catalog_module
 from vstreamer.gateway.catalog import PersonaCatalog
-from vstreamer.persona import PersonaLibrary
+from vstreamer.persona import Persona, PersonaLibrary
 from vstreamer.store import Store, open_store
 
 
@@ -88,6 +89,22 @@ async def test_a_card_whose_name_has_a_nul_is_refused_not_a_database_error(
     ).encode()
     with pytest.raises(PersonaError, match="NUL"):
         await catalog.import_bytes(bad, "aria.json", owner="o")
+    assert await store.persona_rows() == []
+
+
+async def test_text_json_cannot_hold_is_a_persona_error_not_a_500(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone surrogate (a JSON \\ud800 escape) in card extensions: refused by the loader; and should one
+    reach the catalog another way, storing it is a PersonaError (400), not a serialization error (500)."""
+    catalog = PersonaCatalog(PersonaLibrary(tmp_path / "personas"), store)
+    bad = rb'{"spec":"chara_card_v2","spec_version":"2.0","data":{"name":"S","extensions":{"k":"\ud800"}}}'
+    with pytest.raises(PersonaError, match="surrogate"):
+        await catalog.import_bytes(bad, "s.json", owner="o")
+    slipped = Persona(id="s", name="S", extensions={"k": "\ud800"})
+    monkeypatch.setattr(catalog_module, "load_persona_bytes", lambda data, filename: slipped)
+    with pytest.raises(PersonaError, match="surrogate"):
+        await catalog.import_bytes(b"{}", "s.json", owner="o")
     assert await store.persona_rows() == []
 
 

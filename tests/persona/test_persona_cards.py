@@ -210,6 +210,34 @@ def test_png_ztxt_and_itxt_chunks(cardkit: type[CardKit]) -> None:
     assert load_persona_bytes(cardkit.png(itxt_plain), "r.png").name == "星"
 
 
+@pytest.mark.parametrize("name", ["Zoë", "Renée", "Björk", "MÃ¼ller", "小星 Zoë"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_png_itxt_raw_json_is_utf8_as_it_is(cardkit: type[CardKit], name: str, compressed: bool) -> None:
+    """iTXt text is UTF-8 already: not re-encoded as Latin-1 (which refused 'Zoë' and turned 'MÃ¼ller'
+    into 'Müller'). tEXt carrying the same UTF-8 bytes reads the same."""
+    raw = json.dumps(cardkit.v2(name), ensure_ascii=False).encode("utf-8")
+    body = zlib.compress(raw) if compressed else raw
+    itxt = cardkit.chunk(b"iTXt", b"chara\0" + bytes([int(compressed), 0]) + b"\0\0" + body)
+    assert load_persona_bytes(cardkit.png(itxt), "i.png").name == name
+    text = cardkit.chunk(b"tEXt", b"chara\0" + raw)
+    assert load_persona_bytes(cardkit.png(text), "t.png").name == name
+
+
+@pytest.mark.parametrize(
+    "broken_chara",
+    [b"zTXt:chara\0\0not zlib", b"zTXt:chara\0\1unknown method", b"iTXt:chara\0\0", b"tEXt:chara\0@@@"],
+)
+def test_png_broken_chara_does_not_matter_next_to_a_good_ccv3(
+    cardkit: type[CardKit], broken_chara: bytes
+) -> None:
+    """V3: "ccv3" wins when both are there, so the V2 copy is not even decoded."""
+    kind, data = broken_chara.split(b":", 1)
+    ccv3 = cardkit.text_chunk("ccv3", cardkit.b64(cardkit.v3("New")))
+    for chunks in ((cardkit.chunk(kind, data), ccv3), (ccv3, cardkit.chunk(kind, data))):
+        p = load_persona_bytes(cardkit.png(*chunks), "both.png")
+        assert (p.name, p.source_format) == ("New", "chara_card_v3")
+
+
 def test_png_without_card(cardkit: type[CardKit]) -> None:
     with pytest.raises(PersonaError, match="no character card"):
         load_persona_bytes(cardkit.png(cardkit.text_chunk("Comment", "hello")), "plain.png")

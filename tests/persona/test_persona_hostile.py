@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vstreamer.errors import PersonaError
-from vstreamer.persona import load_lorebook, load_persona, load_persona_bytes
+from vstreamer.persona import PersonaLibrary, load_lorebook, load_persona, load_persona_bytes
 from vstreamer.persona.limits import MAX_INFLATED_BYTES, MAX_ZIP_TOTAL_BYTES
 from vstreamer.persona.png import SIGNATURE, tiny_png
 
@@ -140,6 +140,33 @@ def test_hostile_text_formats(filename: str, data: bytes) -> None:
     _rejects(data, filename)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        rb'{"spec":"chara_card_v2","spec_version":"2.0","data":{"name":"S","extensions":{"k":"\ud800"}}}',
+        rb'{"spec":"chara_card_v3","spec_version":"3.0","data":{"name":"S","source":["\udfff"]}}',
+        rb'{"spec":"chara_card_v2","spec_version":"2.0","data":{"name":"S","character_book":'
+        rb'{"entries":[{"keys":["a"],"content":"c","extensions":{"\udc00":1}}]}}}',
+        rb'{"name":"S","description":"ok \ud83d then a lone high surrogate"}',
+        rb'{"name":"S","extensions":{"x\ud800y":{"deep":1}}}',
+    ],
+)
+def test_lone_surrogates_are_refused(data: bytes, tmp_path: Path) -> None:
+    """A JSON \\ud800 escape decodes to text UTF-8 cannot hold: storing or serving it failed later
+    (a 500 from the gateway, a traceback from the CLI; in keys it was silently replaced)."""
+    with pytest.raises(PersonaError, match="lone surrogate") as info:
+        load_persona_bytes(data, "s.json")
+    str(info.value).encode("utf-8")  # the message itself can be printed and sent
+    with pytest.raises(PersonaError, match="lone surrogate"):
+        PersonaLibrary(tmp_path).import_bytes(data, "s.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paired_surrogate_escapes_are_fine() -> None:
+    data = rb'{"name":"S","extensions":{"\ud83d\ude00":"\ud83d\ude00"}}'
+    assert load_persona_bytes(data, "s.json").extensions == {"😀": "😀"}
+
+
 def test_too_many_lore_entries(cardkit: Any) -> None:
     book = {"entries": [{"keys": ["k"], "content": "c"}] * 5001}
     _rejects(json.dumps(cardkit.v2(character_book=book)).encode(), "many.json", "5000")
@@ -201,6 +228,14 @@ def test_charx_encrypted_flag(cardkit: Any) -> None:
     central = data.rfind(b"PK\x01\x02")
     struct.pack_into("<H", data, central + 8, 1)
     _rejects(bytes(data), "enc.charx", "encrypted")
+
+
+def test_charx_corrupt_lzma_member(cardkit: Any) -> None:
+    """zipfile inflates LZMA members too, and raises lzma.LZMAError (no OSError) on corrupt ones."""
+    data = bytearray(cardkit.charx({"card.json": json.dumps(cardkit.v3()).encode()}, zipfile.ZIP_LZMA))
+    start = 30 + len("card.json") + 9  # past the local header and the LZMA properties
+    data[start : start + 20] = bytes(b ^ 0xFF for b in data[start : start + 20])
+    _rejects(bytes(data), "lzma.charx", "corrupt")
 
 
 def test_charx_broken_icon_is_ignored(cardkit: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from vstreamer.errors import PersonaError, PersonaNotFound
-from vstreamer.persona import DEFAULT_PERSONA_ID, PersonaLibrary, export_card_png
+from vstreamer.persona import DEFAULT_PERSONA_ID, PersonaLibrary, export_card_png, library, limits
 
 
 def test_bundled_only(tmp_path: Path) -> None:
@@ -126,3 +126,42 @@ def test_exported_png_imports(tmp_path: Path) -> None:
     imported = lib.import_bytes(export_card_png(nova), "nova2.png")
     assert imported.id == "nova2" and imported.name == "Nova Two"
     assert [p.id for p in lib.list()][-1] == "nova2"
+
+
+def _big_book_card(content_chars: int) -> bytes:
+    """A card within the import limits whose normalized copy is bigger than them: the most entries, each
+    filled to ``content_chars`` (every default field gets written out for each of them)."""
+    entries = [{"keys": [f"k{i}"], "content": "c" * content_chars} for i in range(limits.MAX_LORE_ENTRIES)]
+    card = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Big Book", "first_mes": "hi"}}
+    card["data"]["character_book"] = {"entries": entries}
+    data = json.dumps(card, separators=(",", ":")).encode()
+    assert len(data) <= limits.MAX_TEXT_BYTES
+    return data
+
+
+@pytest.mark.parametrize("content_chars", [0, 370])
+def test_a_card_within_the_import_limits_loads_again_after_replace(
+    tmp_path: Path, cardkit: Any, content_chars: int
+) -> None:
+    """Its normalized persona.json is over 2 MiB (0: with indent=2) or 2M characters of text (370): it
+    must still load, and not lose the working copy it replaced."""
+    lib = PersonaLibrary(tmp_path)
+    lib.import_bytes(json.dumps(cardkit.v2("Big Book")).encode(), "small.json")
+    big = lib.import_bytes(_big_book_card(content_chars), "big.json", replace=True)
+    again = PersonaLibrary(tmp_path).get("big-book")
+    assert again.lorebook is not None and len(again.lorebook.entries) == limits.MAX_LORE_ENTRIES
+    assert again == big
+
+
+def test_a_stored_copy_that_would_not_load_keeps_the_old_one(
+    tmp_path: Path, cardkit: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lib = PersonaLibrary(tmp_path)
+    lib.import_bytes(json.dumps(cardkit.v2(description="old")).encode(), "a.json")
+    # stand-in for any normalized form the reader refuses: files over 4000 bytes
+    tight = limits.TreeLimits(text_bytes=4000) if hasattr(limits, "TreeLimits") else None
+    monkeypatch.setattr(library, "STORED_LIMITS", tight, raising=False)
+    with pytest.raises(PersonaError, match="would not load"):
+        lib.import_bytes(json.dumps(cardkit.v2(description="n" * 5000)).encode(), "a.json", replace=True)
+    assert PersonaLibrary(tmp_path).get("aria").description == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aria"]  # no staging leftovers

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 import zlib
 from typing import Any
 
@@ -39,6 +41,85 @@ def test_backtracking_regex_key_already_stored_never_matches(key: str) -> None:
     assert compile_regex(key, case_sensitive=False) is None
     book = Lorebook(entries=[LoreEntry(keys=[key], content="never", use_regex=True)])
     assert book.activate(["a" * 400 + " x = ! bc"]) == []
+
+
+#: a repeat of something that can match in more than one way (alternatives that overlap, an optional
+#: part), or bounded repeats that multiply: each passed the old check and backtracks exponentially
+AMBIGUOUS_REPEATS = [
+    r"(a|a)*b",
+    r"(a|ab)*c",
+    r"(?:x|x){0,100}y",
+    r"(?:a?a)*b",
+    r"(?:a?a?){0,50}b",
+    r"/(?:cat|cats)+!/i",
+    r"a{0,99}a{0,99}a{0,99}b",
+]
+
+
+@pytest.mark.parametrize("key", AMBIGUOUS_REPEATS)
+def test_ambiguous_repeat_regex_key_is_refused_at_import(key: str, cardkit: Any) -> None:
+    data = _card([{"keys": [key], "content": "lore", "use_regex": True}], cardkit)
+    with pytest.raises(PersonaError, match="regex key .* may backtrack catastrophically"):
+        load_persona_bytes(data, "evil.json")
+
+
+def test_ambiguous_repeat_regex_keys_already_stored_cannot_stall_a_turn() -> None:
+    book = Lorebook(entries=[LoreEntry(keys=[k], content=k, use_regex=True) for k in AMBIGUOUS_REPEATS])
+    start = time.perf_counter()
+    found = book.activate(["a" * 18 + "! " + "x" * 18 + "!"])
+    assert time.perf_counter() - start < 0.1  # was seconds, doubling with each letter
+    assert found == []
+
+
+def test_slow_regex_keys_share_a_few_ms_per_turn() -> None:
+    r"""What the static check lets through may still be slow on hostile chat (``(\w|\d)+x`` is
+    quadratic, and ``re`` reads it as ``[\w\d]+x``): the regex keys of one turn share a time budget."""
+    slow = r"(\w|\d)+x"
+    assert unsafe_regex_reason(slow) is None
+    entries = [LoreEntry(keys=["^1+"], content="cheap regex, first", use_regex=True)]
+    entries += [LoreEntry(keys=[slow], content=f"slow {i}", use_regex=True) for i in range(MAX_REGEX_KEYS)]
+    entries += [LoreEntry(keys=["!x"], content="plain key, last")]
+    book = Lorebook(entries=entries, token_budget=0, recursive_scanning=True)
+    book.activate(["1" * 998 + "!x"])  # compiled
+    start = time.perf_counter()
+    found = book.activate(["1" * 998 + "!x"])
+    assert time.perf_counter() - start < 0.1  # was ~1 s: 50 keys of ~20 ms each
+    assert [e.content for e in found] == ["cheap regex, first", "plain key, last"]
+
+
+@pytest.mark.parametrize(
+    ("key", "chat"),
+    [
+        (r"/\b(sword|blade)s?\b/i", "she drew her Blades"),
+        (r"/(?:^|\W)(Nyx|Nix)(?:$|\W)/", "ask Nyx."),
+        (r"/dragon(s|kin)?/i", "the Dragonkin came"),
+        (r"\bkill(s|ed|ing)?\b", "he killed it"),
+        (r"\bcolou?r\b", "what colour"),
+        ("小星|星星", "今天的星星很亮"),
+        (r"/\d{1,3}(?:\.\d{1,3}){3}/", "ping 10.0.0.1 now"),
+        ("(?i)eldoria", "off to ELDORIA"),
+        (r"/the .* tower/i", "The old grey tower"),
+        (r"\w+ing\b", "she was singing"),
+    ],
+)
+def test_everyday_regex_keys_still_match(key: str, chat: str) -> None:
+    assert unsafe_regex_reason(key) is None
+    book = Lorebook(entries=[LoreEntry(keys=[key], content="hit", use_regex=True)])
+    assert [e.content for e in book.activate(["hello", chat])] == ["hit"]
+    assert book.activate(["quiet now."]) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "chat", "hit"),
+    [("{desc}", "see {desc} here", True), ("hello{e}", "hellx", False), ("hello{e}", "hello{e}", True),
+     ("[{d}]{2}", "{d", True), ("a{,2}b{2}", "abb", True)],
+)  # fmt: skip
+def test_regex_keys_read_braces_as_re_does(key: str, chat: str, hit: bool) -> None:
+    """Keys are written for Python's re; the regex engine that runs them must not read a literal
+    ``{e}`` or ``{d}`` as a fuzzy-matching constraint."""
+    book = Lorebook(entries=[LoreEntry(keys=[key], content="hit", use_regex=True)])
+    assert bool(book.activate([chat])) is hit
+    assert (re.search(key, chat, re.IGNORECASE) is not None) is hit
 
 
 def test_ordinary_regex_keys_are_accepted(cardkit: Any) -> None:

@@ -109,7 +109,10 @@ class PersonaCatalog:
         persona = await asyncio.to_thread(load_persona_bytes, data, filename)
         if "\x00" in persona.name:  # stored in a column of its own, which PostgreSQL refuses it in
             raise PersonaError("the persona's name must not contain NUL characters")
-        payload = persona.model_copy(update={"avatar_png": None}).model_dump_json()
+        try:
+            payload = persona.model_copy(update={"avatar_png": None}).model_dump_json()
+        except ValueError as exc:  # text JSON cannot hold (lone surrogates): loaders refuse it already
+            raise PersonaError(f"the persona cannot be stored: {exc}") from exc
         # Checked and stored as one: two keys' imports of one new id both "succeeded".
         async with self._changing:
             existing = {p.id for p in await self.list()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import lzma
 import zipfile
 import zlib
 from typing import Any
@@ -29,6 +30,7 @@ _ZIP_ERRORS = (
     NotImplementedError,
     RuntimeError,
     zlib.error,
+    lzma.LZMAError,  # zipfile reads LZMA (method 14) members too, and this is no OSError
     UnicodeDecodeError,
 )
 
@@ -84,6 +86,8 @@ def read_charx(data: bytes, where: str) -> tuple[Any, bytes | None]:
             OSError,
             EOFError,
             NotImplementedError,
+            zlib.error,
+            lzma.LZMAError,
         ) as exc:
             raise PersonaError(f"{where}: corrupt CHARX archive: {exc}") from exc
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import lzma
 import struct
 import zlib
 from pathlib import Path
@@ -25,7 +26,7 @@ from vstreamer.persona.limits import (
 )
 from vstreamer.persona.lorebook import check_lorebook
 from vstreamer.persona.model import Persona
-from vstreamer.persona.png import SIGNATURE, read_card_chunks, strip_card_chunks
+from vstreamer.persona.png import SIGNATURE, card_chunk_text, find_card_chunks, strip_card_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ _INPUT_ERRORS = (
     UnicodeError,
     OverflowError,
     zlib.error,
+    lzma.LZMAError,
     struct.error,
 )
 
@@ -126,32 +128,31 @@ def persona_from_mapping(obj: Any, where: str) -> Persona:
         raise PersonaError(describe_validation_error(exc, where)) from exc
 
 
-def decode_chunk_json(text: str, where: str) -> Any:
-    """The JSON inside a card text chunk: base64 of UTF-8 (raw JSON is accepted too)."""
-    compact = "".join(text.split())
-    if compact.startswith("{"):
-        try:  # tEXt is read as Latin-1: get the original (UTF-8) bytes back
-            return parse_json(text.encode("latin-1"), where)
-        except UnicodeEncodeError:  # iTXt, already real text
-            return parse_json(text, where)
+def decode_chunk_json(raw: bytes, where: str) -> Any:
+    """The JSON inside a card text chunk: base64 of UTF-8 (raw UTF-8 JSON is accepted too)."""
+    compact = b"".join(raw.split())
+    if compact.startswith(b"{"):
+        return parse_json(raw, where)
     if len(compact) > MAX_TEXT_BYTES * 4 // 3 + 4:
         raise PersonaError(f"{where}: card chunk is larger than {MAX_TEXT_BYTES} bytes")
-    compact += "=" * (-len(compact) % 4)
+    compact += b"=" * (-len(compact) % 4)
     try:
-        raw = base64.b64decode(compact, validate=True)
+        data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise PersonaError(f"{where}: card chunk is not valid base64 ({exc})") from exc
-    return parse_json(raw, where)
+    return parse_json(data, where)
 
 
 def _from_png(data: bytes, where: str) -> Persona:
-    chunks = read_card_chunks(data, where)
+    chunks = find_card_chunks(data, where)
+    # V3: "ccv3" wins when both are there, so "chara" (kept for V2 readers) is not even decoded then
     keyword = "ccv3" if "ccv3" in chunks else "chara" if "chara" in chunks else None
     if keyword is None:
         raise PersonaError(f"{where}: PNG holds no character card (no 'chara' or 'ccv3' text chunk)")
-    obj = decode_chunk_json(chunks[keyword], f"{where}: '{keyword}' chunk")
+    here = f"{where}: '{keyword}' chunk"
+    obj = decode_chunk_json(card_chunk_text(chunks[keyword], where), here)
     if not isinstance(obj, dict):
-        raise PersonaError(f"{where}: '{keyword}' chunk is not a JSON object")
+        raise PersonaError(f"{here} is not a JSON object")
     persona = persona_from_card(obj, where)
     return persona.model_copy(update={"avatar_png": strip_card_chunks(data, where)})
 

@@ -1,13 +1,16 @@
 """The persona library: bundled personas plus the ones a user imported.
 
-User personas live in ``user_dir/<id>/``: ``persona.json`` (normalized, our format), ``avatar.png``
-(when the card had an image) and ``original<suffix>`` (the bytes as imported). Methods do blocking
+User personas live in ``user_dir/<id>/``: ``persona.json`` (normalized, our format, compact JSON),
+``avatar.png`` (when the card had an image) and ``original<suffix>`` (the bytes as imported). A folder
+is written aside and swapped in only once its ``persona.json`` reads back, so an import either gives a
+persona that loads or leaves the previous copy as it was. Methods do blocking
 file I/O: call them from a worker thread in async code. Returned personas are shared: treat them as
 read-only (use ``model_copy`` to change one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -21,7 +24,7 @@ from pydantic import ValidationError
 
 from vstreamer.errors import PersonaError, PersonaNotFound
 from vstreamer.persona.files import load_persona_bytes, read_limited
-from vstreamer.persona.limits import MAX_TEXT_BYTES, describe_validation_error, parse_json
+from vstreamer.persona.limits import STORED_LIMITS, describe_validation_error, parse_json
 from vstreamer.persona.model import ID_PATTERN, Persona
 
 logger = logging.getLogger(__name__)
@@ -106,14 +109,7 @@ class PersonaLibrary:
 
     @staticmethod
     def _read_stored(folder: Path) -> Persona:
-        where = f"{folder.name}/{PERSONA_FILE}"
-        obj = parse_json(read_limited(folder / PERSONA_FILE, MAX_TEXT_BYTES), where)
-        try:
-            persona = Persona.model_validate(obj)
-        except ValidationError as exc:
-            raise PersonaError(describe_validation_error(exc, where)) from exc
-        if persona.id != folder.name:
-            raise PersonaError(f"{where}: id {persona.id!r} does not match its folder")
+        persona = _read_persona_file(folder / PERSONA_FILE, folder.name)
         avatar = folder / AVATAR_FILE
         if avatar.is_file():
             persona = persona.model_copy(update={"avatar_png": read_limited(avatar)})
@@ -170,14 +166,47 @@ class PersonaLibrary:
             (staging / f"original{suffix}").write_bytes(original)
             if persona.avatar_png is not None:
                 (staging / AVATAR_FILE).write_bytes(persona.avatar_png)
-            text = json.dumps(normalized, ensure_ascii=False, indent=2)
+            # compact: indenting 5000 lore entries doubles the file
+            text = json.dumps(normalized, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             (staging / PERSONA_FILE).write_text(text, encoding="utf-8")
+            _read_back(staging / PERSONA_FILE, persona.id)
             if target.exists():
                 target.rename(retired)
             staging.rename(target)
         except OSError as exc:
+            if retired.exists() and not target.exists():
+                with contextlib.suppress(OSError):
+                    retired.rename(target)  # the swap failed half-way: put the previous copy back
             raise PersonaError(f"cannot store persona {persona.id!r}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # (UnicodeEncodeError too) text or numbers JSON cannot hold
+            raise PersonaError(f"cannot store persona {persona.id!r}: {exc}") from exc
         finally:
             for leftover in (staging, retired):
                 if leftover.exists():
                     shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _read_persona_file(path: Path, persona_id: str) -> Persona:
+    """The persona in a library ``persona.json`` that must have id ``persona_id``.
+
+    Read with STORED_LIMITS, not the upload limits: the normalized form of an upload is bigger.
+    """
+    where = f"{persona_id}/{PERSONA_FILE}"
+    obj = parse_json(read_limited(path, STORED_LIMITS.text_bytes), where, STORED_LIMITS)
+    try:
+        persona = Persona.model_validate(obj)
+    except ValidationError as exc:
+        raise PersonaError(describe_validation_error(exc, where)) from exc
+    if persona.id != persona_id:
+        raise PersonaError(f"{where}: id {persona.id!r} does not match its folder")
+    return persona
+
+
+def _read_back(path: Path, persona_id: str) -> None:
+    """Refuse a freshly written ``persona.json`` that later loads would skip as unreadable."""
+    try:
+        _read_persona_file(path, persona_id)
+    except PersonaError as exc:
+        raise PersonaError(
+            f"cannot store persona {persona_id!r}: its stored copy would not load ({exc})"
+        ) from exc

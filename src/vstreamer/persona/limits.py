@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -46,6 +47,36 @@ MAX_NODES = 1_000_000
 MAX_TOTAL_CHARS = MAX_TEXT_BYTES
 
 
+@dataclass(frozen=True, slots=True)
+class TreeLimits:
+    """How big one parsed JSON/YAML/TOML document may be."""
+
+    text_bytes: int = MAX_TEXT_BYTES
+    """Its text, in UTF-8 bytes (and in characters)."""
+    total_chars: int = MAX_TOTAL_CHARS
+    """Characters of all its strings, keys included."""
+    nodes: int = MAX_NODES
+    """Values in it."""
+    nesting: int = MAX_NESTING
+    """Levels of containers."""
+
+
+#: what an imported persona file may hold
+UPLOAD_LIMITS = TreeLimits()
+#: the library's own normalized ``persona.json``. It is bigger than the upload it came from: every
+#: default field is written out (about 15 values and 140 characters of key names per lore entry, with
+#: MAX_LORE_ENTRIES entries), unknown card fields sit one level deeper (under ``extensions``), and
+#: re-encoding grows some text (YAML/TOML quotes and tabs get escaped, ``9e15`` is written
+#: ``9000000000000000.0``). A persona that imported must load again, so these are generous; the
+#: library also reads each file back before it replaces the old copy.
+STORED_LIMITS = TreeLimits(
+    text_bytes=5 * MAX_TEXT_BYTES,
+    total_chars=2 * MAX_TOTAL_CHARS,
+    nodes=MAX_NODES + 20 * MAX_LORE_ENTRIES + 1000,
+    nesting=MAX_NESTING + 2,
+)
+
+
 class _NoAliases:
     """Constructor mixin refusing YAML aliases: a node built twice is one an alias points to.
 
@@ -81,28 +112,28 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def decode_text(data: bytes, where: str) -> str:
-    """UTF-8 text of at most MAX_TEXT_BYTES (a BOM is dropped)."""
-    if len(data) > MAX_TEXT_BYTES:
-        raise PersonaError(f"{where}: text is {len(data)} bytes, more than the {MAX_TEXT_BYTES} allowed")
+def decode_text(data: bytes, where: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """UTF-8 text of at most ``max_bytes`` (a BOM is dropped)."""
+    if len(data) > max_bytes:
+        raise PersonaError(f"{where}: text is {len(data)} bytes, more than the {max_bytes} allowed")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PersonaError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
-def parse_json(data: bytes | str, where: str) -> Any:
+def parse_json(data: bytes | str, where: str, limits: TreeLimits = UPLOAD_LIMITS) -> Any:
     """Parse JSON text within the size, depth and node limits."""
-    text = decode_text(data, where) if isinstance(data, bytes) else data
-    if len(text) > MAX_TEXT_BYTES:
-        raise PersonaError(f"{where}: JSON text is longer than {MAX_TEXT_BYTES} characters")
+    text = decode_text(data, where, limits.text_bytes) if isinstance(data, bytes) else data
+    if len(text) > limits.text_bytes:
+        raise PersonaError(f"{where}: JSON text is longer than {limits.text_bytes} characters")
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise PersonaError(f"{where}: JSON is nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError is a ValueError
         raise PersonaError(f"{where}: invalid JSON: {exc}") from exc
-    check_tree(value, where)
+    check_tree(value, where, limits)
     return value
 
 
@@ -140,8 +171,9 @@ def parse_toml(data: bytes, where: str) -> Any:
 _SCALARS = (str, int, float, bool, type(None))
 
 
-def check_tree(value: Any, where: str) -> None:
-    """Reject values that are too deep, too many, too long together (aliases, cycles) or not JSON-like.
+def check_tree(value: Any, where: str, limits: TreeLimits = UPLOAD_LIMITS) -> None:
+    """Reject values that are too deep, too many, too long together (aliases, cycles), not JSON-like,
+    or text that is not valid Unicode.
 
     Iterative, so hostile nesting cannot exhaust the Python stack.
     """
@@ -150,28 +182,52 @@ def check_tree(value: Any, where: str) -> None:
     while stack:
         node, depth, path = stack.pop()
         visited += 1
-        if visited > MAX_NODES:
-            raise PersonaError(f"{where}: document holds more than {MAX_NODES} values")
+        if visited > limits.nodes:
+            raise PersonaError(f"{where}: document holds more than {limits.nodes} values")
         if isinstance(node, str):
             chars += len(node)
-            if chars > MAX_TOTAL_CHARS:
-                raise PersonaError(f"{where}: document holds more than {MAX_TOTAL_CHARS} characters of text")
-        if depth > MAX_NESTING:
-            shown = path if len(path) <= 120 else path[:120] + "..."
-            raise PersonaError(f"{where}: data nested deeper than {MAX_NESTING} levels at {shown}")
+            if chars > limits.total_chars:
+                raise PersonaError(
+                    f"{where}: document holds more than {limits.total_chars} characters of text"
+                )
+            _check_unicode(node, where, path)
+        if depth > limits.nesting:
+            raise PersonaError(f"{where}: data nested deeper than {limits.nesting} levels at {_shown(path)}")
         if isinstance(node, _SCALARS):
             continue
         if isinstance(node, Mapping):
             for key, item in node.items():
                 if not isinstance(key, str):
-                    raise PersonaError(f"{where}: non-string key {key!r} at {path or '<root>'}")
+                    raise PersonaError(f"{where}: non-string key {key!r} at {_shown(path)}")
                 chars += len(key)
-                stack.append((item, depth + 1, f"{path}.{key}" if path else key))
+                child = f"{path}.{key}" if path else key
+                _check_unicode(key, where, child)
+                stack.append((item, depth + 1, child))
         elif isinstance(node, list):
             stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(node))
         else:
             kind = type(node).__name__
-            raise PersonaError(f"{where}: unsupported value of type {kind} at {path or '<root>'}")
+            raise PersonaError(f"{where}: unsupported value of type {kind} at {_shown(path)}")
+
+
+def _check_unicode(text: str, where: str, path: str) -> None:
+    """Refuse lone surrogates (what a JSON ``\\ud800`` escape decodes to): text that cannot be written as
+    UTF-8 would only fail later, when the persona is stored or sent back to a client."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise PersonaError(
+            f"{where}: text at {_shown(path)} holds a lone surrogate (\\u{code:04x}), which is not valid Unicode"
+        ) from exc
+
+
+def _shown(path: str) -> str:
+    """``path`` for an error message: short, and printable even when it holds a lone surrogate."""
+    shown = path if len(path) <= 120 else path[:120] + "..."
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8") or "<root>"
 
 
 def describe_validation_error(exc: ValidationError, where: str, max_errors: int = 5) -> str:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 from vstreamer.errors import PersonaError
-from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.estimate import typical_tokens
 from vstreamer.persona.limits import (
     MAX_LIST_ITEMS,
     MAX_LORE_ENTRIES,
@@ -22,7 +22,7 @@ from vstreamer.persona.limits import (
     MAX_REGEX_KEYS,
     MAX_STRING_CHARS,
 )
-from vstreamer.persona.matching import Matcher, ScanText, keys_matcher, unsafe_regex_reason
+from vstreamer.persona.matching import Matcher, RegexBudget, ScanText, keys_matcher, unsafe_regex_reason
 
 Text = Annotated[str, StringConstraints(max_length=MAX_STRING_CHARS)]
 Key = Annotated[str, StringConstraints(max_length=1000)]
@@ -157,7 +157,7 @@ class Lorebook(BaseModel):
         return compiled
 
     def activate(
-        self, recent: Sequence[str], count_tokens: Callable[[str], int] = estimate_tokens
+        self, recent: Sequence[str], count_tokens: Callable[[str], int] = typical_tokens
     ) -> list[LoreEntry]:
         """Entries triggered by the last ``scan_depth`` texts of ``recent`` (oldest first), plus constants.
 
@@ -168,12 +168,13 @@ class Lorebook(BaseModel):
         window = list(recent)[-self.scan_depth :] if self.scan_depth else []  # deques too
         base = "\n".join(window)
         active = {c.index: c for c in compiled if c.always}
-        found = self._scan(compiled, active, ScanText.of(base)) if window else []
+        budget = RegexBudget()  # one for all the scans: a slow regex key cannot stall the turn
+        found = self._scan(compiled, active, ScanText.of(base, budget)) if window else []
         rounds = MAX_RECURSION_ROUNDS if self.recursive_scanning else 0
         while found and rounds > 0:
             rounds -= 1
             extra = "\n".join(c.entry.prompt_text for c in found)
-            found = self._scan(compiled, active, ScanText.of(base + "\n" + extra))
+            found = self._scan(compiled, active, ScanText.of(base + "\n" + extra, budget))
         chosen = sorted(active.values(), key=lambda c: (c.entry.insertion_order, c.index))
         return [c.entry for c in self._fit_budget(chosen, count_tokens)]
 

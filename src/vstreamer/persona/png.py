@@ -81,19 +81,23 @@ def _inflate(data: bytes, where: str) -> bytes:
     return out
 
 
-def decode_text_chunk(chunk: Chunk, where: str = "PNG") -> tuple[str, str]:
-    """(keyword, text) of a tEXt, zTXt or iTXt chunk."""
+def card_chunk_text(chunk: Chunk, where: str = "PNG") -> bytes:
+    """The text of a tEXt, zTXt or iTXt card chunk, inflated, as the bytes its writer meant.
+
+    Card writers put UTF-8 (mostly ASCII base64) in every chunk type: tEXt/zTXt, which PNG calls
+    Latin-1, are taken byte for byte, and iTXt is UTF-8 already (re-encoding it as Latin-1, as if it
+    were tEXt, refused 'Zoë' and turned 'MÃ¼ller' into 'Müller').
+    """
     here = f"{where}: {chunk.type.decode('ascii')} chunk at byte {chunk.offset}"
     keyword, sep, rest = chunk.data.partition(b"\0")
     if not sep or not 1 <= len(keyword) <= 79:
         raise PersonaError(f"{here}: malformed keyword")
-    key = keyword.decode("latin-1")
     if chunk.type == b"tEXt":
-        return key, rest.decode("latin-1")
+        return rest
     if chunk.type == b"zTXt":
         if not rest or rest[0] != 0:
             raise PersonaError(f"{here}: unknown compression method")
-        return key, _inflate(rest[1:], here).decode("latin-1")
+        return _inflate(rest[1:], here)
     if len(rest) < 2:
         raise PersonaError(f"{here}: truncated iTXt header")
     compressed, method = rest[0], rest[1]
@@ -105,26 +109,27 @@ def decode_text_chunk(chunk: Chunk, where: str = "PNG") -> tuple[str, str]:
         if method != 0:
             raise PersonaError(f"{here}: unknown compression method")
         body = _inflate(body, here)
-    try:
-        return key, body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PersonaError(f"{here}: iTXt text is not UTF-8") from exc
+    return body
 
 
-def read_card_chunks(data: bytes, where: str = "PNG") -> dict[str, str]:
-    """The ``chara``/``ccv3`` text chunks of a PNG (keyword lower-cased; the first of each wins)."""
-    found: dict[str, str] = {}
+def find_card_chunks(data: bytes, where: str = "PNG") -> dict[str, Chunk]:
+    """The ``chara``/``ccv3`` text chunks of a PNG by lower-cased keyword (the first of each wins),
+    not yet inflated: a reader decodes only the one it uses."""
+    found: dict[str, Chunk] = {}
     for chunk in iter_chunks(data, where):
         if chunk.type not in _TEXT_TYPES:
             continue
         keyword = chunk.data[:6].partition(b"\0")[0].lower().decode("latin-1")
-        if keyword not in CARD_KEYWORDS or keyword in found:
-            # skip without inflating chunks we do not need: at most one chunk per card keyword is
-            # decoded, so a file inflates to at most len(CARD_KEYWORDS) * MAX_INFLATED_BYTES
-            continue
-        key, text = decode_text_chunk(chunk, where)
-        found[key.lower()] = text
+        # later chunks of a keyword are never inflated, so a file inflates to at most
+        # len(CARD_KEYWORDS) * MAX_INFLATED_BYTES
+        if keyword in CARD_KEYWORDS and keyword not in found:
+            found[keyword] = chunk
     return found
+
+
+def read_card_chunks(data: bytes, where: str = "PNG") -> dict[str, bytes]:
+    """The text of the ``chara``/``ccv3`` chunks of a PNG by lower-cased keyword (see ``card_chunk_text``)."""
+    return {key: card_chunk_text(chunk, where) for key, chunk in find_card_chunks(data, where).items()}
 
 
 def strip_card_chunks(data: bytes, where: str = "PNG") -> bytes:
