@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ import pytest
 from sqlalchemy import event
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, Turn
-from vstreamer.errors import BackendUnavailable, ConfigError, StoreError
+from vstreamer.errors import BackendUnavailable, ConfigError, PersonaError, StoreError
+from vstreamer.gateway.catalog import PersonaCatalog
+from vstreamer.gateway.errors import APIError
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.persona import PersonaLibrary
@@ -629,3 +632,33 @@ async def test_sessions_are_searched_by_title_in_any_case(store: Store) -> None:
     assert await titles("%_") == ["100%_literal"]
     assert await titles("披萨") == ["披萨时间"]
     assert len(await titles("")) == 4
+
+
+async def test_instances_sharing_a_database_cannot_take_each_others_personas(
+    store: Store, tmp_path: Path
+) -> None:
+    """Two gateways on one database, each with the personas it loaded at start: another key's import of the same id
+    is refused (not written over it), and its delete deletes nothing, whatever either instance holds in memory."""
+    card = json.dumps({"spec": "chara_card_v2", "spec_version": "2.0",
+                       "data": {"name": "Alpha", "description": "alice's"}}).encode()  # fmt: skip
+    first, second = (PersonaCatalog(PersonaLibrary(tmp_path / name), store) for name in ("one", "two"))
+    await first.load()
+    await second.load()  # before alice's import: it knows of no stored persona
+    await first.import_bytes(card, "alpha.json", owner="alice")
+    for replace in (False, True):
+        with pytest.raises((PersonaError, APIError)):
+            await second.import_bytes(
+                card.replace(b"alice's", b"bob's"), "alpha.json", owner="bob", replace=replace
+            )
+    with pytest.raises(APIError) as refused:
+        await second.delete("alpha", owner="bob")
+    assert refused.value.status == 403
+    [(data, _, owner)] = await store.persona_rows()
+    assert owner == "alice" and "alice's" in data
+    assert (await second.get("alpha")).description == "alice's"  # it serves the stored copy now
+    await first.import_bytes(
+        card.replace(b"alice's", b"alice's v2"), "alpha.json", owner="alice", replace=True
+    )
+    assert "alice's v2" in (await store.persona_rows())[0][0]
+    await first.delete("alpha", owner="alice")
+    assert await store.persona_rows() == []

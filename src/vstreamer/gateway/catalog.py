@@ -113,15 +113,21 @@ class PersonaCatalog:
             payload = persona.model_copy(update={"avatar_png": None}).model_dump_json()
         except ValueError as exc:  # text JSON cannot hold (lone surrogates): loaders refuse it already
             raise PersonaError(f"the persona cannot be stored: {exc}") from exc
-        # Checked and stored as one: two keys' imports of one new id both "succeeded".
+        # Checked and stored as one: two keys' imports of one new id both "succeeded". The store checks again, in
+        # the database, against what other instances (or this one before it loaded) stored meanwhile.
         async with self._changing:
             existing = {p.id for p in await self.list()}
             if persona.id in existing and not (replace and self.is_stored(persona.id)):
                 raise PersonaError(f"a persona with id {persona.id!r} exists already")
             self._check_owner(persona.id, owner)
-            await self.store.save_persona(
-                persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png
+            done = await self.store.save_persona(
+                persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png, replace=replace
             )
+            if done in ("exists", "owned"):
+                await self._reload()  # another instance stored it: serve its copy from now on
+                if done == "owned":
+                    raise _owned_elsewhere(persona.id)
+                raise PersonaError(f"a persona with id {persona.id!r} exists already")
             self._stored[persona.id] = persona
             self._owners[persona.id] = owner
             self._forget()
@@ -134,13 +140,24 @@ class PersonaCatalog:
                     f"{persona_id!r} is not a persona imported through the API; it cannot be deleted here"
                 )
             self._check_owner(persona_id, owner)
-            await self.store.delete_persona(persona_id)
+            done = await self.store.delete_persona(persona_id, owner=owner)
+            if done == "owned":  # replaced with another key through another instance
+                await self._reload()
+                raise _owned_elsewhere(persona_id)
             self._stored.pop(persona_id, None)
             self._owners.pop(persona_id, None)
             self._forget()
 
+    async def _reload(self) -> None:
+        await self.load()
+        self._forget()
+
     def _check_owner(self, persona_id: str, owner: str) -> None:
         """Every key may use every persona; only the key that imported one may replace or delete it."""
         if persona_id in self._owners and self._owners[persona_id] != owner:
-            raise APIError(403, f"persona {persona_id!r} was imported with another API key", param="persona_id",
-                           type_="permission_error", code="persona_owned_elsewhere")  # fmt: skip
+            raise _owned_elsewhere(persona_id)
+
+
+def _owned_elsewhere(persona_id: str) -> APIError:
+    return APIError(403, f"persona {persona_id!r} was imported with another API key", param="persona_id",
+                    type_="permission_error", code="persona_owned_elsewhere")  # fmt: skip

@@ -12,9 +12,11 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -100,6 +102,10 @@ def _holds(conversation: Conversation, turn: Turn) -> bool:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+PersonaWrite = Literal["created", "replaced", "exists", "owned", "deleted", "missing"]
+"""What :meth:`Store.save_persona` or :meth:`Store.delete_persona` did (or found in its way)."""
 
 
 class Store(MemoryTables):
@@ -443,14 +449,33 @@ class Store(MemoryTables):
 
     @_shielded
     async def save_persona(
-        self, persona_id: str, name: str, data: str, *, owner: str, avatar_png: bytes | None
-    ) -> None:
+        self,
+        persona_id: str,
+        name: str,
+        data: str,
+        *,
+        owner: str,
+        avatar_png: bytes | None,
+        replace: bool = False,
+    ) -> PersonaWrite:
+        """Store a persona imported with ``owner``'s key: ``created``; ``replaced`` (only with ``replace``, only one
+        this owner stored); or nothing, ``exists`` or ``owned`` (stored with another key). Checked and written in the
+        database, in one statement each: instances sharing it (or a check that read an old copy) cannot overwrite
+        another key's persona."""
+        fields = {"name": name, "data": data, "avatar_png": avatar_png}
         async with self._tx() as session:
-            await session.merge(
-                PersonaRow(
-                    id=persona_id, name=name, owner=owner, data=data, avatar_png=avatar_png, created_at=_now()
-                )
-            )
+            if replace:
+                mine = (PersonaRow.id == persona_id) & (PersonaRow.owner == owner)
+                updated = await session.execute(update(PersonaRow).where(mine).values(**fields))
+                if getattr(updated, "rowcount", 0):
+                    return "replaced"
+            insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+            row = {"id": persona_id, "owner": owner, "created_at": _now(), **fields}
+            made = await session.execute(insert(PersonaRow).values(row).on_conflict_do_nothing())
+            if getattr(made, "rowcount", 0):
+                return "created"
+            holder = await session.scalar(select(PersonaRow.owner).where(PersonaRow.id == persona_id))
+        return "owned" if replace or holder != owner else "exists"
 
     @_shielded
     async def persona_rows(self) -> list[tuple[str, bytes | None, str]]:
@@ -460,10 +485,17 @@ class Store(MemoryTables):
         return [(r.data, r.avatar_png, r.owner) for r in rows]
 
     @_shielded
-    async def delete_persona(self, persona_id: str) -> bool:
+    async def delete_persona(self, persona_id: str, *, owner: str | None = None) -> PersonaWrite:
+        """Delete a stored persona (only ``owner``'s, when given): ``deleted``, ``missing`` or ``owned``."""
+        which = PersonaRow.id == persona_id
         async with self._tx() as session:
-            result = await session.execute(delete(PersonaRow).where(PersonaRow.id == persona_id))
-        return bool(getattr(result, "rowcount", 0))
+            result = await session.execute(
+                delete(PersonaRow).where(which if owner is None else which & (PersonaRow.owner == owner))
+            )
+            if getattr(result, "rowcount", 0):
+                return "deleted"
+            held = await session.scalar(select(PersonaRow.id).where(which))
+        return "missing" if held is None else "owned"
 
     # --- API keys ------------------------------------------------------------------------------------
 
