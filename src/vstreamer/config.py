@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -222,6 +223,18 @@ class Settings(BaseSettings):
     def personas_dir(self) -> Path:
         return self.data_dir / "personas"
 
+    def updated(self, **updates: Any) -> Settings:
+        """These settings with ``updates`` (a command's own flags), validated as a loaded value is (``model_copy``
+        checks nothing: ``--port 99999`` bound port 34463).
+
+        Raises:
+            ConfigError: as :meth:`load`.
+        """
+        try:
+            return type(self).model_validate(self.model_dump() | updates)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from None
+
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
         """Build settings from defaults, a TOML file, the environment and explicit overrides.
@@ -240,6 +253,8 @@ class Settings(BaseSettings):
             raise ConfigError(format_validation_error(exc)) from None
         except SettingsError as exc:  # e.g. an environment variable that should hold JSON does not
             raise ConfigError(f"invalid configuration: {exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:  # the file itself
+            raise ConfigError(f"cannot read the config file {path}: {exc}") from None
         finally:
             _CONFIG_FILE_HINT["path"] = None
 

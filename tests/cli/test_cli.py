@@ -155,3 +155,74 @@ def test_chat_whose_replies_fail_exits_with_an_error(data_env: dict[str, str]) -
     result = run_cli("chat", stdin="hello?\n/exit\n", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "error" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "setup", "said"),
+    [
+        (("chat", "--backend", "fake", "--config", "{tmp}/bad.toml"), "bad-toml", "config file"),
+        (("chat", "--backend", "fake", "--config", "{tmp}/latin1.toml"), "latin1-toml", "config file"),
+        (("chat", "--backend", "fake", "--data-dir", "{tmp}/afile/sub"), "file", "data folder"),
+        (("keys", "list", "--database-url", "postgresql://u:pw@db:notaport/vs"), "", "database URL"),
+        (("serve", "--no-auth", "--port", "99999", "--backend", "fake"), "", "gateway_port"),
+        (("serve", "--no-auth", "--port", "8000", "--backend", "fake"), "", "collides"),
+        (("ui", "--port", "99999", "--backend", "fake"), "", "UI port"),
+    ],
+    ids=["broken-toml", "non-utf8-toml", "data-dir-under-a-file", "url-port-not-a-number", "port-out-of-range",
+         "port-of-vllm", "ui-port-out-of-range"],
+)  # fmt: skip
+def test_bad_settings_and_flags_are_clear_errors(
+    data_env: dict[str, str], tmp_path: Path, args: tuple[str, ...], setup: str, said: str
+) -> None:
+    """Every bad value, from a file or a flag, is refused with a message and status 2: no traceback, and a flag is
+    checked as the same setting from the environment is (``--port 99999`` served on port 34463)."""
+    (tmp_path / "bad.toml").write_text('persona = "nova\n')
+    (tmp_path / "latin1.toml").write_bytes('persona = "café"\n'.encode("latin-1"))
+    (tmp_path / "afile").write_text("not a folder")
+    result = run_cli(*(a.format(tmp=tmp_path) for a in args), env=data_env, stdin="/exit\n")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+
+
+def test_moderate_after_global_flags_and_ctrl_c_at_start(data_env: dict[str, str]) -> None:
+    moderated = run_cli("-v", "moderate", stdin="你好\n")
+    assert moderated.returncode == 0 and json.loads(moderated.stdout.splitlines()[0])["action"] == "pass"
+    # Ctrl-C while the chat starts (here: waiting for a server that never answers): a word, not two tracebacks.
+    silent = subprocess.Popen(
+        ["sleep", "60"]
+    )  # stands for nothing; the server below accepts and never answers
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import socket,time;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
+         "print(s.getsockname()[1],flush=True);c=s.accept();time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        port = server.stdout.readline().strip()  # type: ignore[union-attr]
+        chat = subprocess.Popen(
+            [sys.executable, "-m", "vstreamer.cli", "chat", "--backend", "openai", "--model", "m",
+             "--base-url", f"http://127.0.0.1:{port}/v1"],
+            env=os.environ | data_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            _, err = chat.communicate(timeout=4)
+        except subprocess.TimeoutExpired:
+            chat.send_signal(signal.SIGINT)
+            _, err = chat.communicate(timeout=30)
+        assert chat.returncode == 130 and "cancelled" in err and "Traceback" not in err, err
+    finally:
+        for process in (silent, server):
+            process.kill()
+            process.wait()
+
+
+async def test_a_first_message_with_a_lone_surrogate_still_titles_a_stored_session(tmp_path: Path) -> None:
+    """Half an emoji (a browser's or a pipe's broken text) as the first message: the session is stored under a
+    title the database can hold, and the message is answered (before, nothing was stored or answered)."""
+    store = await open_store(None, tmp_path)
+    try:
+        record = await store.create_session("xiaoxing", owner="me", title="hi \ud83d there\x00")
+        assert record.title == "hi \ufffd there"
+        assert (await store.get_session(record.id)).title == "hi \ufffd there"  # type: ignore[union-attr]
+    finally:
+        await store.close()

@@ -58,12 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbosity(flag: str) -> int:
+    """How much a global flag before ``moderate`` raises the logging (``-v``, ``-vv``, ``--verbose``)."""
+    if flag == "--verbose":
+        return 1
+    return flag.count("v") if flag.startswith("-") and set(flag[1:]) == {"v"} else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["moderate"]:
+    # ``moderate`` takes its own options: everything after it is its own (global -v flags may come before it).
+    first = next((i for i, arg in enumerate(args_list) if not arg.startswith("-")), None)
+    if first is not None and args_list[first] == "moderate":
         from vstreamer.safety.cli import run_moderate
 
-        return run_moderate(args_list[1:], sys.stdin, sys.stdout)
+        configure_logging(sum(_verbosity(arg) for arg in args_list[:first]))
+        return run_moderate(args_list[first + 1 :], sys.stdin, sys.stdout)
     parser = build_parser()
     args = parser.parse_args(args_list)
     configure_logging(args.verbose)
@@ -73,3 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("vstreamer").debug("command failed", exc_info=True)
         print(f"错误 / error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (a model still loading, say)
+        print("\n（已取消 / cancelled）", file=sys.stderr)
+        return 130

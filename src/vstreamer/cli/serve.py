@@ -63,7 +63,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         updates["auth"] = False
     if args.database_url:
         updates["database_url"] = args.database_url
-    settings = settings.model_copy(update=updates)
+    settings = settings.updated(**updates)
     if not settings.auth and not is_loopback(settings.gateway_host):
         raise ConfigError(
             "--no-auth is for local use only: bind to 127.0.0.1 (or create keys with `vstreamer keys`)"

@@ -17,6 +17,7 @@ import httpx
 
 from vstreamer.llm.base import ChatMessage, Role
 from vstreamer.llm.estimate import MESSAGE_OVERHEAD, estimate_tokens
+from vstreamer.logs import redact
 from vstreamer.lru import LRU
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ _TEXT_ONLY_OVERHEAD = 6
 
 
 def hide_secret(text: str, secret: str) -> str:
-    """``text`` with ``secret`` (an API key) replaced by ``***``, for messages and logs."""
-    return text.replace(secret, "***") if secret else text
+    """``text`` with ``secret`` (an API key) and any password in a URL replaced by ``***``, for messages and logs
+    (``/readyz`` and the CLI show them: an error of httpx quotes the server's URL, credentials and all)."""
+    return redact(text.replace(secret, "***") if secret else text)
 
 
 class RemoteTokenizer:

@@ -35,7 +35,7 @@ def normalise_url(url: str) -> str:
     """Accept plain ``sqlite:///`` and ``postgresql://`` URLs and pick the async drivers."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # a port that is not a number is a ValueError
         raise ConfigError(f"invalid database URL: {exc}") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -53,7 +53,10 @@ def create_engine(url: str) -> AsyncEngine:
     if is_sqlite:
         database = make_url(url).database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"cannot create the data folder {Path(database).parent}: {exc}") from None
     # hide_parameters: a failed statement's message (logged) never carries the rows' values: message text, owners.
     engine = create_async_engine(url, pool_pre_ping=not is_sqlite, hide_parameters=True)
     if is_sqlite:

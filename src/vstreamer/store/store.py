@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from vstreamer.engine.conversation import Conversation, Turn, new_id
+from vstreamer.engine.engine import well_formed
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.llm.base import Usage
@@ -166,7 +167,7 @@ class Store(MemoryTables):
         now, sid = _now(), session_id or new_id()
         values = {
             "id": sid, "persona_id": persona_id, "owner": owner, "platform": platform,
-            "viewer_id": viewer_id, "user_name": user_name, "title": title[:200], "summary": "",
+            "viewer_id": viewer_id, "user_name": user_name, "title": storable(well_formed(title))[:200], "summary": "",
             "created_at": now, "updated_at": now,
         }  # fmt: skip
         await self.writer.submit(write := Write(sid, now, session=values))
@@ -180,7 +181,9 @@ class Store(MemoryTables):
             if found is None:
                 raise StoreError(f"session {sid} was deleted as it was made")
             return found[0]
-        record = SessionRecord(sid, persona_id, owner, platform, viewer_id, user_name, title[:200], now, now)
+        record = SessionRecord(
+            sid, persona_id, owner, platform, viewer_id, user_name, values["title"], now, now
+        )
         conversation = Conversation(
             persona_id, user_name=user_name or "观众", id=sid, platform=platform, viewer_id=viewer_id
         )

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vstreamer.config import Settings
-from vstreamer.errors import BackendNotInstalled
+from vstreamer.errors import BackendNotInstalled, ConfigError
 from vstreamer.persona import PersonaLibrary
 from vstreamer.ui import state as ui_state
 from vstreamer.ui.auth import ensure_jwt_secret
@@ -88,10 +88,13 @@ def prepare(settings: Settings, options: UIOptions) -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise BackendNotInstalled("the web UI needs Chainlit: pip install 'vstreamer[ui]'") from None
     root = app_root(settings)
-    (root / ".chainlit").mkdir(parents=True, exist_ok=True)
-    (root / ".chainlit" / "config.toml").write_text(_config_toml(options, version), encoding="utf-8")
-    for name in ("chainlit.md", "chainlit_zh-CN.md", "chainlit_en-US.md"):
-        (root / name).write_text(_README, encoding="utf-8")
+    try:
+        (root / ".chainlit").mkdir(parents=True, exist_ok=True)
+        (root / ".chainlit" / "config.toml").write_text(_config_toml(options, version), encoding="utf-8")
+        for name in ("chainlit.md", "chainlit_zh-CN.md", "chainlit_en-US.md"):
+            (root / name).write_text(_README, encoding="utf-8")
+    except OSError as exc:  # a data folder that is a file, or not writable
+        raise ConfigError(f"cannot write the web UI's files in {root}: {exc}") from None
     os.environ["CHAINLIT_APP_ROOT"] = str(root)
     os.environ["CHAINLIT_AUTH_SECRET"] = ensure_jwt_secret(root)
     write_avatars(PersonaLibrary(settings.personas_dir).list(), root / "public")

@@ -47,6 +47,8 @@ class UIOptions:
                 "set ui_auth='password' and ui_users to serve other machines"
             )
         resolved_port = port or settings.ui_port
+        if not 1 <= resolved_port <= 65535:
+            raise ConfigError(f"UI port must be 1-65535, got {resolved_port}")
         if resolved_port in (VLLM_DEFAULT_PORT, settings.vllm.port, settings.gateway_port):
             raise ConfigError(
                 f"UI port {resolved_port} collides with the vLLM or gateway port; choose another"
