@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,17 @@ async def test_a_first_message_with_a_lone_surrogate_still_titles_a_stored_sessi
         assert (await store.get_session(record.id)).title == "hi \ufffd there"  # type: ignore[union-attr]
     finally:
         await store.close()
+
+
+def test_the_web_ui_fails_with_a_status_when_it_cannot_start(data_env: dict[str, str]) -> None:
+    """A database that cannot be opened, a port that is taken: an error and status 2, not a "ready" server with
+    no runtime behind it, nor an exit status that says all went well."""
+    result = run_cli("ui", "--backend", "fake", "--port", "8391",
+                     env=data_env | {"VSTREAMER_DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/db"})  # fmt: skip
+    assert result.returncode == 2 and "database" in result.stderr and "ready" not in result.stdout, result
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("ui", "--backend", "fake", "--port", port, env=data_env)
+    assert result.returncode == 2 and port in result.stderr and "ready" not in result.stdout, result

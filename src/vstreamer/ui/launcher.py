@@ -11,6 +11,7 @@ import asyncio
 import importlib.metadata
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -101,6 +102,22 @@ def prepare(settings: Settings, options: UIOptions) -> Path:
     return root
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """The web UI's listening socket, bound now: a port in use is a clear error before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise ConfigError(
+            f"the web UI cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port"
+        ) from None
+    listening.set_inheritable(True)
+    return listening
+
+
 def serve(
     settings: Settings, options: UIOptions, *, on_ready: Callable[[str, float], None] | None = None
 ) -> int:
@@ -135,11 +152,24 @@ def serve(
             on_ready(f"http://{options.host}:{options.port}", time.perf_counter() - started)
 
     async def run() -> None:
-        announcer = asyncio.create_task(announce())
+        # Both before the server: Chainlit logs (and so swallows) a failing startup hook and ends its shutdown with
+        # exit status 0, so a database that cannot be opened or a port that is taken left a "ready" server with
+        # no runtime, or a status that said all went well.
+        listening = _bind(options.host, options.port)
         try:
-            await server.serve()
+            state = ui_state.current()
+            try:
+                await state.start()
+            except BaseException:
+                await state.stop()  # what it opened before failing (the store, say)
+                raise
+            announcer = asyncio.create_task(announce())
+            try:
+                await server.serve(sockets=[listening])
+            finally:
+                announcer.cancel()
         finally:
-            announcer.cancel()
+            listening.close()
 
     asyncio.run(run())
     return 0
