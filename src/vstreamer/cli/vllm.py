@@ -4,20 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from vstreamer.config import Settings, VLLMSettings, format_validation_error
-from vstreamer.errors import BackendNotInstalled, ConfigError
-from vstreamer.llm.vllm_launch import VLLMLaunch, build_vllm_command, wait_until_ready
+from vstreamer.errors import BackendNotInstalled, BackendUnavailable, ConfigError
+from vstreamer.llm.vllm_launch import (
+    VLLMLaunch,
+    build_vllm_command,
+    local_url,
+    port_in_use,
+    stop_process,
+    wait_until_ready,
+)
 
 
 def add_commands(
@@ -123,25 +131,46 @@ def print_command(launch: VLLMLaunch) -> int:
 
 
 def serve_vllm(args: argparse.Namespace, launch: VLLMLaunch) -> int:
+    """Run vLLM in the foreground; every way out (Ctrl-C, SIGTERM, a failed ``--wait``) stops it too.
+
+    An orphaned vLLM would keep the GPU memory and the port, and the next start would fail on both.
+    """
     if shutil.which(launch.argv[0]) is None:
         raise BackendNotInstalled(
             "vLLM is not installed here (no `vllm` command); see `vstreamer vllm-command`"
         )
+    host, port = _option(launch, "--host"), int(server_port(launch))
+    if port_in_use(host, port):
+        raise BackendUnavailable(
+            f"port {port} is already in use (an earlier vLLM still running?); "
+            "stop that server or choose another --port"
+        )
     for warning in launch.warnings:
         print(f"# warning: {warning}", file=sys.stderr)
-    process = subprocess.Popen(launch.argv, env=os.environ | launch.env)
+    with sigterm_exits():
+        process = subprocess.Popen(launch.argv, env=os.environ | launch.env)
+        try:
+            if args.wait:
+                _wait(f"{local_url(host, port)}/v1", args.timeout, exited=process.poll)
+            return process.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            stop_process(process)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Turn SIGTERM (service managers, ``docker stop``, ``kill``) into a normal exit, so ``finally`` blocks run."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        if args.wait:
-            port = launch.argv[launch.argv.index("--port") + 1]
-            _wait(f"http://127.0.0.1:{port}/v1", args.timeout)
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _wait(url: str, timeout: float) -> int:
-    ready = asyncio.run(wait_until_ready(url, wait_s=timeout))
+def _wait(url: str, timeout: float, exited: Callable[[], int | None] | None = None) -> int:
+    ready = asyncio.run(wait_until_ready(url, wait_s=timeout, exited=exited))
     print(f"ready: {ready['url']} serves {ready['models']}")
     return 0
 
@@ -202,18 +231,21 @@ def serve_cpu(args: argparse.Namespace, settings: Settings) -> int:
     server = vllm_cpu.VLLMCPUServer(
         launch, vllm_cpu.cache_root() / "logs" / f"serve-{server_port(launch)}.log"
     )
-    # SIGTERM (service managers, `kill`) must stop vLLM too, not orphan it: turn it into a normal exit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    server.start(wait_s=args.timeout, progress=_progress)
-    print(f"ready: {server.base_url} serves {server.served_name} (Ctrl-C stops it)", flush=True)
-    assert server.process is not None
-    try:
-        return server.process.wait()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        server.stop()
+    with sigterm_exits():
+        server.start(wait_s=args.timeout, progress=_progress)
+        print(f"ready: {server.base_url} serves {server.served_name} (Ctrl-C stops it)", flush=True)
+        assert server.process is not None
+        try:
+            return server.process.wait()
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            server.stop()
 
 
 def server_port(launch: VLLMLaunch) -> str:
-    return launch.argv[launch.argv.index("--port") + 1]
+    return _option(launch, "--port")
+
+
+def _option(launch: VLLMLaunch, name: str) -> str:
+    return launch.argv[launch.argv.index(name) + 1]

@@ -5,7 +5,8 @@ path on machines without one. Everything heavy is cached under :func:`cache_root
 so a second run on the same machine reuses it:
 
 - ``venv-vllm<V>-torch<T>-py<X.Y>/``: the virtual environment (about 2.5 GB, 1.5 minutes to build);
-- ``models/<name>-<size>-v1/``: a GGUF converted to Hugging Face format (vLLM does not serve GGUF on CPU);
+- ``models/<name>-<sha256 prefix>-v1/``: a GGUF converted to Hugging Face format (vLLM does not serve GGUF on
+  CPU), keyed by the GGUF's content; ``gguf-digests.json`` remembers each file's digest by path, size and mtime;
 - ``gguf/``: the assembled Qwen2.5-0.5B GGUF, when that model is used.
 
 File locks keep two processes (parallel test runs, a developer shell) from building the same thing at once.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +32,7 @@ from typing import IO
 import httpx
 
 from vstreamer.errors import BackendNotInstalled, BackendTimeout, BackendUnavailable
-from vstreamer.llm.vllm_launch import VLLMLaunch
+from vstreamer.llm.vllm_launch import VLLMLaunch, connect_host, local_url, port_in_use, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +194,41 @@ def gguf_for(local_model: str, root: Path | None = None, model_path: Path | None
 
 
 def converted_dir(gguf: Path, root: Path | None = None) -> Path:
+    """Where ``gguf`` converted lives: named for reading, keyed by content.
+
+    Two fine-tunes often share a file name and size; keying by those served one the other's weights.
+    """
+    root = root or cache_root()
     stem = gguf.name.removesuffix(".gguf").lower()
-    return (root or cache_root()) / "models" / f"{stem}-{gguf.stat().st_size}-{CONVERT_FORMAT}"
+    return root / "models" / f"{stem}-{gguf_digest(gguf, root)[:12]}-{CONVERT_FORMAT}"
+
+
+def gguf_digest(gguf: Path, root: Path) -> str:
+    """SHA-256 of the file, read once per (path, size, mtime): a second lookup costs a stat, not a read."""
+    path = gguf.resolve()
+    stat = path.stat()
+    index_path = root / "gguf-digests.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    known = index.get(str(path))
+    if (
+        isinstance(known, dict)
+        and known.get("size") == stat.st_size
+        and known.get("mtime_ns") == stat.st_mtime_ns
+    ):
+        return str(known["sha256"])
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    index[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    # Replaced whole, never written in place: a concurrent reader sees the old or the new index, and a lost
+    # update only costs one more read of the file.
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = index_path.with_name(f".{index_path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(index, indent=1))
+    partial.replace(index_path)
+    return digest
 
 
 def ensure_hf_model(
@@ -279,26 +314,36 @@ def build_cpu_command(
 
 
 class VLLMCPUServer:
-    """A vLLM CPU server process on a port, logging to a file; ``start`` returns once it answers."""
+    """A vLLM CPU server process on a port, logging to a file; ``start`` returns once it serves its model."""
 
     def __init__(self, launch: VLLMLaunch, log_path: Path) -> None:
         self.launch = launch
         self.log_path = log_path
         self.port = int(launch.argv[launch.argv.index("--port") + 1])
-        host = launch.argv[launch.argv.index("--host") + 1]
-        self.host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        self.host = connect_host(launch.argv[launch.argv.index("--host") + 1])
         self.served_name = launch.argv[launch.argv.index("--served-model-name") + 1]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def root_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return local_url(self.host, self.port)
 
     @property
     def base_url(self) -> str:
         return f"{self.root_url}/v1"
 
     def start(self, *, wait_s: float = 300.0, progress: Progress = _log_progress) -> None:
+        """Start the server and wait until it is ready.
+
+        Raises:
+            BackendUnavailable: the port is already taken, or the server exited or serves another model.
+            BackendTimeout: not ready within ``wait_s`` seconds.
+        """
+        if port_in_use(self.host, self.port):
+            raise BackendUnavailable(
+                f"port {self.port} on {self.host} is already in use (an earlier vLLM still running?); "
+                "stop that server or choose another --port"
+            )
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         progress(f"starting vLLM CPU on {self.base_url} (log: {self.log_path})")
@@ -314,29 +359,45 @@ class VLLMCPUServer:
         progress(f"vLLM CPU ready after {time.monotonic() - started:.0f}s")
 
     def _wait_ready(self, wait_s: float) -> None:
+        key = self.launch.env.get("VLLM_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise BackendUnavailable(
-                    f"vLLM exited with {self.process.returncode} before it was ready; the end of "
-                    f"{self.log_path}:\n{_tail(self.log_path, 40)}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.root_url}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
+        with httpx.Client(timeout=2, headers=headers) as client:
+            while time.monotonic() < deadline:
+                self._raise_if_exited()
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    if client.get(f"{self.root_url}/health").status_code == 200:
+                        # Whoever answered may be another server on the port while ours died of "address in use"
+                        self._raise_if_exited()
+                        if self._serves_our_model(client):
+                            return
+                time.sleep(0.5)
         raise BackendTimeout(
             f"vLLM CPU not ready after {wait_s:g}s; the end of {self.log_path}:\n{_tail(self.log_path, 40)}"
         )
 
+    def _raise_if_exited(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise BackendUnavailable(
+                f"vLLM exited with {self.process.returncode} before it was ready; the end of "
+                f"{self.log_path}:\n{_tail(self.log_path, 40)}"
+            )
+
+    def _serves_our_model(self, client: httpx.Client) -> bool:
+        """Whether ``/v1/models`` lists our served name; False while it does not answer yet."""
+        response = client.get(f"{self.base_url}/models")
+        if response.status_code != 200:
+            return False
+        models = [model.get("id") for model in response.json().get("data", [])]
+        if self.served_name not in models:
+            raise BackendUnavailable(
+                f"the server on {self.root_url} serves {models}, not {self.served_name!r}: another server holds "
+                "the port"
+            )
+        return True
+
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process)

@@ -1,4 +1,5 @@
-"""The vLLM launch command for the configured model, and a readiness wait.
+"""The vLLM launch command for the configured model, and what running one needs: a readiness wait, a busy-port
+check, a stop that always ends the process.
 
 Production serves Qwen2.5-7B-Instruct on a GPU. Qwen2.5's native context is 32,768 tokens; longer contexts need
 YaRN rope scaling with factor = requested / 32768 (static YaRN, which can hurt short texts).
@@ -7,15 +8,19 @@ YaRN rope scaling with factor = requested / 32768 (static YaRN, which can hurt s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shlex
+import socket
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
 from vstreamer.config import VLLMSettings
-from vstreamer.errors import BackendTimeout, ConfigError
+from vstreamer.errors import BackendTimeout, BackendUnavailable, ConfigError
 
 QWEN_NATIVE_CONTEXT = 32768
 QWEN_ROPE_THETA = 1_000_000
@@ -95,25 +100,85 @@ def build_vllm_command(settings: VLLMSettings, *, api_key: str | None = None) ->
 
 
 async def wait_until_ready(
-    base_url: str, *, wait_s: float = 600.0, interval: float = 1.0
+    base_url: str,
+    *,
+    wait_s: float = 600.0,
+    interval: float = 1.0,
+    exited: Callable[[], int | None] | None = None,
 ) -> dict[str, object]:
     """Poll ``/v1/models`` until the server answers; return what it serves.
 
+    Args:
+        exited: the server process's exit code once it has ended, else None (``Popen.poll``): a server that
+            crashes at start fails the wait at once instead of after ``wait_s``.
+
     Raises:
         BackendTimeout: the server was not ready within ``wait_s`` seconds (with the last error seen).
+        BackendUnavailable: the server process exited before it was ready.
     """
     v1 = base_url.rstrip("/")
     deadline = time.monotonic() + wait_s
     last_error = "no answer yet"
     async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
         while time.monotonic() < deadline:
+            _raise_if_exited(exited, v1)
             try:
                 response = await client.get(f"{v1}/models")
                 if response.status_code == 200:
                     models = [m.get("id") for m in response.json().get("data", [])]
+                    _raise_if_exited(exited, v1)  # then the answer came from another server on the port
                     return {"url": v1, "models": models}
                 last_error = f"HTTP {response.status_code} from {v1}/models"
             except (httpx.HTTPError, ValueError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             await asyncio.sleep(interval)
     raise BackendTimeout(f"LLM server at {v1} not ready after {wait_s:g}s (last: {last_error})")
+
+
+def _raise_if_exited(exited: Callable[[], int | None] | None, v1: str) -> None:
+    code = exited() if exited is not None else None
+    if code is not None:
+        raise BackendUnavailable(f"the LLM server process exited with {code} before {v1} was ready")
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``: wildcard binds answer on loopback."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def local_url(host: str, port: int) -> str:
+    """``http://HOST:PORT`` of a server bound to ``host``; IPv6 literals need brackets (``http://[::1]:8000``)."""
+    host = connect_host(host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already accepts connections there, e.g. a server left over from an earlier run.
+
+    A new server on that port dies of "address already in use" while the old one answers every readiness check,
+    so launchers ask first.
+    """
+    try:
+        with socket.create_connection((connect_host(host).strip("[]"), port), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """Terminate, wait up to ``grace_s``, then kill: a server must never outlive what started it.
+
+    A second Ctrl-C or SIGTERM during the grace period kills at once rather than leave the process behind.
+    """
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
