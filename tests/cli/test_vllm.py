@@ -109,3 +109,37 @@ def test_a_busy_port_is_refused_before_starting_vllm(
         other.server_close()
     assert code == 2 and "already in use" in capsys.readouterr().err
     assert not fake_vllm.exists()  # never started
+
+
+def test_waiting_for_a_server_started_with_a_key_sends_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vLLM started with an API key answers 401 to a request without it: the wait sends the configured key (it
+    waited out its whole timeout, then failed a healthy server)."""
+
+    class KeyedModels(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            ok = self.headers.get("Authorization") == "Bearer sk-test-key-123"
+            body = b'{"object":"list","data":[{"id":"qwen"}]}' if ok else b'{"error":"unauthorized"}'
+            self.send_response(200 if ok else 401)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeyedModels)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        assert (
+            main(["vllm-wait", "--url", url, "--timeout", "3"]) == 2
+        )  # no key configured: 401 until the end
+        assert "401" in capsys.readouterr().err
+        monkeypatch.setenv("VSTREAMER_API_KEY", "sk-test-key-123")
+        assert main(["vllm-wait", "--url", url, "--timeout", "3"]) == 0
+        assert "serves ['qwen']" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -52,7 +52,7 @@ def add_commands(
     wait.add_argument("--url", default=None, help="server URL (default: the configured base_url)")
     wait.add_argument("--timeout", type=float, default=600.0)
     settings_options(wait)
-    wait.set_defaults(handler=lambda a: _wait(a.url or load_settings(a).base_url, a.timeout))
+    wait.set_defaults(handler=lambda a: _wait_for_settings(a, load_settings(a)))
 
 
 def _vllm_options(parser: argparse.ArgumentParser) -> None:
@@ -151,7 +151,8 @@ def serve_vllm(args: argparse.Namespace, launch: VLLMLaunch) -> int:
         process = subprocess.Popen(launch.argv, env=os.environ | launch.env)
         try:
             if args.wait:
-                _wait(f"{local_url(host, port)}/v1", args.timeout, exited=process.poll)
+                _wait(f"{local_url(host, port)}/v1", args.timeout, exited=process.poll,
+                      api_key=launch.env.get("VLLM_API_KEY"))  # fmt: skip
             return process.wait()
         except KeyboardInterrupt:
             return 130
@@ -169,8 +170,17 @@ def sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait(url: str, timeout: float, exited: Callable[[], int | None] | None = None) -> int:
-    ready = asyncio.run(wait_until_ready(url, wait_s=timeout, exited=exited))
+def _wait_for_settings(args: argparse.Namespace, settings: Settings) -> int:
+    """``vllm-wait``: with the key the gateway would send (the vLLM key if one is set for it)."""
+    secret = settings.vllm.api_key or settings.api_key
+    key = secret.get_secret_value() if secret is not None else None
+    return _wait(args.url or settings.base_url, args.timeout, api_key=None if key == "EMPTY" else key)
+
+
+def _wait(
+    url: str, timeout: float, exited: Callable[[], int | None] | None = None, *, api_key: str | None = None
+) -> int:
+    ready = asyncio.run(wait_until_ready(url, wait_s=timeout, exited=exited, api_key=api_key))
     print(f"ready: {ready['url']} serves {ready['models']}")
     return 0
 

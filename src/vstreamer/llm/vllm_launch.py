@@ -21,6 +21,7 @@ import httpx
 
 from vstreamer.config import VLLMSettings
 from vstreamer.errors import BackendTimeout, BackendUnavailable, ConfigError
+from vstreamer.logs import redact
 
 QWEN_NATIVE_CONTEXT = 32768
 QWEN_ROPE_THETA = 1_000_000
@@ -105,12 +106,14 @@ async def wait_until_ready(
     wait_s: float = 600.0,
     interval: float = 1.0,
     exited: Callable[[], int | None] | None = None,
+    api_key: str | None = None,
 ) -> dict[str, object]:
     """Poll ``/v1/models`` until the server answers; return what it serves.
 
     Args:
         exited: the server process's exit code once it has ended, else None (``Popen.poll``): a server that
             crashes at start fails the wait at once instead of after ``wait_s``.
+        api_key: sent as a bearer token: a server started with a key answers 401 without it, never "ready".
 
     Raises:
         BackendTimeout: the server was not ready within ``wait_s`` seconds (with the last error seen).
@@ -119,7 +122,8 @@ async def wait_until_ready(
     v1 = base_url.rstrip("/")
     deadline = time.monotonic() + wait_s
     last_error = "no answer yet"
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as client:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers=headers) as client:
         while time.monotonic() < deadline:
             _raise_if_exited(exited, v1)
             try:
@@ -130,9 +134,9 @@ async def wait_until_ready(
                     return {"url": v1, "models": models}
                 last_error = f"HTTP {response.status_code} from {v1}/models"
             except (httpx.HTTPError, ValueError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                last_error = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             await asyncio.sleep(interval)
-    raise BackendTimeout(f"LLM server at {v1} not ready after {wait_s:g}s (last: {last_error})")
+    raise BackendTimeout(redact(f"LLM server at {v1} not ready after {wait_s:g}s (last: {last_error})"))
 
 
 def _raise_if_exited(exited: Callable[[], int | None] | None, v1: str) -> None:
