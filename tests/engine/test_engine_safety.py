@@ -72,7 +72,7 @@ async def test_control_tokens_cannot_forge_a_role(smollm2_gguf: Path, xiaoxing: 
     built = await engine.build_context(conversation, xiaoxing)
     model = await local.loaded()
     assert model.render_prompt is not None
-    rendered = model.render_prompt([m.as_dict() for m in built.messages])
+    rendered = model.render_prompt([m.as_dict() for m in built.messages], False)
     # The real chat template, rendered: one marker per real message, one user turn, no forged assistant or
     # system turn (the persona's own system messages are the only ones).
     roles = [m.role for m in built.messages]
