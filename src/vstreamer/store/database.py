@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ except ImportError:  # pragma: no cover - Windows: SQLite files are not shared b
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -69,6 +71,11 @@ def database_error(exc: BaseException) -> StoreError:
     SQL without its values) is logged, for the operator."""
     logger.warning("database call failed: %s: %s", type(exc).__name__, exc)
     return StoreError(f"the database refused or failed the operation ({type(exc).__name__})")
+
+
+def dialect_insert(dialect: str) -> Callable[..., Any]:
+    """The ``insert`` of the dialect named ``dialect`` (``on_conflict_do_nothing`` is spelled per dialect)."""
+    return postgresql_insert if dialect == "postgresql" else sqlite_insert
 
 
 def storable(text: str) -> str:

@@ -9,11 +9,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, delete, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from vstreamer.engine.facts import Fact, ViewerKey
-from vstreamer.store.database import storable
+from vstreamer.store.database import dialect_insert, storable
 from vstreamer.store.records import SummaryRecord
 from vstreamer.store.tables import SummaryRow, ViewerFactRow
 
@@ -76,8 +74,7 @@ class MemoryTables:
         async with self._tx() as session:
             # Inserted unless known: another extraction for the viewer may store the same fact meanwhile (it made
             # this whole batch fail on the unique constraint, the new facts in it lost with the duplicate).
-            dialect = session.get_bind().dialect.name
-            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            insert = dialect_insert(session.get_bind().dialect.name)
             known = set((await session.scalars(select(ViewerFactRow.normalized).where(*_of(viewer)))).all())
             for fact in facts:
                 normalized = storable(fact.normalized)[:200]

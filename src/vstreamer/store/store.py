@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -26,7 +24,14 @@ from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.llm.base import Usage
 from vstreamer.store.cache import CachedSession, SessionCache
-from vstreamer.store.database import create_engine, database_error, default_url, migrate, storable
+from vstreamer.store.database import (
+    create_engine,
+    database_error,
+    default_url,
+    dialect_insert,
+    migrate,
+    storable,
+)
 from vstreamer.store.memory import MemoryTables
 from vstreamer.store.records import ApiKeyRecord, SessionRecord, SummaryRecord
 from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow, SummaryRow
@@ -472,7 +477,7 @@ class Store(MemoryTables):
                 updated = await session.execute(update(PersonaRow).where(mine).values(**fields))
                 if getattr(updated, "rowcount", 0):
                     return "replaced"
-            insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+            insert = dialect_insert(session.get_bind().dialect.name)
             row = {"id": persona_id, "owner": owner, "created_at": _now(), **fields}
             made = await session.execute(insert(PersonaRow).values(row).on_conflict_do_nothing())
             if getattr(made, "rowcount", 0):

@@ -23,15 +23,13 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import DateTime, Dialect, bindparam, exists, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 
 from vstreamer.engine.conversation import Turn
 from vstreamer.errors import StoreError
-from vstreamer.store.database import database_error, sqlite_pragmas, storable
+from vstreamer.store.database import database_error, dialect_insert, sqlite_pragmas, storable
 from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 
 logger = logging.getLogger(__name__)
@@ -91,7 +89,7 @@ class _Statements:
     """The batch's statements, built once per dialect (compiled once, then only parameters change)."""
 
     def __init__(self, dialect: str) -> None:
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        insert = dialect_insert(dialect)
         self.session = insert(_SESSIONS).on_conflict_do_nothing(index_elements=["id"])
         upsert = insert(_MESSAGES)
         self.message = upsert.on_conflict_do_update(
