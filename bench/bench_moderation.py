@@ -60,6 +60,18 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
     return best
 
 
+def best_of_fresh(fn: Callable[[str], object], text: str, repeat: int = 3) -> float:
+    """:func:`best_of` for a function of ``text``, given a new copy of it each time: ``normalize_short`` keeps its
+    last result for the very same string object (the gateway's guard asks twice), which a repeat would time."""
+    best = float("inf")
+    for _ in range(repeat):
+        copy = text.encode().decode()
+        t = time.perf_counter()
+        fn(copy)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def report(name: str, chars: int, seconds: float) -> None:
     print(f"  {name:<58} {chars / seconds / 1e6:9.1f} M chars/s   ({seconds * 1e3:8.1f} ms)")
 
@@ -270,12 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     baseline_rs = best_of(lambda: rs.find_matches_as_indexes(text, overlapping=True)) if rs else 0.0
     if rs:
         report("baseline: ahocorasick_rs over raw text", n, baseline_rs)
-    report("ours: normalise only, str/re path (short messages)", n, best_of(lambda: normalize_short(text)))
+    report("ours: normalise only, str/re path (short messages)", n, best_of_fresh(normalize_short, text))
     report("ours: normalise only, numpy path (long texts)", n, best_of(lambda: normalize(text)))
     report(
         f"ours: normalise + match, str/re path ({compiled.backend})",
         n,
-        best_of(lambda: compiled.candidates(normalize_short(text))),
+        best_of_fresh(lambda copy: compiled.candidates(normalize_short(copy)), text),
     )
     best = best_of(lambda: compiled.find(text))
     report(f"ours: normalise + match, numpy + compact automaton ({compiled.backend})", n, best)
