@@ -1,9 +1,9 @@
 """A minimal, fast OpenAI-compatible streaming server for benchmarks (raw asyncio, no framework).
 
-    python bench/fake_upstream.py PORT [CHUNKS]
+    python bench/fake_upstream.py PORT [CHUNKS] [FIRST_TOKEN_MS]
 
-Answers ``POST /v1/chat/completions`` (streamed or not) with CHUNKS word pieces at once, and ``GET /v1/models``;
-everything else is 404. It is the upstream that both the direct client and the gateway talk to.
+Answers ``POST /v1/chat/completions`` (streamed or not) with CHUNKS word pieces at once, FIRST_TOKEN_MS after the
+request (0: at once; a GPU server takes tens of milliseconds), and ``GET /v1/models``; everything else is 404. It is the upstream that both the direct client and the gateway talk to.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def sse_body(chunks: int) -> bytes:
     return b"".join(parts)
 
 
-async def serve(port: int, chunks: int) -> None:
+async def serve(port: int, chunks: int, first_token_s: float = 0.0) -> None:
     stream = sse_body(chunks)
     whole = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [
         {"index": 0, "message": {"role": "assistant", "content": " ".join(f"word{i}" for i in range(chunks))},
@@ -51,6 +51,8 @@ async def serve(port: int, chunks: int) -> None:
                     payload, kind = (
                         (stream, b"text/event-stream") if streamed else (whole, b"application/json")
                     )
+                    if first_token_s:
+                        await asyncio.sleep(first_token_s)
                 elif b"/models" in line0:
                     payload, kind = models, b"application/json"
                 else:
@@ -71,4 +73,9 @@ async def serve(port: int, chunks: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 16))
+    args = sys.argv[1:]
+    asyncio.run(
+        serve(
+            int(args[0]), int(args[1]) if len(args) > 1 else 16, float(args[2]) / 1000 if len(args) > 2 else 0
+        )
+    )
