@@ -75,6 +75,57 @@ def test_another_name_is_drift_but_the_persona_name_is_not() -> None:
     assert DriftDetector("小星").check(IN_CHARACTER[-1]) is not None  # "My name is Nova" for 小星
 
 
+MISSED_BEFORE = [
+    "作为一个AI，我没有个人感受。",  # plain "AI" after a Chinese self-description
+    "我只是一个AI，不能真的吃东西哦。",
+    "作为一个AI我没有感情",
+    "I'm Qwen2.5, created by Alibaba Cloud.",  # a model name with its version
+    "我是Qwen2.5，由阿里云开发。",
+    "I am GPT-4o, a model by OpenAI.",  # whole, the longest phrase (gpt-4) failed its word end and gpt was not tried
+    "Hi, I'm Llama3, here to help.",
+]
+FLAGGED_BEFORE = [
+    "我是人工智能的忠实粉丝！",  # a fan of AI, as "我是ChatGPT的粉丝" already passed
+    "我是AI爱好者，最喜欢研究新技术！",
+    "我是一个AI主播哦，大家好～",
+    "My name is a secret~ you have to guess!",  # not a name
+    "我的名字是秘密哦～",
+    "我的名字叫什么你猜猜看？",
+]
+
+
+def shown_streamed(detector: DriftDetector, text: str, size: int = 1) -> tuple[str, object]:
+    stream, shown = detector.stream(), ""
+    for i in range(0, len(text), size):
+        shown += stream.feed(text[i : i + size])
+    return shown + stream.finish(), stream.hit
+
+
+@pytest.mark.parametrize("text", MISSED_BEFORE)
+def test_plain_ai_and_versioned_model_names_are_drift(detector: DriftDetector, text: str) -> None:
+    assert detector.check(text) is not None
+    for size in (1, 3, len(text)):  # however the upstream splits it
+        shown, hit = shown_streamed(detector, text, size)
+        assert hit is not None, (size, shown)
+
+
+@pytest.mark.parametrize("text", FLAGGED_BEFORE)
+def test_fans_of_ai_and_names_kept_secret_are_in_character(detector: DriftDetector, text: str) -> None:
+    assert detector.check(text) is None
+    assert shown_streamed(detector, text) == (text, None)
+
+
+def test_a_persona_named_like_a_model_may_say_its_name() -> None:
+    kimi, gemini = DriftDetector("Kimi", ["kimi"]), DriftDetector("Gemini")
+    assert kimi.check("Hi everyone, I'm Kimi! Welcome to my stream~") is None
+    assert gemini.check("我叫Gemini，欢迎来到直播间！") is None
+    assert DriftDetector("Gemini Star").check("I'm Gemini, the star of this stream!") is None
+    hit = kimi.check("I'm Qwen, made by Alibaba Cloud.")  # another model's name is still drift
+    assert hit is not None and hit.reason == "model_identity"
+    assert gemini.check("我是由谷歌开发的") is not None
+    assert kimi.check("I'm Kimi2, trained by Moonshot.") is None  # its own name, versioned
+
+
 def test_no_false_positives_on_ordinary_chat(detector: DriftDetector) -> None:
     lines = []
     for name in ("ordinary_chat_zh.txt", "ordinary_chat_en.txt", "ordinary_chat_holdout.txt"):
@@ -202,7 +253,7 @@ _PIECES = ["作为", "一个", "一名", "ai", "语言模型", "人工智能助�
 def test_the_automaton_finds_the_spans_the_expression_finds(pieces: list[str], start: int) -> None:
     """Leftmost first, the longest at a place, not overlapping, from ``start`` on: the Aho-Corasick finder and the
     regular expression it replaced agree, phrases that overlap and nest included."""
-    phrases = list(_compiled_phrases()[0])
+    phrases = list(_compiled_phrases().reasons)
     text = "".join(pieces)
     start = min(start, len(text))
     automaton = phrase_finder(phrases)
@@ -212,5 +263,5 @@ def test_the_automaton_finds_the_spans_the_expression_finds(pieces: list[str], s
 
 def test_the_finder_takes_the_longest_phrase_at_a_place() -> None:
     text = "嗯，我是通义千问，作为一个人工智能助手"
-    spans = list(phrase_finder(list(_compiled_phrases()[0]))(text, 0))
+    spans = list(phrase_finder(list(_compiled_phrases().reasons))(text, 0))
     assert [text[a:b] for a, b in spans] == ["我是通义千问", "作为一个人工智能助手"]

@@ -28,7 +28,7 @@ DriftReason = Literal["ai_disclaimer", "model_identity", "wrong_name"]
 
 _ZH_SELF = ("作为", "作为一个", "作为一名", "作为一款", "身为", "身为一个", "身为一名", "我是", "我是一个",
             "我是一名", "我是一款", "我只是", "我只是一个", "我只是一名", "我仅仅是一个", "我本质上是一个")  # fmt: skip
-_ZH_AI = ("ai语言模型", "ai助手", "ai模型", "ai聊天机器人", "人工智能", "人工智能语言模型", "人工智能助手",
+_ZH_AI = ("ai", "ai语言模型", "ai助手", "ai模型", "ai聊天机器人", "人工智能", "人工智能语言模型", "人工智能助手",
           "人工智能模型", "语言模型", "大语言模型", "大型语言模型", "大模型", "智能助手", "聊天机器人")  # fmt: skip
 _EN_SELF = ("as an", "as a", "i'm an", "i am an", "i'm a", "i am a", "i'm just an", "i am just an",
             "i'm only an", "i am only an", "i'm just a", "i am just a", "being an", "being a")  # fmt: skip
@@ -42,8 +42,30 @@ _ZH_IDENTITY = ("我是", "我叫", "我的名字是", "我是由", "我由", "�
 _EN_IDENTITY = ("i'm", "i am", "my name is", "i was created by", "i was developed by", "i was trained by",
                 "i was made by", "i am developed by", "i'm developed by", "i'm created by", "i am created by")  # fmt: skip
 
-#: after a model or company name, these mean it is not a self-identification ("我是chatgpt的粉丝")
+#: after a model or company name, or what an AI is called, these mean it is not a self-identification
+#: ("我是chatgpt的粉丝", "我是人工智能的粉丝")
 _NOT_IDENTITY_NEXT = frozenset("的粉迷用")
+#: A plain "AI" after a Chinese self-description ("作为一个AI") is one only when a new clause follows it: a
+#: punctuation mark, a space, the end, or one of these words' first characters (没有, 不能, 无法, 所以, 我, 只, 并不,
+#: 也, 而已, 就, 可, 还). Other Chinese text goes on with a noun: "我是AI主播", "我是AI爱好者".
+_ZH_AI_CLAUSE_NEXT = frozenset("没不无所我只并也而就可还")
+#: What a model name's version may begin with: a digit ("qwen2.5", "llama3"), or a letter after one ("gpt-4o").
+_VERSION_START = frozenset("0123456789")
+#: Names a persona may not claim: what follows "my name is" must look like a name (in English, capitalised).
+_NOT_A_NAME = (
+    "秘密",
+    "保密",
+    "什么",
+    "不告诉",
+    "不能说",
+    "不重要",
+    "这个",
+    "那个",
+    "谁",
+    "未知",
+    "暂时",
+    "保留",
+)
 # Matched against folded (lower-case) text. No IGNORECASE: with it, re tries the pattern at every position of a
 # reply; without it, only where one of the claims' first characters is (4-6x faster).
 _NAME_CLAIM = re.compile(
@@ -105,17 +127,21 @@ def _fold_char(char: str) -> str:
 _ASCII_FOLD = str.maketrans({"`": "'", **{c: " " for c in map(chr, range(128)) if c.isspace()}})
 
 
-def _phrases() -> dict[str, DriftReason]:
+def _phrases() -> tuple[dict[str, DriftReason], dict[str, str]]:
+    """Every phrase with its reason, and the model or company name each ``model_identity`` phrase claims."""
     found: dict[str, DriftReason] = {}
+    names: dict[str, str] = {}
     for prefix, noun in itertools.chain(itertools.product(_ZH_SELF, _ZH_AI)):
         found[prefix + noun] = "ai_disclaimer"
     for prefix, noun in itertools.product(_EN_SELF, _EN_AI):
         found[f"{prefix} {noun}"] = "ai_disclaimer"
     for prefix, name in itertools.product(_ZH_IDENTITY, _MODELS + _ORGS):
-        found[prefix.format(org=name) if "{org}" in prefix else prefix + name] = "model_identity"
+        phrase = prefix.format(org=name) if "{org}" in prefix else prefix + name
+        found[phrase], names[phrase] = "model_identity", name
     for prefix, name in itertools.product(_EN_IDENTITY, _MODELS + _ORGS):
-        found[f"{prefix} {name}"] = "model_identity"
-    return found
+        phrase = f"{prefix} {name}"
+        found[phrase], names[phrase] = "model_identity", name
+    return found, names
 
 
 PhraseFinder = Callable[[str, int], Iterator[tuple[int, int]]]
@@ -141,15 +167,31 @@ def phrase_finder(phrases: Sequence[str], *, automaton: bool = True) -> PhraseFi
     return lambda text, start: (m.span() for m in pattern.finditer(text, start))
 
 
+@dataclass(frozen=True, slots=True)
+class _PhraseTable:
+    """The phrases and their finder, the same for every persona."""
+
+    reasons: dict[str, DriftReason]
+    names: dict[str, str]
+    """The name each ``model_identity`` phrase claims."""
+    find: PhraseFinder
+    longest: int
+    prefixes: frozenset[str]
+    """Every beginning of a phrase."""
+    reach: dict[str, int]
+    """For each three characters, the longest beginning that ends with them (most text ends with none: only
+    beginnings of one or two characters are left to try)."""
+
+
 @functools.cache
-def _compiled_phrases() -> tuple[dict[str, DriftReason], PhraseFinder, int, frozenset[str], dict[str, int]]:
-    """The phrase table and its finder, the same for every persona: built once per process (~0.1 s). Also every
-    phrase beginning, and for each three characters the longest beginning that ends with them (most text ends with
-    none: only beginnings of one or two characters are left to try)."""
-    phrases = _phrases()
+def _compiled_phrases() -> _PhraseTable:
+    """Built once per process (~0.1 s)."""
+    phrases, names = _phrases()
     ordered = sorted(phrases, key=len, reverse=True)
     prefixes = frozenset(p[:i] for p in ordered for i in range(1, len(p) + 1))
-    return phrases, phrase_finder(ordered), len(ordered[0]), prefixes, trigram_reach(ordered)
+    return _PhraseTable(
+        phrases, names, phrase_finder(ordered), len(ordered[0]), prefixes, trigram_reach(ordered)
+    )
 
 
 def warm_up() -> None:
@@ -163,7 +205,9 @@ class DriftDetector:
     def __init__(self, persona_name: str, aliases: Iterable[str] = ()) -> None:
         self.persona_name = persona_name
         self.allowed_names = {fold(n) for n in (persona_name, *aliases) if n}
-        self._phrases, self._find, self._longest, self._prefixes, self._reach = _compiled_phrases()
+        table = _compiled_phrases()
+        self._phrases, self._names, self._find = table.reasons, table.names, table.find
+        self._longest, self._prefixes, self._reach = table.longest, table.prefixes, table.reach
 
     def check(self, text: str) -> DriftHit | None:
         """Whether the whole reply breaks character."""
@@ -175,26 +219,43 @@ class DriftDetector:
     def scan(self, text: str, folded: str, start: int, *, final: bool) -> DriftHit | None:
         """The first drift in ``text[start:]`` (a phrase that could still continue counts only once final)."""
         for begin, end in self._find(folded, start):
-            phrase = folded[begin:end]
-            if not self._boundary_ok(folded, end, phrase, final):
-                continue
-            return DriftHit(self._phrases[phrase], text[begin:end])
+            # The finder takes the longest phrase at a place; where it does not end a word ("i am gpt-4" of "i am
+            # gpt-4o"), a shorter one there may ("i am gpt").
+            for stop in range(end, begin, -1):
+                phrase = folded[begin:stop]
+                if phrase in self._phrases and self._counts(folded, stop, phrase, final):
+                    return DriftHit(self._phrases[phrase], text[begin:stop])
         for match in _NAME_CLAIM.finditer(folded, start):
             if match.end() == len(folded) and not final:
                 continue
             name = match.group(1)
-            if not any(name.startswith(n) or n.startswith(name) for n in self.allowed_names):
+            if not self._own_name(name) and _looks_like_a_name(text[match.start(1) : match.end(1)]):
                 return DriftHit("wrong_name", text[match.start() : match.end()])
         return None
 
-    def _boundary_ok(self, folded: str, end: int, phrase: str, final: bool) -> bool:
-        """A phrase ending in a Latin letter must end a word; a model name must not start "…的粉丝"."""
+    def _own_name(self, name: str) -> bool:
+        return any(name.startswith(n) or n.startswith(name) for n in self.allowed_names)
+
+    def _counts(self, folded: str, end: int, phrase: str, final: bool) -> bool:
+        """Whether ``phrase``, ending at ``end``, breaks character: it must end a word (a model's version may follow
+        its name), not go on as "…的粉丝", and a model's name that is the persona's own is no drift."""
+        identity = self._phrases[phrase] == "model_identity"
+        if identity and self._own_name(self._names[phrase]):
+            return False
         if end == len(folded):
             return final
         after = folded[end]
         if phrase[-1].isascii() and phrase[-1].isalnum() and after.isascii() and after.isalnum():
+            versioned = identity and (after in _VERSION_START or phrase[-1] in _VERSION_START)
+            if not versioned:
+                return False
+        if after in _NOT_IDENTITY_NEXT:
             return False
-        return not (self._phrases[phrase] == "model_identity" and after in _NOT_IDENTITY_NEXT)
+        if (
+            phrase.endswith("ai") and not phrase[-3].isascii()
+        ):  # a plain "AI" after Chinese: a clause must follow
+            return not after.isalpha() or after.isascii() or after in _ZH_AI_CLAUSE_NEXT
+        return True
 
     def hold_from(self, folded: str, released: int) -> int:
         """Where the text that could still become a drift phrase begins (``len`` when none)."""
@@ -248,6 +309,13 @@ class DriftStream:
             return ""
         out, self._released = self._text[self._released :], len(self._text)
         return out
+
+
+def _looks_like_a_name(claimed: str) -> bool:
+    """Whether what follows "my name is" is a name: a Latin one is capitalised, and a few Chinese words are not."""
+    if claimed[:1].isascii() and claimed[:1].isalpha():
+        return claimed[0].isupper()
+    return not claimed.startswith(_NOT_A_NAME)
 
 
 def fallback_line(language: str, persona_name: str, seed: str = "") -> str:
