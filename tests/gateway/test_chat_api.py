@@ -208,6 +208,34 @@ def metric(metrics: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + " "))
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_is_counted_as_499_and_its_reply_as_interrupted(
+    start_gateway, stream: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """A client that leaves is no server error: counted as 499 (a 500 set off 5xx alerts), its reply by the status
+    it is stored with."""
+    server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.3"})
+    body = {"model": "nova", "user": "s-left", "stream": stream,
+            "messages": [{"role": "user", "content": "one two three four five six seven"}]}  # fmt: skip
+    if stream:  # leaves after the first text
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=10) as response:
+            next(
+                line for line in response.iter_lines() if '"content":"' in line and '"content":""' not in line
+            )
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=1.0)
+    deadline = time.monotonic() + 10
+    while (stored := server.messages("s-left"))[-1].status == "streaming" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [t.status for t in stored] == ["complete", "interrupted"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'status="500"' not in metrics
+    if not stream:  # a stream had begun: its status was 200
+        assert 'vstreamer_requests_total{route="/v1/chat/completions",status="499"} 1.0' in metrics
+    assert 'vstreamer_replies_total{status="interrupted"} 1.0' in metrics
+
+
 def test_an_idle_stream_is_never_silent_much_longer_than_the_keep_alive_interval(start_gateway) -> None:  # type: ignore[no-untyped-def]
     """The keep-alive counts from the last thing sent: a proxy that drops connections idle for a little more than
     the interval keeps the stream (comments came up to twice the interval apart)."""

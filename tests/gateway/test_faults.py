@@ -191,7 +191,9 @@ async def test_slow_first_token_and_stalled_stream(start_gateway) -> None:  # ty
             assert response.status_code == 504
             assert "did not answer within 1s" in response.json()["error"]["message"]
             assert time.perf_counter() - started < 5
+            metrics = (await http.get(f"{server.url}/metrics")).text
         assert [t.status for t in await asyncio.to_thread(server.messages, "slow")] == ["complete", "failed"]
+        assert 'vstreamer_replies_total{status="failed"} 1.0' in metrics
     async with stalling_upstream(send_first_chunk=True) as url:
         server = start_gateway(upstream_env(url, VSTREAMER_STALL_TIMEOUT="1", VSTREAMER_MAX_RETRIES="0"),
                                name="stalled")  # fmt: skip
@@ -199,7 +201,10 @@ async def test_slow_first_token_and_stalled_stream(start_gateway) -> None:  # ty
             payload = {"model": "nova", "user": "stalled", "stream": True, "messages": LONG}
             async with http.stream("POST", f"{server.url}/v1/chat/completions", json=payload) as response:
                 lines = [line async for line in response.aiter_lines() if line]
+            metrics = (await http.get(f"{server.url}/metrics")).text
         assert lines[-1] == "data: [DONE]" and "mid-stream" in lines[-2]
+        assert 'vstreamer_replies_total{status="failed"} 1.0' in metrics
+        assert 'status="complete"' not in metrics.partition("vstreamer_replies_total")[2]
         reply = (await asyncio.to_thread(server.messages, "stalled"))[-1]
         # What was shown before the stall is kept (the output guard may hold back a few last characters).
         assert reply.status == "failed" and reply.content and FIRST_CHUNK.startswith(reply.content)

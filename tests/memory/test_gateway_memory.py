@@ -75,3 +75,41 @@ def test_viewer_memory_routes(tmp_path: Path) -> None:
             assert "vstreamer_persona_drift_events" in client.get("/metrics").text
     finally:
         server.stop()
+
+
+def test_viewer_ids_are_read_as_utf8_and_must_be_reachable_by_the_memory_routes(tmp_path: Path) -> None:
+    """A viewer's memory must be readable and forgettable through REST: an id with "/" never matches the route's
+    one path segment (refused), and a non-ASCII one is the viewer's text, not its UTF-8 bytes read as Latin-1."""
+    data_dir = tmp_path / "gw"
+    server = GatewayServer(data_dir, {"VSTREAMER_BACKEND": "fake"})
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            body = {"model": "xiaoxing", "messages": [{"role": "user", "content": "主播好"}]}
+            for bad in (b"alice/bob", b"a\tb", b"x" * 101, b"\xff\xfe"):
+                refused = client.post("/v1/chat/completions", json=body,
+                                      headers={"X-Session-Id": "s-bad", "X-Viewer-Id": bad})  # fmt: skip
+                assert refused.status_code == 400, bad
+                assert refused.json()["error"]["code"] == "invalid_viewer_id"
+            assert client.get("/api/sessions/s-bad/messages").status_code == 404  # nothing stored for them
+            headers = {"X-Session-Id": "s-zoe", "X-Viewer-Id": "Zoë 观众".encode()}
+            assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 200
+            assert session_viewer(data_dir, "s-zoe") == "local:Zoë 观众"
+    finally:
+        server.stop()
+
+    async def remember() -> None:
+        store = await open_store(None, data_dir)
+        zoe = ViewerKey("api", "local:Zoë 观众")
+        await store.add_facts(zoe, [Fact(zoe, "喜欢猫")])
+        await store.close()
+
+    asyncio.run(remember())
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            path = "/api/viewers/api/Zo%C3%AB%20%E8%A7%82%E4%BC%97/memory"
+            assert [f["fact"] for f in client.get(path).json()["data"]] == ["喜欢猫"]
+            assert client.delete(path).json() == {"deleted": 1}
+    finally:
+        server.stop()

@@ -62,6 +62,27 @@ def session_id_of(headers: Mapping[str, str], user: str | None) -> str | None:
     return "user-" + hashlib.blake2b(user.encode(), digest_size=16).hexdigest()
 
 
+VIEWER_ID_RULE = "1-100 characters of UTF-8 text, without / or control characters"
+MAX_VIEWER_ID = 100
+
+
+def viewer_id_of(headers: Mapping[str, str]) -> str | None:
+    """The viewer an ``X-Viewer-Id`` header names (``None``: none sent). It is a platform's user name, any script,
+    read as UTF-8 (headers arrive as Latin-1 text); it is one segment of the memory routes' paths, so a "/" (which
+    no path could name) or a control character is refused, and so is a longer one (cut, two viewers would be one)."""
+    raw = headers.get(VIEWER_HEADER_KEY)
+    if raw is None:
+        return None
+    try:
+        viewer = raw.encode("latin-1").decode("utf-8").strip()
+    except UnicodeError:
+        viewer = "\x00"  # refused below
+    if len(viewer) > MAX_VIEWER_ID or "/" in viewer or any(c < " " or "\x7f" <= c < "\xa0" for c in viewer):
+        raise APIError(400, f"{VIEWER_HEADER} must be {VIEWER_ID_RULE}", param=VIEWER_HEADER,
+                       code="invalid_viewer_id")  # fmt: skip
+    return viewer or None
+
+
 def api_viewer_id(owner: str, viewer: str) -> str:
     """Viewers of the API are scoped to the API key: two keys' "alice" are two people."""
     return f"{owner}:{viewer}"
@@ -103,7 +124,7 @@ async def _conversation(
     state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], persona: Persona, owner: str
 ) -> Conversation:
     session_id = session_id_of(headers, body.user)
-    viewer_header = headers.get(VIEWER_HEADER_KEY, "").strip()[:100] or session_id
+    viewer_header = viewer_id_of(headers) or session_id
     viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
     store = state.store
     if session_id:
@@ -171,6 +192,7 @@ class ChatReply(Response):
         self.status_code = 200
         self.background = None
         self._prefix = b""
+        self._counted = False
         self.client_gone = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -179,9 +201,7 @@ class ChatReply(Response):
             try:
                 head = await self._read_head()
             except _ClientGone:
-                gone = error_body("client closed the request", "invalid_request_error")
-                with contextlib.suppress(OSError):
-                    await JSONResponse(gone, CLIENT_CLOSED)(scope, receive, send)
+                await _client_closed(scope, receive, send)
                 return
             except VStreamerError as exc:
                 await self._fail(exc, watcher, scope, receive, send)
@@ -244,6 +264,7 @@ class ChatReply(Response):
             except Exception as exc:  # noqa: BLE001 - a bug: logged, and the stream still ends as the API says
                 logger.exception("unexpected error in a streamed reply", exc_info=exc)
                 self.state.metrics.errors.labels("internal_error").inc()
+                self._count_reply("failed")
                 pending += (
                     b"data: " + orjson.dumps(error_body("internal server error", "server_error")) + b"\n\n"
                 )
@@ -252,7 +273,7 @@ class ChatReply(Response):
                 {"type": "http.response.body", "body": pending + b"data: [DONE]\n\n", "more_body": False}
             )
         except (_ClientGone, OSError):
-            pass  # the client left (an OSError: between two writes); the reply is closed below
+            self._count_reply("interrupted")  # the client left (an OSError: between two writes); closed below
         finally:
             watcher.stop()
             await self.events.aclose()
@@ -273,6 +294,9 @@ class ChatReply(Response):
             try:
                 await self._cancelled()
             except _ClientGone:
+                await _client_closed(
+                    scope, receive, send
+                )  # nobody reads it: the request's status, for metrics
                 return
         except VStreamerError as exc:
             await self._fail(exc, watcher, scope, receive, send)
@@ -308,6 +332,7 @@ class ChatReply(Response):
 
     async def _cancelled(self) -> None:
         """The watcher cancelled us because the client left: unwind the reply (which stops the upstream)."""
+        self._count_reply("interrupted")
         await self.events.aclose()
         if self._took_back_cancel():
             raise _ClientGone
@@ -356,13 +381,20 @@ class ChatReply(Response):
         metrics = self.state.metrics
         ended = time.perf_counter()
         metrics.upstream.observe(ended - self.started)
-        metrics.replies.labels(turn.status).inc()
+        self._count_reply(turn.status)
         tokens = turn.usage.completion_tokens if turn.usage else 0
         if self.first_token is not None and tokens > 1 and ended > self.first_token:
             metrics.tokens_per_second.observe(tokens / (ended - self.first_token))
 
     def _count_failure(self, exc: VStreamerError) -> None:
         self.state.metrics.errors.labels(exc.code).inc()
+        self._count_reply("failed")
+
+    def _count_reply(self, status: str) -> None:
+        """Count the reply by how it ended, once (the engine stores it so: failed, interrupted, or as it finished)."""
+        if not self._counted:
+            self._counted = True
+            self.state.metrics.replies.labels(status).inc()
 
     async def _fail(
         self, exc: VStreamerError, watcher: Watcher, scope: Scope, receive: Receive, send: Send
@@ -371,6 +403,13 @@ class ChatReply(Response):
         watcher.stop()
         self._count_failure(exc)
         await error_response(exc)(scope, receive, send)
+
+
+async def _client_closed(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to a client that left before its reply began (499, as nginx logs it)."""
+    gone = error_body("client closed the request", "invalid_request_error")
+    with contextlib.suppress(OSError):
+        await JSONResponse(gone, CLIENT_CLOSED)(scope, receive, send)
 
 
 WATCH_AFTER_S = 0.005
