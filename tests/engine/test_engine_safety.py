@@ -38,6 +38,21 @@ def xiaoxing() -> Persona:
     return PersonaLibrary(None).get("xiaoxing")
 
 
+@pytest.mark.parametrize("ending", ["", "啊"])
+async def test_a_reply_blocked_at_its_very_end_still_ends_in_character(
+    xiaoxing: Persona, ending: str
+) -> None:
+    """ "想死" is held back as it may become the allowed "想死你了": at the reply's end the guard's finish decides it
+    is blocked, and the reply then ends with the same in-character line as one blocked mid-stream."""
+    shown, conversation = await run(
+        engine_with(reply_with("今天好累，我真的好想死" + ending)), xiaoxing, "聊点什么"
+    )
+    reply = conversation.turns[-1]
+    assert reply.status == "blocked" and reply.content == shown
+    assert "想死" not in shown and shown.startswith("今天好累，我真的好")
+    assert len(shown) > len("今天好累，我真的好") + 5  # the deflection line follows
+
+
 async def test_banned_term_split_across_tokens_never_reaches_the_client(xiaoxing: Persona) -> None:
     backend = reply_with("好的，我们来聊冰毒怎么做吧，哈哈")  # the fake streams it one character at a time
     audit = MemoryAuditLog()

@@ -350,7 +350,11 @@ class DialogueEngine:
                 break
             if self.safety is not None:
                 guard = guard or self._guard(persona, context, source)  # a reply without text is audited too
-                tail = guard.deflection if guard.blocked else guard.finish()
+                tail = (
+                    "" if guard.blocked else guard.finish()
+                )  # which may block what it held back, at the end
+                if guard.blocked:
+                    tail = guard.deflection
                 if tail:
                     yield shown(tail, last=True)  # the guard's held-back end, right before ReplyFinished
                 guard.result()  # the whole reply's verdict goes to the audit log
