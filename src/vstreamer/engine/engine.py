@@ -350,9 +350,8 @@ class DialogueEngine:
                 break
             if self.safety is not None:
                 guard = guard or self._guard(persona, context, source)  # a reply without text is audited too
-                tail = (
-                    "" if guard.blocked else guard.finish()
-                )  # which may block what it held back, at the end
+                # The finish may block what the guard held back: the reply then ends in character all the same.
+                tail = "" if guard.blocked else guard.finish()
                 if guard.blocked:
                     tail = guard.deflection
                 if tail:
