@@ -93,6 +93,10 @@ def test_sampling_precedence(persona: Persona) -> None:
         max_tokens=20, seed=7
     )
     assert engine.sampling_for(styled, SamplingOverrides(temperature=0.0)).temperature == 0.0  # 0 is a value
+    asked = SamplingOverrides(stop=("END",), presence_penalty=0.5, frequency_penalty=-0.5)
+    assert engine.sampling_for(persona, asked) == SamplingParams(
+        max_tokens=300, stop=("END",), presence_penalty=0.5, frequency_penalty=-0.5
+    )
 
 
 def test_sampling_sets_are_made_once_and_follow_new_defaults(persona: Persona) -> None:

@@ -208,3 +208,25 @@ async def test_slow_first_token_and_stalled_stream(start_gateway) -> None:  # ty
         reply = (await asyncio.to_thread(server.messages, "stalled"))[-1]
         # What was shown before the stall is kept (the output guard may hold back a few last characters).
         assert reply.status == "failed" and reply.content and FIRST_CHUNK.startswith(reply.content)
+
+
+def test_stop_strings_and_penalties_reach_the_model(start_gateway, llama_server: LlamaServer) -> None:  # type: ignore[no-untyped-def]
+    """OpenAI's ``stop``, ``presence_penalty`` and ``frequency_penalty`` were accepted and dropped: a client's stop
+    string did not stop the reply. Greedy, the same prompt gives the same words: with a stop string from the middle
+    of the free reply, the reply ends right before it."""
+    server = start_gateway(upstream_env(llama_server.base_url))
+    sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=120)
+    ask = {"model": "nova", "temperature": 0, "seed": 1, "max_tokens": 40,
+           "messages": [{"role": "user", "content": "Count from one to twenty in words, please."}]}  # fmt: skip
+    free = sdk.chat.completions.create(**ask).choices[0].message.content or ""
+    words = free.split()
+    assert len(words) >= 6, free
+    stop = max(words[len(words) // 2 :], key=len)  # a word of the second half
+    cut = sdk.chat.completions.create(**ask, stop=[stop], presence_penalty=0.0, frequency_penalty=0.0)
+    text = cut.choices[0].message.content or ""
+    assert stop not in text and free.startswith(text.rstrip()) and len(text) < free.index(stop) + 1, (
+        free,
+        text,
+    )
+    refused = httpx.post(f"{server.url}/v1/chat/completions", json=ask | {"stop": ["a"] * 5})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stop"  # at most 4, as OpenAI's

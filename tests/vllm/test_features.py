@@ -182,6 +182,16 @@ async def test_repetition_penalty_reaches_the_server(
     assert info.value.status_code == 400
 
 
+async def test_frequency_penalty_reaches_the_server(backend: OpenAICompatBackend) -> None:
+    """OpenAI's own penalties: both servers take them by these names."""
+    messages = [ChatMessage("user", "Repeat the word banana twenty times, separated by spaces.")]
+    plain = await backend.complete(messages, SamplingParams(max_tokens=30, temperature=0))
+    penalised = await backend.complete(
+        messages, SamplingParams(max_tokens=30, temperature=0, frequency_penalty=2.0, presence_penalty=2.0)
+    )
+    assert plain.text.lower().count("banana") > penalised.text.lower().count("banana"), (plain, penalised)
+
+
 async def running_requests(server: OpenAIServer) -> float:
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{root_of(server)}/metrics")).text

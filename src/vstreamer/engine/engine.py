@@ -44,6 +44,9 @@ class SamplingOverrides:
     top_p: float | None = None
     max_tokens: int | None = None
     seed: int | None = None
+    stop: tuple[str, ...] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 _NO_OVERRIDES = SamplingOverrides()
@@ -116,7 +119,7 @@ class DialogueEngine:
         self.tasks = memory.tasks if memory is not None else BackgroundTasks()
         """Background work (summaries, fact extraction); :meth:`aclose` cancels what is left."""
         self._detectors: dict[tuple[str, str, str], DriftDetector] = {}
-        self._sampling: dict[tuple[float, float, int, int | None], SamplingParams] = {}
+        self._sampling: dict[tuple[object, ...], SamplingParams] = {}
         self._sampling_from = self.defaults
         """The defaults that ``_sampling``'s parameter sets were made from."""
         if memory is not None and safety is not None:
@@ -144,17 +147,22 @@ class DialogueEngine:
             _first(asked.max_tokens, own.max_tokens, defaults.max_tokens), self.budget.max_tokens
         )
         seed = _first(asked.seed, defaults.seed)
+        stop = _first(asked.stop, defaults.stop)
+        presence = _first(asked.presence_penalty, defaults.presence_penalty)
+        frequency = _first(asked.frequency_penalty, defaults.frequency_penalty)
         if self._sampling_from is not defaults:  # the defaults were replaced: what was made from them goes
             self._sampling, self._sampling_from = {}, defaults
-        key = (temperature, top_p, max_tokens, seed)
+        key = (temperature, top_p, max_tokens, seed, stop, presence, frequency)
         made = self._sampling.get(key)
         if made is None:
-            if key == (defaults.temperature, defaults.top_p, defaults.max_tokens, defaults.seed):
+            if key == (defaults.temperature, defaults.top_p, defaults.max_tokens, defaults.seed, defaults.stop,
+                       defaults.presence_penalty, defaults.frequency_penalty):  # fmt: skip
                 made = defaults
             else:
                 made = replace(
-                    defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed
-                )
+                    defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
+                    presence_penalty=presence, frequency_penalty=frequency,
+                )  # fmt: skip
             if len(self._sampling) >= _SAMPLING_KEPT:
                 self._sampling.clear()  # requests that each ask for other values: keep no more than a few
             self._sampling[key] = made

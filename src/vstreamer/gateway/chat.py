@@ -111,7 +111,8 @@ async def open_reply(
     conversation = await _conversation(state, body, headers, persona, owner)
     overrides = SamplingOverrides(
         temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens or body.max_completion_tokens,
-        seed=body.seed,
+        seed=body.seed, stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()) or None,
+        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
     )  # fmt: skip
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     events = state.runtime.engine.reply(conversation, persona, user_text, overrides=overrides, source="api")

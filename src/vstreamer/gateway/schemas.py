@@ -21,6 +21,7 @@ def _storable(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_storable)]
+StopText = Annotated[Text, Field(min_length=1, max_length=200)]
 
 
 class TextPart(BaseModel):
@@ -69,7 +70,8 @@ class ChatCompletionRequest(BaseModel):
     n: Literal[1] = 1
     user: Text | None = Field(None, max_length=128)
     """Names the session when no ``X-Session-Id`` header is sent (see :func:`vstreamer.gateway.chat.session_id_of`)."""
-    stop: Text | list[Text] | None = None
+    stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
+    """Up to 4 strings the reply ends before (as OpenAI's)."""
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     metadata: dict[Text, Text] | None = None

@@ -48,6 +48,8 @@ class SamplingParams:
     """vLLM / llama.cpp extension."""
     repetition_penalty: float | None = None
     """vLLM / llama.cpp extension."""
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     min_tokens: int | None = None
     """vLLM extension."""
     response_format: dict[str, Any] | None = None

@@ -333,4 +333,8 @@ def _completion_kwargs(messages: list[dict[str, str]], params: SamplingParams) -
         kwargs["top_k"] = params.top_k
     if params.repetition_penalty is not None:
         kwargs["repeat_penalty"] = params.repetition_penalty
+    if params.presence_penalty is not None:
+        kwargs["presence_penalty"] = params.presence_penalty
+    if params.frequency_penalty is not None:
+        kwargs["frequency_penalty"] = params.frequency_penalty
     return kwargs

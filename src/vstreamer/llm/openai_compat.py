@@ -407,6 +407,8 @@ class OpenAICompatBackend:
             for key, value in (
                 ("top_k", params.top_k),
                 ("repetition_penalty", params.repetition_penalty),
+                ("presence_penalty", params.presence_penalty),
+                ("frequency_penalty", params.frequency_penalty),
                 ("min_tokens", params.min_tokens),
             )
             if value is not None
