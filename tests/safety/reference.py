@@ -19,7 +19,16 @@ from vstreamer.safety.normalize import (
     NormalizedText,
     char_table,
 )
-from vstreamer.safety.stream_guard import _CONTEXT, _TAIL_MAX, _TAIL_PATTERNS, Analyse
+from vstreamer.safety.stream_guard import (
+    _CONTEXT,
+    _GROW_MAX,
+    _HEAD,
+    _PATTERN_RULES,
+    _TAIL_MAX,
+    _TAIL_PATTERNS,
+    Analyse,
+    partials_of,
+)
 from vstreamer.safety.types import mask_spans
 
 _SPACED_LETTERS = re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
@@ -96,7 +105,11 @@ class ReferenceGuard:
     def __init__(self, compiled: CompiledLexicon, analyse: Analyse) -> None:
         self._compiled = compiled
         self._analyse = analyse
-        self._emitted = ""
+        self._partials = partials_of(compiled)
+        self._context = (
+            ""  # the model's own text: the start of a mask open at the release point, then the last released
+        )
+        self._head = 0
         self._pending = ""
         self.blocked = False
 
@@ -110,8 +123,8 @@ class ReferenceGuard:
         return "" if self.blocked else self._advance(final=True)
 
     def _advance(self, *, final: bool) -> str:
-        base = min(len(self._emitted), _CONTEXT)
-        t = self._emitted[len(self._emitted) - base :] + self._pending
+        base = len(self._context)
+        t = self._context + self._pending
         found = [(m, a) for m, a in self._analyse(t, final, None) if m.end > base and a != "flag"]
         hold = len(t) if final else self._hold_point(t, base)
         blocks = [m for m, a in found if a == "block"]
@@ -121,11 +134,21 @@ class ReferenceGuard:
         for m in blocks:  # ending in the held tail: decided once it is known what the term grows into
             hold = min(hold, max(base, m.start))
         masks = [(m.start, m.end) for m, a in found if a != "block"]
-        for s, e in masks:
-            if s < hold < e:
-                hold = max(base, s)
+        if not final:
+            floor = max(base, len(t) - _GROW_MAX)
+            for m, a in found:  # a pattern's match reaching the end may still grow
+                if a != "block" and m.end >= len(t) and m.rule.startswith(_PATTERN_RULES):
+                    hold = min(hold, max(floor, m.start))
+            for s, e in masks:
+                if s < hold < e:
+                    hold = max(base, s, min(hold, floor))
         released = mask_spans(t, masks)[base:hold]
-        self._emitted += released
+        if released:
+            recent = max(self._head, hold - _CONTEXT)
+            open_at = [s for s, e in masks if s < recent <= hold <= e]
+            head = t[min(open_at) : min(min(open_at) + _HEAD, recent)] if open_at else ""
+            self._context = head + t[recent:hold]
+            self._head = len(head)
         self._pending = t[hold:]
         return released
 
@@ -147,6 +170,9 @@ class ReferenceGuard:
             if self._compiled.could_grow(n[len(n) - k :]):
                 hold = min(hold, nm.starts[len(n) - k])
                 break
+        partial = self._partials.start(folded)
+        if partial is not None:
+            hold = min(hold, starts[partial])
         return max(hold, base)
 
 

@@ -21,6 +21,7 @@ from vstreamer.gateway.metrics import GatewayMetrics, count_request
 from vstreamer.gateway.readiness import Readiness
 from vstreamer.gateway.state import GatewayState
 from vstreamer.runtime import Runtime
+from vstreamer.safety import stream_guard
 
 
 class RequestCounter:
@@ -76,6 +77,8 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> GatewayApp:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await state.catalog.load()
         await asyncio.to_thread(drift.warm_up)
+        if runtime.engine.safety is not None:
+            await asyncio.to_thread(stream_guard.warm_up, runtime.engine.safety.compiled)
         yield
         await state.catalog.aclose()
         if close_runtime:

@@ -64,6 +64,10 @@ def make_record(
         for match in result.matches:
             if not _TERM_FILE_RULE.search(match.rule):
                 reason = reason.replace(f"'{match.term}'", f"'{'*' * len(match.term)}'")
+                if match.rule.startswith("pattern:"):
+                    # the matched text itself, however the reason was worded (a pattern's term is that text; a
+                    # personal-data screen's is its name, "phone", left as is)
+                    reason = reason.replace(match.term, "*" * len(match.term))
     return AuditRecord(
         direction=direction,
         source=source,
@@ -72,7 +76,8 @@ def make_record(
         reason=reason,
         rules=tuple(dict.fromkeys(m.rule for m in result.matches)),
         text=kept,
-        text_sha256=hashlib.sha256(result.text.encode("utf-8")).hexdigest(),
+        # "surrogatepass": a lone surrogate (half an emoji from a streamed JSON escape) must not lose the record
+        text_sha256=hashlib.sha256(result.text.encode("utf-8", "surrogatepass")).hexdigest(),
         injection=injection,
     )
 
@@ -162,7 +167,8 @@ class JsonlAuditLog:
 def _append(path: Path, records: list[AuditRecord]) -> None:
     lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
     try:
-        with path.open("a", encoding="utf-8") as f:
+        # backslashreplace: a lone surrogate (kept raw by ensure_ascii=False) is written as its JSON escape "\\ud83d"
+        with path.open("a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(lines)
     except OSError:  # the audit log must never break a conversation
         logger.exception("cannot append to the audit log %s", path)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Sequence
-from functools import cache
+from functools import cache, lru_cache
+
+import regex
 
 from vstreamer.safety.audit import LEAK_REASON
 from vstreamer.safety.leak import LeakDetector, LeakTracker
@@ -34,9 +36,18 @@ from vstreamer.safety.normalize import (
 from vstreamer.safety.types import Match, ModerationResult, mask_spans
 
 _CONTEXT = 16
-"""Characters of already released text re-read for word boundaries and joined separators."""
+"""Characters of already released text re-read for word boundaries and joined separators (as the model wrote them,
+not as masked: a ``*`` is a separator, and the masked words are gone)."""
 _TAIL_MAX = 48
 """Longest trailing Latin word / number / spaced letters held back."""
+_GROW_MAX = 128
+"""Longest stretch of a pattern match (a URL, an id) held back while it may still grow; a longer one is released
+masked, up to this much before the end, and the start of it is re-read with what follows (see ``_HEAD``)."""
+_HEAD = 32
+"""Characters of the start of a pattern match still open where the release stopped, re-read with the next chunk
+before the ``_CONTEXT`` characters (so that the rest of a long URL is still seen as one)."""
+_PARTIAL_MAX = 24
+"""How far back from the end the beginning of a pattern's match is looked for ("qq: 12", "加微信：", "https://赌")."""
 _TAIL_PATTERNS = (
     re.compile(f"[{_SEP}]+$"),
     re.compile(r"[a-z0-9._%+\-@:/]+$"),
@@ -132,6 +143,7 @@ class OutputGuard:
         self._compiled = compiled
         self._analyse = analyse
         self._finalise = finalise
+        self._partials = partials_of(compiled)
         self._leak = LeakTracker(LeakDetector(protected_texts, min_span=leak_min_span))
         self._language = language
         self._persona_name = persona_name
@@ -139,8 +151,12 @@ class OutputGuard:
         """The released pieces, as shown (masked)."""
         self._unmasked: dict[int, str] = {}
         """The model's own text of the released pieces that were masked (by index): what the verdict is made on."""
-        self._recent = ""
-        """The last ``_CONTEXT`` released characters (re-read with each chunk)."""
+        self._context = ""
+        """What is re-read before the held text with each chunk, as the model wrote it (unmasked): the start of a
+        pattern match still open where the release stopped (``_HEAD`` characters at most), then the last
+        ``_CONTEXT`` released characters."""
+        self._head = 0
+        """The length of that start in ``_context`` (0: none)."""
         self._pending = ""
         self._finished = False
         self._why = ""
@@ -187,15 +203,15 @@ class OutputGuard:
         return ""
 
     def _advance(self, new: str, *, final: bool) -> str:
-        base = min(len(self._recent), _CONTEXT)
-        t = self._recent[len(self._recent) - base :] + self._pending
+        base = len(self._context)
+        t = self._context + self._pending
         normalized = normalize_short(t)
         found = [(m, a) for m, a in self._analyse(t, final, normalized) if m.end > base and a != "flag"]
         hold = len(t) if final else self._hold_point(t, base, normalized)
         blocks = [m for m, action in found if action == "block"]
         for m in blocks:
             if m.end <= hold:
-                return self._block(f"{m.category}: {m.term} ({m.rule})")
+                return self._block(_block_reason(m))
         for m in blocks:
             # Its end is in the tail held back for what it may grow into, an allowed phrase among them ("想死" of
             # "想死你了"): decided when more comes, or at the end; held whole meanwhile.
@@ -203,18 +219,34 @@ class OutputGuard:
         if self._leak.feed(new):
             return self._block(LEAK_REASON + "reproduces the protected system prompt")
         masks = [(m.start, m.end) for m, action in found if action != "block"]
-        for s, e in masks:
-            if s < hold < e:
-                hold = max(base, s)
+        if masks and not final:
+            # What may still grow is held from its start (a bounded stretch of it): a mask straddling the hold
+            # point, and a pattern's match reaching the end (a URL, an id: the next chunk may continue it).
+            floor = max(base, len(t) - _GROW_MAX)
+            for m, action in found:
+                if action != "block" and m.end >= len(t) and m.rule.startswith(_PATTERN_RULES):
+                    hold = min(hold, max(floor, m.start))
+            for s, e in masks:
+                if s < hold < e:
+                    hold = max(base, s, min(hold, floor))
         released = mask_spans(t, masks)[base:hold]
         if released:
             if masks:
                 self._unmasked[len(self._released)] = t[base:hold]
             self._released.append(released)
-            self._recent = (self._recent + released)[-_CONTEXT:]
+            self._reread(t, hold, masks)
         self._pending = t[hold:]
         self.max_held = max(self.max_held, len(self._pending))
         return released
+
+    def _reread(self, t: str, hold: int, masks: list[tuple[int, int]]) -> None:
+        """Keep what the next chunk is read after: the last released characters as the model wrote them, and the
+        start of a mask still open at the release point, when it begins before them."""
+        recent = max(self._head, hold - _CONTEXT)
+        open_at = min((s for s, e in masks if s < recent <= hold <= e), default=None)
+        head = "" if open_at is None else t[open_at : min(open_at + _HEAD, recent)]
+        self._context = head + t[recent:hold]
+        self._head = len(head)
 
     def _hold_point(self, t: str, base: int, normalized: str) -> int:
         identity = fold_is_identity(t)
@@ -236,4 +268,92 @@ class OutputGuard:
         k = self._compiled.growing_suffix(n)
         if k:
             hold = min(hold, normalized_suffix_start(core_text, k, folded[:core] if identity else None))
+        # The beginning of what a pattern may match once more comes ("https://赌" of "https://赌场网站.com", "qq: 12").
+        partial = self._partials.start(folded)
+        if partial is not None:
+            hold = min(hold, starts[partial])
         return max(hold, base)
+
+
+class _Partials:
+    """The lexicon's patterns for partial matching, and the characters a match of one can begin with."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        try:
+            # Joined into one expression unless one has groups (back-references would be renumbered).
+            if any(re.compile(p).groups for p in patterns):
+                self.patterns = tuple(regex.compile(p) for p in patterns)
+            else:
+                self.patterns = (regex.compile("|".join(f"(?:{p})" for p in patterns)),) if patterns else ()
+        except (re.error, regex.error):  # pragma: no cover - a pattern only the standard module accepts
+            self.patterns = ()
+        # Once per lexicon (~50 ms for the default one): most ends of a reply hold none of these characters, and the
+        # patterns need not be run at all.
+        self.starters = frozenset(
+            c for p in self.patterns for c in map(chr, range(0x10000)) if p.match(c, partial=True) is not None
+        )
+        self._starter = (
+            re.compile("[" + "".join(re.escape(c) for c in sorted(self.starters)) + "]")
+            if self.starters
+            else None
+        )
+        self._pairs: dict[str, bool] = {}
+        """Whether a match can begin with these two characters (English has an "h" or a "w" in most words, and an
+        "ht" or "ww" in few): learnt as they come."""
+
+    def _may_begin(self, pair: str) -> bool:
+        known = self._pairs.get(pair)
+        if known is None:
+            known = any(p.match(pair, partial=True) is not None for p in self.patterns)
+            if len(self._pairs) < 4096:
+                self._pairs[pair] = known
+        return known
+
+    def start(self, folded: str) -> int | None:
+        """Where a match that the end of ``folded`` cuts short begins (None: nowhere)."""
+        size = len(folded)
+        floor = max(0, size - _PARTIAL_MAX)
+        if self._starter is None:
+            return None
+        for at in self._starter.finditer(folded, floor):
+            if at.end() == size or self._may_begin(folded[at.start() : at.start() + 2]):
+                break
+        else:
+            return None
+        found: int | None = None
+        for pattern in self.patterns:
+            pos = floor
+            while pos < size and (m := pattern.search(folded, pos, partial=True)) is not None:
+                if m.partial:
+                    if m.start() < size and (found is None or m.start() < found):
+                        found = m.start()
+                    break
+                pos = max(m.end(), pos + 1)
+        return found
+
+
+@lru_cache(maxsize=64)
+def _partials(patterns: tuple[str, ...]) -> _Partials:
+    return _Partials(patterns)
+
+
+def partials_of(compiled: CompiledLexicon) -> _Partials:
+    """The partial matcher of a lexicon's patterns, made once per set of patterns (~50 ms: servers make it at start,
+    with :func:`warm_up`, so that no reply waits for it)."""
+    return _partials(tuple(p.pattern for _, p, _ in compiled._patterns))
+
+
+def warm_up(compiled: CompiledLexicon) -> None:
+    partials_of(compiled)
+
+
+_PATTERN_RULES = ("pattern:", "pii:")
+"""The rules of regular expressions (their matches may grow; a listed term's are held by ``growing_suffix``)."""
+
+
+def _block_reason(m: Match) -> str:
+    """Why a reply was blocked: a listed term is the lexicon's word; what a pattern matched is the reply's own text
+    (an id, a number), which the audit log may not keep, so its rule alone says which fired."""
+    if m.rule.startswith("pattern:"):
+        return f"{m.category} ({m.rule})"
+    return f"{m.category}: {m.term} ({m.rule})"
