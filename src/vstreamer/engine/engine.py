@@ -27,6 +27,7 @@ from vstreamer.engine.memory import MemoryManager, Recall
 from vstreamer.engine.stats import EngineStats
 from vstreamer.errors import ContextBudgetError, StoreError
 from vstreamer.llm.base import ChatMessage, LLMBackend, SamplingParams, StreamEnd
+from vstreamer.safety.normalize import well_formed
 
 if TYPE_CHECKING:
     from vstreamer.persona import Persona
@@ -62,20 +63,6 @@ def _first(*values: T | None) -> T:
     return values[-1]  # type: ignore[return-value]
 
 
-def well_formed(text: str) -> str:
-    """``text`` with any lone surrogate (half an emoji, from a browser's or a platform's JSON) as U+FFFD: such text
-    cannot be encoded as UTF-8, so neither moderated, sent to the model nor stored."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text)
-    return text
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-"""A Python string holds no surrogate pairs (it has the code points they stand for): every surrogate is alone."""
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """Control characters a model may emit (NUL among them): no client shows them, PostgreSQL refuses NUL, and left in
 a reply they would split a word the output guard must see whole."""

@@ -16,11 +16,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from vstreamer.safety.normalize import (
+    _CJK,
+    _SEP,
     VECTOR_MIN_LENGTH,
     fold,
     fold_is_identity,
+    fold_with_map,
     normalize,
     normalize_short,
+    well_formed,
 )
 
 _NOT_WORD = re.compile(r"[\W_]+")
@@ -29,7 +33,8 @@ _ASCII_NOT_WORD = bytes(c for c in range(128) if not chr(c).isalnum())
 
 
 def _squash(text: str) -> str:
-    s = normalize_short(text) if len(text) < VECTOR_MIN_LENGTH else normalize(text)
+    # The long-text path encodes the text as UTF-32: a lone surrogate is read as U+FFFD (both are not word characters).
+    s = normalize_short(text) if len(text) < VECTOR_MIN_LENGTH else normalize(well_formed(text))
     if s.isascii():  # the same deletion, as bytes (several times faster)
         return s.encode("ascii").translate(None, _ASCII_NOT_WORD).decode("ascii")
     return _NOT_WORD.sub("", s)
@@ -149,26 +154,41 @@ class LeakDetector:
         return self._longest(s) >= self.min_span
 
 
-# A cut between text[c-1] and text[c] where the folds of text[c-2:c+1] are three letters (Latin
-# or Chinese), each different from the next: no normalisation step (separator removal, letter
-# chains, look-alike digits, repeat collapse) reaches across such a cut, so the squashed text is
-# the squashed text before it followed by the squashed text after it, read with the two letters
-# before the cut as context. _LAST_CUT finds the last one (the greedy .* backs off from the end).
-_PLAIN = "a-z\u4e00-\u9fff"
-_LAST_CUT = re.compile(f"(?s:.*)(?=([{_PLAIN}])(?!\\1)([{_PLAIN}])(?!\\2)[{_PLAIN}])")
-_LETTERS = re.compile(r"[A-Za-z\u4e00-\u9fff]{3,}")
+# A cut between text[c-1] and text[c], each of which folds to one character ("y" and "z"), where no normalisation
+# step reaches across, so that the squashed text is the squashed text up to the cut followed by the squashed text
+# from y on, less y's own part (y is read again as context: lookbehinds and a run of repeats see it). That holds
+# when y and z are both "plain" (no separator, no look-alike digit or sign: the steps that join, drop or rewrite
+# characters only act on those and on their neighbours; a run of repeats may go on across, and y merges into it),
+# or one is a separator and the other a plain character that is neither a Latin letter nor a Chinese one (the
+# separators of letter chains and of Chinese words need such letters on both sides). Other scripts, digits,
+# punctuation and emoji are plain: a reply in any language has cuts.
+_NOT_PLAIN = f"{_SEP}013457@$"
+_PLAIN = f"[^{_NOT_PLAIN}]"
+_OTHER = f"[^{_NOT_PLAIN}a-z{_CJK}]"
+_PAIR = f"{_PLAIN}{_PLAIN}|{_OTHER}[{_SEP}]|[{_SEP}]{_OTHER}"
+_LAST_CUT = re.compile(f"(?s:.*)(?={_PAIR})")
+"""Matches up to the last y (the greedy ``.*`` backs off from the end)."""
 
 
 def _last_cut(text: str, after: int) -> int:
-    """The last cut position ``c > after`` in ``text`` (0 when there is none)."""
+    """The last cut position ``c`` in ``text`` with ``c - 1 >= after`` (0 when there is none)."""
     if fold_is_identity(text):  # positions in the folded text are positions in the text
-        m = _LAST_CUT.match(fold(text), max(after - 1, 0))
-        return m.end() + 2 if m else 0
-    for m in reversed(list(_LETTERS.finditer(text, max(after - 1, 0)))):
-        for c in range(m.end() - 1, max(m.start() + 2, after + 1) - 1, -1):
-            f = fold(text[c - 2 : c + 1])
-            if len(f) == 3 and _LAST_CUT.fullmatch(f):
-                return c
+        m = _LAST_CUT.match(fold(text), after)
+        return m.end() + 1 if m else 0
+    folded, starts = fold_with_map(text)
+    end = len(folded)
+    while (m := _LAST_CUT.match(folded, 0, end)) is not None:
+        y = m.end()
+        # y and z are neighbours in the text, and each folds to one character.
+        if starts[y] < after:
+            return 0
+        if (
+            starts[y + 1] == starts[y] + 1
+            and (y == 0 or starts[y - 1] != starts[y])
+            and (y + 2 == len(folded) or starts[y + 2] != starts[y + 1])
+        ):
+            return starts[y + 1]
+        end = y + 1  # look for an earlier one
     return 0
 
 
@@ -177,10 +197,17 @@ _COMMIT_AFTER = 32
 again (at most this many characters and the piece), but the reply's first text (the gateway takes up to 24
 characters of a burst for it) finds no cut to look for: that search and its second squash are most of the first
 piece's check (7 of 22 µs of the guard's first ``feed``; per piece over a whole reply, no change)."""
+_FORCE_AFTER = 320
+"""Characters after the cut with no cut among them (a reply of separators, look-alike digits and letters spelled out
+one by one: "1 0 1 0", "～～～", "a.b.c") before one is made anyway, so that no reply is squashed again whole per
+piece. Such a cut is made ``_FORCE_KEEP`` characters before the end and reads ``_FORCE_CONTEXT`` characters before
+it again: exact unless one of those spellings or runs is longer than that on both sides of it."""
+_FORCE_KEEP = 64
+_FORCE_CONTEXT = 64
 
 
 class LeakTracker:
-    """:class:`LeakDetector` over a growing reply, reading each character about once.
+    """:class:`LeakDetector` over a growing reply, reading each character a bounded number of times.
 
     The reply's squashed text is kept up to the last cut: only its last ``ngram - 1`` characters
     and how many protected n-grams in a row end there. Each call squashes the text after that cut
@@ -193,8 +220,10 @@ class LeakTracker:
         self.detector = detector
         self._need = detector.min_span - detector.ngram + 1
         self._region = ""
-        """The reply since the last cut, after ``_context`` letters from before it."""
+        """The reply since the last cut, after ``_context`` characters from before it."""
         self._context = 0
+        self._skip = 0
+        """The length of the squashed ``_context`` characters (left out: already counted)."""
         self._tail = ""
         self._run = 0
 
@@ -203,18 +232,26 @@ class LeakTracker:
         if not self.detector.active or not text:
             return False
         region = self._region = self._region + text
-        squashed = _squash(region)[self._context :]
+        squashed = _squash(region)[self._skip :]
         # A copy needs `_need` protected n-grams in a row: unless the run before the cut and the
         # n-grams after it could add up to that, there is nothing to count.
         if self._run + len(squashed) >= self._need and self._copies(squashed):
             return True
-        cut = _last_cut(region, self._context) if len(region) - self._context >= _COMMIT_AFTER else 0
+        size = len(region) - self._context
+        cut = _last_cut(region, self._context) if size >= _COMMIT_AFTER else 0
         if cut:
-            done = len(squashed) - len(_squash(region[cut - 2 :])) + 2
-            if done:
-                self._run = self._run_at(squashed, done)
-                self._tail = (self._tail + squashed[:done])[-(self.detector.ngram - 1) :]
-            self._region, self._context = region[cut - 2 :], 2
+            start = cut - 1
+        elif size > _FORCE_AFTER:
+            cut = len(region) - _FORCE_KEEP
+            start = cut - _FORCE_CONTEXT
+        else:
+            return False
+        skip = len(_squash(region[start:cut]))
+        done = min(max(len(squashed) - len(_squash(region[start:])) + skip, 0), len(squashed))
+        if done:
+            self._run = self._run_at(squashed, done)
+            self._tail = (self._tail + squashed[:done])[-(self.detector.ngram - 1) :]
+        self._region, self._context, self._skip = region[start:], cut - start, skip
         return False
 
     def _copies(self, squashed: str) -> bool:

@@ -158,7 +158,9 @@ class CompiledLexicon:
                 return k
         return 0
 
-    def scan(self, text: str, *, at_end: bool = True, normalized: str | None = None) -> list[Match]:
+    def scan(
+        self, text: str, *, at_end: bool = True, normalized: str | None = None, folded: str | None = None
+    ) -> list[Match]:
         """Verified matches in ``text`` (spans in the original text).
 
         Args:
@@ -166,6 +168,7 @@ class CompiledLexicon:
             at_end: whether the text is complete; when False, a Latin term touching the end is
                 not reported yet (the next character may make it part of a longer word).
             normalized: :func:`normalize_short` of ``text``, when the caller has it already.
+            folded: :func:`fold` of ``text``, when the caller has it already.
         """
         short = len(text) < VECTOR_MIN_LENGTH or self._code_automaton is None
         if short and normalized is None:
@@ -175,7 +178,8 @@ class CompiledLexicon:
         found: list[tuple[int, int, int]] = []
         if self._keys:
             found = self._occurrences(normalized) if normalized is not None else self.find(text)
-        folded = fold(text) if self._patterns or self._pinyin is not None else ""
+        if folded is None:
+            folded = fold(text) if self._patterns or self._pinyin is not None else ""
         matches = self._pattern_matches(text, folded) if self._patterns else []
         if self._pinyin is not None:
             matches += self._pinyin.scan(text, at_end=at_end, normalized=normalized, folded=folded)

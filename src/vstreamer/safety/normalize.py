@@ -180,6 +180,17 @@ def _before_collapse(text: str) -> str:
     return _unlookalike(s)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def well_formed(text: str) -> str:
+    """``text`` with every lone surrogate (half an emoji from a JSON escape) as U+FFFD, one character for one (so
+    spans stay valid): such text cannot be encoded as UTF-8 or UTF-32, which the matchers do."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
 VECTOR_MIN_LENGTH = 2000
 """From this length on, :func:`normalize` uses the numpy implementation (:mod:`.vector`)."""
 

@@ -1,6 +1,9 @@
 """Detectors of personal data: phone numbers, Chinese ID numbers, e-mail addresses, bank cards.
 
-They run on the original text (``\\d`` also matches full-width digits), so spans need no mapping.
+They run on the per-character fold of the text (:func:`~vstreamer.safety.normalize.fold`): invisible characters
+are dropped and look-alikes (full-width, mathematical digits and letters, ``＠``) become plain ones, so that
+``138\\u200b0013\\u200b8000`` is a phone number. When the fold is not one character for one, each span is mapped back
+to the original text, covering the invisible characters inside it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 
+from vstreamer.safety.normalize import fold, fold_is_identity, fold_with_map
 from vstreamer.safety.types import Match
 
 CATEGORY = "personal_data"
@@ -28,13 +32,12 @@ _ELEVEN_DIGITS = re.compile(r"\d(?:[\s\-－]?\d){10}")
 def _maybe_pii(text: str) -> bool:
     """Every detector needs an at sign or eleven digits (``\\d``: any script's) with at most one separator between
     two of them (a phone number has eleven, a card thirteen, an ID number eighteen): a reply counting "word0 word1"
-    or quoting a price skips all four detectors. The at signs are looked for with ``in``: a pattern that begins with
-    a digit lets re skip to the digits, where one that begins with a choice of at sign or digit is tried at every
-    character (2-2.5x slower)."""
-    return "@" in text or "＠" in text or _ELEVEN_DIGITS.search(text) is not None
+    or quoting a price skips all four detectors. ``text`` is folded (full-width signs are plain ones, invisible
+    characters gone). The at sign is looked for with ``in``: a pattern that begins with a digit lets re skip to the
+    digits, where one that begins with a choice of at sign or digit is tried at every character (2-2.5x slower)."""
+    return "@" in text or _ELEVEN_DIGITS.search(text) is not None
 
 
-_FULLWIDTH_DIGITS = str.maketrans("０１２３４５６７８９Ｘｘ－＋＠．", "0123456789Xx-+@.")
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 
@@ -79,20 +82,30 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool] | None], ...
 )
 
 
-def find_pii(text: str) -> list[Match]:
-    """Every personal-data span in ``text``; overlapping detections keep the first detector's."""
-    if not _maybe_pii(text):
+def find_pii(text: str, folded: str | None = None) -> list[Match]:
+    """Every personal-data span in ``text``; overlapping detections keep the first detector's.
+
+    ``folded``: :func:`~vstreamer.safety.normalize.fold` of ``text``, when the caller has it (the matcher needs it
+    too). Ordinary text costs the screen on it; the map back to ``text`` is only built when a detector may match
+    and the fold is not one character for one."""
+    if folded is None:
+        folded = fold(text)
+    if not _maybe_pii(folded):
         return []
-    text = text.translate(_FULLWIDTH_DIGITS)  # same length: spans stay valid
+    starts: list[int] | None = None
+    if not fold_is_identity(text):
+        folded, starts = fold_with_map(text)
     out: list[Match] = []
     taken: list[tuple[int, int]] = []
     for kind, pattern, check in _DETECTORS:
-        for m in pattern.finditer(text):
+        for m in pattern.finditer(folded):
             s, e = m.span()
             if check is not None and not check(m.group()):
                 continue
             if any(a < e and s < b for a, b in taken):
                 continue
             taken.append((s, e))
+            if starts is not None:  # the first and the last character's originals, and all between
+                s, e = starts[s], starts[e - 1] + 1
             out.append(Match(s, e, CATEGORY, kind, f"pii:{kind}"))
     return sorted(out, key=lambda m: m.start)

@@ -13,7 +13,7 @@ from vstreamer.safety.external import ExternalChecker
 from vstreamer.safety.injection import InjectionHit, find_injections, neutralize, sanitize_control_tokens
 from vstreamer.safety.lexicon import Action, Category, fingerprint, load_lexicon
 from vstreamer.safety.matcher import CompiledLexicon
-from vstreamer.safety.normalize import fold_with_map
+from vstreamer.safety.normalize import fold, fold_with_map, well_formed
 from vstreamer.safety.pii import CATEGORY as PII_CATEGORY
 from vstreamer.safety.pii import find_pii
 from vstreamer.safety.policy import RulePolicy, SafetyPolicy
@@ -168,8 +168,17 @@ class SafetyPipeline:
         normalized: str | None = None,
     ) -> list[tuple[Match, Action]]:
         """Every match in ``text`` with the action the policy gives it (``normalized``: the
-        :func:`~vstreamer.safety.normalize.normalize_short` of ``text``, if already known)."""
-        matches = self.compiled.scan(text, at_end=at_end, normalized=normalized) + find_pii(text)
+        :func:`~vstreamer.safety.normalize.normalize_short` of ``text``, if already known).
+
+        A lone surrogate (half an emoji) is read as U+FFFD: the matchers encode the text, which it cannot be, and
+        one character for one keeps the spans those of ``text``."""
+        checked = well_formed(text)
+        if checked is not text:
+            text, normalized = checked, None
+        folded = fold(text)  # for the pattern rules, pinyin and personal data alike
+        matches = self.compiled.scan(text, at_end=at_end, normalized=normalized, folded=folded) + find_pii(
+            text, folded
+        )
         if not matches:
             return []
         return self._actions(

@@ -19,10 +19,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from vstreamer.engine.conversation import Conversation, Turn, new_id
-from vstreamer.engine.engine import well_formed
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
 from vstreamer.llm.base import Usage
+from vstreamer.safety.normalize import well_formed
 from vstreamer.store.cache import CachedSession, SessionCache
 from vstreamer.store.database import (
     create_engine,
