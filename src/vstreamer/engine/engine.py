@@ -142,14 +142,12 @@ class DialogueEngine:
         key = (temperature, top_p, max_tokens, seed, stop, presence, frequency)
         made = self._sampling.get(key)
         if made is None:
-            if key == (defaults.temperature, defaults.top_p, defaults.max_tokens, defaults.seed, defaults.stop,
-                       defaults.presence_penalty, defaults.frequency_penalty):  # fmt: skip
+            made = replace(
+                defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
+                presence_penalty=presence, frequency_penalty=frequency,
+            )  # fmt: skip
+            if made == defaults:
                 made = defaults
-            else:
-                made = replace(
-                    defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
-                    presence_penalty=presence, frequency_penalty=frequency,
-                )  # fmt: skip
             if len(self._sampling) >= _SAMPLING_KEPT:
                 self._sampling.clear()  # requests that each ask for other values: keep no more than a few
             self._sampling[key] = made
@@ -346,7 +344,7 @@ class DialogueEngine:
             if self.safety is not None:
                 guard = guard or self._guard(persona, context, source)  # a reply without text is audited too
                 # The finish may block what the guard held back: the reply then ends in character all the same.
-                tail = "" if guard.blocked else guard.finish()
+                tail = guard.finish()  # "" once blocked
                 if guard.blocked:
                     tail = guard.deflection
                 if tail:

@@ -295,9 +295,8 @@ class ChatReply(Response):
             try:
                 await self._cancelled()
             except _ClientGone:
-                await _client_closed(
-                    scope, receive, send
-                )  # nobody reads it: the request's status, for metrics
+                # Nobody reads it: it is the request's status, for the metrics.
+                await _client_closed(scope, receive, send)
                 return
         except VStreamerError as exc:
             await self._fail(exc, watcher, scope, receive, send)
