@@ -251,9 +251,8 @@ class DriftDetector:
                 return False
         if after in _NOT_IDENTITY_NEXT:
             return False
-        if (
-            phrase.endswith("ai") and not phrase[-3].isascii()
-        ):  # a plain "AI" after Chinese: a clause must follow
+        # A plain "AI" after Chinese words: a clause must follow it.
+        if phrase.endswith("ai") and not phrase[-3].isascii():
             return not after.isalpha() or after.isascii() or after in _ZH_AI_CLAUSE_NEXT
         return True
 
