@@ -31,7 +31,10 @@ from vstreamer.safety.stream_guard import (
 )
 from vstreamer.safety.types import mask_spans
 
-_SPACED_LETTERS = re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
+_NOT_CONTRACTION = "(?<!i'[md])(?!(?<=i)'[md](?![a-z0-9]))"
+_SPACED_LETTERS = re.compile(
+    f"(?<![a-z0-9])[a-z]{_NOT_CONTRACTION}(?:[{_SEP}]+[a-z]{_NOT_CONTRACTION}){{2,}}(?![a-z0-9])"
+)
 """The spaced-letters pattern as first written (look-behind first)."""
 
 

@@ -49,6 +49,35 @@ def test_evasion_forms_fold_to_the_same_text(text: str, expected: str) -> None:
     assert normalize_with_map(text).text == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a b i'm going", "a b i'm going"),  # "i'm" is a word, not two spaced letters: nothing joins
+        ("plan b i'd go", "plan b i'd go"),
+        ("a b c i'm", "abc i'm"),  # the letters before it still join
+        ("i'm a b c", "i'm abc"),
+        ("I\u2019m here", "i'm here"),  # a typographic apostrophe is an apostrophe
+        ("a\u2018b\u2019c", "abc"),
+        ("f'u'c'k", "fuck"),  # apostrophes between single letters still join them
+        ("x i'mm", "x i'm"),  # not a contraction ("mm" is no single letter), as before
+        ("xi'm a b", "xi'm a b"),  # the "m" after "i'" is never a single letter
+    ],
+)
+def test_contractions_are_words_not_spaced_letters(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+    assert normalize_with_map(text).text == expected
+    assert normalize_vectorized(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["a b I'm going to kill you", "plan b i'm going to kill you", "I\u2019m going to kill you"]
+)
+def test_a_threat_after_single_letters_or_with_a_curly_apostrophe_is_blocked(
+    pipeline: SafetyPipeline, text: str
+) -> None:
+    assert pipeline.moderate(text, direction="output").action == "block"
+
+
 def test_ordinary_text_keeps_word_boundaries() -> None:
     assert normalize("I am a b c") == "i am abc"
     assert normalize("hello world") == "helo world"
@@ -105,8 +134,12 @@ def test_runs_without_map_agree_with_the_mapped_path(text: str) -> None:
     assert normalize_runs(text) == (nm.text, nm.runs)
 
 
-_vector_alphabet = _alphabet | st.sampled_from(
-    ["ﬁ", "½", "İ", "Σ", "ς", "\u0336", "\u3000", "·", "-", "a", "s", "i", "3", "@", "0", "台", "灣"]
+_vector_alphabet = (
+    _alphabet
+    | st.sampled_from(
+        ["ﬁ", "½", "İ", "Σ", "ς", "\u0336", "\u3000", "·", "-", "a", "s", "i", "3", "@", "0", "台", "灣"]
+    )
+    | st.sampled_from(["i", "m", "d", "'", "\u2019", " ", "i'm", "i'd", "I\u2019m", "b "])
 )
 
 

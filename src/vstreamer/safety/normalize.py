@@ -31,8 +31,12 @@ _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _SEP = r"\s*._\-~|/\\·•‧・+=^#'\"`"
 
 _CJK_SEP = re.compile(f"(?<=[{_CJK}])[{_SEP}]+(?=[{_CJK}])")
+# A letter of "i'm" or "i'd" is no single letter: joined, "a b i'm going to kill you" read "abim going to kill you".
+_NOT_CONTRACTION = "(?<!i'[md])(?!(?<=i)'[md](?![a-z0-9]))"
 # The letter comes before the look-behind (which then spans it), so that re skips to letters: 3x faster on Chinese.
-_SPACED_LETTERS = re.compile(f"[a-z](?<![a-z0-9].)(?:[{_SEP}]+[a-z]){{2,}}(?![a-z0-9])")
+_SPACED_LETTERS = re.compile(
+    f"[a-z](?<![a-z0-9].){_NOT_CONTRACTION}(?:[{_SEP}]+[a-z]{_NOT_CONTRACTION}){{2,}}(?![a-z0-9])"
+)
 _SEP_CHARS = re.compile(f"[{_SEP}]+")
 _LOOKALIKE_MAP = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 # Written to start with a character class so that re can skip ahead quickly.
@@ -47,6 +51,8 @@ _HOMOGLYPHS = {
     "т": "t", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ɡ": "g", "ο": "o",
     "α": "a", "ν": "v", "ι": "i", "κ": "k", "τ": "t", "ρ": "p", "ε": "e", "υ": "u", "χ": "x",
 }  # fmt: skip
+# Typographic apostrophes, which NFKC keeps: "I’m" is "i'm", as a term of the lexicon is written.
+_APOSTROPHES = {"\u2018": "'", "\u2019": "'", "\u201b": "'", "\u02bc": "'", "\u2032": "'"}
 # Invisible characters that are not in a format category.
 _INVISIBLE = {0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800, 0x180E, 0x034F}
 _T2S_RANGES = ((0x3400, 0xA000), (0xF900, 0xFB00), (0x20000, 0x2FA20))
@@ -81,7 +87,7 @@ def _fold_char(c: str, t2s: dict[str, str]) -> str:
         cat = unicodedata.category(x)
         if cat in ("Cf", "Mn", "Me"):
             continue
-        out.append(_HOMOGLYPHS.get(x, t2s.get(x, x)))
+        out.append(_HOMOGLYPHS.get(x) or _APOSTROPHES.get(x) or t2s.get(x, x))
     return "".join(out)
 
 

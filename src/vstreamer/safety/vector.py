@@ -39,6 +39,7 @@ _EXPANDS = _EXPAND_FLAG << _FLAG_SHIFT
 _CJK_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF))
 _UNICODE = 0x110000
 _CJK, _LETTER, _ALNUM = 1, 2, 4
+_APOSTROPHE = ord("'")
 
 Codes = np.ndarray[Any, np.dtype[np.uint32]]
 
@@ -127,12 +128,26 @@ def _dropped_runs(f: Codes, seps: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any,
     pairs = pairs[((outer & _ALNUM) == 0) | (starts[pairs] == 1)]
     outer = classes.take(f.take(ends[pairs] + 1, mode="clip"))
     pairs = pairs[((outer & _ALNUM) == 0) | (ends[pairs] + 1 == n)]
+    if len(pairs) and (f.take(seps) == _APOSTROPHE).any():
+        contracted = _contraction_letters(f, classes)  # "i'm", "i'd": no single letters
+        pairs = pairs[~(np.isin(starts[pairs] - 1, contracted) | np.isin(ends[pairs], contracted))]
     chained = (np.diff(pairs) == 1) & (ends[pairs[:-1]] + 1 == starts[pairs[1:]])
     in_chain = np.zeros(len(pairs), dtype=bool)
     in_chain[:-1] |= chained
     in_chain[1:] |= chained
     drop[pairs[in_chain]] = True
     return starts[drop], ends[drop]
+
+
+def _contraction_letters(f: Codes, classes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Where the letters of an "i'm" or "i'd" are (their "m" or "d" followed by no letter or digit)."""
+    n = len(f)
+    q = np.flatnonzero(f == _APOSTROPHE)
+    q = q[(q >= 1) & (q + 1 < n)]
+    q = q[(f[q - 1] == ord("i")) & ((f[q + 1] == ord("m")) | (f[q + 1] == ord("d")))]
+    after = classes.take(f.take(q + 2, mode="clip"))
+    q = q[((after & _ALNUM) == 0) | (q + 2 == n)]
+    return np.concatenate((q - 1, q + 1))
 
 
 def normalize_codes(text: str) -> Codes:
