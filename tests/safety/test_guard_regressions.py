@@ -119,6 +119,34 @@ def test_a_url_longer_than_the_hold_is_masked_to_its_end(pipeline: SafetyPipelin
         assert guard.max_held <= 200, (step, guard.max_held)  # bounded: not the whole URL
 
 
+# -- 2b. a degenerate reply is not held whole -----------------------------------------------------
+# Repeats collapse and spaced letters join when normalised: any number of "a"s or "a-"s is "a", the beginning of a
+# term, so the whole reply was held (nothing shown until its end) and each chunk re-read all of it (8,000
+# characters: 3-8 s of the event loop).
+
+
+@pytest.mark.parametrize("reply", ["a" * 3000, "a-" * 1500, "hi " + "ooo" * 1000 + "!"])
+def test_a_long_run_that_normalises_to_a_term_start_is_released_as_it_comes(
+    pipeline: SafetyPipeline, reply: str
+) -> None:
+    guard = pipeline.output_guard()
+    shown = "".join(guard.feed(reply[i : i + 3]) for i in range(0, len(reply), 3))
+    assert len(shown) >= len(reply) - 256 and guard.max_held <= 256, guard.max_held
+    assert shown + guard.finish() == pipeline.moderate(reply, direction="output").output == reply
+
+
+def test_an_allowed_phrase_stretched_past_the_hold_is_decided_as_blocked(pipeline: SafetyPipeline) -> None:
+    # "想死你了" (miss you) is allowed, "想死" (want to die) blocked; "想死你你你…" held until it is known which.
+    reply = "想死" + "你" * 3000
+    guard = pipeline.output_guard()
+    for i in range(0, len(reply), 3):
+        guard.feed(reply[i : i + 3])
+        if guard.blocked:
+            break
+    assert guard.blocked and i < 300 and guard.max_held <= 256
+    assert pipeline.moderate(reply, direction="output").action == "block"
+
+
 # -- property: the stream never shows what the whole reply masks or blocks -----------------------
 
 _FRAGMENTS = [

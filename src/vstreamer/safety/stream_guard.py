@@ -6,7 +6,8 @@ normalisation), plus trailing separators, spaced-out single letters and a traili
 number (which may still grow into a term, an e-mail or a phone number). Terms split across tokens
 are therefore seen whole before any of their characters go out.
 
-Each chunk costs work in proportion to the held tail and a few released characters of context,
+Each chunk costs work in proportion to the held tail (bounded: a few hundred characters) and a few released
+characters of context,
 never to the whole reply: the window is normalised once per chunk, each check first tests whether
 its pattern can match at all, and the leak guard (:class:`~vstreamer.safety.leak.LeakTracker`)
 reads each character about once.
@@ -46,6 +47,11 @@ masked, up to this much before the end, and the start of it is re-read with what
 _HEAD = 32
 """Characters of the start of a pattern match still open where the release stopped, re-read with the next chunk
 before the ``_CONTEXT`` characters (so that the rest of a long URL is still seen as one)."""
+_STRETCH_MAX = 256
+"""Most characters held back as the beginning of a listed term. Normalised, any number of characters can make one
+of a term's ("aaaa…", "a-a-a-…" are "a"): held unbounded, a degenerate reply was held whole and re-read with every
+chunk. Longer, the start of it is released; a blocked term held that long (an allowed phrase it may grow into, as
+"想死" into "想死你了", stretched past this) blocks the reply."""
 _PARTIAL_MAX = 24
 """How far back from the end the beginning of a pattern's match is looked for ("qq: 12", "加微信：", "https://赌")."""
 _TAIL_PATTERNS = (
@@ -214,7 +220,9 @@ class OutputGuard:
                 return self._block(_block_reason(m))
         for m in blocks:
             # Its end is in the tail held back for what it may grow into, an allowed phrase among them ("想死" of
-            # "想死你了"): decided when more comes, or at the end; held whole meanwhile.
+            # "想死你了"): decided when more comes, or at the end; held whole meanwhile, up to a bound.
+            if m.start < len(t) - _STRETCH_MAX:
+                return self._block(_block_reason(m))
             hold = min(hold, max(base, m.start))
         if self._leak.feed(new):
             return self._block(LEAK_REASON + "reproduces the protected system prompt")
@@ -267,7 +275,8 @@ class OutputGuard:
         # The longest end of the text that is the beginning of a term is held back.
         k = self._compiled.growing_suffix(n)
         if k:
-            hold = min(hold, normalized_suffix_start(core_text, k, folded[:core] if identity else None))
+            start = normalized_suffix_start(core_text, k, folded[:core] if identity else None)
+            hold = min(hold, max(start, len(t) - _STRETCH_MAX))
         # The beginning of what a pattern may match once more comes ("https://赌" of "https://赌场网站.com", "qq: 12").
         partial = self._partials.start(folded)
         if partial is not None:
