@@ -7,10 +7,9 @@ number (which may still grow into a term, an e-mail or a phone number). Terms sp
 are therefore seen whole before any of their characters go out.
 
 Each chunk costs work in proportion to the held tail (bounded: a few hundred characters) and a few released
-characters of context,
-never to the whole reply: the window is normalised once per chunk, each check first tests whether
-its pattern can match at all, and the leak guard (:class:`~vstreamer.safety.leak.LeakTracker`)
-reads each character about once.
+characters of context, never to the whole reply: the window is normalised once per chunk, each check first tests
+whether its pattern can match at all, and the leak guard (:class:`~vstreamer.safety.leak.LeakTracker`) reads each
+character about once.
 """
 
 from __future__ import annotations
