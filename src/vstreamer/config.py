@@ -195,6 +195,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {value!r}"
             )
+        if parsed.query or parsed.fragment or value.endswith(("?", "#")):
+            raise ValueError(
+                "base_url may not have a query or fragment (a request path is added to it): use the server's "
+                "base address, such as http://127.0.0.1:8000/v1"
+            )
         return value.rstrip("/")
 
     @field_validator("api_key")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
 import itertools
@@ -22,6 +23,7 @@ from vstreamer.errors import BackendResponseError, BackendTimeout, BackendUnavai
 from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta, Usage
 from vstreamer.llm.openai_compat import FIRST_TEXT_CHARS, FIRST_TEXT_MAX_BUSY, OpenAICompatBackend
 from vstreamer.llm.sse import MAX_LINE_BYTES, SSEDecoder
+from vstreamer.llm.tokenize import hide_secret
 
 #: Tests that start real servers; the SSE and transport tests below use scripted in-process ones.
 integration = pytest.mark.integration
@@ -640,10 +642,11 @@ class ChatRequest:
 
 @contextlib.asynccontextmanager
 async def answering(
-    *answers: bytes | Answer, **kwargs: Any
+    *answers: bytes | Answer, userinfo: str = "", path: str = "/v1", **kwargs: Any
 ) -> AsyncIterator[tuple[OpenAICompatBackend, list[ChatRequest]]]:
     """A backend whose server answers its n-th chat request with ``answers[n]`` (the last repeats), keeping each
-    connection open; yields the backend and the chat requests the server read."""
+    connection open; yields the backend and the chat requests the server read. ``userinfo`` and ``path`` go into
+    the backend's base URL."""
     requests: list[ChatRequest] = []
     handlers: set[asyncio.Task[Any]] = set()
 
@@ -670,7 +673,7 @@ async def answering(
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    url = f"http://{userinfo}{'@' if userinfo else ''}127.0.0.1:{server.sockets[0].getsockname()[1]}{path}"
     backend = OpenAICompatBackend(base_url=url, model="m", **{"max_retries": 0, **kwargs})
     try:
         yield backend, requests
@@ -817,3 +820,57 @@ def test_api_key_with_characters_a_header_cannot_carry_is_refused(key: str) -> N
     with pytest.raises(ConfigError, match="API key") as info:
         OpenAICompatBackend(base_url="http://127.0.0.1:1/v1", model="m", api_key=key)
     assert "0123456789" not in str(info.value)
+
+
+OK_STREAM = STREAM_HEAD + http_chunk(text_event("ok") + FINISH + b"data: [DONE]\n\n") + b"0\r\n\r\n"
+
+
+async def test_credentials_in_the_base_url_are_sent_as_basic_auth() -> None:
+    # vLLM behind a proxy with basic auth: the chat request sent only "Bearer EMPTY" (401), health checks passed.
+    async with answering(OK_STREAM, userinfo="user:p%40ss") as (backend, requests):
+        assert [d.text for d in await deltas_of(backend) if isinstance(d, TextDelta)] == ["ok"]
+        assert "p%40ss" not in backend.base_url and "user" not in backend.base_url
+    basic = base64.b64encode(b"user:p@ss").decode()
+    assert f"\r\nAuthorization: Basic {basic}\r\n".encode() in requests[0].head
+    assert b"Bearer" not in requests[0].head
+
+
+def test_credentials_in_the_base_url_and_an_api_key_are_refused() -> None:
+    with pytest.raises(ConfigError, match="either") as info:
+        OpenAICompatBackend(base_url="http://u:pw123@127.0.0.1:1/v1", model="m", api_key="sk-test-0123456789")
+    assert "pw123" not in str(info.value) and "0123456789" not in str(info.value)
+
+
+async def test_a_base_url_path_is_percent_encoded() -> None:
+    async with answering(OK_STREAM, path="/my models/модель/v1") as (backend, requests):
+        await deltas_of(backend)
+    assert requests[0].head.startswith(
+        b"POST /my%20models/%D0%BC%D0%BE%D0%B4%D0%B5%D0%BB%D1%8C/v1/chat/completions "
+    )
+
+
+@pytest.mark.parametrize("key", ["40", "token", "EMPTY"])
+async def test_a_short_api_key_does_not_garble_error_messages(key: str) -> None:
+    message = "This model's maximum context length is 4096 tokens; you asked for 5000 tokens (EMPTY prompt)"
+    body = json.dumps({"error": {"message": message}}).encode()
+    async with answering(whole(b"HTTP/1.1 400 Bad Request\r\n", body), api_key=key) as (backend, _):
+        with pytest.raises(BackendResponseError) as info:
+            await deltas_of(backend)
+    assert message in str(info.value)
+
+
+def test_an_api_key_is_hidden_as_a_whole_token() -> None:
+    assert hide_secret("key 40 of 4096, 40.", "40") == "key *** of 4096, ***."
+    assert hide_secret("sent sk-abc123xyz here", "sk-abc123xyz") == "sent *** here"
+    assert hide_secret("EMPTY key", "EMPTY") == "EMPTY key"  # the placeholder is no secret
+
+
+async def test_an_api_key_echoed_in_an_error_event_is_hidden() -> None:
+    event = sse({"error": {"message": "invalid key sk-proj-SECRET0123 for this model", "code": 401}})
+    async with answering(STREAM_HEAD + http_chunk(event) + b"0\r\n\r\n", api_key="sk-proj-SECRET0123") as (
+        backend,
+        _,
+    ):
+        with pytest.raises(BackendResponseError, match=r"invalid key \*\*\* for") as info:
+            await deltas_of(backend)
+    assert "SECRET0123" not in str(info.value)

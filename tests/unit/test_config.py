@@ -32,6 +32,8 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
     ("overrides", "message"),
     [
         ({"base_url": "localhost:8000"}, "base_url must be an http"),
+        ({"base_url": "http://h:8000/v1?api-version=1"}, "query"),  # chat requests would drop it
+        ({"base_url": "http://h:8000/v1#x"}, "query"),
         ({"backend": "gpt"}, "backend"),
         ({"context_window": 512, "max_tokens": 500}, "context_window"),
         ({"api_key": "changeme"}, "placeholder"),

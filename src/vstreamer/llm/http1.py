@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -289,7 +289,8 @@ class Pool:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.prefix = parts.path.rstrip("/")
+        # Percent-encoded as a request line needs it ("/my models/модель/v1"); escapes already there are kept.
+        self.prefix = quote(parts.path.rstrip("/"), safe="/%!$&'()*+,;=:@")
         self.ssl: ssl.SSLContext | None = None
         """TLS for ``https``: ``ssl_context``, or the system's trusted CAs with host name checks."""
         if parts.scheme == "https":

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from base64 import b64encode
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -180,6 +182,18 @@ class OpenAICompatBackend:
             )
         self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        parts = urlsplit(self.base_url)
+        if parts.username is not None or parts.password is not None:
+            # A server behind a proxy's basic auth: the credentials go in a header (as httpx sends them), never in
+            # the URL that errors and logs quote.
+            if api_key and api_key != "EMPTY":
+                raise ConfigError(
+                    "the LLM server's URL has credentials and an API key is set too: give either, not both"
+                )
+            user, password = unquote(parts.username or ""), unquote(parts.password or "")
+            headers = {"Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()}
+            self._api_key = password
+            self.base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         # Compressed streams are not decoded here (no request says it takes them; a server may assume so).
         self._chat_headers = {**headers, "Accept-Encoding": "identity"}
         # Connections belong to an event loop; the pool is made by the first request (see _pool).
@@ -188,7 +202,7 @@ class OpenAICompatBackend:
         self._http = httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(stall_timeout, connect=connect_timeout)
         )
-        self.tokenizer = RemoteTokenizer(self._http, self.base_url, model, secret=api_key)
+        self.tokenizer = RemoteTokenizer(self._http, self.base_url, model, secret=self._api_key)
 
     # --- generation -------------------------------------------------------------------------------------
 
@@ -287,6 +301,8 @@ class OpenAICompatBackend:
                 text = state.take(events, FIRST_TEXT_CHARS if split else 0)
             except _DECODE_ERRORS as exc:
                 raise _malformed(exc, state.where) from exc
+            except BackendResponseError as exc:  # an error event, which may quote the request's key
+                raise BackendResponseError(self._hide(str(exc)), exc.status_code) from None
             if state.eof and not state.done and not state.pending and not state.unread:
                 if not state.seen:
                     raise BackendResponseError(

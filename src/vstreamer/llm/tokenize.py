@@ -9,6 +9,7 @@ Anything else falls back to the conservative estimate. ``reason`` says why a cou
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -32,8 +33,13 @@ _TEXT_ONLY_OVERHEAD = 6
 
 def hide_secret(text: str, secret: str) -> str:
     """``text`` with ``secret`` (an API key) and any password in a URL replaced by ``***``, for messages and logs
-    (``/readyz`` and the CLI show them: an error of httpx quotes the server's URL, credentials and all)."""
-    return redact(text.replace(secret, "***") if secret else text)
+    (``/readyz`` and the CLI show them: an error of httpx quotes the server's URL, credentials and all).
+
+    The key is replaced where it stands alone, not inside a longer word or number: a short key ("40") must not
+    garble "4096 tokens". ``EMPTY``, what local servers are given for no key, is no secret."""
+    if secret and secret != "EMPTY" and secret in text:
+        text = re.sub(f"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return redact(text)
 
 
 class RemoteTokenizer:
