@@ -621,7 +621,7 @@ async def test_a_reply_holding_nul_is_shown_and_stored_without_it(store: Store) 
 
 
 async def test_sessions_are_searched_by_title_in_any_case(store: Store) -> None:
-    for title in ("Pizza talk", "other", "100%_literal", "披萨时间"):
+    for title in ("Pizza talk", "other", "100%_literal", "披萨时间", "Ёлка and Café ÉTÉ"):
         await store.create_session("nova", owner="alice", title=title)
     await store.create_session("nova", owner="bob", title="pizza too")
 
@@ -631,7 +631,20 @@ async def test_sessions_are_searched_by_title_in_any_case(store: Store) -> None:
     assert await titles("PIZZA") == ["Pizza talk"]
     assert await titles("%_") == ["100%_literal"]
     assert await titles("披萨") == ["披萨时间"]
-    assert len(await titles("")) == 4
+    assert (
+        await titles("ёлка") == await titles("été") == ["Ёлка and Café ÉTÉ"]
+    )  # not ASCII only (SQLite's own)
+    assert len(await titles("")) == 5
+
+
+async def test_a_renamed_title_is_stored_as_a_new_one_is(store: Store) -> None:
+    # A title with a NUL or half an emoji (the web UI renames a session to its first message) failed to store.
+    record = await store.create_session("nova", owner="alice")
+    for title, stored in [("hello\x00world", "helloworld"), ("half emoji \ud83d", "half emoji \ufffd")]:
+        await store.rename_session(record.id, title)
+        assert (await store.get_session(record.id)).title == stored  # type: ignore[union-attr]
+        store.cache.forget(record.id)
+        assert (await store.get_session(record.id)).title == stored  # type: ignore[union-attr]
 
 
 async def test_instances_sharing_a_database_cannot_take_each_others_personas(

@@ -91,6 +91,13 @@ def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # SQLite's own lower() folds ASCII only, and a search in any case (ILIKE) is lower() LIKE lower(): "été" did
+    # not find "ÉTÉ", as it does on PostgreSQL.
+    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 MIGRATION_LOCK = 0x7673_7472_6D69_6772 & 0x7FFF_FFFF_FFFF_FFFF

@@ -228,13 +228,12 @@ class Store(MemoryTables):
 
     @_shielded
     async def rename_session(self, session_id: str, title: str) -> None:
+        title = storable(well_formed(title))[:200]  # as a new session's
         async with self._tx() as session:
-            await session.execute(
-                update(SessionRow).where(SessionRow.id == session_id).values(title=title[:200])
-            )
+            await session.execute(update(SessionRow).where(SessionRow.id == session_id).values(title=title))
         cached = self.cache.sessions.get(session_id)
         if cached is not None:
-            cached.record = replace(cached.record, title=title[:200])
+            cached.record = replace(cached.record, title=title)
         self.cache.changed(session_id)  # a read begun before the update keeps the old title to itself
 
     @_shielded
