@@ -675,3 +675,34 @@ async def test_instances_sharing_a_database_cannot_take_each_others_personas(
     assert "alice's v2" in (await store.persona_rows())[0][0]
     await first.delete("alpha", owner="alice")
     assert await store.persona_rows() == []
+
+
+@pytest.mark.parametrize("cache", [None, 0])
+async def test_two_messages_to_one_session_are_answered_in_turn(store: Store, cache: int | None) -> None:
+    """A double send: the second message waits for the first reply, and its prompt holds it. With the session cache
+    off (PostgreSQL's default) each request loaded its own conversation, and the two replies ran at once."""
+    if cache is not None:
+        store = Store(store.engine, session_cache=cache)
+    persona = PersonaLibrary(None).get("xiaoxing")
+    backend = FakeBackend(
+        lambda messages: "answer to " + next(m.content for m in reversed(messages) if m.role == "user"),
+        delay=0.05,
+    )
+    engine = DialogueEngine(backend, ContextBudget(4096, 256), store=store)
+    record = await store.create_session(persona.id, owner="alice")
+
+    async def ask(text: str) -> None:
+        found = await store.open_conversation(record.id)
+        assert found is not None
+        async for _ in engine.reply(found[1], persona, text):
+            pass
+
+    first = asyncio.create_task(ask("first question"))
+    await asyncio.sleep(0.02)
+    await asyncio.gather(first, ask("second question"))
+    second = [(m.role, m.content) for m in backend.requests[1] if m.role != "system"]
+    assert second[-3:] == [("user", "first question"), ("assistant", "answer to first question"),
+                           ("user", "second question")]  # fmt: skip
+    stored = [(t.role, t.content) for t in await store.list_messages(record.id)]
+    assert stored == [("user", "first question"), ("assistant", "answer to first question"),
+                      ("user", "second question"), ("assistant", "answer to second question")]  # fmt: skip

@@ -67,7 +67,7 @@ class Turn:
         return message
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class Conversation:
     """A persona talking with one viewer (or one live room)."""
 

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -135,6 +136,8 @@ class Store(MemoryTables):
         if session_cache is None:
             session_cache = 1000 if engine.dialect.name == "sqlite" else 0
         self.cache = SessionCache(session_cache, keep_turns=self.RECENT_TURNS, max_turns=self.HELD_TURNS)
+        self._live: weakref.WeakValueDictionary[str, Conversation] = weakref.WeakValueDictionary()
+        """With the cache off: the conversation this process read last for each session still in use."""
         self.writer = TurnWriter(engine, on_settled=self._settled)
 
     @asynccontextmanager
@@ -273,10 +276,21 @@ class Store(MemoryTables):
         hit = self.cache.conversation(session_id)
         if hit is not None:
             return hit
+        live = None if self.cache.enabled else self._live.get(session_id)
+        if live is not None and live.replying.locked():
+            # Uncached, each request read its own copy, and a second message was answered alongside the first (the
+            # engine's one-reply-at-a-time lock is the conversation's): one with a reply being made is shared.
+            record = await self.get_session(session_id)
+            return None if record is None else (record, live)
         token = self.cache.token()
         loaded = await self._read_conversation(session_id, self.RECENT_TURNS, to_summary=True)
         if loaded is None:
             return None
+        if not self.cache.enabled:
+            live = self._live.get(session_id)
+            if live is not None and live.replying.locked():  # another read's, started on meanwhile
+                return loaded[0], live
+            self._live[session_id] = loaded[1]
         # Loaded concurrently: share one object. Changed meanwhile (deleted, say): this read is not cached.
         kept = self.cache.keep(session_id, CachedSession(*loaded), token)
         if kept is not None and kept.conversation is not None:
