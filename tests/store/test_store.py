@@ -706,3 +706,33 @@ async def test_two_messages_to_one_session_are_answered_in_turn(store: Store, ca
     stored = [(t.role, t.content) for t in await store.list_messages(record.id)]
     assert stored == [("user", "first question"), ("assistant", "answer to first question"),
                       ("user", "second question"), ("assistant", "answer to second question")]  # fmt: skip
+
+
+@pytest.mark.parametrize("when", ["streaming", "before the first text"])
+async def test_a_reply_cut_off_by_shutdown_is_stored_as_interrupted(store: Store, when: str) -> None:
+    """Shutting down, the server cancels the replies still streaming and at once closes the engine and the store (as
+    uvicorn does after its graceful timeout): the cut-off reply was queued only after the store had closed, and lost."""
+    url = store.engine.url.render_as_string(hide_password=False)
+    persona = PersonaLibrary(None).get("xiaoxing")
+    engine = DialogueEngine(FakeBackend(lambda _: "some words of a long reply " * 20, delay=0.05),
+                            ContextBudget(4096, 256), store=store)  # fmt: skip
+    record = await store.create_session(persona.id, owner="alice")
+    conversation = await store.load_conversation(record.id)
+
+    async def ask() -> None:
+        async for _ in engine.reply(conversation, persona, "hello"):
+            pass
+
+    task = asyncio.create_task(ask())
+    await asyncio.sleep(0.3 if when == "streaming" else 0)
+    task.cancel()
+    await engine.aclose()
+    await store.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    reopened = Store(create_engine(url))
+    try:
+        stored = [(t.role, t.status) for t in await reopened.list_messages(record.id)]
+    finally:
+        await reopened.close()
+    assert stored == [("user", "complete"), ("assistant", "interrupted")]

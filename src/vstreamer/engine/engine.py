@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 from functools import partial
@@ -51,6 +51,8 @@ class SamplingOverrides:
 
 
 _NO_OVERRIDES = SamplingOverrides()
+_CLOSE_WAIT_S = 5.0
+"""How long closing waits for the replies being made to end (their callers cancel them) and for their commits."""
 _SAMPLING_KEPT = 64
 """Sampling parameter sets an engine keeps made (personas' defaults and the overrides clients repeat)."""
 
@@ -109,6 +111,10 @@ class DialogueEngine:
         self._sampling: dict[tuple[object, ...], SamplingParams] = {}
         self._sampling_from = self.defaults
         """The defaults that ``_sampling``'s parameter sets were made from."""
+        self._replying: set[asyncio.Future[None]] = set()
+        """One future per reply being made, done once its end is being committed; :meth:`aclose` waits for them."""
+        self._storing: set[asyncio.Future[None]] = set()
+        """Commits of replies that ended (also cut off or failed) still running: :meth:`aclose` waits for them."""
         if memory is not None and safety is not None:
             memory.fact_filter = self._vet_fact
 
@@ -121,7 +127,11 @@ class DialogueEngine:
         return decision.text_for_prompt.strip() or None
 
     async def aclose(self) -> None:
-        """Cancel background work (shutdown); replies in flight are their callers' to close."""
+        """Cancel background work (shutdown); replies in flight are their callers' to close. The commits of replies
+        that ended are waited for (a server shutting down cancels its replies, then closes the store at once)."""
+        for pending in (self._replying, self._storing):
+            if pending:  # replies cancelled just now run their ends first, which start their commits
+                await asyncio.wait(set(pending), timeout=_CLOSE_WAIT_S)
         await self.tasks.aclose()
 
     def sampling_for(self, persona: Persona, overrides: SamplingOverrides | None = None) -> SamplingParams:
@@ -224,7 +234,7 @@ class DialogueEngine:
                 if saving is not None:
                     await asyncio.shield(saving)
                 if refused and self.store is not None:  # its row, if committed first, too
-                    await asyncio.shield(self._save(conversation, user_turn))
+                    await self._shielded(self._save(conversation, user_turn))
                 raise
             params = self.sampling_for(persona, overrides)
             reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
@@ -242,7 +252,7 @@ class DialogueEngine:
         """A blocked message: stored as blocked (masked), answered with the policy's message, never sent on."""
         user_turn = conversation.add(Turn("user", decision.result.output, status="blocked"))
         turn = conversation.add(Turn("assistant", decision.user_message or "", status="blocked"))
-        await asyncio.shield(self._save_all(conversation, user_turn, turn))  # both, also if the caller goes
+        await self._shielded(self._save_all(conversation, user_turn, turn))  # both, also if the caller goes
         yield ReplyStarted(turn, 0)
         if turn.content:
             yield ReplyDelta(turn.content, last=True)
@@ -299,6 +309,8 @@ class DialogueEngine:
 
         loop = asyncio.get_running_loop()
         saved = False
+        ending = loop.create_future()
+        self._replying.add(ending)
         try:
             yield ReplyStarted(turn, context.prompt_tokens)
             messages = context.messages
@@ -364,9 +376,11 @@ class DialogueEngine:
             turn.status, turn.error = "failed", str(exc) or type(exc).__name__
             raise
         finally:
+            self._replying.discard(ending)
+            ending.set_result(None)
             if not saved:
                 # Shielded as one: a cancel while it waits for the user's message must not skip the reply's commit.
-                await asyncio.shield(self._store_unfinished(conversation, turn, parts, started, saving))
+                await self._shielded(self._store_unfinished(conversation, turn, parts, started, saving))
             if turn.in_prompt and getattr(self.backend, "counts_remotely", False):
                 # The next turn's prompt holds this reply: count its share now, not on that turn's path.
                 self.tasks.spawn(f"count:{turn.id}", self.context.count_turn(turn))
@@ -456,7 +470,14 @@ class DialogueEngine:
         turn.content = "".join(parts)
         turn.duration_ms = round((time.perf_counter() - started) * 1000)
         # Shielded: a reply cancelled by its client is still committed with its partial text.
-        await asyncio.shield(self._save(conversation, turn))
+        await self._shielded(self._save(conversation, turn))
+
+    def _shielded(self, commit: Coroutine[None, None, None]) -> asyncio.Future[None]:
+        """``commit`` run to its end whatever happens to its caller, and waited for by :meth:`aclose`."""
+        task = asyncio.ensure_future(commit)
+        self._storing.add(task)
+        task.add_done_callback(self._storing.discard)
+        return asyncio.shield(task)
 
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:
