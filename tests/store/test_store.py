@@ -736,3 +736,27 @@ async def test_a_reply_cut_off_by_shutdown_is_stored_as_interrupted(store: Store
     finally:
         await reopened.close()
     assert stored == [("user", "complete"), ("assistant", "interrupted")]
+
+
+async def test_a_reply_to_a_deleted_session_does_not_land_in_a_new_one_of_the_same_id(store: Store) -> None:
+    """A client names its session; it deletes it while a reply streams, and a session of the same id is made at once
+    (by another key, even): the reply ending then was stored into the new session, as its first message."""
+    persona = PersonaLibrary(None).get("xiaoxing")
+    engine = DialogueEngine(FakeBackend(lambda _: "alice's secret reply " * 5, delay=0.02),
+                            ContextBudget(4096, 256), store=store)  # fmt: skip
+    await store.create_session(persona.id, owner="alice", session_id="chat-1")
+    conversation = await store.load_conversation("chat-1")
+
+    async def ask() -> None:
+        async for _ in engine.reply(conversation, persona, "hello"):
+            pass
+
+    task = asyncio.create_task(ask())
+    await asyncio.sleep(0.1)
+    assert await store.delete_session("chat-1", owner="alice")
+    await store.create_session(persona.id, owner="bob", session_id="chat-1")
+    with pytest.raises(StoreError, match="deleted"):
+        await task  # the reply's end could not be stored: its client hears so, not "stop"
+    store.cache.forget("chat-1")
+    assert await store.list_messages("chat-1") == []
+    assert (await store.get_session("chat-1")).owner == "bob"  # type: ignore[union-attr]

@@ -107,6 +107,18 @@ def _holds(conversation: Conversation, turn: Turn) -> bool:
     return bool(turns) and turns[-1] is turn or any(t is turn for t in turns[-8:])
 
 
+def _answered(conversation: Conversation, turn: Turn) -> str | None:
+    """The id of the user's message that ``turn`` (a reply) answers, if it was stored: the reply is written only
+    while that message is still its session's (see ``Write.anchor``)."""
+    turns = conversation.turns
+    i = len(turns) - 1
+    while i > 0 and turns[i] is not turn:  # the last one, but for a reply saved again later
+        i -= 1
+    if i > 0 and turns[i].role == "assistant" and (before := turns[i - 1]).role == "user":
+        return before.id if before.status != "failed" else None
+    return None
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
@@ -381,10 +393,11 @@ class Store(MemoryTables):
         around = self.cache.enabled and (
             cached is None or cached.conversation is not conversation or not _holds(conversation, turn)
         )
+        anchor = _answered(conversation, turn) if touch else None
         write = (
-            Write(conversation.id, now, turn=turn, touch=touch, notify=around)
+            Write(conversation.id, now, turn=turn, touch=touch, notify=around, anchor=anchor)
             if done is None
-            else Write(conversation.id, now, turn=turn, touch=touch, notify=around, done=done)  # no throwaway
+            else Write(conversation.id, now, turn=turn, touch=touch, notify=around, anchor=anchor, done=done)
         )
         done = self.writer.enqueue(write)
         if cached is not None:

@@ -33,6 +33,7 @@ from vstreamer.store.database import database_error, dialect_insert, sqlite_prag
 from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 
 logger = logging.getLogger(__name__)
+_GONE = "session {} was deleted while this reply was made: it is not stored"
 
 _MESSAGES = MessageRow.__table__
 _SESSIONS = SessionRow.__table__
@@ -54,6 +55,10 @@ class Write:
     turn: Turn | None = None
     """A turn to insert or update; its row is made when the batch is committed (off the path of the request that
     queued it: its text and status are final by then)."""
+    anchor: str | None = None
+    """For a ``turn``: a message that must still be the session's (the user's message a reply answers). Without it
+    the session was deleted while the reply was made, perhaps made again under the same id (a client that names its
+    session does so at once), and the turn is not written: the write fails with :class:`SessionGone`."""
     summary: dict[str, Any] | None = None
     touch: bool = True
     """Whether a ``turn`` moves the session's ``updated_at`` (two more pages to write in a ~5-page commit)."""
@@ -85,6 +90,10 @@ def message_row(session_id: str, turn: Turn) -> dict[str, Any]:
     }
 
 
+class SessionGone(StoreError):
+    """A turn was not written: its session was deleted meanwhile."""
+
+
 class _Statements:
     """The batch's statements, built once per dialect (compiled once, then only parameters change)."""
 
@@ -94,6 +103,22 @@ class _Statements:
         upsert = insert(_MESSAGES)
         self.message = upsert.on_conflict_do_update(
             index_elements=["id"], set_={name: upsert.excluded[name] for name in MESSAGE_FIELDS}
+        )
+        # The same, only while the write's anchor is a message of the session (see ``Write.anchor``).
+        columns = [column.name for column in _MESSAGES.columns if column.name != "pk"]
+        values = {name: bindparam(name, type_=_MESSAGES.c[name].type) for name in columns}
+        anchored = insert(_MESSAGES).from_select(
+            columns,
+            select(*values.values()).where(
+                exists(
+                    select(_MESSAGES.c.id)
+                    .where(_MESSAGES.c.id == bindparam("anchor"))
+                    .where(_MESSAGES.c.session_id == values["session_id"])
+                )
+            ),
+        )
+        self.anchored_message = anchored.on_conflict_do_update(
+            index_elements=["id"], set_={name: anchored.excluded[name] for name in MESSAGE_FIELDS}
         )
         self.touch = (
             update(_SESSIONS)
@@ -134,7 +159,8 @@ class _Statements:
         latest: dict[str, datetime] = {}
         for w in writes:  # one pass: most batches are one or two turns
             if w.turn is not None:
-                messages.append(message_row(w.session_id, w.turn))
+                if w.anchor is None:
+                    messages.append(message_row(w.session_id, w.turn))
                 if w.touch:
                     latest[w.session_id] = w.now
         plan: list[tuple[UpdateBase, list[dict[str, Any]]]] = []
@@ -150,6 +176,15 @@ class _Statements:
         current = {w.session_id: w.summary["text"] for w in writes if w.summary is not None and w.inserted}
         return [{"sid": sid, "summary_text": text} for sid, text in current.items()]
 
+    @staticmethod
+    def anchored(writes: Sequence[Write]) -> list[tuple[Write, dict[str, Any]]]:
+        """The turns written only while their anchor is their session's (rows of ``anchored_message``)."""
+        return [
+            (w, message_row(w.session_id, w.turn) | {"anchor": w.anchor})
+            for w in writes
+            if w.turn is not None and w.anchor is not None
+        ]
+
     def apply(self, connection: Connection, writes: Sequence[Write]) -> None:
         # New sessions one by one, each learning whether it was made: the caller answers with its own record
         # then, or reads the one that was there (rare next to turns, so one statement each costs nothing).
@@ -158,6 +193,9 @@ class _Statements:
                 write.inserted = connection.execute(self.session, write.session).rowcount == 1
         for statement, rows in self.plan(writes):
             connection.execute(statement, rows)
+        for write, row in self.anchored(writes):  # one by one, each learning whether it was written
+            if connection.execute(self.anchored_message, row).rowcount != 1:
+                raise SessionGone(_GONE.format(write.session_id))
         # Summaries one by one, after the turns they may cover, each learning whether it was stored.
         for write in writes:
             if write.summary is not None:
@@ -264,6 +302,10 @@ class _SQLiteFile:
             for statement, rows in self.statements.plan(writes):
                 compiled = self._compiled(statement, tuple(rows[0]))
                 connection.executemany(compiled.sql, [self._params(compiled, row) for row in rows])
+            for write, row in self.statements.anchored(writes):
+                compiled = self._compiled(self.statements.anchored_message, tuple(row))
+                if connection.execute(compiled.sql, self._params(compiled, row)).rowcount != 1:
+                    raise SessionGone(_GONE.format(write.session_id))
             for write in writes:
                 if write.summary is not None:
                     compiled = self._compiled(self.statements.summary, tuple(write.summary))
@@ -424,6 +466,8 @@ async def _mapped(commit: Awaitable[None]) -> None:
     """Any failure of a commit is a :class:`StoreError`: one that escaped would leave its writers waiting forever."""
     try:
         await commit
+    except SessionGone:
+        raise
     except Exception as exc:
         raise database_error(exc) from exc
 
