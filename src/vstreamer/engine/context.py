@@ -191,7 +191,11 @@ class ContextBuilder:
         recent = [
             t.content for t in conversation.turns[-depth:] if t.in_prompt or t is conversation.turns[-1]
         ]
-        return list(book.activate(recent, count_tokens=typical_tokens))
+        return list(
+            book.activate(
+                recent, count_tokens=typical_tokens, char=persona.char_name, user=conversation.user_name
+            )
+        )
 
     async def count_turn(self, turn: Turn) -> None:
         """Count ``turn``'s share of later prompts ahead of time (kept on the turn)."""

@@ -162,9 +162,15 @@ def _entry_fields(entry: Any, where: str) -> dict[str, Any]:
     def flag(key: str, default: bool) -> bool:
         return coerce.boolean(entry.get(key), f"{where}.{key}", default)
 
+    use_regex = flag("use_regex", False)
+
+    def keys(key: str) -> list[str]:
+        # V3: a string holds comma-separated keys; a regex may hold commas of its own
+        return coerce.text_list(entry.get(key), f"{where}.{key}", split_commas=not use_regex)
+
     return {
-        "keys": coerce.text_list(entry.get("keys"), f"{where}.keys"),
-        "secondary_keys": coerce.text_list(entry.get("secondary_keys"), f"{where}.secondary_keys"),
+        "keys": keys("keys"),
+        "secondary_keys": keys("secondary_keys"),
         "content": coerce.text(entry.get("content"), f"{where}.content"),
         "enabled": flag("enabled", True),
         "insertion_order": coerce.integer(entry.get("insertion_order"), f"{where}.insertion_order", 100),
@@ -172,7 +178,7 @@ def _entry_fields(entry: Any, where: str) -> dict[str, Any]:
         "selective": flag("selective", False),
         "constant": flag("constant", False),
         "position": coerce.position(entry.get("position")),
-        "use_regex": flag("use_regex", False),
+        "use_regex": use_regex,
         "priority": coerce.integer(entry.get("priority"), f"{where}.priority", 10),
         "name": coerce.text(entry.get("name"), f"{where}.name"),
         "id": coerce.entry_id(entry.get("id"), f"{where}.id"),

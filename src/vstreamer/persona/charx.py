@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import struct
 import zipfile
 import zlib
 from typing import Any
@@ -12,6 +13,7 @@ from vstreamer.errors import PersonaError
 from vstreamer.persona.limits import (
     MAX_FILE_BYTES,
     MAX_TEXT_BYTES,
+    MAX_ZIP_DIRECTORY_BYTES,
     MAX_ZIP_MEMBERS,
     MAX_ZIP_TOTAL_BYTES,
     parse_json,
@@ -20,6 +22,9 @@ from vstreamer.persona.png import SIGNATURE
 
 CARD_MEMBER = "card.json"
 _EMBEDDED = "embeded://"  # sic: the spec's spelling
+_END = b"PK\x05\x06"  # end of central directory record (22 bytes, then a comment of up to 64 KiB)
+_END64 = b"PK\x06\x06"  # ZIP64 end of central directory record (56 bytes, before its locator)
+_END64_LOCATOR = b"PK\x06\x07"  # 20 bytes, just before the end record
 # what zipfile and its decompressors raise on corrupt archives
 _ZIP_ERRORS = (
     zipfile.BadZipFile,
@@ -70,8 +75,40 @@ class _Budget:
         return b"".join(chunks)
 
 
+def _directory_size(data: bytes) -> tuple[int, int] | None:
+    """(entries, bytes) of the central directory, read from the end record the way zipfile finds it;
+    None when there is no end record (zipfile refuses such data quickly)."""
+    start = len(data) - 22
+    if not (start >= 0 and data[start : start + 4] == _END and data[-2:] == b"\0\0"):
+        start = data.rfind(_END, max(0, len(data) - 22 - 0xFFFF))
+        if start < 0 or start + 22 > len(data):
+            return None
+    entries, size = struct.unpack("<HL", data[start + 10 : start + 16])
+    locator = start - 20
+    record = locator - 56
+    if record >= 0 and data[locator : locator + 4] == _END64_LOCATOR and data[record : record + 4] == _END64:
+        entries, size = struct.unpack("<2Q", data[record + 32 : record + 48])
+    return entries, size
+
+
+def _check_directory(data: bytes, where: str) -> None:
+    """Refuse an archive whose central directory is too big, before zipfile parses all of it."""
+    found = _directory_size(data)
+    if found is None:
+        return
+    entries, size = found
+    if entries > MAX_ZIP_MEMBERS:
+        raise PersonaError(f"{where}: {entries} archive members, more than the {MAX_ZIP_MEMBERS} allowed")
+    if size > MAX_ZIP_DIRECTORY_BYTES:
+        raise PersonaError(
+            f"{where}: the archive's central directory is {size} bytes,"
+            f" more than the {MAX_ZIP_DIRECTORY_BYTES} allowed"
+        )
+
+
 def read_charx(data: bytes, where: str) -> tuple[Any, bytes | None]:
     """(parsed card.json, main icon PNG bytes or None) from a CHARX archive."""
+    _check_directory(data, where)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except _ZIP_ERRORS as exc:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from vstreamer.errors import PersonaError
 from vstreamer.persona.cards import card_from_persona
+from vstreamer.persona.lorebook import without_decorators
 from vstreamer.persona.model import Persona
 from vstreamer.persona.png import tiny_png, with_text_chunks
 
@@ -19,6 +20,34 @@ def export_card_json(p: Persona, spec: Literal["v2", "v3"] = "v2") -> dict[str, 
     return card_from_persona(p, spec)
 
 
+#: card fields the V3 spec added, left out of the V2 ``chara`` copy written next to ``ccv3``
+_V3_ONLY_FIELDS = frozenset(
+    {
+        "nickname",
+        "group_only_greetings",
+        "assets",
+        "source",
+        "creator_notes_multilingual",
+        "creation_date",
+        "modification_date",
+    }
+)
+
+
+def _v2_backfill(card: dict[str, Any]) -> dict[str, Any]:
+    """The V2 copy for a card PNG: as the V3 spec asks of a backfill, without decorators and V3-only
+    fields (``ccv3`` beside it keeps them)."""
+    data = {k: v for k, v in card["data"].items() if k not in _V3_ONLY_FIELDS}
+    book = data.get("character_book")
+    if isinstance(book, dict):
+        entries = [
+            {**{k: v for k, v in e.items() if k != "use_regex"}, "content": without_decorators(e["content"])}
+            for e in book["entries"]
+        ]
+        data["character_book"] = {**book, "entries": entries}
+    return {**card, "data": data}
+
+
 def _chunk_text(card: dict[str, Any]) -> str:
     try:
         raw = json.dumps(card, ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -28,10 +57,13 @@ def _chunk_text(card: dict[str, Any]) -> str:
 
 
 def export_card_png(p: Persona, image_png: bytes | None = None) -> bytes:
-    """A card PNG with both a ``chara`` (V2) and a ``ccv3`` (V3) chunk.
+    """A card PNG with both a ``chara`` (V2 backfill) and a ``ccv3`` (V3) chunk.
 
     The image is ``image_png``, else the persona's avatar, else a small generated square.
     """
     image = image_png or p.avatar_png or tiny_png()
-    texts = {"chara": _chunk_text(export_card_json(p, "v2")), "ccv3": _chunk_text(export_card_json(p, "v3"))}
+    texts = {
+        "chara": _chunk_text(_v2_backfill(export_card_json(p, "v2"))),
+        "ccv3": _chunk_text(export_card_json(p, "v3")),
+    }
     return with_text_chunks(image, texts, "image")

@@ -7,6 +7,7 @@ how wide a persona file may be.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ MAX_FILE_BYTES = 20 * MiB
 MAX_TEXT_BYTES = 2 * MiB
 #: YAML text: it parses far slower than JSON, and hand-written cards are a few KB
 MAX_YAML_BYTES = 512 * 1024
-#: decompressed zTXt/iTXt chunk
-MAX_INFLATED_BYTES = 2 * MiB
+#: decompressed zTXt/iTXt chunk: base64 of MAX_TEXT_BYTES of JSON (4/3 of it), with room for line breaks
+MAX_INFLATED_BYTES = MAX_TEXT_BYTES * 3 // 2
 #: CHARX (zip) limits
 MAX_ZIP_MEMBERS = 1000
 MAX_ZIP_TOTAL_BYTES = 50 * MiB
+#: CHARX central directory: zipfile builds an object per record of it before any other check
+MAX_ZIP_DIRECTORY_BYTES = MAX_ZIP_MEMBERS * 512
 #: one string field of a persona or lore entry
 MAX_STRING_CHARS = 100_000
 #: entries of one lorebook
@@ -172,8 +175,8 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def check_tree(value: Any, where: str, limits: TreeLimits = UPLOAD_LIMITS) -> None:
-    """Reject values that are too deep, too many, too long together (aliases, cycles), not JSON-like,
-    or text that is not valid Unicode.
+    """Reject values that are too deep, too many, too long together (aliases, cycles), not JSON-like
+    (inf and nan included), or text that is not valid Unicode.
 
     Iterative, so hostile nesting cannot exhaust the Python stack.
     """
@@ -193,6 +196,9 @@ def check_tree(value: Any, where: str, limits: TreeLimits = UPLOAD_LIMITS) -> No
             _check_unicode(node, where, path)
         if depth > limits.nesting:
             raise PersonaError(f"{where}: data nested deeper than {limits.nesting} levels at {_shown(path)}")
+        if isinstance(node, float) and not math.isfinite(node):
+            # JSON has no inf/nan: such a value could be neither stored nor exported
+            raise PersonaError(f"{where}: {node!r} at {_shown(path)} is not a finite number")
         if isinstance(node, _SCALARS):
             continue
         if isinstance(node, Mapping):

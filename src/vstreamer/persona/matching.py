@@ -25,6 +25,8 @@ from typing import Any
 
 import regex
 
+from vstreamer.persona.macros import render_macros
+
 logger = logging.getLogger(__name__)
 
 #: longest regex key accepted
@@ -47,6 +49,8 @@ MAX_PLAIN_SCAN_CHARS = 50_000
 _PATTERN_ERRORS = (re.error, RecursionError, OverflowError, ValueError, TypeError, AttributeError)
 """What compiling or parsing a hostile pattern may raise."""
 _SLASH_FORM = re.compile(r"^/(.+)/([a-zA-Z]*)$", re.DOTALL)
+# what SillyTavern reads as a regex among plain keys (its parseRegexFromString): JavaScript flags only
+_ST_REGEX_KEY = re.compile(r"^/(.+)/([gimsuy]*)$", re.DOTALL)
 _RE_REPEAT = re.compile(r"\{(?:\d+|\d*,\d*)\}")  # what ``re`` reads as a repeat; any other ``{`` is text
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 _IGNORED_FLAGS = set("guyd")  # JavaScript flags with no meaning for a yes/no search
@@ -254,14 +258,47 @@ class _RegexKeys:
             budget.left_s -= time.perf_counter() - start
 
 
-def keys_matcher(keys: Sequence[str], *, case_sensitive: bool, use_regex: bool) -> Matcher:
-    """A function telling whether any of ``keys`` occurs in a ScanText."""
+def is_regex_key(key: str, use_regex: bool) -> bool:
+    """Whether ``key`` is matched as a regex: all keys of a ``use_regex`` entry, and, as SillyTavern
+    does, a ``/pattern/flags`` key (JavaScript flags) of any other entry."""
+    return use_regex or _ST_REGEX_KEY.match(key.strip()) is not None
+
+
+def keys_matcher(
+    keys: Sequence[str],
+    *,
+    case_sensitive: bool,
+    use_regex: bool,
+    macro_names: tuple[str, str] | None = None,
+) -> Matcher:
+    """A function telling whether any of ``keys`` occurs in a ScanText (see ``is_regex_key``).
+
+    With ``macro_names`` (char, user), the macros in the keys are filled first. Whether a key is a
+    regex is decided on the key as written, and a name is matched as text in a regex too.
+    """
     cleaned = [k.strip() for k in keys if k and k.strip()]
+    regex_keys = [k for k in cleaned if is_regex_key(k, use_regex)]
+    plain_keys = [k for k in cleaned if not is_regex_key(k, use_regex)]
+    if macro_names is not None:
+        char, user = macro_names
+        plain_keys = [render_macros(k, char=char, user=user).strip() for k in plain_keys]
+        escaped = {"char": re.escape(char), "user": re.escape(user)}
+        regex_keys = [render_macros(k, **escaped) for k in regex_keys]
+    plain = _plain_matcher([k for k in plain_keys if k], case_sensitive)
+    if not regex_keys:
+        return plain
+    patterns = [p for p in (compile_regex(k, case_sensitive) for k in regex_keys) if p is not None]
+    if not patterns:
+        return plain
+    found = _RegexKeys(patterns)
+    if plain is _never:
+        return found
+    return lambda text: plain(text) or found(text)
+
+
+def _plain_matcher(cleaned: list[str], case_sensitive: bool) -> Matcher:
     if not cleaned:
         return _never
-    if use_regex:
-        patterns = [p for p in (compile_regex(k, case_sensitive) for k in cleaned) if p is not None]
-        return _RegexKeys(patterns) if patterns else _never
     if case_sensitive:
         exact = tuple(dict.fromkeys(cleaned))
         return lambda text: any(k in text.raw for k in exact)
