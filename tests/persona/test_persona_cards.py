@@ -284,7 +284,12 @@ def test_charx_with_embedded_icon(cardkit: type[CardKit]) -> None:
     )
     p = load_persona_bytes(data, "aria.charx")
     assert (p.name, p.source_format, p.avatar_png) == ("Aria", "chara_card_v3", icon)
-    assert export_card_json(p, "v3")["data"]["assets"] == card["data"]["assets"]
+    # only the icon's bytes are kept: embedded assets are left out of exports (as the V3 spec asks of
+    # asset data not saved), but a card PNG's main icon is the PNG itself
+    assert p.extensions["vstreamer/card_fields"]["assets"] == card["data"]["assets"]
+    assert export_card_json(p, "v3")["data"]["assets"] == []
+    v3 = json.loads(base64.b64decode(read_card_chunks(export_card_png(p))["ccv3"]))
+    assert v3["data"]["assets"] == [{**card["data"]["assets"][0], "uri": "ccdefault:"}]
 
 
 def test_charx_without_icon(cardkit: type[CardKit]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import struct
 import zipfile
 import zlib
@@ -22,7 +23,7 @@ from vstreamer.persona import (
 )
 from vstreamer.persona.limits import MAX_TEXT_BYTES
 from vstreamer.persona.lorebook import MAX_CACHED_NAMES
-from vstreamer.persona.png import read_card_chunks
+from vstreamer.persona.png import read_card_chunks, tiny_png
 
 # --- CHARX central directory -----------------------------------------------------------------------
 
@@ -393,3 +394,81 @@ def test_png_v2_backfill_drops_decorators_and_v3_only_fields(cardkit: Any) -> No
     assert entries[1]["x_custom_field"] == "kept"
     assert v2["extensions"] == v3["extensions"]
     assert v3["character_book"]["entries"][0]["content"] == "@@depth 4\n@@@activate\nThe actual lore."
+
+
+# --- CHARX assets whose bytes are not kept ---------------------------------------------------------
+
+_ICON_ASSET = {"type": "icon", "uri": "embeded://assets/icon/images/main.png", "name": "main", "ext": "png"}
+_EMOTION_ASSET = {
+    "type": "emotion",
+    "uri": "embeded://assets/emotion/images/happy.png",
+    "name": "happy",
+    "ext": "png",
+}
+_WEB_ASSET = {"type": "background", "uri": "https://example.com/bg.png", "name": "main", "ext": "png"}
+
+
+def _charx_with_assets(cardkit: Any, *, with_icon: bool = True) -> bytes:
+    card = cardkit.v3()
+    card["data"]["assets"] = [_ICON_ASSET, _EMOTION_ASSET, _WEB_ASSET]
+    members = {"card.json": json.dumps(card).encode(), "assets/emotion/images/happy.png": tiny_png()}
+    if with_icon:
+        members["assets/icon/images/main.png"] = tiny_png((1, 2, 3, 255))
+    return cardkit.charx(members)
+
+
+def test_charx_import_warns_about_embedded_assets_it_does_not_keep(
+    cardkit: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="vstreamer.persona"):
+        load_persona_bytes(_charx_with_assets(cardkit), "zip.charx")
+    assert [r.getMessage() for r in caplog.records if "1 embedded asset(s) not kept" in r.getMessage()]
+
+
+def test_charx_embedded_assets_are_left_out_of_json_exports(cardkit: Any) -> None:
+    persona = load_persona_bytes(_charx_with_assets(cardkit), "zip.charx")
+    for spec in ("v2", "v3"):
+        assert export_card_json(persona, spec)["data"]["assets"] == [_WEB_ASSET]
+
+
+def test_charx_png_export_points_the_main_icon_at_the_png_itself(cardkit: Any) -> None:
+    persona = load_persona_bytes(_charx_with_assets(cardkit), "zip.charx")
+    v3 = json.loads(base64.b64decode(read_card_chunks(export_card_png(persona))["ccv3"]))["data"]
+    assert v3["assets"] == [{**_ICON_ASSET, "uri": "ccdefault:"}, _WEB_ASSET]
+    assert persona.extensions["vstreamer/card_fields"]["assets"][:2] == [_ICON_ASSET, _EMOTION_ASSET]
+
+
+def test_charx_png_export_drops_a_main_icon_whose_bytes_are_missing(
+    cardkit: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="vstreamer.persona"):
+        persona = load_persona_bytes(_charx_with_assets(cardkit, with_icon=False), "zip.charx")
+    assert persona.avatar_png is None
+    assert "2 embedded asset(s) not kept" in caplog.text
+    v3 = json.loads(base64.b64decode(read_card_chunks(export_card_png(persona))["ccv3"]))["data"]
+    assert v3["assets"] == [_WEB_ASSET]
+
+
+# --- insertion_order is a number -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [2.5, 3, -1.25])
+def test_card_insertion_order_keeps_its_number(order: float) -> None:
+    entry = {"keys": ["a"], "content": "x", "insertion_order": order}
+    card = {
+        "spec": "chara_card_v3",
+        "spec_version": "3.0",
+        "data": {"name": "Bob", "character_book": {"entries": [entry]}},
+    }
+    persona = load_persona_bytes(json.dumps(card).encode(), "c.json")
+    exported = export_card_json(persona, "v3")["data"]["character_book"]["entries"][0]["insertion_order"]
+    assert (exported, type(exported)) == (order, type(order))
+
+
+def test_fractional_insertion_orders_sort_between_integers() -> None:
+    entries = [
+        LoreEntry(keys=["k"], content="three", insertion_order=3),
+        LoreEntry(keys=["k"], content="two and a half", insertion_order=2.5),
+        LoreEntry(keys=["k"], content="two", insertion_order=2),
+    ]
+    assert _contents(Lorebook(entries=entries).activate(["k"])) == ["two", "two and a half", "three"]

@@ -173,7 +173,7 @@ def _entry_fields(entry: Any, where: str) -> dict[str, Any]:
         "secondary_keys": keys("secondary_keys"),
         "content": coerce.text(entry.get("content"), f"{where}.content"),
         "enabled": flag("enabled", True),
-        "insertion_order": coerce.integer(entry.get("insertion_order"), f"{where}.insertion_order", 100),
+        "insertion_order": coerce.number(entry.get("insertion_order"), f"{where}.insertion_order", 100),
         "case_sensitive": flag("case_sensitive", False),
         "selective": flag("selective", False),
         "constant": flag("constant", False),

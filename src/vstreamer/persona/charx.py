@@ -10,6 +10,7 @@ import zlib
 from typing import Any
 
 from vstreamer.errors import PersonaError
+from vstreamer.persona.assets import card_assets, embedded_path, main_icon_index
 from vstreamer.persona.limits import (
     MAX_FILE_BYTES,
     MAX_TEXT_BYTES,
@@ -21,7 +22,6 @@ from vstreamer.persona.limits import (
 from vstreamer.persona.png import SIGNATURE
 
 CARD_MEMBER = "card.json"
-_EMBEDDED = "embeded://"  # sic: the spec's spelling
 _END = b"PK\x05\x06"  # end of central directory record (22 bytes, then a comment of up to 64 KiB)
 _END64 = b"PK\x06\x06"  # ZIP64 end of central directory record (56 bytes, before its locator)
 _END64_LOCATOR = b"PK\x06\x07"  # 20 bytes, just before the end record
@@ -157,14 +157,6 @@ def _read_members(archive: zipfile.ZipFile, where: str) -> tuple[Any, bytes | No
 
 def _main_icon(card: Any) -> str | None:
     """The archive path of the card's main icon, if it names an embedded one."""
-    data = card.get("data") if isinstance(card, dict) else None
-    assets = data.get("assets") if isinstance(data, dict) else None
-    if not isinstance(assets, list):
-        return None
-    icons = [a for a in assets if isinstance(a, dict) and a.get("type") == "icon"]
-    icons.sort(key=lambda a: a.get("name") != "main")
-    for asset in icons:
-        uri = asset.get("uri")
-        if isinstance(uri, str) and uri.startswith(_EMBEDDED):
-            return uri[len(_EMBEDDED) :]
-    return None
+    assets = card_assets(card) or []
+    index = main_icon_index(assets)
+    return None if index is None else embedded_path(assets[index])

@@ -60,6 +60,20 @@ def integer(value: Any, where: str, default: int) -> int:
     raise _wrong(where, "a number", value)
 
 
+def number(value: Any, where: str, default: int) -> int | float:
+    """Like ``integer``, but a fractional value stays a float (ints and whole strings stay ints)."""
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = float(value.strip())
+        except ValueError:
+            raise PersonaError(f"{where}: expected a number, got {value[:40]!r}") from None
+        if math.isfinite(parsed) and not parsed.is_integer():
+            return parsed
+    return integer(value, where, default)
+
+
 def boolean(value: Any, where: str, default: bool) -> bool:
     if value is None:
         return default

@@ -7,6 +7,7 @@ import json
 from typing import Any, Literal
 
 from vstreamer.errors import PersonaError
+from vstreamer.persona.assets import card_assets, exportable_assets
 from vstreamer.persona.cards import card_from_persona
 from vstreamer.persona.lorebook import without_decorators
 from vstreamer.persona.model import Persona
@@ -14,10 +15,20 @@ from vstreamer.persona.png import tiny_png, with_text_chunks
 
 
 def export_card_json(p: Persona, spec: Literal["v2", "v3"] = "v2") -> dict[str, Any]:
-    """The persona as a Character Card V2 (default) or V3 JSON object; unknown fields are kept."""
+    """The persona as a Character Card V2 (default) or V3 JSON object; unknown fields are kept, but not
+    ``embeded://`` assets: their files are not kept."""
     if spec not in ("v2", "v3"):
         raise PersonaError(f"unknown card spec {spec!r} (use 'v2' or 'v3')")
-    return card_from_persona(p, spec)
+    return _without_lost_assets(card_from_persona(p, spec), icon_is_image=False)
+
+
+def _without_lost_assets(card: dict[str, Any], icon_is_image: bool) -> dict[str, Any]:
+    """``card`` with ``assets`` that point at embedded files we did not keep left out (see
+    ``exportable_assets``)."""
+    assets = card_assets(card)
+    if assets is not None:
+        card["data"]["assets"] = exportable_assets(assets, icon_is_image)
+    return card
 
 
 #: card fields the V3 spec added, left out of the V2 ``chara`` copy written next to ``ccv3``
@@ -59,11 +70,14 @@ def _chunk_text(card: dict[str, Any]) -> str:
 def export_card_png(p: Persona, image_png: bytes | None = None) -> bytes:
     """A card PNG with both a ``chara`` (V2 backfill) and a ``ccv3`` (V3) chunk.
 
-    The image is ``image_png``, else the persona's avatar, else a small generated square.
+    The image is ``image_png``, else the persona's avatar, else a small generated square. When the
+    persona has its avatar, an ``embeded://`` main icon asset becomes ``ccdefault:`` (this PNG); other
+    ``embeded://`` assets are left out, as in ``export_card_json``.
     """
     image = image_png or p.avatar_png or tiny_png()
+    v3 = card_from_persona(p, "v3")
     texts = {
         "chara": _chunk_text(_v2_backfill(export_card_json(p, "v2"))),
-        "ccv3": _chunk_text(export_card_json(p, "v3")),
+        "ccv3": _chunk_text(_without_lost_assets(v3, icon_is_image=p.avatar_png is not None)),
     }
     return with_text_chunks(image, texts, "image")

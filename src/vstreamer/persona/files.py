@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vstreamer.errors import PersonaError
+from vstreamer.persona.assets import card_assets, embedded_path
 from vstreamer.persona.cards import card_kind, persona_from_card
 from vstreamer.persona.charx import read_charx
 from vstreamer.persona.limits import (
@@ -168,4 +169,19 @@ def _from_charx(data: bytes, where: str) -> Persona:
             avatar = strip_card_chunks(icon, f"{where}: icon")
         except PersonaError as exc:  # a broken picture does not make the card unusable
             logger.warning("ignoring the icon of %s: %s", where, exc)
+    _warn_unkept_assets(card, avatar is not None, where)
     return persona.model_copy(update={"avatar_png": avatar})
+
+
+def _warn_unkept_assets(card: dict[str, Any], icon_kept: bool, where: str) -> None:
+    """Tell the user, as the V3 spec asks, about embedded assets whose bytes are dropped (and so are
+    left out of exports): all of them but the main icon."""
+    embedded = sum(embedded_path(a) is not None for a in card_assets(card) or [])
+    unkept = embedded - (1 if icon_kept else 0)
+    if unkept > 0:
+        logger.warning(
+            "%s: %d embedded asset(s) not kept (of the archive's files only the main icon is kept);"
+            " card exports leave them out",
+            where,
+            unkept,
+        )

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, PrivateAttr, StringConstraints
 
 from vstreamer.errors import PersonaError
 from vstreamer.llm.estimate import typical_tokens
@@ -61,8 +61,8 @@ class LoreEntry(BaseModel):
     content: Text
     """Text put into the prompt; may start with V3 ``@@decorator`` lines (see ``prompt_text``)."""
     enabled: bool = True
-    insertion_order: int = 100
-    """Lower is inserted earlier (higher up in the prompt)."""
+    insertion_order: int | FiniteFloat = 100
+    """Lower is inserted earlier (higher up in the prompt); any number, as in the V3 spec."""
     case_sensitive: bool = False
     selective: bool = False
     constant: bool = False
