@@ -51,6 +51,12 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 
+# On normalised text (no spaces or apostrophes): ``doesn't like`` is ``doesntlike``, ``no longer`` ``nolonger``.
+_NEGATION = re.compile(
+    r"不|没|别|未|never|not|nolonger|dis(?=lik)|(?:do|does|did|is|are|was|were|ca|wo|have|has|had|could|would)nt"
+)
+
+
 def normalize_fact(text: str) -> str:
     """Fold width and case and drop spaces and punctuation: ``"喜欢 猫！"`` and ``"喜欢猫"`` are one fact."""
     folded = unicodedata.normalize("NFKC", text).casefold()
@@ -82,15 +88,53 @@ def _cjk_terms(run: str) -> list[str]:
 
 
 def similar(a: str, b: str) -> bool:
-    """Near-duplicates among normalised facts: nearly the same characters, much the same order.
+    """Near-duplicates among normalised facts: nearly the same characters, much the same order, and the same
+    negations.
 
-    ``下周三考试`` ~ ``下周三要考试``, ``likes cats`` ~ ``likes cat``; but not ``喜欢猫`` ~ ``喜欢狗``.
+    ``下周三考试`` ~ ``下周三要考试``, ``likes cats`` ~ ``likes cat``; but not ``喜欢猫`` ~ ``喜欢狗``, nor
+    ``喜欢猫`` ~ ``不喜欢猫`` (see :func:`contradicts`).
     """
     if a == b:
         return True
+    return _NEGATION.findall(a) == _NEGATION.findall(b) and _alike(a, b)
+
+
+def contradicts(a: str, b: str) -> bool:
+    """Normalised facts that differ by a negation: ``喜欢打游戏`` / ``不喜欢打游戏``, ``likes spicy food`` /
+    ``dislikes spicy food``. The newer one corrects the older."""
+    if _NEGATION.findall(a) == _NEGATION.findall(b):
+        return False
+    plain_a, plain_b = _NEGATION.sub("", a), _NEGATION.sub("", b)
+    return plain_a == plain_b or _alike(plain_a, plain_b)
+
+
+def _alike(a: str, b: str) -> bool:
     chars = _jaccard(set(a), set(b))
     grams = _jaccard({a[i : i + 2] for i in range(len(a) - 1)}, {b[i : i + 2] for i in range(len(b) - 1)})
     return chars >= 0.8 and grams >= 0.4
+
+
+_AUTHORITY = re.compile(
+    r"房管|管理员|超管|管理权限|权限|特权|授权|白名单|版主|开发者本人|(?:^|是|为|当|作为)开发者|开发了你|创造了你|"
+    r"(?:你|主播|直播间|频道)的?(?:开发者|开发人员|作者|创造者|主人|管理)|房主|直播间主人|"
+    r"(?:改|修改|更改|制定|设定|取消|无视|忽略|废除|绕过|跳过|解除|关闭|不用遵守|不守)\S{0,8}规则|规则\S{0,4}(?:由|听|归|改|变)|"
+    r"\b(?:admins?|administrators?|moderators?|superuser|sysop|root access|permissions?|privileges?|authori[sz]ed|"
+    r"authority|whitelist(?:ed)?)\b|"
+    r"\b(?:is|am|as|a|the|your|chat|channel|stream)\s+mods?\b|"
+    r"\b(?:the|your|its|stream'?s?|streamer'?s|channel'?s?|bot'?s?|room)\s+(?:lead\s+)?(?:dev|developer|creator|maker|owner)s?\b|"
+    r"\b(?:dev|developer|creator|maker|owner)s?\s+of\s+(?:you|this|the\s+(?:stream|streamer|channel|bot|ai|show))\b|"
+    r"\b(?:created|made|developed|programmed|built|owns)\s+(?:you|the\s+(?:stream|streamer|channel|bot|ai))\b|"
+    r"^(?:is\s+)?(?:a|an|the)?\s*(?:dev|developer)$|"
+    r"\b(?:change|override|ignore|bypass|set|make|write|update|break|lift|remove|disable)\w*\s+(?:\S+\s+){0,3}rules?\b|"
+    r"\b(?:your|own|new|stream|channel|chat|streamer'?s|bot'?s)\s+rules?\b|system\s+prompt",
+    re.IGNORECASE,
+)
+
+
+def claims_authority(text: str) -> bool:
+    """Whether a fact claims a role, a permission or a say over the rules (``是房管``, ``is the admin``, ``has
+    permission to change the rules``): what a viewer says about themselves grants nothing, so it is not kept."""
+    return _AUTHORITY.search(unicodedata.normalize("NFKC", text).strip()) is not None
 
 
 def _jaccard(x: set[str], y: set[str]) -> float:

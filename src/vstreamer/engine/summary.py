@@ -2,8 +2,9 @@
 
 The summary keeps what a streamer must not forget (names, promises, running jokes, open questions, the persona's
 stance); the persona definition itself is never summarised — it stays pinned in the system message. When the
-summary outgrows its budget it is summarised again (a summary of summaries); if the model fails or answers
-nothing usable, a plain digest of the turns is folded in instead, so no turn is ever dropped silently.
+summary outgrows its budget it is summarised again (a summary of summaries), and cut from its newest lines if that
+fails. If the model fails or answers nothing usable, the fold answers ``None``: the caller keeps the old summary and
+folds the turns later (raw viewer text never stands in for a summary in the system message).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ _LABELS = {
     "en": ("[Summary so far]", "[New conversation]", "(none)"),
 }
 _PREAMBLE = re.compile(r"^\s*(?:新的?摘要|摘要|summary|new summary)\s*[:：]\s*", re.IGNORECASE)
+_UNITS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_\u3400-\u9fff\uf900-\ufaff]+")
+"""What a length is asked in: a Chinese character or a word of other scripts."""
+_ASKED_SHARE = 0.75
+"""Share of the cap asked for: line marks and breaks cost tokens too, and models overshoot a little."""
+_SAMPLES = {"zh": ("观众的名字和约定", 8), "en": ("viewer names and plans", 4)}
+"""Measured when there is nothing to measure on (an empty fold)."""
 
 
 def _lang(persona: Persona) -> str:
@@ -67,44 +74,75 @@ class Summarizer:
         self.max_tokens = max_tokens
         self.params = SamplingParams(temperature=temperature, top_p=0.9, max_tokens=max_tokens + 64)
         self.failures = 0
-        """Model answers that were unusable (a digest was folded in instead)."""
+        """Fold requests the model failed or answered nothing usable to (the old summary was kept)."""
+        self._overhead: int | None = None
 
-    async def fold(self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn]) -> str:
-        """The new running summary: ``previous`` with ``turns`` folded in, within the budget."""
+    async def fold(
+        self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn]
+    ) -> str | None:
+        """The new running summary: ``previous`` with ``turns`` folded in, within the budget; ``None`` when the model
+        failed (the caller keeps ``previous`` and folds these turns later)."""
+        summary = await self._ask(await self._fold_prompt(persona, user_name, previous, turns))
+        if not summary:
+            self.failures += 1
+            return None
+        if await self._tokens(summary) > self.max_tokens:
+            summary = await self._compress(persona, summary, previous)
+        return summary
+
+    async def fitting(
+        self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn], window: int
+    ) -> int:
+        """How many of ``turns`` (oldest first) one fold request takes within ``window`` tokens, its answer included
+        (at least one: a fold always moves on)."""
+        low, high = 1, len(turns)
+        while low < high:  # the most that fit, found by bisection: a count may be a request to the server
+            middle = (low + high + 1) // 2
+            prompt = await self._fold_prompt(persona, user_name, previous, turns[:middle])
+            if await self.backend.count_tokens(prompt) + self.params.max_tokens <= window:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    async def _fold_prompt(
+        self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn]
+    ) -> list[ChatMessage]:
         lang = _lang(persona)
         transcript = "\n".join(self._line(persona, user_name, t) for t in turns)
         old_label, new_label, none = _LABELS[lang]
-        prompt = [
-            ChatMessage("system", _PROMPTS[lang].format(char=persona.char_name, limit=self._words())),
+        limit = await self._limit(lang, f"{previous}\n{transcript}")
+        return [
+            ChatMessage("system", _PROMPTS[lang].format(char=persona.char_name, limit=limit)),
             ChatMessage("user", f"{old_label}\n{previous.strip() or none}\n\n{new_label}\n{transcript}"),
         ]
-        summary = await self._ask(prompt)
-        if not summary:
-            self.failures += 1
-            summary = f"{previous.strip()}\n{transcript}".strip()
-        if await self._tokens(summary) > self.max_tokens:
-            summary = await self._compress(persona, summary)
-        return summary
 
-    async def _compress(self, persona: Persona, summary: str) -> str:
-        """A summary of the summary; cut from the oldest lines if the model cannot make it fit."""
+    async def _compress(self, persona: Persona, summary: str, previous: str) -> str:
+        """A summary of the summary; cut from its newest lines if the model cannot make it fit."""
         lang = _lang(persona)
         prompt = [
-            ChatMessage("system", _COMPRESS[lang].format(char=persona.char_name, limit=self._words())),
+            ChatMessage(
+                "system",
+                _COMPRESS[lang].format(char=persona.char_name, limit=await self._limit(lang, summary)),
+            ),
             ChatMessage("user", summary),
         ]
         shorter = await self._ask(prompt)
         if shorter and await self._tokens(shorter) <= self.max_tokens:
             return shorter
-        return await self._cut(shorter or summary)
+        return await self._cut(shorter or summary, previous)
 
-    async def _cut(self, text: str) -> str:
+    async def _cut(self, text: str, previous: str) -> str:
+        """``text`` within the cap: lines that are not in ``previous`` go first, newest first, then any line from the
+        newest (the summary so far outlives what was just added to it)."""
         lines = [line for line in text.splitlines() if line.strip()]
+        old = {line.strip() for line in previous.splitlines()}
         while len(lines) > 1 and await self._tokens("\n".join(lines)) > self.max_tokens:
-            lines.pop(0)
+            new = [i for i, line in enumerate(lines) if line.strip() not in old]
+            del lines[new[-1] if new else -1]
         kept = "\n".join(lines)
         while kept and await self._tokens(kept) > self.max_tokens:
-            kept = kept[len(kept) // 8 + 1 :]
+            kept = kept[: len(kept) - len(kept) // 8 - 1]
         return kept
 
     async def _ask(self, prompt: list[ChatMessage]) -> str:
@@ -118,8 +156,16 @@ class Summarizer:
     async def _tokens(self, text: str) -> int:
         return await self.backend.count_message_tokens(ChatMessage("system", text))
 
-    def _words(self) -> int:
-        return max(self.max_tokens * 2 // 3, 20)
+    async def _limit(self, lang: str, sample: str) -> int:
+        """The length to ask for (characters in Chinese, words in English): what ``max_tokens`` holds at the tokens
+        per character or word that the backend counts on ``sample`` (the text being summarised)."""
+        if self._overhead is None:
+            self._overhead = await self._tokens("")
+        units = len(_UNITS.findall(sample))
+        if units == 0:
+            sample, units = _SAMPLES[lang]
+        per_unit = max((await self._tokens(sample) - self._overhead) / units, 0.1)
+        return max(int((self.max_tokens - self._overhead) * _ASKED_SHARE / per_unit), 8)
 
     @staticmethod
     def _line(persona: Persona, user_name: str, turn: Turn) -> str:
