@@ -241,3 +241,13 @@ def test_the_web_ui_fails_with_a_status_when_it_cannot_start(data_env: dict[str,
         port = str(taken.getsockname()[1])
         result = run_cli("ui", "--backend", "fake", "--port", port, env=data_env)
     assert result.returncode == 2 and port in result.stderr and "ready" not in result.stdout, result
+
+
+def test_the_gateway_on_a_busy_port_fails_before_announcing(data_env: dict[str, str]) -> None:
+    """It printed "vstreamer gateway on http://…" and then failed with status 3."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("serve", "--no-auth", "--backend", "fake", "--port", port, env=data_env)
+    assert result.returncode == 2 and port in result.stderr and "gateway on" not in result.stdout, result

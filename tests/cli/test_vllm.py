@@ -143,3 +143,30 @@ def test_waiting_for_a_server_started_with_a_key_sends_the_key(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_waiting_never_prints_the_urls_password(capsys: pytest.CaptureFixture[str]) -> None:
+    """``vllm-wait`` printed the base URL it waited for, password and all."""
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            body = b'{"object":"list","data":[{"id":"qwen"}]}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://proxyuser:TopSecretPw123@127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        assert main(["vllm-wait", "--url", url, "--timeout", "3"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    out, err = capsys.readouterr()
+    assert "serves ['qwen']" in out and f"127.0.0.1:{server.server_address[1]}/v1" in out
+    assert "TopSecretPw123" not in out + err

@@ -36,6 +36,44 @@ def test_unknown_bracket_words_stay() -> None:
     assert strip_emotions('ok <emotion:"angry"/>') == ("ok ", ["angry"])
 
 
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ['<emotion="happy"', ">你好"],
+        ["<emotion=happy /", ">你好"],
+        ["<emotion=happy/", ">你好"],
+        ["<emotion=happy ", "/>你好"],
+        ['<emotion = "happy" ', "/", ">你好"],
+    ],
+)
+def test_a_split_tag_with_quotes_spaces_or_slash_never_shows(pieces: list[str]) -> None:
+    emotion_filter = EmotionFilter()
+    shown = [emotion_filter.feed(p) for p in pieces] + [emotion_filter.flush()]
+    assert shown[-2:] == ["你好", ""] and "".join(shown) == "你好"
+    assert emotion_filter.emotions == ["happy"]
+
+
+_TAG_PART = st.sampled_from(["", " "])
+_TAGS = st.one_of(
+    st.builds("[{}]".format, st.sampled_from(["joy", "sad", "link"])),
+    st.builds(
+        "<emotion{}{}{}{}{}{}{}{}>".format,
+        _TAG_PART, st.sampled_from(["=", ":"]), _TAG_PART, st.sampled_from(["", '"']),
+        st.sampled_from(["happy", "angry", "nope"]), st.sampled_from(["", '"']), _TAG_PART, st.sampled_from(["", "/"]),
+    ),
+)  # fmt: skip
+
+
+@given(st.lists(st.one_of(_TAGS, st.text("ab <[", max_size=4)), max_size=6), st.data())
+def test_tags_split_anywhere_read_as_the_whole_text(parts: list[str], data: st.DataObject) -> None:
+    text = "".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=6)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    emotion_filter = EmotionFilter()
+    out = "".join(emotion_filter.feed(p) for p in pieces) + emotion_filter.flush()
+    assert (out, emotion_filter.emotions) == strip_emotions(text)
+
+
 @given(st.lists(st.text(max_size=12), max_size=8))
 def test_filter_loses_no_text_without_tags(pieces: list[str]) -> None:
     emotion_filter = EmotionFilter()

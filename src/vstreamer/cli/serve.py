@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -68,17 +69,39 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(
             "--no-auth is for local use only: bind to 127.0.0.1 (or create keys with `vstreamer keys`)"
         )
-    runtime = asyncio.run(_opened(settings))
-    app = create_app(runtime, close_runtime=True)
-    tune_gc()
-    print(f"vstreamer gateway on http://{settings.gateway_host}:{settings.gateway_port}/v1 "
-          f"(auth {'on' if settings.auth else 'off'})", flush=True)  # fmt: skip
-    # The gateway never reads a client's address or scheme, so uvicorn's X-Forwarded-* middleware (one more layer
-    # on every request) is left out, and responses do not name the server software.
-    uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning",
-                access_log=False, timeout_graceful_shutdown=5, proxy_headers=False,
-                server_header=False)  # fmt: skip
-    return 0
+    # Bound first: a busy port fails with a clear error before anything starts or is announced.
+    listening = _listen(settings.gateway_host, settings.gateway_port)
+    try:
+        runtime = asyncio.run(_opened(settings))
+        app = create_app(runtime, close_runtime=True)
+        tune_gc()
+        # The gateway never reads a client's address or scheme, so uvicorn's X-Forwarded-* middleware (one more
+        # layer on every request) is left out, and responses do not name the server software.
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                           proxy_headers=False, server_header=False)
+        )  # fmt: skip
+        host = f"[{settings.gateway_host}]" if ":" in settings.gateway_host else settings.gateway_host
+        print(f"vstreamer gateway on http://{host}:{settings.gateway_port}/v1 "
+              f"(auth {'on' if settings.auth else 'off'})", flush=True)  # fmt: skip
+        server.run(sockets=[listening])
+    finally:
+        listening.close()
+    return 0 if server.started else 3  # as uvicorn.run: 3 when the app failed to start
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The gateway's listening socket, bound now: a port in use is a clear error, not a half-announced start."""
+    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise ConfigError(
+            f"the gateway cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port (--port)"
+        ) from None
+    return listening
 
 
 async def _opened(settings: Settings) -> Runtime:

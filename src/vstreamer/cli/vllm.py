@@ -26,6 +26,7 @@ from vstreamer.llm.vllm_launch import (
     stop_process,
     wait_until_ready,
 )
+from vstreamer.logs import redact
 
 
 def add_commands(
@@ -181,7 +182,7 @@ def _wait(
     url: str, timeout: float, exited: Callable[[], int | None] | None = None, *, api_key: str | None = None
 ) -> int:
     ready = asyncio.run(wait_until_ready(url, wait_s=timeout, exited=exited, api_key=api_key))
-    print(f"ready: {ready['url']} serves {ready['models']}")
+    print(f"ready: {redact(ready['url'])} serves {ready['models']}")  # a proxy's password stays out of logs
     return 0
 
 

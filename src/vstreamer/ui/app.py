@@ -55,15 +55,22 @@ else:
 
     @cl.header_auth_callback
     async def _local_user(headers: Any) -> cl.User | None:
-        return cl.User(identifier=auth.local_user())
+        identifier = auth.local_user(headers)
+        if identifier is None:
+            logger.warning(
+                "refused a browser that addressed the UI as %r (not localhost)", headers.get("host")
+            )
+            return None
+        return cl.User(identifier=identifier)
 
 
 @cl.set_chat_profiles
 async def _chat_profiles(user: cl.User | None, language: str | None = None) -> list[cl.ChatProfile]:
-    user_name = _user_name(user)
-    default = STATE.persona(None).id
-    ordered = sorted(STATE.personas(), key=lambda p: p.id != default)  # the default persona first
-    return [profiles.chat_profile(p, user_name, default=p.id == default) for p in ordered]
+    # In a thread: it writes the avatars of personas imported since the start.
+    return await asyncio.to_thread(
+        profiles.chat_profiles, STATE.personas(), _user_name(user),
+        default_id=STATE.persona(None).id, public_dir=STATE.app_root / "public",
+    )  # fmt: skip
 
 
 @cl.on_chat_start

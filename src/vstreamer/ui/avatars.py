@@ -16,14 +16,20 @@ def avatar_url(persona: Persona) -> str:
 
 
 def write_avatars(personas: list[Persona], public_dir: Path) -> None:
-    """The card image when the persona has one, else a generated initial-letter badge."""
+    """The card image when the persona has one, else a generated initial-letter badge.
+
+    A file already holding the right image is left alone, so this runs whenever personas are listed: one imported
+    or replaced while the UI runs gets its avatar too.
+    """
     folder = public_dir / "avatars"
     folder.mkdir(parents=True, exist_ok=True)
     for persona in personas:
         if persona.avatar_png:
-            (folder / f"{persona.id}.png").write_bytes(persona.avatar_png)
+            path, image = folder / f"{persona.id}.png", persona.avatar_png
         else:
-            (folder / f"{persona.id}.svg").write_text(_letter_avatar(persona), encoding="utf-8")
+            path, image = folder / f"{persona.id}.svg", _letter_avatar(persona).encode()
+        if not (path.is_file() and path.stat().st_size == len(image) and path.read_bytes() == image):
+            path.write_bytes(image)
 
 
 def _letter_avatar(persona: Persona) -> str:

@@ -16,6 +16,8 @@ EMOTIONS: dict[str, str] = {
 """Known cue names and the badge each shows."""
 
 _TAG = re.compile(r"\[(?P<a>[a-zA-Z_]{2,16})\]|<emotion\s*[=:]\s*\"?(?P<b>[a-zA-Z_]{2,16})\"?\s*/?>")
+_PENDING = re.compile(r"\[[a-zA-Z_]*|<(e(m(o(t(i(o(n(\s*[=:]?\s*\"?[a-zA-Z_]*\"?\s*/?)?)?)?)?)?)?)?)?")
+"""A prefix of a tag (up to, not with, its ``>``): what :data:`_TAG` allows, closing quote, spaces and ``/`` too."""
 _MAX_TAG = 32
 
 
@@ -70,6 +72,6 @@ def _pending_tag_start(text: str) -> int | None:
     tail = text[start:]
     if "]" in tail or ">" in tail:
         return None
-    if re.fullmatch(r"\[[a-zA-Z_]*|<(e(m(o(t(i(o(n(\s*[=:]?\s*\"?[a-zA-Z_]*)?)?)?)?)?)?)?)?", tail):
+    if _PENDING.fullmatch(tail):
         return start
     return None

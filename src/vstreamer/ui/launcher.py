@@ -19,13 +19,16 @@ from pathlib import Path
 
 from vstreamer.config import Settings
 from vstreamer.errors import BackendNotInstalled, ConfigError
+from vstreamer.llm.vllm_launch import local_url
 from vstreamer.persona import PersonaLibrary
 from vstreamer.ui import state as ui_state
-from vstreamer.ui.auth import ensure_jwt_secret
+from vstreamer.ui.auth import cookie_secret, ensure_jwt_secret
 from vstreamer.ui.avatars import write_avatars
 from vstreamer.ui.options import UIOptions
 
 logger = logging.getLogger(__name__)
+_KEPT_SECRETS: dict[str, str] = {}
+"""Cookie secret set by :func:`prepare` -> the secret it came from, so preparing again derives the same one."""
 
 _README = """\
 # vstreamer · 虚拟主播
@@ -97,9 +100,18 @@ def prepare(settings: Settings, options: UIOptions) -> Path:
     except OSError as exc:  # a data folder that is a file, or not writable
         raise ConfigError(f"cannot write the web UI's files in {root}: {exc}") from None
     os.environ["CHAINLIT_APP_ROOT"] = str(root)
-    os.environ["CHAINLIT_AUTH_SECRET"] = ensure_jwt_secret(root)
+    # Chainlit checks only a cookie's signature: binding the secret to the users ends removed users' logins.
+    kept = _KEPT_SECRETS.get(os.environ.get("CHAINLIT_AUTH_SECRET", "")) or ensure_jwt_secret(root)
+    secret = cookie_secret(kept, options)
+    _KEPT_SECRETS[secret] = kept
+    os.environ["CHAINLIT_AUTH_SECRET"] = secret
     write_avatars(PersonaLibrary(settings.personas_dir).list(), root / "public")
     return root
+
+
+def browser_url(options: UIOptions) -> str:
+    """Where a browser on this machine opens the UI (IPv6 literals in brackets, wildcard binds on loopback)."""
+    return local_url(options.host, options.port)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -149,7 +161,7 @@ def serve(
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
             await asyncio.sleep(0.05)
         if on_ready is not None:
-            on_ready(f"http://{options.host}:{options.port}", time.perf_counter() - started)
+            on_ready(browser_url(options), time.perf_counter() - started)
 
     async def run() -> None:
         # Both before the server: Chainlit logs (and so swallows) a failing startup hook and ends its shutdown with

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import chainlit as cl
 from chainlit.config import ChainlitConfigOverrides, UISettings
 from chainlit.input_widget import InputWidget, Slider
@@ -9,7 +11,7 @@ from chainlit.input_widget import InputWidget, Slider
 from vstreamer.engine import DialogueEngine
 from vstreamer.persona import Persona
 from vstreamer.ui import texts
-from vstreamer.ui.avatars import avatar_url
+from vstreamer.ui.avatars import avatar_url, write_avatars
 
 _DEFAULT_STARTERS = {
     "zh": ["自我介绍一下吧！", "今天直播聊点什么？", "给我讲个冷笑话", "推荐一款好玩的游戏"],
@@ -29,6 +31,15 @@ def starters(persona: Persona) -> list[str]:
 def description(persona: Persona, user_name: str) -> str:
     text = persona.render(persona.description.strip() or persona.creator_notes.strip(), user_name)
     return text if len(text) <= _DESCRIPTION_CHARS else text[: _DESCRIPTION_CHARS - 1] + "…"
+
+
+def chat_profiles(
+    personas: list[Persona], user_name: str, *, default_id: str, public_dir: Path
+) -> list[cl.ChatProfile]:
+    """A profile per persona, the default first, each with its avatar written under ``public_dir``."""
+    write_avatars(personas, public_dir)
+    ordered = sorted(personas, key=lambda p: p.id != default_id)
+    return [chat_profile(p, user_name, default=p.id == default_id) for p in ordered]
 
 
 def chat_profile(persona: Persona, user_name: str, *, default: bool) -> cl.ChatProfile:
