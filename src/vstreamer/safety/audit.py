@@ -51,12 +51,22 @@ _TERM_FILE_RULE = re.compile(r"\.\w+:\d+\Z")
 
 
 def make_record(
-    result: ModerationResult, *, direction: str, source: str, store: StoreMode, injection: bool = False
+    result: ModerationResult,
+    *,
+    direction: str,
+    source: str,
+    store: StoreMode,
+    injection: bool = False,
+    received: str | None = None,
 ) -> AuditRecord:
     """Build the record of ``result``, keeping the text as ``store`` says: ``masked`` and ``none`` keep no more of it
     in the reason either (what a pattern matched is the message's own text: an id, a number), and ``masked`` keeps no
-    text of a reply that reproduced the protected prompt (masking covers none of it)."""
-    kept = {"full": result.text, "masked": result.output, "none": None}[store]
+    text of a reply that reproduced the protected prompt (masking covers none of it).
+
+    ``received``: the message as it came, when ``result`` is of a sanitised copy (control tokens removed); ``full``
+    keeps it and the hash is of it."""
+    original = result.text if received is None else received
+    kept = {"full": original, "masked": result.output, "none": None}[store]
     reason = result.reason
     if store != "full":
         if LEAK_REASON in reason:
@@ -77,7 +87,7 @@ def make_record(
         rules=tuple(dict.fromkeys(m.rule for m in result.matches)),
         text=kept,
         # "surrogatepass": a lone surrogate (half an emoji from a streamed JSON escape) must not lose the record
-        text_sha256=hashlib.sha256(result.text.encode("utf-8", "surrogatepass")).hexdigest(),
+        text_sha256=hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest(),
         injection=injection,
     )
 

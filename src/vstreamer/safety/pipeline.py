@@ -10,10 +10,16 @@ from pathlib import Path
 
 from vstreamer.safety.audit import AuditLog, LoggingAuditLog, make_record, notable
 from vstreamer.safety.external import ExternalChecker
-from vstreamer.safety.injection import InjectionHit, find_injections, neutralize, sanitize_control_tokens
+from vstreamer.safety.injection import (
+    InjectionHit,
+    find_injections,
+    forges_a_turn,
+    neutralize,
+    sanitize_control_tokens,
+)
 from vstreamer.safety.lexicon import Action, Category, fingerprint, load_lexicon
 from vstreamer.safety.matcher import CompiledLexicon
-from vstreamer.safety.normalize import fold, fold_with_map, well_formed
+from vstreamer.safety.normalize import VECTOR_MIN_LENGTH, fold, fold_with_map, normalize_short, well_formed
 from vstreamer.safety.pii import CATEGORY as PII_CATEGORY
 from vstreamer.safety.pii import find_pii
 from vstreamer.safety.policy import RulePolicy, SafetyPolicy
@@ -23,6 +29,8 @@ from vstreamer.safety.types import Direction, Match, ModerationResult, Source, V
 logger = logging.getLogger(__name__)
 
 NO_RULE_MATCHED = "no rule matched"
+INJECTION_REASON = "prompt injection"
+"""Why a message was blocked as a take-over attempt (no words of it: the reason is kept whatever the store mode)."""
 _REMEMBERED = 4096
 """Short messages whose input decision is kept."""
 _REMEMBERED_CHARS = 64
@@ -65,7 +73,7 @@ class SharedLexicon:
 def warm_up() -> None:
     """Build the lookup tables that the first message would otherwise wait for (~0.5 s)."""
     fold_with_map("Ａ")  # the fold table and the one-to-one test
-    find_injections("Ａ")  # the case twins of the injection screen
+    find_injections("ı")  # the case twins of the injection screen
     separators()
 
 
@@ -220,7 +228,13 @@ class SafetyPipeline:
         return result
 
     def _record(
-        self, result: ModerationResult, direction: Direction, source: Source, *, injection: bool = False
+        self,
+        result: ModerationResult,
+        direction: Direction,
+        source: Source,
+        *,
+        injection: bool = False,
+        received: str | None = None,
     ) -> None:
         if not getattr(self.audit, "passes", True) and not notable(
             result.action, result.categories, injection
@@ -229,7 +243,14 @@ class SafetyPipeline:
         store = self.policy.rule(direction, source).store
         try:
             self.audit.record(
-                make_record(result, direction=direction, source=source, store=store, injection=injection)
+                make_record(
+                    result,
+                    direction=direction,
+                    source=source,
+                    store=store,
+                    injection=injection,
+                    received=received,
+                )
             )
         except Exception:  # the audit log must never break a conversation
             logger.exception("audit log failed")
@@ -251,13 +272,15 @@ class SafetyPipeline:
                     # threads; the hot messages come straight back.
                     self._decisions.clear()
                 self._decisions[key] = (self.compiled, self.policy, decision)
-        self._record(decision.result, "input", source, injection=decision.injection)
+        self._record(decision.result, "input", source, injection=decision.injection, received=text)
         return decision
 
     def _decide_input(self, text: str, source: Source) -> InputDecision:
         cleaned = sanitize_control_tokens(text)
-        hits = find_injections(cleaned)
-        acted = self.analyse(cleaned, direction="input", source=source)
+        # normalised once, for the injection screen and the lexicon
+        normalized = normalize_short(cleaned) if len(cleaned) < VECTOR_MIN_LENGTH else None
+        hits = find_injections(cleaned, normalized=normalized)
+        acted = self.analyse(cleaned, direction="input", source=source, normalized=normalized)
         if acted or hits or cleaned != text:
             return self._prepare(text, cleaned, hits, acted, source)
         # Most messages: nothing matched, nothing to remove. The result _prepare would build.
@@ -273,14 +296,17 @@ class SafetyPipeline:
         source: Source,
     ) -> InputDecision:
         rule = self.policy.rule("input", source)
+        # a take-over phrase, or control tokens or role headers removed
         injection = bool(hits) or cleaned != text
-        result = self.decide(cleaned, acted)
-        if hits and rule.injection == "block":
+        if (hits or forges_a_turn(text, cleaned)) and rule.injection == "block":
+            # the lexicon's and personal-data matches stay: a blocked message is still stored masked
             result = _with_categories(
-                self.decide(cleaned, [], extra_reason=f"prompt injection: {hits[0].phrase!r}"), ("injection",)
+                self.decide(cleaned, acted, extra_reason=INJECTION_REASON), ("injection",)
             )
-        elif hits:
-            result = _with_categories(result, ("injection",))
+        else:
+            result = self.decide(cleaned, acted)
+            if hits:
+                result = _with_categories(result, ("injection",))
         if result.action == "block":
             return InputDecision("block", "", injection, result, rule.user_message())
         prompt_text = result.output
