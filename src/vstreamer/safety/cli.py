@@ -49,7 +49,8 @@ def run_moderate(argv: list[str] | None, stdin: TextIO, stdout: TextIO) -> int:
 
 
 def main() -> None:  # pragma: no cover - thin wrapper
-    sys.stdin.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
+    # A stray invalid byte is one line's U+FFFD, not the end of the run.
+    sys.stdin.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
     sys.stdout.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
     raise SystemExit(run_moderate(None, sys.stdin, sys.stdout))
 

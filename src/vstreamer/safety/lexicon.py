@@ -23,6 +23,7 @@ action ``flag``; a built-in profile is used for folders with a known name (see `
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -129,15 +130,37 @@ class Lexicon:
 
 
 def _read_config(folder: Path) -> LexiconConfig:
+    """The folder's config: its own file, else the profile of its name, else the defaults."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         path = PROFILES_DIR / f"{folder.name}.toml"
     if not path.is_file():
         return LexiconConfig()
     try:
-        return LexiconConfig.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+        cfg = LexiconConfig.model_validate(tomllib.loads(_read_utf8(path)))
     except (tomllib.TOMLDecodeError, ValidationError) as exc:
         raise ConfigError(f"invalid lexicon config {path}: {exc}") from exc
+    for i, p in enumerate(cfg.patterns):
+        try:
+            re.compile(p.pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"invalid regular expression in {path}, [[patterns]] #{i + 1}: {p.pattern!r}: {exc}"
+            ) from exc
+    return cfg
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; ConfigError naming the file and line when it cannot be read or is not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read lexicon file {path}: {exc}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (save the file as UTF-8)") from exc
 
 
 def parse_term(line: str, category: str, rule: str) -> Term | None:
@@ -181,10 +204,7 @@ def _load_folder(folder: Path, lex: Lexicon) -> None:
         lex.categories.setdefault(p.category, Category(p.category, "flag", 1, p.category))
     for path, category in _term_files(folder, cfg):
         lex.categories.setdefault(category, Category(category, "flag", 1, category))
-        try:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        except OSError as exc:
-            raise ConfigError(f"cannot read lexicon file {path}: {exc}") from exc
+        lines = _read_utf8(path).splitlines()
         rel = f"{folder.name}/{path.relative_to(folder).as_posix()}"
         for n, line in enumerate(lines, 1):
             term = parse_term(line, category, f"{rel}:{n}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import ahocorasick
 
+from vstreamer.errors import ConfigError
 from vstreamer.safety.lexicon import Category, Lexicon, Term
 from vstreamer.safety.normalize import (
     VECTOR_MIN_LENGTH,
@@ -75,7 +76,7 @@ class CompiledLexicon:
                 self._add(index, part, term, part_no, None)
         for allow in lexicon.allows:
             self._add(index, allow.phrase, None, 0, allow.category)
-        self._patterns = [(c, re.compile(p), name) for c, p, name in lexicon.patterns]
+        self._patterns = [(c, _compile(p, name), name) for c, p, name in lexicon.patterns]
         self._pattern_screen = _screen([p for _, p, _ in self._patterns])
         pinyin_terms = [t for t in lexicon.terms if (c := self.categories.get(t.category)) and c.pinyin]
         self._pinyin = PinyinIndex(pinyin_terms) if pinyin_terms else None
@@ -225,6 +226,13 @@ class CompiledLexicon:
                     os, oe = nm.span(s, e)
                     out.append(Match(os, oe, term.category, term.text, term.rule))
         return out
+
+
+def _compile(pattern: str, name: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:  # load_lexicon checks its files' patterns; a Lexicon may be built in code
+        raise ConfigError(f"invalid regular expression in lexicon rule {name}: {pattern!r}: {exc}") from exc
 
 
 def _screen(patterns: list[re.Pattern[str]]) -> re.Pattern[str] | None:
