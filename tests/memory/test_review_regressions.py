@@ -4,7 +4,7 @@ claims kept as facts, corrections dropped as duplicates, and a summary length th
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from tests.memory.conftest import ScriptedBackend, facts_json
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, MemoryPolicy, Turn
@@ -25,19 +25,23 @@ async def chat(engine: DialogueEngine, conversation: Conversation, persona: Pers
 
 
 async def chat_until(
-    engine: DialogueEngine, conversation: Conversation, persona: Persona, done: object, start: int = 0
+    engine: DialogueEngine,
+    conversation: Conversation,
+    persona: Persona,
+    done: Callable[[], bool],
+    start: int = 0,
 ) -> int:
     """Filler turns until ``done()`` holds (at most 60); returns the next filler index."""
     index = start
-    while not done() and index < start + 60:  # type: ignore[operator]
+    while not done() and index < start + 60:
         await chat(engine, conversation, persona, f"第{index}条：{WEATHER}")
         await engine.tasks.drain()
         index += 1
-    assert done(), "the condition never held"  # type: ignore[operator]
+    assert done(), "the condition never held"
     return index
 
 
-def previous_plus(line: str) -> object:
+def previous_plus(line: str) -> Callable[[Sequence[ChatMessage]], str]:
     """A summariser that keeps the previous summary and adds ``line`` once."""
 
     def answer(messages: Sequence[ChatMessage]) -> str:
@@ -53,6 +57,19 @@ def previous_plus(line: str) -> object:
 # --- 1. a failed fold keeps the summary --------------------------------------------------------------------
 
 
+async def _summarised(
+    persona: Persona, summariser: Callable[[Sequence[ChatMessage]], str]
+) -> tuple[ScriptedBackend, MemoryManager, DialogueEngine, Conversation, int]:
+    """An engine whose summariser is ``summariser``, after the turns that put "阿明" into the summary."""
+    backend = ScriptedBackend(summary=summariser)
+    memory = MemoryManager(backend, BUDGET, policy=MemoryPolicy(summary_batch=4))
+    engine = DialogueEngine(backend, BUDGET, memory=memory)
+    conversation = Conversation(persona.id)
+    await chat(engine, conversation, persona, "我叫阿明，下周三考试")
+    index = await chat_until(engine, conversation, persona, lambda: "阿明" in conversation.summary)
+    return backend, memory, engine, conversation, index
+
+
 async def test_a_failed_fold_keeps_the_summary_and_is_retried_later(xiaoxing: Persona) -> None:
     down = {"on": False}
     keep = previous_plus("阿明下周三考试")
@@ -60,14 +77,9 @@ async def test_a_failed_fold_keeps_the_summary_and_is_retried_later(xiaoxing: Pe
     def summariser(messages: Sequence[ChatMessage]) -> str:
         if down["on"]:
             raise BackendUnavailable("restarting")
-        return keep(messages)  # type: ignore[operator, no-any-return]
+        return keep(messages)
 
-    backend = ScriptedBackend(summary=summariser)
-    memory = MemoryManager(backend, BUDGET, policy=MemoryPolicy(summary_batch=4))
-    engine = DialogueEngine(backend, BUDGET, memory=memory)
-    conversation = Conversation(xiaoxing.id)
-    await chat(engine, conversation, xiaoxing, "我叫阿明，下周三考试")
-    index = await chat_until(engine, conversation, xiaoxing, lambda: "阿明" in conversation.summary)
+    backend, memory, engine, conversation, index = await _summarised(xiaoxing, summariser)
     summary, until = conversation.summary, conversation.summary_until
     down["on"] = True
     asked = len(backend.kinds["summary"])
@@ -90,14 +102,9 @@ async def test_a_summariser_that_keeps_failing_moves_on_without_losing_the_summa
     keep = previous_plus("阿明下周三考试")
 
     def summariser(messages: Sequence[ChatMessage]) -> str:
-        return "" if down["on"] else keep(messages)  # type: ignore[operator, no-any-return]
+        return "" if down["on"] else keep(messages)
 
-    backend = ScriptedBackend(summary=summariser)
-    memory = MemoryManager(backend, BUDGET, policy=MemoryPolicy(summary_batch=4))
-    engine = DialogueEngine(backend, BUDGET, memory=memory)
-    conversation = Conversation(xiaoxing.id)
-    await chat(engine, conversation, xiaoxing, "我叫阿明，下周三考试")
-    index = await chat_until(engine, conversation, xiaoxing, lambda: "阿明" in conversation.summary)
+    backend, memory, engine, conversation, index = await _summarised(xiaoxing, summariser)
     summary, until = conversation.summary, conversation.summary_until
     down["on"] = True
     await chat_until(engine, conversation, xiaoxing, lambda: conversation.summary_until != until, index)

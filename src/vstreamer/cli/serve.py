@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from vstreamer.config import Settings, is_loopback
 from vstreamer.errors import ConfigError
+from vstreamer.listening import listening_socket
 
 if TYPE_CHECKING:
     from vstreamer.runtime import Runtime
@@ -70,7 +70,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             "--no-auth is for local use only: bind to 127.0.0.1 (or create keys with `vstreamer keys`)"
         )
     # Bound first: a busy port fails with a clear error before anything starts or is announced.
-    listening = _listen(settings.gateway_host, settings.gateway_port)
+    listening = listening_socket(
+        settings.gateway_host, settings.gateway_port, what="the gateway", hint="choose another port (--port)"
+    )
     try:
         runtime = asyncio.run(_opened(settings))
         app = create_app(runtime, close_runtime=True)
@@ -88,20 +90,6 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         listening.close()
     return 0 if server.started else 3  # as uvicorn.run: 3 when the app failed to start
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """The gateway's listening socket, bound now: a port in use is a clear error, not a half-announced start."""
-    listening = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listening.bind((host, port))
-    except OSError as exc:
-        listening.close()
-        raise ConfigError(
-            f"the gateway cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port (--port)"
-        ) from None
-    return listening
 
 
 async def _opened(settings: Settings) -> Runtime:

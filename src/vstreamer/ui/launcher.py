@@ -11,7 +11,6 @@ import asyncio
 import importlib.metadata
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from vstreamer.config import Settings
 from vstreamer.errors import BackendNotInstalled, ConfigError
+from vstreamer.listening import listening_socket
 from vstreamer.llm.vllm_launch import local_url
 from vstreamer.persona import PersonaLibrary
 from vstreamer.ui import state as ui_state
@@ -114,22 +114,6 @@ def browser_url(options: UIOptions) -> str:
     return local_url(options.host, options.port)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """The web UI's listening socket, bound now: a port in use is a clear error before anything starts."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family, socket.SOCK_STREAM)
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listening.bind((host, port))
-    except OSError as exc:
-        listening.close()
-        raise ConfigError(
-            f"the web UI cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port"
-        ) from None
-    listening.set_inheritable(True)
-    return listening
-
-
 def serve(
     settings: Settings, options: UIOptions, *, on_ready: Callable[[str, float], None] | None = None
 ) -> int:
@@ -167,7 +151,8 @@ def serve(
         # Both before the server: Chainlit logs (and so swallows) a failing startup hook and ends its shutdown with
         # exit status 0, so a database that cannot be opened or a port that is taken left a "ready" server with
         # no runtime, or a status that said all went well.
-        listening = _bind(options.host, options.port)
+        listening = listening_socket(options.host, options.port, what="the web UI")
+        listening.set_inheritable(True)
         try:
             state = ui_state.current()
             try:
