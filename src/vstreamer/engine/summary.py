@@ -76,6 +76,8 @@ class Summarizer:
         self.failures = 0
         """Fold requests the model failed or answered nothing usable to (the old summary was kept)."""
         self._overhead: int | None = None
+        self._last_prompt: tuple[tuple[object, ...], list[ChatMessage]] | None = None
+        """The last fold prompt made, and what it was made of (``fitting`` makes the prompt ``fold`` then asks)."""
 
     async def fold(
         self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn]
@@ -95,17 +97,41 @@ class Summarizer:
     ) -> int:
         """How many of ``turns`` (oldest first) one fold request takes within ``window`` tokens, its answer included
         (at least one: a fold always moves on)."""
-        low, high = 1, len(turns)
+        if await self._fits(persona, user_name, previous, turns, window):
+            return len(turns)  # the usual case: one prompt made and counted (and kept for the fold)
+        low, high = 1, len(turns) - 1
         while low < high:  # the most that fit, found by bisection: a count may be a request to the server
             middle = (low + high + 1) // 2
-            prompt = await self._fold_prompt(persona, user_name, previous, turns[:middle])
-            if await self.backend.count_tokens(prompt) + self.params.max_tokens <= window:
+            if await self._fits(persona, user_name, previous, turns[:middle], window):
                 low = middle
             else:
                 high = middle - 1
         return low
 
+    async def _fits(
+        self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn], window: int
+    ) -> bool:
+        prompt = await self._fold_prompt(persona, user_name, previous, turns)
+        return await self.backend.count_tokens(prompt) + self.params.max_tokens <= window
+
     async def _fold_prompt(
+        self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn]
+    ) -> list[ChatMessage]:
+        key = (
+            persona.id,
+            persona.char_name,
+            persona.language,
+            user_name,
+            previous,
+            tuple(t.id for t in turns),
+        )
+        if self._last_prompt is not None and self._last_prompt[0] == key:
+            return self._last_prompt[1]  # made to see whether it fits, now asked
+        prompt = await self._make_fold_prompt(persona, user_name, previous, turns)
+        self._last_prompt = (key, prompt)
+        return prompt
+
+    async def _make_fold_prompt(
         self, persona: Persona, user_name: str, previous: str, turns: Sequence[Turn]
     ) -> list[ChatMessage]:
         lang = _lang(persona)
