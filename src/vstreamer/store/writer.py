@@ -302,10 +302,15 @@ class _SQLiteFile:
             for statement, rows in self.statements.plan(writes):
                 compiled = self._compiled(statement, tuple(rows[0]))
                 connection.executemany(compiled.sql, [self._params(compiled, row) for row in rows])
-            for write, row in self.statements.anchored(writes):
-                compiled = self._compiled(self.statements.anchored_message, tuple(row))
-                if connection.execute(compiled.sql, self._params(compiled, row)).rowcount != 1:
-                    raise SessionGone(_GONE.format(write.session_id))
+            if anchored := self.statements.anchored(writes):
+                # All in one go; fewer rows written than asked: the batch is retried write by write, which finds
+                # the one whose session is gone.
+                compiled = self._compiled(self.statements.anchored_message, tuple(anchored[0][1]))
+                values = [self._params(compiled, row) for _, row in anchored]
+                if connection.executemany(compiled.sql, values).rowcount != len(values):
+                    raise SessionGone(
+                        _GONE.format(anchored[0][0].session_id if len(values) == 1 else "of a reply")
+                    )
             for write in writes:
                 if write.summary is not None:
                     compiled = self._compiled(self.statements.summary, tuple(write.summary))
