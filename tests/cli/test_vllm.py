@@ -117,9 +117,24 @@ def test_waiting_for_a_server_started_with_a_key_sends_the_key(
     """vLLM started with an API key answers 401 to a request without it: the wait sends the configured key (it
     waited out its whole timeout, then failed a healthy server)."""
 
-    class KeyedModels(http.server.BaseHTTPRequestHandler):
+    with serving_models(key="sk-test-key-123") as port:
+        url = f"http://127.0.0.1:{port}/v1"
+        assert (
+            main(["vllm-wait", "--url", url, "--timeout", "3"]) == 2
+        )  # no key configured: 401 until the end
+        assert "401" in capsys.readouterr().err
+        monkeypatch.setenv("VSTREAMER_API_KEY", "sk-test-key-123")
+        assert main(["vllm-wait", "--url", url, "--timeout", "3"]) == 0
+        assert "serves ['qwen']" in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def serving_models(key: str | None = None) -> Iterator[int]:
+    """A ``/v1/models`` server on a free port (with ``key``: 401 to a request without that bearer key)."""
+
+    class Models(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
-            ok = self.headers.get("Authorization") == "Bearer sk-test-key-123"
+            ok = key is None or self.headers.get("Authorization") == f"Bearer {key}"
             body = b'{"object":"list","data":[{"id":"qwen"}]}' if ok else b'{"error":"unauthorized"}'
             self.send_response(200 if ok else 401)
             self.send_header("content-length", str(len(body)))
@@ -129,17 +144,10 @@ def test_waiting_for_a_server_started_with_a_key_sends_the_key(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), KeyedModels)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Models)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
-        assert (
-            main(["vllm-wait", "--url", url, "--timeout", "3"]) == 2
-        )  # no key configured: 401 until the end
-        assert "401" in capsys.readouterr().err
-        monkeypatch.setenv("VSTREAMER_API_KEY", "sk-test-key-123")
-        assert main(["vllm-wait", "--url", url, "--timeout", "3"]) == 0
-        assert "serves ['qwen']" in capsys.readouterr().out
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
@@ -147,26 +155,9 @@ def test_waiting_for_a_server_started_with_a_key_sends_the_key(
 
 def test_waiting_never_prints_the_urls_password(capsys: pytest.CaptureFixture[str]) -> None:
     """``vllm-wait`` printed the base URL it waited for, password and all."""
-
-    class Models(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
-            body = b'{"object":"list","data":[{"id":"qwen"}]}'
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Models)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://proxyuser:TopSecretPw123@127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with serving_models() as port:
+        url = f"http://proxyuser:TopSecretPw123@127.0.0.1:{port}/v1"
         assert main(["vllm-wait", "--url", url, "--timeout", "3"]) == 0
-    finally:
-        server.shutdown()
-        server.server_close()
     out, err = capsys.readouterr()
-    assert "serves ['qwen']" in out and f"127.0.0.1:{server.server_address[1]}/v1" in out
+    assert "serves ['qwen']" in out and f"127.0.0.1:{port}/v1" in out
     assert "TopSecretPw123" not in out + err
