@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from base64 import b64encode
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -46,6 +44,7 @@ from vstreamer.llm.http1 import (
 )
 from vstreamer.llm.sse import SSEDecoder
 from vstreamer.llm.tokenize import RemoteTokenizer, hide_secret
+from vstreamer.url_auth import url_auth
 
 logger = logging.getLogger(__name__)
 
@@ -182,18 +181,15 @@ class OpenAICompatBackend:
             )
         self._api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        parts = urlsplit(self.base_url)
-        if parts.username is not None or parts.password is not None:
-            # A server behind a proxy's basic auth: the credentials go in a header (as httpx sends them), never in
-            # the URL that errors and logs quote.
+        if (auth := url_auth(self.base_url)) is not None:
+            # A server behind a proxy's basic auth: the credentials go in a header, never in the URL that errors and
+            # logs quote.
             if api_key and api_key != "EMPTY":
                 raise ConfigError(
                     "the LLM server's URL has credentials and an API key is set too: give either, not both"
                 )
-            user, password = unquote(parts.username or ""), unquote(parts.password or "")
-            headers = {"Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()}
-            self._api_key = password
-            self.base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+            headers = {"Authorization": auth.header}
+            self._api_key, self.base_url = auth.password, auth.url
         # Compressed streams are not decoded here (no request says it takes them; a server may assume so).
         self._chat_headers = {**headers, "Accept-Encoding": "identity"}
         # Connections belong to an event loop; the pool is made by the first request (see _pool).

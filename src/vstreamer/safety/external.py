@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from base64 import b64encode
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
 from vstreamer.errors import ConfigError
 from vstreamer.logs import redact
 from vstreamer.safety.types import Direction
+from vstreamer.url_auth import url_auth
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +54,12 @@ class _HttpChecker:
         self.timeout = timeout
         self.fail_open = fail_open
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        parts = urlsplit(self.base_url)
-        if parts.username is not None or parts.password is not None:
+        if (auth := url_auth(self.base_url)) is not None:
             # Basic auth of a proxy: sent as a header, never left in the URL that errors and logs quote.
             if api_key:
                 raise ConfigError(f"the {self.name} checker's URL has credentials and an API key: give one")
-            user, password = unquote(parts.username or ""), unquote(parts.password or "")
-            self._headers = {"Authorization": "Basic " + b64encode(f"{user}:{password}".encode()).decode()}
-            self.base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+            self._headers = {"Authorization": auth.header}
+            self.base_url = auth.url
         self._client = client
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
