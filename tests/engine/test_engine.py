@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -142,13 +143,24 @@ async def test_a_reply_is_counted_in_the_background_not_on_the_next_turn(persona
     assert "second message" in backend.counted  # (the new message itself is counted on its turn)
 
 
-def test_new_ids_are_random_version_4_uuids() -> None:
-    ids = {new_id() for _ in range(2000)}
-    assert len(ids) == 2000
-    parsed = [uuid.UUID(i) for i in ids]
+def test_new_ids_are_version_7_uuids_in_time_order() -> None:
+    made = []
+    for _ in range(4):
+        made += [new_id() for _ in range(500)]
+        time.sleep(0.002)  # ids of different milliseconds
+    assert len(set(made)) == len(made)
+    parsed = [uuid.UUID(i) for i in made]
     assert all(
-        u.version == 4 and u.variant == uuid.RFC_4122 and u.hex == i for u, i in zip(parsed, ids, strict=True)
+        u.version == 7 and u.variant == uuid.RFC_4122 and u.hex == i
+        for u, i in zip(parsed, made, strict=True)
     )
+    # Their first 48 bits are the time they were made, in milliseconds: ids of later milliseconds sort after.
+    stamps = [int(i[:12], 16) for i in made]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] - time.time() * 1000) < 5000
+    assert len(set(stamps)) >= 4
+    # The rest is random: 74 bits (all but the version and variant bits) differ between ids of one millisecond.
+    assert len({i[12:] for i in made}) == len(made)
 
 
 @pytest.mark.parametrize("fail_after", [0, None], ids=["backend-fails", "backend-answers"])

@@ -17,11 +17,15 @@ TurnStatus = Literal["complete", "interrupted", "failed", "blocked", "streaming"
 
 
 def new_id() -> str:
-    """A random version-4 UUID as 32 hex digits: ``uuid.uuid4().hex`` without the ``UUID`` object (a third of the
-    cost; two are made on the way to every reply's first text)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    """A version-7 UUID (RFC 9562) as 32 hex digits: the time in milliseconds, then 74 random bits.
+
+    Rows get ids in the order they are made, so a table's unique index on them grows at its end: with random ids
+    (version 4) every insert touched a page anywhere in the index, which took a third more pages per commit to the
+    SQLite log at 50 streams, and, once an index outgrows the page cache, a read from disk per insert. Made without
+    the ``UUID`` object (a third of the cost; two are made on the way to every reply's first text)."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = raw[6] & 0x0F | 0x70  # version 7
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 9562 variant
     return raw.hex()
 
 
@@ -55,7 +59,8 @@ class Turn:
 
     @property
     def in_prompt(self) -> bool:
-        """Whether later prompts should include this turn."""
+        """Whether later prompts should include this turn (a user message whose reply is in none reaches them joined
+        with the next one: :func:`vstreamer.engine.context.alternating`)."""
         content = self.content
         return bool(content) and not content.isspace() and self.status in ("complete", "interrupted")
 

@@ -538,7 +538,11 @@ class Store(MemoryTables):
         """Make a key; the plaintext is returned once and never stored."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
-            id=new_id()[:16], name=name[:100], key_hash=hash_key(key), prefix=key[:10], created_at=_now()
+            id=secrets.token_hex(8),
+            name=name[:100],
+            key_hash=hash_key(key),
+            prefix=key[:10],
+            created_at=_now(),
         )
         async with self._tx() as session:
             session.add(row)
