@@ -1,15 +1,16 @@
 """Builds each turn's prompt within the token budget.
 
 The persona (system message) and the post-history note are pinned; the newest turns fill what is left and the
-oldest leave first. Work per turn is bounded by the turns new since the last one, not by the window or the whole
-history: turn token counts are cached on the turns, and :mod:`vstreamer.engine.window` keeps each conversation's
-window between turns.
+oldest leave first; user and assistant messages alternate (:func:`alternating`). Work per turn is bounded by the
+turns new since the last one, not by the window or the whole history: turn token counts are cached on the turns, and
+:mod:`vstreamer.engine.window` keeps each conversation's window between turns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from vstreamer.engine import prompt
@@ -46,10 +47,11 @@ class BuiltContext:
 
     messages: tuple[ChatMessage, ...]
     prompt_tokens: int
-    """Tokens of ``messages`` as counted by the backend (exact where its tokenizer is reachable)."""
+    """Tokens of ``messages`` as counted by the backend (exact where its tokenizer is reachable; where
+    :func:`alternating` joined messages and the shares are the count, a bound a few tokens over)."""
     budget: int
     history_turns: int
-    """History turns that fit (the new user message not included)."""
+    """History turns that fit (the new user message not included; turns :func:`alternating` joined count apart)."""
     lore: tuple[LoreEntry, ...]
     window_start: int = 0
     """Index in ``conversation.turns`` of the oldest turn in the prompt: older turns have left the window."""
@@ -120,16 +122,17 @@ class ContextBuilder:
             )
         room = budget - fixed_cost - system_cost
         history = await fit_history(conversation, room, self._turn_tokens, start=history_from)
-        messages = [system, *history.messages, *tail]
+        messages = alternating([system, *history.messages, *tail])
         if getattr(self.backend, "counts_add_up", False):
-            # The shares are the count (the history took ``used`` of ``room``): no second pass over the prompt.
+            # The shares are the count (the history took ``used`` of ``room``): no second pass over the prompt. A
+            # joined message takes no more than its parts' shares: no recount for it either.
             total = budget - room + history.used
         else:
             total = await self.backend.count_tokens(messages)
         while total > budget and history.messages:
             # Per-message shares are close but not always exact (template quirks): trim until the exact count fits.
             del history.messages[0], history.indices[0]
-            messages = [system, *history.messages, *tail]
+            messages = alternating([system, *history.messages, *tail])
             total = await self.backend.count_tokens(messages)
         if total > budget:
             raise ContextBudgetError(f"the prompt needs {total} tokens, over the {budget}-token budget")
@@ -214,3 +217,30 @@ class ContextBuilder:
             cached = await self.backend.count_message_tokens(message)
             self._system_cache.put(key, cached)
         return cached
+
+
+PART_SEPARATOR = "\n\n"
+"""Between the texts of messages :func:`alternating` joins."""
+
+
+def alternating(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """``messages`` with each run of messages of one role joined into one (their texts a blank line apart).
+
+    A reply that failed, or was stopped before its first text, is in no prompt, but its user message is: the next
+    message would follow it as a second user message in a row, which strict chat templates (Mistral, Gemma,
+    Llama 2) refuse. Joined, the model reads both, as the viewer sent them. The joined message takes no more tokens
+    than the shares of its parts that the budget counted: the blank line costs a token or two, less than the role
+    markers of the message it saves (ChatML and the strict templates spend 3-8 a message; the estimate counts 8).
+    """
+    if all(a.role != b.role for a, b in pairwise(messages)):
+        return messages  # the usual prompt: nothing to join, nothing made
+    runs: list[list[ChatMessage]] = []
+    for message in messages:
+        if runs and runs[-1][0].role == message.role:
+            runs[-1].append(message)
+        else:
+            runs.append([message])
+    return [
+        run[0] if len(run) == 1 else ChatMessage(run[0].role, PART_SEPARATOR.join(m.content for m in run))
+        for run in runs
+    ]

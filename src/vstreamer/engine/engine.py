@@ -25,7 +25,7 @@ from vstreamer.engine.drift import DriftDetector, DriftStream, fallback_line, re
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
 from vstreamer.engine.memory import MemoryManager, Recall
 from vstreamer.engine.stats import EngineStats
-from vstreamer.errors import ContextBudgetError, StoreError
+from vstreamer.errors import ConfigError, ContextBudgetError, StoreError
 from vstreamer.llm.base import ChatMessage, LLMBackend, SamplingParams, StreamEnd
 from vstreamer.safety.normalize import well_formed
 
@@ -63,6 +63,45 @@ def _first(*values: T | None) -> T:
         if value is not None:
             return value
     return values[-1]  # type: ignore[return-value]
+
+
+MAX_STOP_CHARS = 200
+"""The longest stop sequence taken (as the gateway's schema: OpenAI's API documents none, servers differ)."""
+_PENALTY = 2.0
+"""Presence and frequency penalties go from ``-_PENALTY`` to ``_PENALTY`` (OpenAI's API)."""
+
+
+def _within(value: object, low: float, high: float) -> bool:
+    """``value`` is a number from ``low`` to ``high`` (NaN never is)."""
+    return isinstance(value, int | float) and low <= value <= high
+
+
+def _check_sampling(params: SamplingParams) -> None:
+    """Refuse values no backend takes, or takes to mean nonsense (a negative ``max_tokens``, an empty stop sequence
+    that ends every reply at once). The gateway's schema, the settings and persona files hold to these ranges
+    already; the web UI, the CLI and library callers meet them here, once per combination :meth:`sampling_for`
+    makes.
+
+    Raises:
+        ConfigError: naming every value out of range.
+    """
+    problems = []
+    if not _within(params.temperature, 0, 2):
+        problems.append(f"temperature must be from 0 to 2, not {params.temperature!r}")
+    if not _within(params.top_p, 0, 1) or params.top_p == 0:
+        problems.append(f"top_p must be over 0 and at most 1, not {params.top_p!r}")
+    if not isinstance(params.max_tokens, int) or params.max_tokens < 1:
+        problems.append(f"max_tokens must be a whole number of at least 1, not {params.max_tokens!r}")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(params, name)
+        if value is not None and not _within(value, -_PENALTY, _PENALTY):
+            problems.append(f"{name} must be from -2 to 2, not {value!r}")
+    if params.seed is not None and not isinstance(params.seed, int):
+        problems.append(f"seed must be a whole number, not {params.seed!r}")
+    if any(not isinstance(stop, str) or not 0 < len(stop) <= MAX_STOP_CHARS for stop in params.stop):
+        problems.append(f"each stop sequence must have 1 to {MAX_STOP_CHARS} characters")
+    if problems:
+        raise ConfigError("invalid sampling parameters: " + "; ".join(problems))
 
 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -136,7 +175,12 @@ class DialogueEngine:
 
     def sampling_for(self, persona: Persona, overrides: SamplingOverrides | None = None) -> SamplingParams:
         """Engine defaults, then the persona's defaults, then the request's overrides (on every turn: each
-        combination's parameters are made once, not with a ``dataclasses.replace`` per turn)."""
+        combination's parameters are made and checked once, not with a ``dataclasses.replace`` per turn).
+
+        Raises:
+            ConfigError: a value is out of range (a negative temperature, ``max_tokens`` under 1, an empty stop
+                sequence...).
+        """
         defaults, own, asked = self.defaults, persona.sampling, overrides or _NO_OVERRIDES
         temperature = _first(asked.temperature, own.temperature, defaults.temperature)
         top_p = _first(asked.top_p, own.top_p, defaults.top_p)
@@ -156,6 +200,7 @@ class DialogueEngine:
                 defaults, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop,
                 presence_penalty=presence, frequency_penalty=frequency,
             )  # fmt: skip
+            _check_sampling(made)  # before it is kept: a refused combination is checked (and refused) again
             if made == defaults:
                 made = defaults
             if len(self._sampling) >= _SAMPLING_KEPT:
@@ -189,6 +234,8 @@ class DialogueEngine:
         generation upstream and keeps the partial reply as an ``interrupted`` turn. A backend failure keeps it as
         ``failed`` and re-raises.
         """
+        # Checked first: a request with sampling values out of range leaves no message behind, unanswered.
+        params = self.sampling_for(persona, overrides)
         # One reply at a time per conversation: a second message waits for the reply before it to end (answered
         # alongside it, each prompt would end with whichever message came last, and a trim of the cached turns could
         # pull them from under a prompt being built).
@@ -236,7 +283,6 @@ class DialogueEngine:
                 if refused and self.store is not None:  # its row, if committed first, too
                     await self._shielded(self._save(conversation, user_turn))
                 raise
-            params = self.sampling_for(persona, overrides)
             reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
             try:
                 async with aclosing(reply) as events:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Any
 
 import chainlit as cl
@@ -192,14 +193,30 @@ def _user_name(user: cl.User | None) -> str:
     return user.display_name or user.identifier
 
 
+_SLIDERS: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.05, 1.0),
+    "max_tokens": (1, 2**31),
+}
+"""The ranges of the settings panel's sliders (:func:`vstreamer.ui.profiles.settings_panel`); ``max_tokens`` tops out
+at the engine's budget, which :meth:`~vstreamer.engine.DialogueEngine.sampling_for` applies (no context window comes
+near ``2**31``)."""
+
+
 def _overrides(values: dict[str, Any]) -> SamplingOverrides:
+    """The panel's values as overrides. A socket message can carry anything: what is no finite number keeps the
+    default, and the rest is held to the sliders' ranges (the engine would refuse the reply otherwise)."""
+
     def number(key: str) -> float | None:
         value = values.get(key)
-        return float(value) if isinstance(value, int | float) else None
+        if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
+            return None
+        low, high = _SLIDERS[key]
+        return float(min(max(value, low), high))  # compared as is: 10**400 is an int no float can hold
 
     max_tokens = number("max_tokens")
     return SamplingOverrides(
         temperature=number("temperature"),
         top_p=number("top_p"),
-        max_tokens=int(max_tokens) if max_tokens else None,
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
     )
