@@ -6,14 +6,25 @@ cd "$(dirname "$0")/.."
 extras="${1:-local}"
 venv="${VSTREAMER_VENV:-.venv}"
 
+# The operating system's Python comes first: distributions build it with profile-guided and link-time optimisation.
+# A pyenv build without `--enable-optimizations` (pyenv's default) ran the gateway ~20% slower here (CPU per request,
+# bench/bench_gateway.py). PYTHON=/path/to/python3 picks one instead.
 pick_python() {
-  for candidate in python3.12 python3.11 python3; do
+  if [ -n "${PYTHON:-}" ]; then
+    if "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$PYTHON"; return 0
+    fi
+    echo "PYTHON=$PYTHON is not a Python >= 3.11" >&2; return 1
+  fi
+  for candidate in /usr/bin/python3.12 /usr/bin/python3.11 /usr/bin/python3 python3.12 python3.11 python3; do
+    # venv and ensurepip too: some distributions ship them apart (Debian: python3-venv).
     if command -v "$candidate" >/dev/null 2>&1 &&
-       "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+       "$candidate" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       echo "$candidate"; return 0
     fi
   done
-  echo "vstreamer needs Python >= 3.11" >&2; return 1
+  echo "vstreamer needs Python >= 3.11 with its venv module (Debian: apt-get install -y python3-venv)" >&2
+  return 1
 }
 
 if [ ! -x "$venv/bin/python" ]; then
