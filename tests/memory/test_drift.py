@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, DriftDetector
 from vstreamer.engine.drift import _NAME_OPEN as drift_name_open
 from vstreamer.engine.drift import FALLBACK_EN, FALLBACK_ZH, _compiled_phrases, phrase_finder
-from vstreamer.engine.drift import fold as drift_fold
+from vstreamer.engine.folded import fold as drift_fold
 from vstreamer.llm import FakeBackend
 from vstreamer.persona import Persona
 from vstreamer.safety import SafetyPipeline
@@ -226,7 +226,8 @@ async def test_drift_repair_with_moderation_and_switched_off(xiaoxing: Persona) 
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(["作为", "一个", "AI", "as an", " ai ", "language", "我是", "通义", "主播", "。", "!", "x"]),
+@given(st.lists(st.sampled_from(["作为", "一个", "AI", "as an", " ai ", "language", "我是", "通义", "主播", "。", "!", "x",
+                                 "我名", "叫", "小红", "i am", " called", "my name", " is ", "aria"]),
                 max_size=12), st.integers(0, 30))  # fmt: skip
 def test_hold_skips_only_endings_no_phrase_has(pieces: list[str], released: int) -> None:
     """The shortcut by the last three characters gives what trying every ending against the phrase beginnings gives."""
@@ -238,7 +239,7 @@ def test_hold_skips_only_endings_no_phrase_has(pieces: list[str], released: int)
         if folded[-length:] in detector._prefixes:
             expected = len(folded) - length
             break
-    opened = drift_name_open.search(folded, max(released, len(folded) - 40))
+    opened = drift_name_open.search(folded, max(released - len("i am called"), len(folded) - 40, 0))
     if opened is not None:
         expected = min(expected, opened.start())
     assert detector.hold_from(folded, released) == max(expected, released)

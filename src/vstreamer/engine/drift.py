@@ -1,8 +1,10 @@
 """Persona drift: replies that break character ("作为一个AI语言模型", "I'm Qwen", another name than the persona's).
 
 :class:`DriftDetector` knows the phrases; :class:`DriftStream` watches a streamed reply and holds back only the
-tail that could still become one of them, so a drifting phrase is caught before any of it is shown. The engine
-then regenerates once with a reinforced instruction, or ends with an in-character line.
+tail that could still become one of them or a name claim, and a phrase until what follows it says whether it claims
+("I'm an AI, …" does, "I'm an AI streamer" does not), so a drifting phrase is caught before any of it is shown, and
+a reply gets the same verdict however it is split. The engine then regenerates once with a reinforced instruction,
+or ends with an in-character line.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-import unicodedata
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vstreamer.engine.folded import FoldedText, fold, is_latin
 from vstreamer.safety.matcher import trigram_reach
 
 _acrs: Any
@@ -33,7 +35,7 @@ _ZH_AI = ("ai", "ai语言模型", "ai助手", "ai模型", "ai聊天机器人", "
 _EN_SELF = ("as an", "as a", "i'm an", "i am an", "i'm a", "i am a", "i'm just an", "i am just an",
             "i'm only an", "i am only an", "i'm just a", "i am just a", "being an", "being a")  # fmt: skip
 _EN_AI = ("ai", "ai language model", "language model", "large language model", "ai assistant", "ai model",
-          "artificial intelligence", "virtual assistant", "chatbot", "ai chatbot")  # fmt: skip
+          "artificial intelligence", "virtual assistant", "chatbot", "ai chatbot", "llm")  # fmt: skip
 _MODELS = ("qwen", "通义千问", "千问", "chatgpt", "gpt-4", "gpt-3.5", "gpt", "claude", "文心一言", "llama",
            "gemini", "smollm", "deepseek", "豆包", "kimi")  # fmt: skip
 _ORGS = ("阿里云", "阿里巴巴", "openai", "anthropic", "meta", "google", "谷歌", "百度", "hugging face",
@@ -41,16 +43,32 @@ _ORGS = ("阿里云", "阿里巴巴", "openai", "anthropic", "meta", "google", "
 _ZH_IDENTITY = ("我是", "我叫", "我的名字是", "我是由", "我由", "我是{org}开发的")
 _EN_IDENTITY = ("i'm", "i am", "my name is", "i was created by", "i was developed by", "i was trained by",
                 "i was made by", "i am developed by", "i'm developed by", "i'm created by", "i am created by")  # fmt: skip
+#: Whoever made it: these claims need no more than the end of the name ("我是由OpenAI训练的").
+_MADE_BY = ("由", "开发的", " by ")
 
 #: after a model or company name, or what an AI is called, these mean it is not a self-identification
 #: ("我是chatgpt的粉丝", "我是人工智能的粉丝")
 _NOT_IDENTITY_NEXT = frozenset("的粉迷用")
-#: A plain "AI" after a Chinese self-description ("作为一个AI") is one only when a new clause follows it: a
-#: punctuation mark, a space, the end, or one of these words' first characters (没有, 不能, 无法, 所以, 我, 只, 并不,
-#: 也, 而已, 就, 可, 还). Other Chinese text goes on with a noun: "我是AI主播", "我是AI爱好者".
-_ZH_AI_CLAUSE_NEXT = frozenset("没不无所我只并也而就可还")
-#: What a model name's version may begin with: a digit ("qwen2.5", "llama3"), or a letter after one ("gpt-4o").
-_VERSION_START = frozenset("0123456789")
+#: A Chinese claim ("作为一个AI", "我是人工智能", "我是通义千问") is one only when a new clause follows it (past a
+#: space): a punctuation mark, the end, a Latin letter, or one of these words' first characters (没有, 不能, 无法, 所以,
+#: 我, 只, 并不, 也, 而已, 就, 可, 还, 由) or a sentence-final particle. Other Chinese text goes on with a noun or a
+#: verb: "我是AI主播", "我是人工智能专业的学生", "我叫ChatGPT帮我写作业".
+_ZH_CLAUSE_NEXT = frozenset("没不无所我只并也而就可还由呀啊哦啦呢吧嘛哟喔")
+#: An English claim ("as an AI", "I'm ChatGPT") is one only before a punctuation mark, the end, or one of these words;
+#: other words make it a description ("an AI streamer", "an AI enthusiast", "Claude Monet").
+_EN_CLAIM_NEXT = frozenset(("i", "i'm", "i've", "i'd", "and", "but", "so", "that", "which", "who", "with", "without",
+                            "by", "from", "created", "developed", "trained", "made", "built", "designed", "programmed",
+                            "powered", "here", "not", "cannot", "can't", "don't", "do", "does", "doesn't", "ai",
+                            "model", "after", "though", "too", "myself"))  # fmt: skip
+_EN_CLAIM_NEXT_BEGINNINGS = frozenset(w[:i] for w in _EN_CLAIM_NEXT for i in range(len(w) + 1))
+_EN_CLAIM_NEXT_LONGEST = max(map(len, _EN_CLAIM_NEXT))
+_WORD = re.compile(r"[a-z']*")
+#: A model's version after its name ("qwen2.5", "llama-3", "gpt-4o"); a longer one than this is a full model name.
+_VERSION = re.compile(r"[0-9a-z]*(?:[.\-_][0-9a-z]+)*")
+_VERSION_LONGEST = 12
+#: Latin words after a Latin name in Chinese text ("我是Meta Quest玩家"): the Chinese after them decides.
+_LATIN_RUN = re.compile(r"[ a-z0-9'\-]*")
+_LATIN_RUN_LONGEST = 16
 #: Names a persona may not claim: what follows "my name is" must look like a name (in English, capitalised).
 _NOT_A_NAME = (
     "秘密",
@@ -66,15 +84,21 @@ _NOT_A_NAME = (
     "暂时",
     "保留",
 )
+#: What comes before a name claimed. Each beginning of one is held back like a phrase's, so none of a claim shows
+#: before the name after it is judged.
+_NAME_KEYWORDS = ("我的名字是", "我的名字叫", "我名叫", "我叫做", "my name is", "i'm called", "i am called")
+_NAME_KEYWORD_LONGEST = max(map(len, _NAME_KEYWORDS))
 # Matched against folded (lower-case) text. No IGNORECASE: with it, re tries the pattern at every position of a
-# reply; without it, only where one of the claims' first characters is (4-6x faster).
+# reply; without it, only where one of the claims' first characters is (4-6x faster). An English claim begins a word
+# ("the enemy name is Zorg" claims nothing): the check comes after its first letter, which keeps that speed.
+_NAME_KEYWORD = (
+    r"(?:我的名字(?:是|叫)|我名叫|我叫做|m(?<![a-z0-9]m)y name is|i(?<![a-z0-9]i)(?:'m| am) called)\s*"
+)
 _NAME_CLAIM = re.compile(
-    r"(?:我的名字(?:是|叫)|我名叫|我叫做|my name is|i'm called|i am called)\s*"
-    r"([^\s,.!?;:，。！？；：~～、\"'“”()（）]{1,16})(?=[\s,.!?;:，。！？；：~～、\"'“”()（）]|$)"
+    _NAME_KEYWORD
+    + r"([^\s,.!?;:，。！？；：~～、\"'“”()（）]{1,16})(?=[\s,.!?;:，。！？；：~～、\"'“”()（）]|$)"
 )
-_NAME_OPEN = re.compile(
-    r"(?:我的名字(?:是|叫)|我名叫|我叫做|my name is|i'm called|i am called)\s*[^\s,.!?;:，。！？；：~～、]{0,16}$"
-)
+_NAME_OPEN = re.compile(_NAME_KEYWORD + r"[^\s,.!?;:，。！？；：~～、]{0,16}$")
 
 FALLBACK_ZH = (
     "诶嘿，{name}刚刚走神了一下～我们接着聊吧！",
@@ -103,28 +127,6 @@ class DriftHit:
     reason: DriftReason
     text: str
     """The phrase that gave it away."""
-
-
-def fold(text: str) -> str:
-    """Lower case, half width, plain apostrophes and spaces; one character in, one character out."""
-    if text.isascii():  # the common case, per streamed piece: no per-character work
-        return text.lower().translate(_ASCII_FOLD)
-    return "".join([_fold_char(char) for char in text])
-
-
-@functools.lru_cache(maxsize=65536)
-def _fold_char(char: str) -> str:
-    folded = unicodedata.normalize("NFKC", char).lower()
-    if len(folded) != 1:
-        folded = char.lower() if len(char.lower()) == 1 else char
-    if folded in "‘’`´":
-        return "'"
-    if folded.isspace():
-        return " "
-    return folded
-
-
-_ASCII_FOLD = str.maketrans({"`": "'", **{c: " " for c in map(chr, range(128)) if c.isspace()}})
 
 
 def _phrases() -> tuple[dict[str, DriftReason], dict[str, str]]:
@@ -174,10 +176,12 @@ class _PhraseTable:
     reasons: dict[str, DriftReason]
     names: dict[str, str]
     """The name each ``model_identity`` phrase claims."""
+    made_by: frozenset[str]
+    """The phrases that say who made it ("我是由OpenAI", "i was trained by google")."""
     find: PhraseFinder
     longest: int
     prefixes: frozenset[str]
-    """Every beginning of a phrase."""
+    """Every beginning of a phrase or of a name claim's keyword."""
     reach: dict[str, int]
     """For each three characters, the longest beginning that ends with them (most text ends with none: only
     beginnings of one or two characters are left to try)."""
@@ -188,9 +192,11 @@ def _compiled_phrases() -> _PhraseTable:
     """Built once per process (~0.1 s)."""
     phrases, names = _phrases()
     ordered = sorted(phrases, key=len, reverse=True)
-    prefixes = frozenset(p[:i] for p in ordered for i in range(1, len(p) + 1))
+    made_by = frozenset(p for p in phrases if any(word in p for word in _MADE_BY))
+    held = [*ordered, *_NAME_KEYWORDS]
+    prefixes = frozenset(p[:i] for p in held for i in range(1, len(p) + 1))
     return _PhraseTable(
-        phrases, names, phrase_finder(ordered), len(ordered[0]), prefixes, trigram_reach(ordered)
+        phrases, names, made_by, phrase_finder(ordered), len(ordered[0]), prefixes, trigram_reach(held)
     )
 
 
@@ -207,57 +213,96 @@ class DriftDetector:
         self.allowed_names = {fold(n) for n in (persona_name, *aliases) if n}
         table = _compiled_phrases()
         self._phrases, self._names, self._find = table.reasons, table.names, table.find
-        self._longest, self._prefixes, self._reach = table.longest, table.prefixes, table.reach
+        self._made_by, self._longest = table.made_by, table.longest
+        self._prefixes, self._reach = table.prefixes, table.reach
 
     def check(self, text: str) -> DriftHit | None:
         """Whether the whole reply breaks character."""
-        return self.scan(text, fold(text), 0, final=True)
+        return self.scan(FoldedText(text), 0, final=True)[0]
 
     def stream(self) -> DriftStream:
         return DriftStream(self)
 
-    def scan(self, text: str, folded: str, start: int, *, final: bool) -> DriftHit | None:
-        """The first drift in ``text[start:]`` (a phrase that could still continue counts only once final)."""
-        for begin, end in self._find(folded, start):
+    def scan(self, reply: FoldedText, start: int, *, final: bool) -> tuple[DriftHit | None, int]:
+        """The first drift from ``reply.folded[start:]`` on, and where the first phrase the text so far cannot judge
+        begins (``len`` when none: a phrase that could still continue counts only once final)."""
+        folded = reply.folded
+        span, pending = self._phrase_in(folded, start, final)
+        if span is not None:
+            return DriftHit(self._phrases[folded[span[0] : span[1]]], reply.original(*span)), pending
+        position = start
+        while (match := _NAME_CLAIM.search(folded, position)) is not None:
+            position = match.start() + 1  # a claim may begin inside one that claims nothing
+            if match.end() == len(folded) and not final:
+                continue
+            claimed = reply.original(*match.span(1))
+            if not self._own_name(match.group(1)) and _looks_like_a_name(claimed):
+                return DriftHit("wrong_name", reply.original(*match.span())), pending
+        return None, pending
+
+    def _phrase_in(self, folded: str, start: int, final: bool) -> tuple[tuple[int, int] | None, int]:
+        """The span of the first phrase from ``start`` on that breaks character, and where the first one the text so
+        far cannot judge begins. Every place a phrase begins is tried, those inside one that did not count too."""
+        pending, position = len(folded), start
+        while (span := next(self._find(folded, position), None)) is not None:
+            begin, end = span
+            position = begin + 1
+            if begin and is_latin(folded[begin]) and is_latin(folded[begin - 1]):
+                continue  # inside a word: "has an AI", "was an AI researcher"
             # The finder takes the longest phrase at a place; where it does not end a word ("i am gpt-4" of "i am
             # gpt-4o"), a shorter one there may ("i am gpt").
             for stop in range(end, begin, -1):
                 phrase = folded[begin:stop]
-                if phrase in self._phrases and self._counts(folded, stop, phrase, final):
-                    return DriftHit(self._phrases[phrase], text[begin:stop])
-        for match in _NAME_CLAIM.finditer(folded, start):
-            if match.end() == len(folded) and not final:
-                continue
-            name = match.group(1)
-            if not self._own_name(name) and _looks_like_a_name(text[match.start(1) : match.end(1)]):
-                return DriftHit("wrong_name", text[match.start() : match.end()])
-        return None
+                if phrase in self._phrases:
+                    counts = self._counts(folded, stop, phrase, final)
+                    if counts:
+                        return (begin, stop), pending
+                    if counts is None:
+                        pending = min(pending, begin)
+        return None, pending
 
     def _own_name(self, name: str) -> bool:
         return any(name.startswith(n) or n.startswith(name) for n in self.allowed_names)
 
-    def _counts(self, folded: str, end: int, phrase: str, final: bool) -> bool:
-        """Whether ``phrase``, ending at ``end``, breaks character: it must end a word (a model's version may follow
-        its name), not go on as "…的粉丝", and a model's name that is the persona's own is no drift."""
+    def _counts(self, folded: str, end: int, phrase: str, final: bool) -> bool | None:
+        """Whether ``phrase``, ending at ``end``, breaks character (None: the text so far cannot tell). It must end a
+        word (a model's version may follow its name), not go on as "…的粉丝", and end the claim: "I'm an AI streamer"
+        and "我是人工智能专业的" describe. A model's name that is the persona's own is no drift."""
         identity = self._phrases[phrase] == "model_identity"
         if identity and self._own_name(self._names[phrase]):
             return False
+        if is_latin(phrase[-1]):
+            after = folded[end : end + 2]
+            if identity and after == "-" and not final:
+                return None  # "llama-" may go on as "llama-3"
+            if identity and (
+                after[:1].isdigit() or phrase[-1].isdigit() or (after[:1] == "-" and after[1:].isdigit())
+            ):
+                version = _VERSION.match(folded, end, end + _VERSION_LONGEST + 1)
+                assert version is not None  # it matches the empty string
+                if version.end() > end + _VERSION_LONGEST:
+                    return True  # a model's whole name: "qwen2.5-coder-7b-instruct"
+                end = version.end()
+                if not final and (end == len(folded) or (end + 1 == len(folded) and folded[end] in ".-_")):
+                    return None  # "qwen2." may go on as "qwen2.5"
+            elif is_latin(after[:1]):
+                return False  # the word goes on: "as an aide", "i'm metaphorical"
         if end == len(folded):
-            return final
-        after = folded[end]
-        if phrase[-1].isascii() and phrase[-1].isalnum() and after.isascii() and after.isalnum():
-            versioned = identity and (after in _VERSION_START or phrase[-1] in _VERSION_START)
-            if not versioned:
-                return False
-        if after in _NOT_IDENTITY_NEXT:
+            return True if final else None
+        if folded[end] in _NOT_IDENTITY_NEXT:
             return False
-        # A plain "AI" after Chinese words: a clause must follow it.
-        if phrase.endswith("ai") and not phrase[-3].isascii():
-            return not after.isalpha() or after.isascii() or after in _ZH_AI_CLAUSE_NEXT
-        return True
+        if phrase in self._made_by:
+            return True
+        if folded[end] in "'-":  # "ChatGPT's", "meta-gaming": part of another word
+            if end + 1 == len(folded):
+                return True if final else None
+            return not (folded[end + 1].isascii() and folded[end + 1].isalpha())
+        if phrase[0].isascii():
+            return _english_claim_ends(folded, end, final)
+        return _chinese_claim_ends(folded, end, final)
 
     def hold_from(self, folded: str, released: int) -> int:
-        """Where the text that could still become a drift phrase begins (``len`` when none)."""
+        """Where the text that could still become a drift phrase or a name claim begins (``len`` when none)."""
         hold = len(folded)
         # Beginnings longer than two characters that end like the text does bound the lengths to try.
         top = min(max(self._reach.get(folded[-3:], 0), 2), len(folded) - released)
@@ -265,10 +310,42 @@ class DriftDetector:
             if folded[-length:] in self._prefixes:
                 hold = len(folded) - length
                 break
-        opened = _NAME_OPEN.search(folded, max(released, len(folded) - 40))
+        # From before what was released: a claim's keyword that got out in part holds back the rest.
+        opened = _NAME_OPEN.search(folded, max(released - _NAME_KEYWORD_LONGEST, len(folded) - 40, 0))
         if opened is not None:
             hold = min(hold, opened.start())
         return max(hold, released)
+
+
+def _english_claim_ends(folded: str, end: int, final: bool) -> bool | None:
+    """Whether what follows an English claim at ``end`` makes it one: a punctuation mark, or a word of
+    ``_EN_CLAIM_NEXT`` ("as an AI, I", "as an AI I", "I'm ChatGPT and"), not another word ("I'm an AI streamer")."""
+    if folded[end] != " ":
+        return True
+    if end + 1 == len(folded):
+        return True if final else None
+    word = _WORD.match(folded, end + 1, end + _EN_CLAIM_NEXT_LONGEST + 2)
+    assert word is not None  # it matches the empty string
+    if not word.group():
+        return True  # a mark, or a number: "I'm Llama 3"
+    if word.end() == len(folded) and not final:
+        return None if word.group() in _EN_CLAIM_NEXT_BEGINNINGS else False
+    return word.group() in _EN_CLAIM_NEXT
+
+
+def _chinese_claim_ends(folded: str, end: int, final: bool) -> bool | None:
+    """Whether what follows a Chinese claim at ``end`` begins a new clause (see ``_ZH_CLAUSE_NEXT``); Latin words
+    after a Latin name are passed over ("我是Gemini Pro，" claims, "我是Meta Quest玩家" does not)."""
+    if folded[end] == " ":
+        run = _LATIN_RUN.match(folded, end, end + _LATIN_RUN_LONGEST)
+        assert run is not None  # it matches the empty string
+        if run.end() == end + _LATIN_RUN_LONGEST:
+            return False  # an English sentence, not a name
+        end = run.end()
+        if end == len(folded):
+            return True if final else None
+    after = folded[end]
+    return not after.isalpha() or after.isascii() or after in _ZH_CLAUSE_NEXT
 
 
 class DriftStream:
@@ -277,36 +354,43 @@ class DriftStream:
     def __init__(self, detector: DriftDetector) -> None:
         self.detector = detector
         self.hit: DriftHit | None = None
-        self._text = ""
-        self._folded = ""
+        self._reply = FoldedText()
         self._released = 0
+        """How much of the reply's text was shown."""
+        self._held = 0
+        """Where in the folded text what is held back begins."""
+        self._pending = 0
+        """Where the first phrase that the text so far cannot judge begins (folded)."""
 
     @property
     def released(self) -> str:
         """Text shown so far."""
-        return self._text[: self._released]
+        return self._reply.text[: self._released]
 
     def feed(self, piece: str) -> str:
         if self.hit is not None:
             return ""
-        start = max(0, len(self._folded) - self.detector._longest - 24)
-        self._text += piece
-        self._folded += fold(piece)
-        self.hit = self.detector.scan(self._text, self._folded, start, final=False)
+        reply = self._reply
+        start = max(0, min(len(reply.folded) - self.detector._longest - 24, self._pending))
+        reply.add(piece)
+        self.hit, self._pending = self.detector.scan(reply, start, final=False)
         if self.hit is not None:
             return ""
-        hold = self.detector.hold_from(self._folded, self._released)
-        out, self._released = self._text[self._released : hold], hold
+        hold = max(min(self.detector.hold_from(reply.folded, self._held), self._pending), self._held)
+        end = reply.source(hold)
+        out, self._released, self._held = reply.text[self._released : end], end, hold
         return out
 
     def finish(self) -> str:
         if self.hit is not None:
             return ""
-        start = max(0, self._released - self.detector._longest - 24)
-        self.hit = self.detector.scan(self._text, self._folded, start, final=True)
+        reply = self._reply
+        reply.close()
+        start = max(0, min(self._held - self.detector._longest - 24, self._pending))
+        self.hit, _ = self.detector.scan(reply, start, final=True)
         if self.hit is not None:
             return ""
-        out, self._released = self._text[self._released :], len(self._text)
+        out, self._released = reply.text[self._released :], len(reply.text)
         return out
 
 
@@ -317,13 +401,18 @@ def _looks_like_a_name(claimed: str) -> bool:
     return not claimed.startswith(_NOT_A_NAME)
 
 
+def _speaks_chinese(language: str) -> bool:
+    """The prompt's rule (``prompt._lang``): Chinese for "zh…", English for every other language ("ja", "ko")."""
+    return language.lower().startswith("zh")
+
+
 def fallback_line(language: str, persona_name: str, seed: str = "") -> str:
     """An in-character line that replaces a reply that broke character twice."""
-    lines: Sequence[str] = FALLBACK_EN if language.lower().startswith("en") else FALLBACK_ZH
+    lines: Sequence[str] = FALLBACK_ZH if _speaks_chinese(language) else FALLBACK_EN
     return lines[zlib.crc32(seed.encode("utf-8")) % len(lines)].format(name=persona_name)
 
 
 def reinforcement(language: str, persona_name: str) -> str:
     """The extra instruction of the one retry after a drift."""
-    text = REINFORCE_EN if language.lower().startswith("en") else REINFORCE_ZH
+    text = REINFORCE_ZH if _speaks_chinese(language) else REINFORCE_EN
     return text.format(name=persona_name)

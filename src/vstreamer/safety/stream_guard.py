@@ -120,8 +120,9 @@ Finalise = Callable[[str, bool, str], ModerationResult]
 
 
 def deflection_line(language: str, persona_name: str, seed: str = "") -> str:
-    """A short in-character line that ends a blocked reply."""
-    lines = DEFLECTIONS_EN if language.lower().startswith("en") else DEFLECTIONS_ZH
+    """A short in-character line that ends a blocked reply: Chinese for a "zh…" persona, English for any other (as
+    its prompt is)."""
+    lines = DEFLECTIONS_ZH if language.lower().startswith("zh") else DEFLECTIONS_EN
     line = lines[zlib.crc32(seed.encode("utf-8")) % len(lines)]
     name = persona_name or ("I" if lines is DEFLECTIONS_EN else "我")
     return line.format(name=name)
