@@ -63,12 +63,20 @@ class PersonaCatalog:
         try:
             persona = await asyncio.to_thread(self.library.get, id_or_name)
         except PersonaNotFound:
-            for persona in self._stored.values():
-                if persona.name.casefold() == id_or_name.casefold():
-                    return persona
-            raise
+            persona = self._stored_by_name(id_or_name)
+            if persona is None:
+                raise
+            return persona
         self._remember(id_or_name, persona)
         return persona
+
+    def _stored_by_name(self, name: str) -> Persona | None:
+        """The stored persona of that name (any case). Imports refuse a name taken, but two instances may each take
+        one at once (or older versions did): then the lowest id, so a name finds the same persona before and after
+        a restart (dicts keep insertion order, which a restart's load changes)."""
+        wanted = name.strip().casefold()
+        found = [p for p in self._stored.values() if p.name.strip().casefold() == wanted]
+        return min(found, key=lambda p: p.id) if found else None
 
     async def _refresh(self, id_or_name: str) -> None:
         generation = self._generation
@@ -116,10 +124,11 @@ class PersonaCatalog:
         # Checked and stored as one: two keys' imports of one new id both "succeeded". The store checks again, in
         # the database, against what other instances (or this one before it loaded) stored meanwhile.
         async with self._changing:
-            existing = {p.id for p in await self.list()}
-            if persona.id in existing and not (replace and self.is_stored(persona.id)):
+            everyone = await self.list()
+            if persona.id in {p.id for p in everyone} and not (replace and self.is_stored(persona.id)):
                 raise PersonaError(f"a persona with id {persona.id!r} exists already")
             self._check_owner(persona.id, owner)
+            _check_name_free(persona, everyone)
             done = await self.store.save_persona(
                 persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png, replace=replace
             )
@@ -136,6 +145,8 @@ class PersonaCatalog:
     async def delete(self, persona_id: str, *, owner: str) -> None:
         async with self._changing:
             if not self.is_stored(persona_id):
+                if persona_id not in {p.id for p in await asyncio.to_thread(self.library.list)}:
+                    raise PersonaNotFound(f"no persona {persona_id!r}")
                 raise PersonaError(
                     f"{persona_id!r} is not a persona imported through the API; it cannot be deleted here"
                 )
@@ -156,6 +167,19 @@ class PersonaCatalog:
         """Every key may use every persona; only the key that imported one may replace or delete it."""
         if persona_id in self._owners and self._owners[persona_id] != owner:
             raise _owned_elsewhere(persona_id)
+
+
+def _check_name_free(persona: Persona, everyone: list[Persona]) -> None:
+    """A chat's ``model`` names a persona by id or by name (any case), so an import may not take another persona's
+    name or id as its name, nor another's name as its id: the same word would find one persona or the other. A
+    persona replaced keeps its own."""
+    name, persona_id = persona.name.strip().casefold(), persona.id.casefold()
+    for other in everyone:
+        other_name = other.name.strip().casefold()
+        if other.id != persona.id and (name in (other.id.casefold(), other_name) or persona_id == other_name):
+            raise APIError(409, f"persona {other.id!r} ({other.name!r}) is found by the name {persona.name!r} "
+                           f"or the id {persona.id!r} already: give the import a name and id no other persona has",
+                           code="persona_name_taken")  # fmt: skip
 
 
 def _owned_elsewhere(persona_id: str) -> APIError:

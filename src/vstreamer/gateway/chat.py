@@ -105,9 +105,7 @@ async def open_reply(
     """Check the request against the persona and the session, and start the reply (run when the response is)."""
     persona = await state.catalog.get(body.model)
     user_text = body.messages[-1].text
-    if len(user_text) > state.settings.max_input_chars:
-        raise APIError(400, f"the message is longer than {state.settings.max_input_chars} characters",
-                       param="messages", code="context_length_exceeded")  # fmt: skip
+    _check_lengths(state, body, headers)
     conversation = await _conversation(state, body, headers, persona, owner)
     overrides = SamplingOverrides(
         temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens or body.max_completion_tokens,
@@ -119,6 +117,27 @@ async def open_reply(
     return ChatReply(
         state, events, persona.id, conversation.id, stream=body.stream, include_usage=include_usage
     )
+
+
+MAX_REPLY_CHARS = 4 * 32768
+"""The longest assistant message a sent history may hold: a reply of the most tokens a request may ask for (32,768) at
+four characters a token. A stateless client sends the persona's replies back, and they may be longer than a viewer's
+message may be."""
+
+
+def _check_lengths(state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str]) -> None:
+    """Every message that will be stored is held to a limit: the new one and, without a session, the history sent
+    along (stored as the session's turns, before the reply: checked first, so a refusal stores none). A viewer's
+    message to ``max_input_chars``; a reply to :data:`MAX_REPLY_CHARS` (or ``max_input_chars`` if that is more)."""
+    limit = state.settings.max_input_chars
+    reply_limit = max(limit, MAX_REPLY_CHARS)
+    stored = body.messages if session_id_of(headers, body.user) is None else body.messages[-1:]
+    for index, message in enumerate(stored, start=len(body.messages) - len(stored)):
+        most = limit if message.role == "user" else reply_limit if message.role == "assistant" else None
+        if most is not None and len(message.text) > most:
+            which = "the message" if index == len(body.messages) - 1 else f"message {index}"
+            raise APIError(400, f"{which} is longer than {most} characters", param="messages",
+                           code="context_length_exceeded")  # fmt: skip
 
 
 async def _conversation(

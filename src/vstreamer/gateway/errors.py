@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -72,7 +74,72 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 def _type_tag(part: object) -> bool:
     """A step of an error's location that names a union member (``str``, ``function-after[...]``), not a field."""
-    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "list", "dict"})
+    return isinstance(part, str) and (
+        "[" in part or part in {"str", "int", "float", "bool", "list", "dict", "constrained-str"}
+    )
+
+
+_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def _field(error: Mapping[str, Any]) -> tuple[str, ...]:
+    """The param an error names (``messages.0.content``, ``limit``): its location without where the value came from
+    (a body, a query) and without the union members it was tried as."""
+    loc = tuple(error.get("loc", ()))
+    if loc and loc[0] in _SOURCES:
+        loc = loc[1:]
+    return tuple(str(p) for p in loc if not _type_tag(p))
+
+
+def _of_union(error: Mapping[str, Any]) -> bool:
+    return any(_type_tag(p) for p in error.get("loc", ()))
+
+
+def _wrong_kind(error: Mapping[str, Any]) -> bool:
+    """An error that says the value is not of a type (``string_type``, ``list_type``, ``model_attributes_type``)."""
+    return str(error.get("type", "")).endswith("_type")
+
+
+def _reported(errors: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], str]:
+    """The error to tell the client, with its message.
+
+    One of our own checks, if any failed, says most. A value that fits no member of a union has an error per member:
+    the member of the value's kind says what is wrong with it (a list of stops too long, not "should be a valid
+    string"); a value of no member's kind is told every kind it could have been."""
+    first = next((e for e in errors if e.get("type") == "value_error"), None) or errors[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if not (_of_union(first) and _wrong_kind(first)):
+        return first, message
+    field = _field(first)
+    within = [e for e in errors if _of_union(e) and _field(e)[: len(field)] == field]
+    if (kind := next((e for e in within if not _wrong_kind(e)), None)) is not None:
+        return kind, str(kind["msg"])
+    others = [str(e["msg"]).removeprefix("Input should be ") for e in within[1:] if _field(e) == field]
+    return first, " or ".join([message, *others])
+
+
+def _json_type(kind: str) -> bool:
+    """Whether FastAPI reads a body of that media type as JSON (``application/json``, ``application/...+json``)."""
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def _body_error(error: Mapping[str, Any], request: Request) -> str | None:
+    """What is wrong with the body as a whole, if that is what the error says (it then names no param)."""
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error")
+        return "the request body is not valid JSON" + (f" ({reason})" if reason else "")
+    if _field(error):
+        return None
+    if error.get("type") == "missing":
+        return "the request body is empty: send a JSON object"
+    if error.get("type") == "model_attributes_type" or "dict" in str(error.get("msg")):
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if kind and not _json_type(
+            kind
+        ):  # FastAPI reads a body of another declared type as bytes, JSON or not
+            return f"the request body must be a JSON object sent as Content-Type: application/json (not {kind[:60]!r})"
+        return "the request body must be a JSON object"
+    return None
 
 
 def install(app: FastAPI) -> None:
@@ -85,21 +152,17 @@ def install(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        # A value that fits no member of a union has an error per member: one of our own checks, if any failed,
-        # says more than "should be a valid list".
-        first = next(
-            (e for e in errors if e.get("type") == "value_error"), errors[0] if errors else None
-        ) or {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _type_tag(p)]
-        param = ".".join(loc) or None
-        message = f"{param}: {first['msg']}" if param else str(first["msg"])
-        if first.get("type") == "json_invalid":
-            message = "the request body is not valid JSON"
-        elif first.get("type") == "model_attributes_type" or (not loc and "dict" in str(first.get("msg"))):
-            message = "the request body must be a JSON object"
-        return JSONResponse(error_body(message, "invalid_request_error", param=param), 400)
+        if not errors:
+            return JSONResponse(error_body("invalid request", "invalid_request_error"), 400)
+        error, message = _reported(errors)
+        whole = _body_error(error, request)
+        if whole is not None:
+            return JSONResponse(error_body(whole, "invalid_request_error"), 400)
+        param = ".".join(_field(error)) or None
+        return JSONResponse(error_body(f"{param}: {message}" if param else message, "invalid_request_error",
+                                       param=param), 400)  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

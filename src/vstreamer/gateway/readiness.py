@@ -9,12 +9,14 @@ text, versions or addresses behind it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from vstreamer.llm import LLMBackend
 from vstreamer.store import Store
 
+logger = logging.getLogger(__name__)
 DB_TIMEOUT_S = 5.0
 
 
@@ -28,6 +30,8 @@ class Readiness:
         self._checks: dict[str, dict[str, Any]] | None = None
         self._checked_at = 0.0
         self._running: asyncio.Future[dict[str, dict[str, Any]]] | None = None
+        self._health_failure: str | None = None
+        """How the backend's health check last raised (logged when it first did), until it answers again."""
 
     async def checks(self) -> dict[str, dict[str, Any]]:
         """Every check with its details, by part (``database``, ``llm``); each has ``ok``."""
@@ -53,10 +57,25 @@ class Readiness:
             checks["database"] = {"ok": False, "detail": f"no answer within {DB_TIMEOUT_S:g}s"}
         except Exception as exc:  # any failure means not ready; the reason is reported
             checks["database"] = {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
-        health = await self.backend.health()
-        checks["llm"] = {"ok": health.ok, "backend": health.backend, "model": health.model,
-                         "detail": health.detail, "version": health.version} | health.extras  # fmt: skip
+        checks["llm"] = await self._check_llm()
         return checks
+
+    async def _check_llm(self) -> dict[str, Any]:
+        try:
+            health = await self.backend.health()
+        # A bug in a backend's check (an answer of a shape it did not expect) is "not ready", not a 500 per probe.
+        except Exception as exc:
+            failure = type(exc).__name__
+            if failure != self._health_failure:  # every probe fails alike: once in the log is enough
+                logger.error("the LLM backend's health check raised %s (reported as not ready)", failure,
+                             exc_info=exc)  # fmt: skip
+            self._health_failure = failure
+            # The type only: the message may quote what the server answered (or its address), and this is shown.
+            return {"ok": False, "backend": self.backend.name, "model": self.backend.model,
+                    "detail": f"the health check failed ({failure})"}  # fmt: skip
+        self._health_failure = None
+        return {"ok": health.ok, "backend": health.backend, "model": health.model,
+                "detail": health.detail, "version": health.version} | health.extras  # fmt: skip
 
 
 def public(checks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vstreamer.engine import Fact, Turn, ViewerKey
-from vstreamer.errors import StoreError
+from vstreamer.errors import PersonaNotFound, StoreError
 from vstreamer.gateway.chat import API_PLATFORM, api_viewer_id
 from vstreamer.gateway.errors import APIError
 from vstreamer.gateway.readiness import public
-from vstreamer.gateway.schemas import Text
+from vstreamer.gateway.schemas import PlatformName, Text
 from vstreamer.gateway.state import gateway_state, principal
 from vstreamer.persona import Persona
 from vstreamer.persona.limits import MAX_FILE_BYTES
@@ -47,14 +47,24 @@ def _message(turn: Turn) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _model(persona: Persona) -> dict[str, Any]:
+    return {"id": persona.id, "object": "model", "created": 0, "owned_by": "vstreamer", "name": persona.name}
+
+
 @router.get("/v1/models")
 async def list_models(request: Request, _: str = Depends(principal)) -> dict[str, Any]:
-    personas = await gateway_state(request).catalog.list()
-    data = [
-        {"id": p.id, "object": "model", "created": 0, "owned_by": "vstreamer", "name": p.name}
-        for p in personas
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model(p) for p in await gateway_state(request).catalog.list()]}
+
+
+@router.get("/v1/models/{model_id}")
+async def retrieve_model(model_id: StoredId, request: Request, _: str = Depends(principal)) -> dict[str, Any]:
+    """One entry of ``/v1/models`` (OpenAI's ``client.models.retrieve``); a persona's name finds it as in chat."""
+    try:
+        persona = await gateway_state(request).catalog.get(model_id)
+    except PersonaNotFound:
+        raise APIError(404, f"the model {model_id!r} does not exist", param="model",
+                       code="model_not_found") from None  # fmt: skip
+    return _model(persona)
 
 
 @router.get("/api/personas")
@@ -186,7 +196,7 @@ async def forget_fact(
 @router.get("/api/memory/export")
 async def export_memory(
     request: Request,
-    platform: Annotated[StoredId | None, Query(max_length=32)] = None,
+    platform: Annotated[PlatformName | None, Query()] = None,
     owner: str = Depends(principal),
 ) -> dict[str, Any]:
     """Every remembered fact (live-platform viewers, and this key's API viewers), for operators."""
@@ -195,13 +205,16 @@ async def export_memory(
     return {"data": [_fact(f, owner) for f in mine]}
 
 
+# HEAD too: uptime monitors and load balancers probe with it (undocumented: it is GET without the body).
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
 @router.get("/readyz")
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request, response: Response) -> dict[str, Any]:
     """Readiness: the database answers and the LLM backend is healthy (details for a caller with an API key)."""
     state = gateway_state(request)

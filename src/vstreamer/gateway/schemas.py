@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 
 def _storable(value: str) -> str:
@@ -20,8 +30,21 @@ def _storable(value: str) -> str:
     return value
 
 
+def _storable_input(value: object) -> object:
+    """:func:`_storable` before a length is checked: a length-constrained string refuses a lone surrogate first, with
+    an error that does not say what is wrong ("unable to parse raw data as a unicode string")."""
+    return _storable(value) if isinstance(value, str) else value
+
+
 Text = Annotated[str, AfterValidator(_storable)]
-StopText = Annotated[Text, Field(min_length=1, max_length=200)]
+# Lengths go in the string's own schema (StringConstraints): a Field's max_length on an annotated or optional str
+# is checked as a sequence's, and its error counted "items", not characters.
+StopText = Annotated[str, StringConstraints(min_length=1, max_length=200), BeforeValidator(_storable_input)]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200), BeforeValidator(_storable_input)]
+UserText = Annotated[str, StringConstraints(max_length=128), BeforeValidator(_storable_input)]
+NameText = Annotated[str, StringConstraints(max_length=64), BeforeValidator(_storable_input)]
+PlatformName = Annotated[str, StringConstraints(max_length=32), BeforeValidator(_storable_input)]
+"""A live platform's name in a query (``youtube``, ``api``)."""
 
 
 class TextPart(BaseModel):
@@ -29,6 +52,15 @@ class TextPart(BaseModel):
 
     type: Literal["text"]
     text: Text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        # Said first: an image part otherwise failed as "should be a valid string" (the content's other member).
+        kind = data.get("type") if isinstance(data, dict) else None
+        if isinstance(kind, str) and kind != "text":
+            raise ValueError(f"only text content parts are supported, not {kind[:40]!r}")
+        return data
 
 
 class RequestMessage(BaseModel):
@@ -38,7 +70,7 @@ class RequestMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: Text | list[TextPart] | None = None
-    name: Text | None = Field(None, max_length=64)
+    name: NameText | None = None
 
     @property
     def text(self) -> str:
@@ -58,7 +90,7 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: Text = Field(min_length=1, max_length=200)
+    model: ModelName
     messages: Annotated[list[RequestMessage], Field(min_length=1, max_length=1000)]
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -68,7 +100,7 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: Literal[1] = 1
-    user: Text | None = Field(None, max_length=128)
+    user: UserText | None = None
     """Names the session when no ``X-Session-Id`` header is sent (see :func:`vstreamer.gateway.chat.session_id_of`)."""
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     """Up to 4 strings the reply ends before (as OpenAI's)."""

@@ -459,7 +459,7 @@ class OpenAICompatBackend:
         try:
             response = await self._http.get(f"{self.base_url}/models")
             response.raise_for_status()
-            served = [m.get("id", "") for m in response.json().get("data", [])]
+            served = _served_models(response.json())
         except (httpx.HTTPError, ValueError) as exc:
             detail = self._hide(f"{type(exc).__name__}: {exc}")  # /readyz shows it
             return BackendHealth(ok=False, backend=self.name, model=self.model, detail=detail)
@@ -490,6 +490,17 @@ class OpenAICompatBackend:
         if chat is not None and self._chat_loop is asyncio.get_running_loop():
             await chat.aclose()
         await self._http.aclose()
+
+
+def _served_models(payload: object) -> list[str]:
+    """The model ids of a ``/v1/models`` answer (``{"data": [{"id": ...}, ...]}``). Another shape is a
+    ``ValueError``: a proxy's or another API's JSON is a server that is not ready, not a crash of ``/readyz``."""
+    data = payload.get("data", []) if isinstance(payload, dict) else None
+    if not isinstance(data, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
+    ):
+        raise ValueError(f"/models answered JSON of an unexpected shape: {str(payload)[:100]}")
+    return [m["id"] for m in data]
 
 
 def _is_retryable(error: BackendError) -> bool:

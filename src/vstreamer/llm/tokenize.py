@@ -175,13 +175,15 @@ class RemoteTokenizer:
         return self._root
 
     async def server_version(self) -> str | None:
+        """vLLM's version (its ``/version``: ``{"version": "0.6.3"}``); ``None`` from a server without one, or whose
+        ``/version`` answers something else (another server's route of that name)."""
         try:
             response = await self._http.get(f"{self._root}/version")
-            if response.status_code == 200:
-                return str(response.json().get("version"))
+            payload = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
-            pass
-        return None
+            return None
+        version = payload.get("version") if isinstance(payload, dict) else None
+        return version if isinstance(version, str) else None
 
     async def _vllm_tokenize(
         self, *, prompt: str | None = None, messages: Sequence[ChatMessage] | None = None

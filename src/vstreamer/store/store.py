@@ -257,13 +257,19 @@ class Store(MemoryTables):
         mine = select(SessionRow.id).where(SessionRow.id == session_id)
         if owner is not None:
             mine = mine.where(SessionRow.owner == owner)
-        self.cache.forget(session_id)
+        # Nor its cached conversation: the owner's replies queue on that object's lock, and a fresh copy read after
+        # a stranger's refused delete let a second reply run alongside one in flight.
+        cached = self.cache.sessions.get(session_id)
+        if cached is not None and (owner is None or cached.record.owner == owner):
+            self.cache.forget(session_id)
         async with self._tx() as session:
             await session.execute(delete(MessageRow).where(MessageRow.session_id.in_(mine)))
             await session.execute(delete(SummaryRow).where(SummaryRow.session_id.in_(mine)))
             result = await session.execute(delete(SessionRow).where(SessionRow.id.in_(mine)))
-        self.cache.forget(session_id)  # and a read begun meanwhile does not bring it back
-        return bool(getattr(result, "rowcount", 0))
+        deleted = bool(getattr(result, "rowcount", 0))
+        if deleted:
+            self.cache.forget(session_id)  # and a read begun meanwhile does not bring it back
+        return deleted
 
     # --- messages -------------------------------------------------------------------------------------
 
