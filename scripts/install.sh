@@ -58,8 +58,14 @@ if [[ ",$extras," == *",local,"* || ",$extras," == *",dev,"* || ",$extras," == *
   touch "$venv/.llama-$(basename "$llama_wheels")"
 fi
 echo "==> installing vstreamer[$extras] into $venv"
-"$venv/bin/python" -m pip install --progress-bar on -e ".[$extras]" 2>&1 |
-  grep --line-buffered -vE '^(Requirement already satisfied|  Using cached)' || true
+# pip's status decides (pipefail), not the filter's (grep finding nothing to show is fine): `| grep … || true` let a
+# failed pip pass and stamp the environment, and every later run said "already installed" with the extras missing.
+# The import check below does not catch that: an earlier install leaves vstreamer importable.
+if ! "$venv/bin/python" -m pip install --progress-bar on -e ".[$extras]" 2>&1 |
+  { grep --line-buffered -vE '^(Requirement already satisfied|  Using cached)' || true; }; then
+  echo "pip could not install vstreamer[$extras] into $venv (see above); nothing is marked installed" >&2
+  exit 1
+fi
 "$venv/bin/python" -c 'import vstreamer' # fail loudly if the install above did not work
 touch "$stamp"
 echo "==> done"

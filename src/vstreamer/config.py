@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -56,6 +57,20 @@ def default_data_dir() -> Path:
     return Path(base) / "vstreamer"
 
 
+def usable_key(value: SecretStr | None) -> SecretStr | None:
+    """An API key as an HTTP header can carry it, the same for every user of it (the chat, the gateway, vllm-wait,
+    the vLLM launch): surrounding blanks removed, since a key read from a file often ends with a line break; any other
+    character outside visible ASCII refused, since inside a header it is illegal or splits it (injection)."""
+    if value is None:
+        return None
+    key = value.get_secret_value().strip()
+    if not all("!" <= c <= "~" for c in key):
+        raise ValueError(
+            "the key has characters other than visible ASCII (a line break or a space inside it?)"
+        )
+    return SecretStr(key)
+
+
 class VLLMSettings(BaseModel):
     """How ``vstreamer vllm-command`` launches the production vLLM server."""
 
@@ -75,6 +90,11 @@ class VLLMSettings(BaseModel):
     enable_tool_calling: bool = True
     tool_call_parser: str = "hermes"
     api_key: SecretStr | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return usable_key(value)
 
 
 class Settings(BaseSettings):
@@ -202,12 +222,42 @@ class Settings(BaseSettings):
             )
         return value.rstrip("/")
 
-    @field_validator("api_key")
+    @field_validator("data_dir", "model_path", "audit_log", "lexicon_dirs")
     @classmethod
-    def _check_secret(cls, value: SecretStr) -> SecretStr:
-        if value.get_secret_value().strip().lower() in _PLACEHOLDER_SECRETS:
+    def _expand_home(cls, value: Path | list[Path] | None) -> Path | list[Path] | None:
+        """``~`` is the home folder, as in a shell: a TOML value or a quoted variable keeps it literal, and
+        ``data_dir = "~/x"`` made a folder named ``~`` in the working directory."""
+        if isinstance(value, list):
+            return [path.expanduser() for path in value]
+        return value.expanduser() if value is not None else None
+
+    @field_validator("audit_log")
+    @classmethod
+    def _check_audit_log(cls, value: Path | None) -> Path | None:
+        """Refused at start: a file that cannot be written failed every message of a conversation instead."""
+        if value is None:
+            return None
+        path = value.expanduser()
+        if path.is_dir():
+            raise ValueError(
+                f"{path} is a folder; audit_log is the file moderation decisions are appended to"
+            )
+        if not path.parent.is_dir():
+            raise ValueError(
+                f"the folder {path.parent} does not exist (create it, or choose another audit_log)"
+            )
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            raise ValueError(f"{path} cannot be written by this user")
+        return path
+
+    @field_validator("api_key", "embeddings_api_key")
+    @classmethod
+    def _check_secret(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        key = usable_key(value)
+        assert key is not None
+        if info.field_name == "api_key" and key.get_secret_value().lower() in _PLACEHOLDER_SECRETS:
             raise ValueError("api_key is a placeholder; set a real key (or EMPTY for a local server)")
-        return value
+        return key
 
     @model_validator(mode="after")
     def _check_budget_and_ports(self) -> Settings:
@@ -247,11 +297,13 @@ class Settings(BaseSettings):
         Raises:
             ConfigError: with every validation problem listed in one readable message.
         """
-        path = config_file or os.environ.get("VSTREAMER_CONFIG")
-        if path is not None and not Path(path).is_file():
+        # An empty VSTREAMER_CONFIG= (or --config "") means no file, as an unset one does, not a file named "".
+        named = config_file or os.environ.get("VSTREAMER_CONFIG") or None
+        path = Path(named).expanduser() if named is not None else None
+        if path is not None and not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         clean = {k: v for k, v in overrides.items() if v is not None}
-        _CONFIG_FILE_HINT["path"] = Path(path) if path else None
+        _CONFIG_FILE_HINT["path"] = path
         try:
             return cls(**clean)
         except ValidationError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from vstreamer.config import Settings
@@ -10,9 +11,11 @@ from vstreamer.engine import ContextBudget, DialogueEngine
 from vstreamer.engine.embeddings import OpenAIEmbeddings
 from vstreamer.engine.memory import InMemoryFacts, MemoryManager, MemoryPolicy
 from vstreamer.llm import LLMBackend, SamplingParams, create_backend
-from vstreamer.persona import PersonaLibrary
+from vstreamer.persona import Persona, PersonaLibrary
 from vstreamer.safety import JsonlAuditLog, SafetyPipeline
 from vstreamer.store import Store, open_store
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,7 +85,35 @@ def build_safety(settings: Settings) -> SafetyPipeline | None:
     return SafetyPipeline.default(lexicon_dirs=settings.lexicon_dirs, audit=audit)
 
 
-async def open_runtime(settings: Settings, backend: LLMBackend | None = None) -> Runtime:
-    """Build the runtime with its persistent store opened (and migrated)."""
+async def open_runtime(
+    settings: Settings, backend: LLMBackend | None = None, *, with_stored_personas: bool = False
+) -> Runtime:
+    """Build the runtime with its persistent store opened (and migrated).
+
+    Args:
+        with_stored_personas: the personas imported through the gateway's API join the library, as they are now
+            (the command line's chat). The gateway leaves them out: its catalog serves them and follows changes.
+    """
     store = await open_store(settings.database_url, settings.data_dir, session_cache=settings.session_cache)
-    return build_runtime(settings, backend, store)
+    runtime = build_runtime(settings, backend, store)
+    if with_stored_personas:
+        try:
+            runtime.personas = PersonaLibrary(settings.personas_dir, stored=await stored_personas(store))
+        except BaseException:
+            await runtime.aclose()
+            raise
+    return runtime
+
+
+async def stored_personas(store: Store) -> list[Persona]:
+    """The personas imported through the gateway's API (kept in the database), read as the gateway's catalog reads
+    them; one that no longer loads is skipped with a warning rather than take the others down with it."""
+    personas = []
+    for data, avatar, _owner in await store.persona_rows():
+        try:
+            persona = Persona.model_validate_json(data)
+        except ValueError as exc:  # (pydantic's ValidationError too)
+            logger.warning("skipping an unreadable persona stored in the database: %s", exc)
+            continue
+        personas.append(persona.model_copy(update={"avatar_png": avatar}))
+    return personas

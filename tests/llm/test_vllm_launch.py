@@ -68,6 +68,10 @@ def test_batching_options_and_api_key_stays_out_of_argv() -> None:
     assert option(launch.argv, "--tensor-parallel-size") == "2"
     assert "s3cret-key" not in " ".join(launch.argv)
     assert launch.env["VLLM_API_KEY"] == "s3cret-key"
+    # nor in the command printed for people and logs: a reference to the variable instead
+    assert "s3cret-key" not in launch.shell() and launch.shell().startswith(
+        'VLLM_API_KEY="$VLLM_API_KEY" vllm '
+    )
     with pytest.raises(ConfigError):
         build_vllm_command(VLLMSettings(max_num_seqs=512, max_num_batched_tokens=256))
 

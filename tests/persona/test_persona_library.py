@@ -165,3 +165,27 @@ def test_a_stored_copy_that_would_not_load_keeps_the_old_one(
         lib.import_bytes(json.dumps(cardkit.v2(description="n" * 5000)).encode(), "a.json", replace=True)
     assert PersonaLibrary(tmp_path).get("aria").description == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["aria"]  # no staging leftovers
+
+
+def test_stored_personas_join_the_files_and_never_shadow_them(tmp_path: Path, cardkit: Any) -> None:
+    """Personas imported through the gateway's API (the database's), as the command line sees them."""
+    (tmp_path / "aria.json").write_text(json.dumps(cardkit.v2()), encoding="utf-8")
+    stored = PersonaLibrary(tmp_path / "scratch").import_file(tmp_path / "aria.json")
+    lib = PersonaLibrary(tmp_path / "user", stored=[stored])
+    assert [p.id for p in lib.list()][-1] == "aria" and lib.get("Aria") is stored
+    with pytest.raises(PersonaError, match="through the API"):
+        lib.import_file(tmp_path / "aria.json")  # a file of that id would shadow it
+
+
+def test_an_unreadable_persona_is_named_and_deletable(tmp_path: Path, cardkit: Any) -> None:
+    (tmp_path / "aria.json").write_text(json.dumps(cardkit.v2()), encoding="utf-8")
+    lib = PersonaLibrary(tmp_path / "user")
+    lib.import_file(tmp_path / "aria.json")
+    (tmp_path / "user" / "aria" / "persona.json").write_text("{")
+    with pytest.raises(PersonaNotFound, match="'aria' cannot be read"):
+        lib.get("aria")
+    assert "aria" in lib.unreadable
+    with pytest.raises(PersonaError, match="--replace"):
+        lib.import_file(tmp_path / "aria.json")
+    lib.delete("aria")
+    assert not (tmp_path / "user" / "aria").exists() and "aria" not in [p.id for p in lib.list()]

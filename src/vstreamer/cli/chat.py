@@ -118,7 +118,7 @@ def run(settings: Settings, *, stdin: TextIO | None = None, out: TextIO | None =
     out = out or sys.stdout
     interactive = stdin.isatty()
     with asyncio.Runner() as runner:
-        runtime = runner.run(open_runtime(settings))
+        runtime = runner.run(open_runtime(settings, with_stored_personas=True))
         try:
             persona = runtime.personas.get(settings.persona)
             if settings.backend == "local":

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from vstreamer.config import Settings
+from vstreamer.errors import PersonaNotFound
 from vstreamer.persona import Persona, PersonaLibrary
+from vstreamer.runtime import stored_personas
+from vstreamer.store import Store, open_store
+from vstreamer.store.database import default_url
 
 
 def add_commands(
@@ -35,8 +42,57 @@ def add_commands(
         sub.set_defaults(handler=lambda a: run(a, load_settings(a)))
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: C901
-    library = PersonaLibrary(settings.personas_dir)
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The personas of the files and, when there is a database, those imported through the gateway's API."""
+    with asyncio.Runner() as runner:
+        store = (
+            runner.run(open_store(settings.database_url, settings.data_dir))
+            if _has_database(settings)
+            else None
+        )
+        try:
+            stored = runner.run(stored_personas(store)) if store is not None else []
+            library = PersonaLibrary(settings.personas_dir, stored=stored)
+            if args.action == "delete":
+                return _delete(args.name, library, lambda persona_id: runner.run(_unstore(store, persona_id)))
+            return _act(args, library, settings)
+        finally:
+            if store is not None:
+                runner.run(store.close())
+
+
+def _has_database(settings: Settings) -> bool:
+    """Whether there is a database to read: listing personas on a new install does not make an empty one."""
+    return (
+        settings.database_url is not None
+        or Path(str(make_url(default_url(settings.data_dir)).database)).is_file()
+    )
+
+
+async def _unstore(store: Store | None, persona_id: str) -> None:
+    assert store is not None  # a stored persona came from it
+    await store.delete_persona(persona_id)
+
+
+def _delete(name: str, library: PersonaLibrary, unstore: Callable[[str], None]) -> int:
+    try:
+        persona_id = library.get(name).id
+    except PersonaNotFound:
+        if name not in library.unreadable:
+            raise
+        persona_id = name  # its files no longer load: deleted by id all the same
+    if persona_id in library.stored:
+        unstore(persona_id)
+        print(
+            f"deleted {persona_id} (imported through the API; a running gateway serves it until it restarts)"
+        )
+        return 0
+    library.delete(persona_id)
+    print(f"deleted {persona_id}")
+    return 0
+
+
+def _act(args: argparse.Namespace, library: PersonaLibrary, settings: Settings) -> int:
     if args.action == "list":
         items = library.list()
         if args.json:
@@ -56,10 +112,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:  # noqa: C901
     elif args.action == "import":
         persona = library.import_file(args.file, replace=args.replace)
         print(f"imported {persona.id} ({persona.name})")
-    elif args.action == "delete":
-        persona = library.get(args.name)
-        library.delete(persona.id)
-        print(f"deleted {persona.id}")
     return 0
 
 

@@ -8,6 +8,7 @@ import gc
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from vstreamer.cli.extras import require_extra
 from vstreamer.config import Settings, is_loopback
 from vstreamer.errors import ConfigError
 from vstreamer.listening import listening_socket
@@ -51,6 +52,7 @@ def tune_gc() -> None:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    require_extra("server", "serve", "fastapi", "uvicorn", "prometheus_client")
     import uvicorn
 
     from vstreamer.gateway import create_app
@@ -58,7 +60,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     updates: dict[str, Any] = {}
     if args.host:
         updates["gateway_host"] = args.host
-    if args.port:
+    if args.port is not None:  # --port 0 is refused by the check below, not silently replaced by the default
         updates["gateway_port"] = args.port
     if args.no_auth:
         updates["auth"] = False

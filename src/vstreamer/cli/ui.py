@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from vstreamer.cli.extras import require_extra
 from vstreamer.config import Settings
 
 
@@ -23,6 +24,7 @@ def add_commands(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    require_extra("ui", "ui", "chainlit", "nest_asyncio", "uvicorn")
     from vstreamer.ui.launcher import serve
     from vstreamer.ui.options import UIOptions
 

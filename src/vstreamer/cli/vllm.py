@@ -85,6 +85,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     if args.cpu:
         from vstreamer.llm import vllm_cpu
 
+        cpu_settings(args, settings)  # before the model's path is worked out (that may read the GGUF)
         return print_command(
             cpu_launch(args, settings, vllm_cpu.venv_python(), _cpu_model_dir(args, settings))
         )
@@ -112,7 +113,17 @@ def _launch(args: argparse.Namespace, settings: Settings) -> VLLMLaunch:
         "quantization": args.quantization,
         "enable_tool_calling": False if args.no_tools else None,
     }
-    merged = settings.vllm.model_dump() | {k: v for k, v in fields.items() if v is not None}
+    return build_vllm_command(_vllm_settings(settings, fields))
+
+
+def _vllm_settings(settings: Settings, flags: dict[str, Any]) -> VLLMSettings:
+    """The configured vLLM settings with the flags given (None: not given), checked as a loaded value is: the port,
+    the lengths (``--port 70000`` on the CPU profile loaded vLLM for 19 s before it died of an OverflowError).
+
+    Raises:
+        ConfigError: naming every bad value; a port that collides with the web UI's or the gateway's.
+    """
+    merged = settings.vllm.model_dump() | {k: v for k, v in flags.items() if v is not None}
     try:
         vllm_settings = VLLMSettings.model_validate(merged)
     except ValidationError as exc:
@@ -121,14 +132,22 @@ def _launch(args: argparse.Namespace, settings: Settings) -> VLLMLaunch:
         raise ConfigError(
             f"vLLM port {vllm_settings.port} collides with the web UI or gateway port; choose another"
         )
-    return build_vllm_command(vllm_settings)
+    return vllm_settings
 
 
 def print_command(launch: VLLMLaunch) -> int:
     for warning in launch.warnings:
         print(f"# warning: {warning}", file=sys.stderr)
     print(launch.shell())
+    _note_secrets(launch)
     return 0
+
+
+def _note_secrets(launch: VLLMLaunch) -> None:
+    """The printed command names its secrets, not their values: say where they come from."""
+    for name in launch.secret_env:
+        print(f"# note: {name} is not printed; the command takes it from your environment: export it first "
+              "(for VLLM_API_KEY, the configured vllm.api_key)", file=sys.stderr)  # fmt: skip
 
 
 def serve_vllm(args: argparse.Namespace, launch: VLLMLaunch) -> int:
@@ -203,25 +222,38 @@ def _cpu_model_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return vllm_cpu.converted_dir(gguf)
 
 
+def cpu_settings(args: argparse.Namespace, settings: Settings) -> VLLMSettings:
+    """The CPU profile's own defaults (loopback, a short context) under the flags, checked before anything is built.
+
+    Raises:
+        ConfigError: as :func:`_vllm_settings`.
+    """
+    from vstreamer.llm import vllm_cpu
+
+    return _vllm_settings(settings, {
+        "host": args.host or "127.0.0.1",
+        "port": args.port,
+        "max_model_len": vllm_cpu.DEFAULT_MAX_MODEL_LEN if args.max_model_len is None else args.max_model_len,
+        "max_num_seqs": args.max_num_seqs,
+    })  # fmt: skip
+
+
 def cpu_launch(args: argparse.Namespace, settings: Settings, python: Path, model_dir: Path) -> VLLMLaunch:
     from vstreamer.llm import vllm_cpu
 
     served = args.served_model_name or (
         vllm_cpu.SERVED_NAMES[settings.local_model] if settings.model_path is None else model_dir.name
     )
-    port = args.port or settings.vllm.port
-    if port in (settings.ui_port, settings.gateway_port):
-        raise ConfigError(f"vLLM port {port} collides with the web UI or gateway port; choose another")
-    key = settings.vllm.api_key.get_secret_value() if settings.vllm.api_key else None
+    checked = cpu_settings(args, settings)
     return vllm_cpu.build_cpu_command(
         python,
         model_dir,
         served_model_name=served,
-        host=args.host or "127.0.0.1",
-        port=port,
-        max_model_len=args.max_model_len or vllm_cpu.DEFAULT_MAX_MODEL_LEN,
-        max_num_seqs=args.max_num_seqs,
-        api_key=key,
+        host=checked.host,
+        port=checked.port,
+        max_model_len=checked.max_model_len,
+        max_num_seqs=args.max_num_seqs,  # vLLM's own default when not given
+        api_key=checked.api_key.get_secret_value() if checked.api_key else None,
     )
 
 
@@ -229,6 +261,7 @@ def serve_cpu(args: argparse.Namespace, settings: Settings) -> int:
     """Build (once, cached) the vLLM CPU environment and model, then run the server in the foreground."""
     from vstreamer.llm import vllm_cpu
 
+    cpu_settings(args, settings)  # a bad flag fails now, not after minutes of building and loading
     python = vllm_cpu.ensure_venv(progress=_progress)
     if args.vllm_model:
         model_dir = Path(args.vllm_model)
@@ -238,6 +271,7 @@ def serve_cpu(args: argparse.Namespace, settings: Settings) -> int:
     launch = cpu_launch(args, settings, python, model_dir)
     if args.setup_only:
         _progress(f"ready to serve; start it with: {launch.shell()}")
+        _note_secrets(launch)
         return 0
     server = vllm_cpu.VLLMCPUServer(
         launch, vllm_cpu.cache_root() / "logs" / f"serve-{server_port(launch)}.log"

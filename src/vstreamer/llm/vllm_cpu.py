@@ -32,7 +32,14 @@ from typing import IO
 import httpx
 
 from vstreamer.errors import BackendNotInstalled, BackendTimeout, BackendUnavailable
-from vstreamer.llm.vllm_launch import VLLMLaunch, connect_host, local_url, port_in_use, stop_process
+from vstreamer.llm.vllm_launch import (
+    VLLMLaunch,
+    connect_host,
+    local_url,
+    port_in_use,
+    served_models,
+    stop_process,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -389,7 +396,9 @@ class VLLMCPUServer:
         response = client.get(f"{self.base_url}/models")
         if response.status_code != 200:
             return False
-        models = [model.get("id") for model in response.json().get("data", [])]
+        models = served_models(response.json())
+        if models is None:  # not (yet) an OpenAI model list
+            return False
         if self.served_name not in models:
             raise BackendUnavailable(
                 f"the server on {self.root_url} serves {models}, not {self.served_name!r}: another server holds "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shlex
 import socket
 import subprocess
@@ -40,9 +41,20 @@ class VLLMLaunch:
     warnings: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def secret_env(self) -> list[str]:
+        """Names of the environment entries that hold secrets (the API key)."""
+        return [name for name in self.env if _SECRET_NAME.search(name)]
+
     def shell(self) -> str:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        """The command as one shell line, for people and logs: a secret is a reference to the variable of that name
+        (``VLLM_API_KEY="$VLLM_API_KEY"``), never its value, which ended up in CI logs and terminal scrollback."""
+        secret = set(self.secret_env)
+        env = " ".join(f'{k}="${k}"' if k in secret else f"{k}={shlex.quote(v)}" for k, v in self.env.items())
         return (env + " " if env else "") + shlex.join(self.argv)
+
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 
 def build_vllm_command(settings: VLLMSettings, *, api_key: str | None = None) -> VLLMLaunch:
@@ -120,6 +132,7 @@ async def wait_until_ready(
         BackendUnavailable: the server process exited before it was ready.
     """
     v1 = base_url.rstrip("/")
+    _check_url(v1)
     deadline = time.monotonic() + wait_s
     last_error = "no answer yet"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -128,15 +141,40 @@ async def wait_until_ready(
             _raise_if_exited(exited, v1)
             try:
                 response = await client.get(f"{v1}/models")
-                if response.status_code == 200:
-                    models = [m.get("id") for m in response.json().get("data", [])]
+                models = served_models(response.json()) if response.status_code == 200 else None
+                if models is not None:
                     _raise_if_exited(exited, v1)  # then the answer came from another server on the port
                     return {"url": v1, "models": models}
                 last_error = f"HTTP {response.status_code} from {v1}/models"
+                if response.status_code == 200:
+                    last_error = f"{v1}/models answered with something other than an OpenAI model list"
             except (httpx.HTTPError, ValueError) as exc:
                 last_error = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             await asyncio.sleep(interval)
     raise BackendTimeout(redact(f"LLM server at {v1} not ready after {wait_s:g}s (last: {last_error})"))
+
+
+def served_models(body: object) -> list[str] | None:
+    """The model ids in a ``/models`` answer (``{"data": [{"id": ...}, ...]}``), or None when the body is not one:
+    some other service on the port, or a server still starting, is not ready rather than a crash of the wait."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
+    ):
+        return None
+    return [m["id"] for m in data]
+
+
+def _check_url(url: str) -> None:
+    """Refuse at once a URL no request can be made to (it would fail every try until the timeout, or crash)."""
+    try:
+        parsed: httpx.URL | None = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(
+            redact(f"the server URL must be an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
+        )
 
 
 def _raise_if_exited(exited: Callable[[], int | None] | None, v1: str) -> None:

@@ -1,4 +1,4 @@
-"""The persona library: bundled personas plus the ones a user imported.
+"""The persona library: bundled personas plus the ones a user imported (and those imported through the gateway's API).
 
 User personas live in ``user_dir/<id>/``: ``persona.json`` (normalized, our format, compact JSON),
 ``avatar.png`` (when the card had an image) and ``original<suffix>`` (the bytes as imported). A folder
@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import uuid
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -55,23 +56,35 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 class PersonaLibrary:
-    """Bundled personas first, then user-imported ones from ``user_dir`` (which may not exist yet)."""
+    """Bundled personas first, then user-imported ones from ``user_dir`` (which may not exist yet), then ``stored``.
 
-    def __init__(self, user_dir: Path | None) -> None:
+    ``stored``: personas imported through the gateway's API, which live in the database; a snapshot the caller loaded
+    (:func:`vstreamer.runtime.stored_personas`), so that the command line sees what the gateway serves. The gateway
+    itself keeps them in its catalog instead, which follows imports and deletes as they happen.
+    """
+
+    def __init__(self, user_dir: Path | None, *, stored: Iterable[Persona] = ()) -> None:
         self.user_dir = Path(user_dir) if user_dir is not None else None
         self._bundled = {p.id: p for p in bundled_personas()}
+        self.stored = {p.id: p for p in stored if p.id not in self._bundled}
         self._user_cache: dict[str, tuple[tuple[int, int], Persona]] = {}
+        self.unreadable: dict[str, str] = {}
+        """User personas whose files do not load (id -> why), as of the last listing: skipped, but deletable."""
 
     # --- reading ---------------------------------------------------------------------------------
 
     def list(self) -> list[Persona]:
-        """Bundled personas, then user ones, each group sorted by id."""
-        return [*self._bundled.values(), *self._user_personas().values()]
+        """Bundled personas, then user ones, then stored ones (the id of a file wins), each group sorted by id."""
+        users = self._user_personas()
+        stored = [p for i, p in sorted(self.stored.items()) if i not in users]
+        return [*self._bundled.values(), *users.values(), *stored]
 
     def get(self, id_or_name: str) -> Persona:
         """A persona by id, else by case-insensitive name (or nickname)."""
         if id_or_name in self._bundled:
             return self._bundled[id_or_name]
+        if id_or_name in self.stored:  # first, as the gateway's catalog does
+            return self.stored[id_or_name]
         everyone = self.list()
         wanted = id_or_name.strip().casefold()
         for match in (
@@ -83,6 +96,9 @@ class PersonaLibrary:
             for persona in everyone:
                 if match(persona):
                     return persona
+        damaged = self.unreadable.get(id_or_name) or self.unreadable.get(wanted)
+        if damaged is not None:  # "no persona" sent people looking for a persona whose folder is right there
+            raise PersonaNotFound(f"persona {id_or_name!r} cannot be read: {damaged}")
         available = ", ".join(p.id for p in everyone) or "none"
         raise PersonaNotFound(f"no persona {id_or_name!r}; available: {available}")
 
@@ -90,6 +106,7 @@ class PersonaLibrary:
         if self.user_dir is None or not self.user_dir.is_dir():
             return {}
         fresh: dict[str, tuple[tuple[int, int], Persona]] = {}
+        unreadable: dict[str, str] = {}
         for folder in sorted(self.user_dir.iterdir()):
             if folder.name.startswith(".") or not _ID.match(folder.name) or not folder.is_dir():
                 continue
@@ -104,7 +121,8 @@ class PersonaLibrary:
                 fresh[folder.name] = (stamp, self._read_stored(folder))
             except PersonaError as exc:
                 logger.warning("skipping unreadable user persona %s: %s", folder, exc)
-        self._user_cache = fresh
+                unreadable[folder.name] = str(exc)
+        self._user_cache, self.unreadable = fresh, unreadable
         return {key: persona for key, (_, persona) in fresh.items() if key not in self._bundled}
 
     @staticmethod
@@ -128,14 +146,23 @@ class PersonaLibrary:
         persona = load_persona_bytes(data, filename)
         if persona.id in self._bundled:
             raise PersonaError(f"id {persona.id!r} belongs to a bundled persona; give the import another id")
+        if persona.id in self.stored:  # a file of that id would shadow it in one place and not in another
+            raise PersonaError(
+                f"a persona with id {persona.id!r} was imported through the API (it is kept in the database); "
+                "delete that one first, or give this one another id"
+            )
         target = user_dir / persona.id
         if target.exists() and not replace:
-            raise PersonaError(f"a persona with id {persona.id!r} already exists (import with replace=True)")
+            raise PersonaError(
+                f"a persona with id {persona.id!r} already exists; replace it with --replace "
+                "(replace=True from Python)"
+            )
         self._write(target, persona, data, filename)
         return persona
 
     def delete(self, persona_id: str) -> None:
-        """Remove a user persona; bundled ones cannot be deleted."""
+        """Remove a user persona by id, even one whose files no longer load; bundled ones cannot be deleted (nor stored
+        ones here: they are the database's)."""
         if persona_id in self._bundled:
             raise PersonaError(f"{persona_id!r} is a bundled persona and cannot be deleted")
         user_dir = self.user_dir

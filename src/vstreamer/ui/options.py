@@ -46,7 +46,7 @@ class UIOptions:
                 f"the web UI without login only binds to 127.0.0.1 (asked for {resolved_host}); "
                 "set ui_auth='password' and ui_users to serve other machines"
             )
-        resolved_port = port or settings.ui_port
+        resolved_port = settings.ui_port if port is None else port  # 0 is refused below, not replaced
         if not 1 <= resolved_port <= 65535:
             raise ConfigError(f"UI port must be 1-65535, got {resolved_port}")
         if resolved_port in (VLLM_DEFAULT_PORT, settings.vllm.port, settings.gateway_port):
