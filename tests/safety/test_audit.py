@@ -135,3 +135,23 @@ def test_a_reply_that_reproduces_the_protected_prompt_is_not_kept_in_masked_mode
     guard.result()
     record = audit.records[-1]
     assert record.action == "block" and record.text is None and "蓝色大象" not in record.reason
+
+
+def test_a_log_that_cannot_be_written_says_so_once_then_when_it_is_written_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    log = JsonlAuditLog(folder / "audit.jsonl")
+    log.close()  # records are appended at once: each one is a batch
+    folder.rmdir()  # the folder went away after start (a volume unmounted, a cleanup job)
+    with caplog.at_level("WARNING", logger="vstreamer.safety.audit"):
+        for i in range(5):
+            log.record(_record(i))
+        failures = [r for r in caplog.records if "cannot append" in r.getMessage()]
+        assert len(failures) == 1 and failures[0].exc_info is not None  # one traceback, not one per batch
+        folder.mkdir()
+        log.record(_record(5))
+    assert _lines(log.path)[-1]["reason"] == "r5"
+    recovered = [r for r in caplog.records if "written again" in r.getMessage()]
+    assert len(recovered) == 1 and "5 batches" in recovered[0].getMessage()

@@ -174,6 +174,12 @@ class JsonlAuditLog:
             self._stop()
 
 
+_FAILING: dict[Path, int] = {}
+"""Audit files that could not be written, with the batches lost since: the first failure is logged with its
+traceback, the rest are counted (a folder gone would otherwise print one per message), and the count is logged when
+the file is written again."""
+
+
 def _append(path: Path, records: list[AuditRecord]) -> None:
     lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records)
     try:
@@ -181,7 +187,13 @@ def _append(path: Path, records: list[AuditRecord]) -> None:
         with path.open("a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(lines)
     except OSError:  # the audit log must never break a conversation
-        logger.exception("cannot append to the audit log %s", path)
+        lost = _FAILING.get(path)
+        if lost is None:
+            logger.exception("cannot append to the audit log %s (its records are lost until it can)", path)
+        _FAILING[path] = (lost or 0) + 1
+        return
+    if (lost := _FAILING.pop(path, None)) is not None:
+        logger.warning("the audit log %s is written again (%d batches of records were lost)", path, lost)
 
 
 def _write_loop(pending: queue.Queue[AuditRecord | None], path: Path) -> None:
