@@ -97,6 +97,14 @@ class VLLMSettings(BaseModel):
         return usable_key(value)
 
 
+def _expanded(path: Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` made the home folder (a user that does not exist: a clear error)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:  # "~nosuchuser/..."
+        raise ValueError(f"{path}: no home folder for {path.parts[0]!r}") from None
+
+
 class Settings(BaseSettings):
     """All configuration of vstreamer."""
 
@@ -228,8 +236,8 @@ class Settings(BaseSettings):
         """``~`` is the home folder, as in a shell: a TOML value or a quoted variable keeps it literal, and
         ``data_dir = "~/x"`` made a folder named ``~`` in the working directory."""
         if isinstance(value, list):
-            return [path.expanduser() for path in value]
-        return value.expanduser() if value is not None else None
+            return [_expanded(path) for path in value]
+        return _expanded(value) if value is not None else None
 
     @field_validator("audit_log")
     @classmethod
@@ -242,11 +250,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{path} is a folder; audit_log is the file moderation decisions are appended to"
             )
-        if not path.parent.is_dir():
+        # Its folder is made at start if need be (one under data_dir, which the store makes, is usual): the nearest
+        # folder that exists must let this user make it.
+        nearest = path.parent
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+        if not nearest.is_dir():
             raise ValueError(
-                f"the folder {path.parent} does not exist (create it, or choose another audit_log)"
+                f"{nearest} is not a folder, so {path} cannot be made (choose another audit_log)"
             )
-        if not os.access(path if path.exists() else path.parent, os.W_OK):
+        if not os.access(path if path.exists() else nearest, os.W_OK):
             raise ValueError(f"{path} cannot be written by this user")
         return path
 

@@ -10,6 +10,7 @@ from vstreamer.config import Settings
 from vstreamer.engine import ContextBudget, DialogueEngine
 from vstreamer.engine.embeddings import OpenAIEmbeddings
 from vstreamer.engine.memory import InMemoryFacts, MemoryManager, MemoryPolicy
+from vstreamer.errors import ConfigError
 from vstreamer.llm import LLMBackend, SamplingParams, create_backend
 from vstreamer.persona import Persona, PersonaLibrary
 from vstreamer.safety import JsonlAuditLog, SafetyPipeline
@@ -81,7 +82,15 @@ def build_safety(settings: Settings) -> SafetyPipeline | None:
     """The moderation pipeline the settings ask for (lexicons are compiled once per process and shared)."""
     if not settings.moderation:
         return None
-    audit = JsonlAuditLog(settings.audit_log) if settings.audit_log else None
+    audit = None
+    if settings.audit_log:
+        try:  # checked when the settings were read: its folder may be one to make (under data_dir, say)
+            settings.audit_log.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"audit_log: cannot make the folder {settings.audit_log.parent}: {exc}"
+            ) from exc
+        audit = JsonlAuditLog(settings.audit_log)
     return SafetyPipeline.default(lexicon_dirs=settings.lexicon_dirs, audit=audit)
 
 

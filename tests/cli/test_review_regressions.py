@@ -23,6 +23,7 @@ from vstreamer.config import Settings
 from vstreamer.errors import ConfigError
 from vstreamer.llm import vllm_cpu
 from vstreamer.persona import PersonaLibrary, load_persona_bytes
+from vstreamer.runtime import open_runtime
 from vstreamer.store import open_store
 from vstreamer.ui.options import UIOptions
 
@@ -91,7 +92,7 @@ def test_printed_vllm_commands_never_show_the_api_key(
     out, err = capsys.readouterr()
     assert SECRET not in out + err
     assert (
-        'VLLM_API_KEY="$VLLM_API_KEY"' in out
+        'VLLM_API_KEY="${VLLM_API_KEY:?export VLLM_API_KEY first}"' in out
     )  # still a command that runs, with the key from the environment
 
 
@@ -227,17 +228,38 @@ def test_port_zero_is_refused_not_ignored(
 
 
 def test_an_audit_log_that_cannot_be_written_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigError, match="audit_log"):
-        Settings.load(audit_log=tmp_path / "missing" / "audit.jsonl")
+        Settings.load(audit_log=tmp_path / "a-file" / "logs" / "audit.jsonl")  # no folder can be made there
     with pytest.raises(ConfigError, match="audit_log"):
         Settings.load(audit_log=tmp_path)  # a folder
     assert Settings.load(audit_log=tmp_path / "audit.jsonl").audit_log == tmp_path / "audit.jsonl"
 
 
+async def test_an_audit_log_in_a_folder_still_to_be_made_is_written(tmp_path: Path) -> None:
+    # The usual place is under data_dir, which does not exist before the first start (the store makes it).
+    path = tmp_path / "data" / "logs" / "audit.jsonl"
+    settings = Settings.load(data_dir=tmp_path / "data", audit_log=path, backend="fake")
+    runtime = await open_runtime(settings)
+    try:
+        assert runtime.engine.safety is not None
+        runtime.engine.safety.prepare_user_text("我要杀了你", source="web")
+    finally:
+        await runtime.aclose()
+    assert path.is_file() and path.read_text(encoding="utf-8")
+
+
+def test_a_home_folder_of_nobody_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="no home folder"):
+        Settings.load(data_dir="~nosuchuser-vstreamer/vs")
+
+
 def test_a_bad_audit_log_stops_the_chat_before_it_starts(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("VSTREAMER_AUDIT_LOG", "/nonexistent/dir/a.log")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "a-file").write_text("")
+    monkeypatch.setenv("VSTREAMER_AUDIT_LOG", str(data_dir / "a-file" / "a.log"))
     assert main(["chat", "--backend", "fake"]) == 2
     assert "audit_log" in capsys.readouterr().err
 
@@ -366,3 +388,26 @@ def test_an_import_over_an_existing_persona_names_the_flag(
     assert main(["personas", "import", str(tmp_path / "aria.json")]) == 2
     assert "--replace" in capsys.readouterr().err
     assert main(["personas", "import", "--replace", str(tmp_path / "aria.json")]) == 0
+
+
+def test_personas_are_listed_while_the_database_is_down(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("VSTREAMER_DATABASE_URL", f"postgresql+asyncpg://vs:pw@127.0.0.1:{port}/vs")
+    assert main(["personas", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "xiaoxing" in out and "nova" in out  # the files' personas
+    assert "left out" in err and "pw@" not in err
+
+
+def test_listing_personas_does_not_make_a_sqlite_file_named_in_the_settings(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "not-yet.db"
+    monkeypatch.setenv("VSTREAMER_DATABASE_URL", f"sqlite+aiosqlite:///{database}")
+    assert main(["personas", "list"]) == 0
+    assert "xiaoxing" in capsys.readouterr().out
+    assert not database.exists()

@@ -217,3 +217,23 @@ async def test_a_refused_sampling_value_leaves_no_message_behind(persona: Person
         async for _ in stream:
             pass
     assert conversation.turns == [] and backend.requests == []
+
+
+# --- C. a lone surrogate from the server (JSON's "\ud83d") ------------------------------------------------------
+
+
+async def test_a_lone_surrogate_in_a_streamed_piece_is_dropped_not_fatal(persona: Persona) -> None:
+    # A server's JSON may carry half an emoji ("\ud83d"); Python decodes it to a lone surrogate, which no encoding
+    # takes: the drift finder's automaton raised on it and failed the reply.
+    backend = FakeBackend(lambda messages: "今天 \ud83d 很开心 \udc00哦")
+    engine = engine_for(backend)
+    assert engine.drift_repair
+    conversation = Conversation("tester")
+    shown = []
+    async for event in engine.reply(conversation, persona, "你好"):
+        if event.kind == "delta":
+            shown.append(event.text)
+    reply = conversation.turns[-1]
+    assert reply.status == "complete"
+    assert reply.content == "".join(shown) == "今天  很开心 哦"
+    reply.content.encode("utf-8")  # storable

@@ -18,7 +18,7 @@ from vstreamer.gateway.readiness import Readiness
 from vstreamer.gateway.state import GatewayState
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import BackendHealth
-from vstreamer.persona import load_persona_bytes
+from vstreamer.persona import PersonaLibrary, load_persona_bytes
 from vstreamer.runtime import Runtime, open_runtime
 from vstreamer.store import Store
 
@@ -189,6 +189,20 @@ async def test_an_import_may_not_take_another_personas_name(gateway: Gateway) ->
     assert replaced.status_code == 201, replaced.text
     resolved = await gateway.client.get("/api/personas/alpha", headers=gateway.auth("B"))
     assert resolved.json()["id"] == "zeta"
+
+
+async def test_an_owner_replaces_its_persona_under_its_name_after_a_file_persona_took_it(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    assert (await gateway.import_persona("A", "id: zeta\nname: Alpha\ndescription: v1\n")).status_code == 201
+    card = tmp_path / "c.yaml"  # the operator adds a card file of that name to the files afterwards
+    card.write_text("id: alpha-file\nname: Alpha\ndescription: file\n", encoding="utf-8")
+    PersonaLibrary(gateway.state.settings.personas_dir).import_file(card)
+    replaced = await gateway.import_persona("A", "id: zeta\nname: Alpha\ndescription: v2\n", replace="true")
+    assert replaced.status_code == 201, replaced.text
+    # A new name is still checked on replace.
+    renamed = await gateway.import_persona("A", "id: zeta\nname: Nova\ndescription: v3\n", replace="true")
+    assert renamed.status_code == 409 and _error(renamed)["code"] == "persona_name_taken"
 
 
 async def test_names_shared_by_stored_personas_resolve_alike_before_and_after_a_restart(

@@ -70,8 +70,20 @@ def test_batching_options_and_api_key_stays_out_of_argv() -> None:
     assert launch.env["VLLM_API_KEY"] == "s3cret-key"
     # nor in the command printed for people and logs: a reference to the variable instead
     assert "s3cret-key" not in launch.shell() and launch.shell().startswith(
-        'VLLM_API_KEY="$VLLM_API_KEY" vllm '
+        'VLLM_API_KEY="${VLLM_API_KEY:?export VLLM_API_KEY first}" vllm '
     )
+    # Run without the variable, the line stops before vLLM starts (an empty key would start it with no auth).
+    echoed = launch.shell().replace(" vllm serve ", " echo started ", 1)
+    unset = subprocess.run(
+        ["bash", "-c", echoed], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
+    )
+    assert unset.returncode != 0 and "started" not in unset.stdout
+    assert "export VLLM_API_KEY first" in unset.stderr
+    given = subprocess.run(
+        ["bash", "-c", echoed.replace(" echo started ", ' sh -c "echo \\$VLLM_API_KEY" ', 1)],
+        capture_output=True, text=True, env={"PATH": os.environ["PATH"], "VLLM_API_KEY": "from-env"},
+    )  # fmt: skip
+    assert given.stdout.strip() == "from-env"
     with pytest.raises(ConfigError):
         build_vllm_command(VLLMSettings(max_num_seqs=512, max_num_batched_tokens=256))
 

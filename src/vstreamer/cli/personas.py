@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from vstreamer.config import Settings
-from vstreamer.errors import PersonaNotFound
+from vstreamer.errors import PersonaNotFound, StoreError
 from vstreamer.persona import Persona, PersonaLibrary
 from vstreamer.runtime import stored_personas
 from vstreamer.store import Store, open_store
@@ -45,11 +46,7 @@ def add_commands(
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """The personas of the files and, when there is a database, those imported through the gateway's API."""
     with asyncio.Runner() as runner:
-        store = (
-            runner.run(open_store(settings.database_url, settings.data_dir))
-            if _has_database(settings)
-            else None
-        )
+        store = runner.run(_open_store(settings)) if _has_database(settings) else None
         try:
             stored = runner.run(stored_personas(store)) if store is not None else []
             library = PersonaLibrary(settings.personas_dir, stored=stored)
@@ -62,11 +59,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _has_database(settings: Settings) -> bool:
-    """Whether there is a database to read: listing personas on a new install does not make an empty one."""
-    return (
-        settings.database_url is not None
-        or Path(str(make_url(default_url(settings.data_dir)).database)).is_file()
-    )
+    """Whether there is a database to read: listing personas on a new install (or with ``database_url`` naming a
+    SQLite file not made yet) does not make an empty one."""
+    url = make_url(settings.database_url or default_url(settings.data_dir))
+    if url.get_backend_name() == "sqlite":
+        return url.database not in (None, "", ":memory:") and Path(url.database).is_file()
+    return True
+
+
+async def _open_store(settings: Settings) -> Store | None:
+    """The database, or ``None`` (with a warning) when it cannot be opened: the files' personas are still listed,
+    shown and imported while a PostgreSQL server is down."""
+    try:
+        return await open_store(settings.database_url, settings.data_dir)
+    except StoreError as exc:
+        print(f"warning: personas imported through the API are left out: {exc}", file=sys.stderr)
+        return None
 
 
 async def _unstore(store: Store | None, persona_id: str) -> None:

@@ -104,9 +104,10 @@ def _check_sampling(params: SamplingParams) -> None:
         raise ConfigError("invalid sampling parameters: " + "; ".join(problems))
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 """Control characters a model may emit (NUL among them): no client shows them, PostgreSQL refuses NUL, and left in
-a reply they would split a word the output guard must see whole."""
+a reply they would split a word the output guard must see whole. And lone surrogates (a server's JSON may say
+``"\\ud83d"``): no encoding takes them, and the drift finder's automaton failed the reply on one."""
 
 
 class TurnStore(Protocol):

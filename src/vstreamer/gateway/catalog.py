@@ -128,7 +128,11 @@ class PersonaCatalog:
             if persona.id in {p.id for p in everyone} and not (replace and self.is_stored(persona.id)):
                 raise PersonaError(f"a persona with id {persona.id!r} exists already")
             self._check_owner(persona.id, owner)
-            _check_name_free(persona, everyone)
+            kept = self._stored.get(persona.id)
+            if kept is None or kept.name.strip().casefold() != persona.name.strip().casefold():
+                # A new name is checked; a persona replaced under its own name keeps it, even if a file persona
+                # added since has taken it (the files come first by name: the owner's clients name it by id).
+                _check_name_free(persona, everyone)
             done = await self.store.save_persona(
                 persona.id, persona.name, payload, owner=owner, avatar_png=persona.avatar_png, replace=replace
             )

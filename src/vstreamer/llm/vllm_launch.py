@@ -47,10 +47,14 @@ class VLLMLaunch:
         return [name for name in self.env if _SECRET_NAME.search(name)]
 
     def shell(self) -> str:
-        """The command as one shell line, for people and logs: a secret is a reference to the variable of that name
-        (``VLLM_API_KEY="$VLLM_API_KEY"``), never its value, which ended up in CI logs and terminal scrollback."""
+        """The command as one shell line, for people and logs: a secret is a reference to the variable of that name,
+        never its value (which ended up in CI logs and terminal scrollback). The shell refuses to run it with the
+        variable unset or empty (``VLLM_API_KEY="${VLLM_API_KEY:?...}"``): an empty key starts vLLM with no auth."""
         secret = set(self.secret_env)
-        env = " ".join(f'{k}="${k}"' if k in secret else f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        env = " ".join(
+            f'{k}="${{{k}:?export {k} first}}"' if k in secret else f"{k}={shlex.quote(v)}"
+            for k, v in self.env.items()
+        )
         return (env + " " if env else "") + shlex.join(self.argv)
 
 
