@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import string
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +36,22 @@ ASCII_WORST = {
     "laughter": ("w" * 300, 0.5),
     "laughter too": ("hahaha kkkk " * 25, 0.5),
 }
+#: Chat whose letters merge badly: capitals (shouting, emotes), mixed case (mocking), combining accents (decomposed
+#: text, Zalgo). Each went over the estimate on SmolLM2 before capitals and case changes were priced.
+CHAT_SHAPES = {
+    "emote": "KEKW KEKW KEKW",
+    "shouting": "LMAO WTF OMG GG EZ NOOB " * 10,
+    "caps consonants": "XQZ JKV WPF QRT " * 10,
+    "mocking": "wHy WoUlD yOu Do ThAt " * 10,
+    "spongebob": "tHiS iS sPoNgEbOb TeXt " * 10,
+    "alternating case": "AbCdEfGhIjKlMnOpQrStUvWxYz" * 5,
+    "emotes": "KEKW OMEGALUL PogChamp monkaS Kappa LUL PepeHands WutFace " * 5,
+    "combining acute": "e\u0301" * 50,
+    "zalgo": "Z\u0337\u0322\u031ba\u0338l\u0334g\u0335o\u0336" * 10,
+    "NFD vietnamese": unicodedata.normalize("NFD", "Xin chào mọi người, hôm nay trời đẹp quá! ") * 4,
+    "random capitals": "".join(random.Random(5).choice(string.ascii_uppercase) for _ in range(300)),
+    "random mixed case": "".join(random.Random(6).choice(string.ascii_letters + " ") for _ in range(300)),
+}
 
 
 @pytest.mark.parametrize("text", OTHER_SCRIPTS.values(), ids=OTHER_SCRIPTS.keys())
@@ -51,6 +68,13 @@ def test_ascii_that_does_not_merge_counts_in_full(text: str, per_char: float) ->
 def test_english_is_over_counted_within_reason() -> None:
     text = "Hello everyone, welcome back to the stream! " * 5  # 46 tokens on SmolLM2 and Qwen2.5
     assert 46 <= estimate_tokens(text) <= 3 * 46
+    # Capitals cost more, but a capital at each sentence's start barely shows.
+    assert estimate_tokens(text) <= estimate_tokens(text.lower()) + 10
+
+
+def test_shouting_is_over_counted_within_reason() -> None:
+    text = "WHY WOULD YOU DO THAT I AM SO HYPED RIGHT NOW LETS GOOO " * 5  # 106 tokens on SmolLM2
+    assert 106 <= estimate_tokens(text) <= 2 * 106
 
 
 def test_any_text_counts_and_nothing_raises() -> None:
@@ -73,6 +97,9 @@ _POOLS = {
     "cyrillic and latin-1": list("Привет всемéàüñçøßÉ"),
     "kaomoji": list("╯°□）︵┻━ʕ•ᴥʔ"),
     "japanese and korean": list("こんにちはカタカナｗ안녕하세요ㅋㅋ"),
+    "caps": ["KEKW", "LMAO", "WTF", "OMG", "GG", "EZ", "NOOB", "POGGERS", "LUL", "XQZ", "A", "I"],
+    "mixed case": [*string.ascii_uppercase, "wHy", "WoUlD", "ThAt", "PogChamp"],
+    "combining marks": ["\u0301", "\u0300", "\u0308", "\u0323", "\u0337", "e\u0301", "o\u0302\u0301"],
 }
 
 
@@ -105,7 +132,12 @@ def real_count(request: pytest.FixtureRequest) -> Callable[[str], int]:
 
 @pytest.mark.integration
 def test_the_estimate_bounds_real_tokenizers(real_count: Callable[[str], int]) -> None:
-    samples = [*OTHER_SCRIPTS.values(), *(text for text, _ in ASCII_WORST.values()), *_mixed_texts(2000)]
+    samples = [
+        *OTHER_SCRIPTS.values(),
+        *(text for text, _ in ASCII_WORST.values()),
+        *CHAT_SHAPES.values(),
+        *_mixed_texts(2000),
+    ]
     over = [(text, real_count(text), estimate_tokens(text)) for text in samples]
     assert [o for o in over if o[1] > o[2]] == []
 

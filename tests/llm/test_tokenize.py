@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from vstreamer.llm.base import ChatMessage
 from vstreamer.llm.estimate import estimate_tokens
@@ -18,10 +19,14 @@ class FlakyVLLM:
         self.up = True
         self.refuse_prompts = False
         """Answer 500 to plain-text requests (the server is up)."""
+        self.busy: int | None = None
+        """Answer every request with this status (a proxy's 503 while vLLM restarts, a 429 rate limit)."""
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if not self.up:
             raise httpx.ConnectError("connection refused")
+        if self.busy is not None:
+            return httpx.Response(self.busy, text="Service Unavailable")
         body = json.loads(request.content)
         if "messages" in body:
             return httpx.Response(
@@ -71,3 +76,35 @@ async def test_an_estimate_standing_in_for_a_failed_count_is_not_cached() -> Non
     assert await counter.count_text("four five") == 2
     assert await counter.count_text("six seven") == 2
     assert await counter.count_text("one two three") == 3
+
+
+@pytest.mark.parametrize("status", [502, 503, 429])
+async def test_a_transient_error_at_detection_is_not_taken_for_no_tokenizer(status: int) -> None:
+    server = FlakyVLLM()
+    server.busy = status  # a proxy in front of a vLLM that is restarting, or a rate limit
+    counter = tokenizer(server)
+    assert await counter.count_text("hello there") == estimate_tokens("hello there")
+    assert counter.kind is None and counter.reason == ""
+    server.busy, counter._retry_at = None, 0.0  # back, and the retry delay is over
+    assert await counter.count_text("hello there") == 2
+    assert counter.kind == "vllm"
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_a_transient_error_while_measuring_the_template_is_not_a_refusal(status: int) -> None:
+    server = FlakyVLLM()
+    counter = tokenizer(server)
+    assert await counter.detect() == "vllm"
+    server.busy = status
+    await counter.role_overhead("user")
+    assert not counter.template_measured and counter.reason == ""
+    server.busy = None
+    assert await counter.role_overhead("user") == 3 and counter.template_measured
+
+
+async def test_a_server_without_a_tokenizer_is_still_told_apart() -> None:
+    counter = RemoteTokenizer(
+        httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(404))), "http://vllm/v1", "m"
+    )
+    assert await counter.detect() == "estimate"
+    assert counter.kind == "estimate" and "no tokenizer endpoint" in counter.reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,10 +42,13 @@ async def test_summary_and_extraction_on_the_embedded_model(local: LocalBackend)
     extractor = FactExtractor(local, max_tokens=48)
     facts = await extractor.extract(nova, "Sam", "I have a cat named Mochi and my exam is next week")
     assert isinstance(facts, list) and all(isinstance(f, str) for f in facts)
-    assert facts or extractor.failures == 1  # either valid facts or a counted, survived failure
+    # JSON of the schema (the embedded backend decodes it as a grammar), facts or none; anything else is counted
+    assert extractor.failures <= 1
 
 
-async def test_engine_keeps_every_turn_while_memory_runs_on_the_embedded_model(local: LocalBackend) -> None:
+async def test_engine_keeps_every_turn_while_memory_runs_on_the_embedded_model(
+    local: LocalBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     nova = PersonaLibrary(None).get("nova")
     probe = Conversation(nova.id, turns=[Turn("user", "hi")])
     persona_tokens = (await ContextBuilder(local, ContextBudget(2048, 24)).build(probe, nova)).prompt_tokens
@@ -53,6 +57,15 @@ async def test_engine_keeps_every_turn_while_memory_runs_on_the_embedded_model(l
     policy = MemoryPolicy(summary_tokens=40, facts_tokens=24, summary_batch=2, extract_max_tokens=40)
     memory = MemoryManager(local, budget, policy=policy)
     engine = DialogueEngine(local, budget, defaults=SamplingParams(max_tokens=24, seed=3), memory=memory)
+    extractions = 0
+    extract = memory.extractor.extract
+
+    async def counted(*args: Any) -> list[str]:
+        nonlocal extractions
+        extractions += 1
+        return await extract(*args)
+
+    monkeypatch.setattr(memory.extractor, "extract", counted)
     conversation = Conversation(nova.id, user_name="Sam", platform="twitch", viewer_id="sam-1")
     messages = [
         "Hi Nova! I'm Sam, I love cats and I have an exam next week.",
@@ -66,7 +79,7 @@ async def test_engine_keeps_every_turn_while_memory_runs_on_the_embedded_model(l
     assert [t.status for t in conversation.turns] == ["complete"] * (2 * len(messages))
     assert all(t.content for t in conversation.turns)
     stats = engine.stats
-    assert stats.facts_added + stats.extraction_failures >= 1  # extraction ran; garbage was survived
+    assert extractions >= 1  # extraction ran; its answers (facts, none, or garbage) were survived
     assert stats.summaries >= 1 and conversation.summary.strip()
     assert engine.tasks.failures == 0
     await engine.aclose()

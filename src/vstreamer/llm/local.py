@@ -13,6 +13,7 @@ import atexit
 import ctypes
 import logging
 import os
+import secrets
 import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+import jinja2
 
 from vstreamer.errors import BackendError, BackendNotInstalled, BackendResponseError
 from vstreamer.llm.base import (
@@ -36,6 +37,7 @@ from vstreamer.llm.base import (
     Usage,
     collect,
 )
+from vstreamer.llm.prompt_format import PromptFormat, prompt_format
 from vstreamer.lru import LRU
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,8 @@ class LoadedModel:
     llama: Any
     path: Path
     executor: ThreadPoolExecutor
-    render_prompt: Callable[[list[dict[str, str]], bool], str] | None
+    prompt_format: PromptFormat | None
+    """``None``: a chat format unknown here (counted at 4 tokens a message)."""
     text_cache: LRU[str, int] = field(default_factory=lambda: LRU(8192))
     overhead: int | None = None
     abort_check: Any = None
@@ -110,10 +113,25 @@ class LoadedModel:
         return count
 
     def prompt_tokens(self, messages: list[dict[str, str]], *, generation_prompt: bool = False) -> int:
-        """Tokens of the rendered chat; ``generation_prompt`` adds the assistant header that generation sees."""
-        if self.render_prompt is None:
+        """Tokens of the rendered chat; ``generation_prompt`` adds the assistant header that generation sees (formats
+        without a switch for it always count it).
+
+        Raises:
+            BackendResponseError: the chat template refused the messages.
+        """
+        if self.prompt_format is None:
             return sum(self.tokens(m["content"]) + 4 for m in messages) + 3 * generation_prompt
-        return self.tokens(self.render_prompt(messages, generation_prompt), special=True)
+        return self.prompt_format.count(self.llama, messages, generation_prompt)
+
+    def render_prompt(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        """The prompt text llama.cpp evaluates for the chat (its BOS token aside).
+
+        Raises:
+            BackendResponseError: the chat template refused the messages, or the model's chat format is unknown here.
+        """
+        if self.prompt_format is None:
+            raise BackendResponseError(f"the chat format of {self.path.name} is unknown here")
+        return str(self.prompt_format.render(messages, generation_prompt).prompt)
 
     def message_overhead(self) -> int:
         if self.overhead is None:
@@ -125,6 +143,9 @@ class LoadedModel:
 
 _models: dict[tuple[str, int, int], LoadedModel] = {}
 _models_lock = threading.Lock()
+_failures: dict[tuple[str, int, int], tuple[tuple[int, int], BackendError]] = {}
+"""Loads that failed for good (a chat template that does not compile), with the file's (mtime, size) then: loading
+the model again each request would fail the same way, seconds later, until the file changes."""
 
 
 @atexit.register
@@ -147,6 +168,9 @@ def load_model(path: Path, n_ctx: int, n_threads: int | None = None) -> LoadedMo
     with _models_lock:
         if key in _models:
             return _models[key]
+        failed = _failures.get(key)
+        if failed is not None and failed[0] == _file_version(path):
+            raise failed[1]
         try:
             import llama_cpp
             from llama_cpp import Llama
@@ -159,12 +183,31 @@ def load_model(path: Path, n_ctx: int, n_threads: int | None = None) -> LoadedMo
             llama = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise BackendResponseError(f"cannot load model {path}: {exc}") from exc
+        except jinja2.TemplateError as exc:  # llama-cpp-python compiles the GGUF's chat template as it loads
+            raise _broken_template(key, path, exc) from exc
+        try:
+            chat_format = prompt_format(llama, path)
+        except jinja2.TemplateError as exc:
+            llama.close()
+            raise _broken_template(key, path, exc) from exc
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-{path.stem}")
-        model = LoadedModel(llama, path, executor, _template_renderer(llama))
+        model = LoadedModel(llama, path, executor, chat_format)
         model.abort_check = llama_cpp.ggml_abort_callback(_c_strlen())
         model.abort_on(model.idle)  # installed once; each request then points it at its own flag
         _models[key] = model
         return model
+
+
+def _broken_template(key: tuple[str, int, int], path: Path, exc: jinja2.TemplateError) -> BackendError:
+    """The error for a chat template that does not compile, remembered until the file changes."""
+    error = BackendResponseError(f"the chat template of {path.name} does not compile: {exc}")
+    _failures[key] = (_file_version(path), error)
+    return error
+
+
+def _file_version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _c_strlen() -> int:
@@ -173,27 +216,6 @@ def _c_strlen() -> int:
     address = ctypes.cast(libc.strlen, ctypes.c_void_p).value
     assert address is not None
     return address
-
-
-def _template_renderer(llama: Any) -> Callable[[list[dict[str, str]], bool], str] | None:
-    source = llama.metadata.get("tokenizer.chat_template")
-    if not source:
-        return None
-    template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
-
-    def token_text(token_id: int) -> str:
-        if token_id < 0:
-            return ""
-        return llama.detokenize([token_id], special=True).decode("utf-8", errors="ignore")
-
-    bos, eos = token_text(llama.token_bos()), token_text(llama.token_eos())
-
-    def render(messages: list[dict[str, str]], generation_prompt: bool) -> str:
-        return template.render(
-            messages=messages, bos_token=bos, eos_token=eos, add_generation_prompt=generation_prompt
-        )
-
-    return render
 
 
 class LocalBackend:
@@ -208,6 +230,11 @@ class LocalBackend:
         self.n_threads = n_threads
         self._loaded: LoadedModel | None = None
         self._load_lock = asyncio.Lock()
+
+    @property
+    def context_window(self) -> int:
+        """Tokens the model accepts, prompt and reply together (a fallback fits prompts to it)."""
+        return self.n_ctx
 
     async def loaded(self) -> LoadedModel:
         if self._loaded is None:
@@ -326,9 +353,12 @@ def _completion_kwargs(messages: list[dict[str, str]], params: SamplingParams) -
         "top_p": params.top_p,
         "max_tokens": params.max_tokens,
         "stop": list(params.stop) or None,
+        # Without a seed, llama-cpp-python derives each request's from the last one's by a fixed rule: replies would
+        # repeat after every restart, and one client's seed would set everyone's next reply.
+        "seed": params.seed if params.seed is not None else secrets.randbits(32),
     }
-    if params.seed is not None:
-        kwargs["seed"] = params.seed
+    if (response_format := _response_format(params.response_format)) is not None:
+        kwargs["response_format"] = response_format
     if params.top_k is not None:
         kwargs["top_k"] = params.top_k
     if params.repetition_penalty is not None:
@@ -338,3 +368,17 @@ def _completion_kwargs(messages: list[dict[str, str]], params: SamplingParams) -
     if params.frequency_penalty is not None:
         kwargs["frequency_penalty"] = params.frequency_penalty
     return kwargs
+
+
+def _response_format(requested: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``response_format`` in llama-cpp-python's dialect: ``json_object`` with an optional ``schema``, which it
+    enforces as a grammar while decoding. It ignores OpenAI's ``json_schema`` form (the model then answered in
+    prose); other types ask for nothing it can enforce."""
+    if requested is None:
+        return None
+    if requested.get("type") == "json_schema":
+        schema = (requested.get("json_schema") or {}).get("schema")
+        return {"type": "json_object"} if schema is None else {"type": "json_object", "schema": schema}
+    if requested.get("type") == "json_object":
+        return {key: value for key, value in requested.items() if key in ("type", "schema")}
+    return None

@@ -3,6 +3,10 @@
 While the primary backend keeps failing, the breaker opens: requests fail fast (or go to the fallback, e.g.
 vLLM → embedded model) instead of each waiting for a timeout. After ``reset_after`` seconds one request is let
 through to probe; a success closes the breaker. A reply is never switched to the fallback mid-stream.
+
+A prompt is fitted to the context window with the primary's tokenizer; the fallback's may need far more tokens for
+the same text (SmolLM2 takes about two a Chinese character where Qwen takes one). So what goes to the fallback is
+counted again with its own, and cut to its window: the oldest history first, then the reply's length.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 
 from vstreamer.errors import BackendError, BackendResponseError, BackendUnavailable
 from vstreamer.llm.base import (
@@ -23,6 +28,7 @@ from vstreamer.llm.base import (
     TextDelta,
     collect,
 )
+from vstreamer.llm.estimate import MESSAGE_OVERHEAD
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +130,7 @@ class ResilientBackend:
         if ticket is None:
             if self.fallback is None:
                 raise BackendUnavailable("the LLM server is down (circuit open); retrying in a few seconds")
-            async with aclosing(self.fallback.stream(messages, params)) as stream:
+            async with aclosing(_fitted_stream(self.fallback, messages, params)) as stream:
                 async for delta in stream:
                     yield delta
             return
@@ -149,7 +155,7 @@ class ResilientBackend:
             if started_text or self.fallback is None or not outage:
                 raise
             logger.warning("primary backend failed before the first token (%s); using the fallback", exc)
-            async with aclosing(self.fallback.stream(messages, params)) as stream:
+            async with aclosing(_fitted_stream(self.fallback, messages, params)) as stream:
                 async for delta in stream:
                     yield delta
             return
@@ -191,3 +197,69 @@ class ResilientBackend:
         await self.primary.aclose()
         if self.fallback is not None:
             await self.fallback.aclose()
+
+
+async def fit_to_window(
+    backend: LLMBackend, messages: Sequence[ChatMessage], params: SamplingParams
+) -> tuple[Sequence[ChatMessage], SamplingParams]:
+    """``messages`` and ``params`` cut to fit ``backend``'s context window, counted with its own tokenizer: the
+    oldest history goes first (the system messages and the last user message stay), then the reply's
+    ``max_tokens`` shrinks to what is left. A backend that does not tell its window (``context_window``) gets them
+    as they are.
+
+    Raises:
+        BackendUnavailable: the system messages and the last user message alone leave no room for a reply.
+    """
+    window = getattr(backend, "context_window", None)
+    if not isinstance(window, int):
+        return messages, params
+    room = window - MESSAGE_OVERHEAD  # the counts leave out the assistant header that generation adds
+    kept = list(messages)
+    prompt = await backend.count_tokens(kept)
+    excess = prompt + params.max_tokens - room
+    while excess > 0 and await _drop_history(backend, kept, excess):
+        prompt = await backend.count_tokens(kept)  # exact again: the shares dropped were a close bound
+        excess = prompt + params.max_tokens - room
+    if prompt >= room:
+        raise BackendUnavailable(
+            f"the LLM server is down, and the fallback's {window}-token context cannot hold this prompt "
+            f"({prompt} tokens on its tokenizer without any history); retrying the server in a few seconds"
+        )
+    if len(kept) < len(messages) or excess > 0:
+        params = replace(params, max_tokens=min(params.max_tokens, room - prompt))
+        logger.info(
+            "fitted to the fallback's %d-token window: %d history messages dropped, a reply of up to %d tokens",
+            window,
+            len(messages) - len(kept),
+            params.max_tokens,
+        )
+    return kept, params
+
+
+async def _drop_history(backend: LLMBackend, kept: list[ChatMessage], excess: int) -> bool:
+    """Drops from ``kept`` the oldest history messages whose shares cover ``excess`` tokens; ``False`` when there
+    is no history left. The system messages and the last user message (with what follows it) stay, and what is
+    left of the history still opens with a user message (strict chat templates require it)."""
+    last_user = max((i for i, message in enumerate(kept) if message.role == "user"), default=0)
+    history = [i for i in range(last_user) if kept[i].role != "system"]
+    if not history:
+        return False
+    dropped: set[int] = set()
+    freed = 0
+    for i in history:
+        if freed >= excess and kept[i].role == "user":
+            break
+        dropped.add(i)
+        freed += await backend.count_message_tokens(kept[i])
+    kept[:] = [message for i, message in enumerate(kept) if i not in dropped]
+    return True
+
+
+async def _fitted_stream(
+    backend: LLMBackend, messages: Sequence[ChatMessage], params: SamplingParams
+) -> AsyncGenerator[Delta, None]:
+    """``backend``'s stream of the prompt fitted to its window (a fallback's: see :func:`fit_to_window`)."""
+    messages, params = await fit_to_window(backend, messages, params)
+    async with aclosing(backend.stream(messages, params)) as stream:
+        async for delta in stream:
+            yield delta

@@ -210,6 +210,11 @@ class RemoteTokenizer:
             logger.debug("tokenize at %s failed: %s", url, hide_secret(str(exc), self._secret))
             self._unreachable = True
             return None
+        if response.status_code >= 500 or response.status_code == 429:
+            # A proxy's 502/503 while the server restarts, a rate limit: no answer about tokenizers yet.
+            logger.debug("tokenize at %s answered %d", hide_secret(url, self._secret), response.status_code)
+            self._unreachable = True
+            return None
         if response.status_code != 200:
             return None
         try:
