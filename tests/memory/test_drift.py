@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, DriftDetector
 from vstreamer.engine.drift import _NAME_OPEN as drift_name_open
-from vstreamer.engine.drift import FALLBACK_EN, FALLBACK_ZH, _compiled_phrases, phrase_finder
+from vstreamer.engine.drift import _compiled_phrases, phrase_finder
+from vstreamer.engine.drift_lines import FALLBACK_EN, FALLBACK_ZH
 from vstreamer.engine.folded import fold as drift_fold
 from vstreamer.llm import FakeBackend
 from vstreamer.persona import Persona

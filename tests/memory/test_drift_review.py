@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, DriftDetector, DriftHit
-from vstreamer.engine.drift import (
+from vstreamer.engine.drift_lines import (
     FALLBACK_EN,
     FALLBACK_ZH,
     REINFORCE_EN,
@@ -221,7 +221,8 @@ def test_what_decides_a_claim_is_held_back_until_it_comes(text: str) -> None:
 
 _PIECES = ["我是", "作为一个", "我名叫", "我叫", "由", "开发的", "AI", "人工智能", "ChatGPT", "OpenAI", "Meta", "Quest",
            "'s", "-", "2.5", " ", "  ", "\n", "，", "。", "!", "爱好者", "没有", "哦", "小红", "小星", "As an", "I'm",
-           "I am called", "my name is", "has an", "Aria", "and", "so", "enthusiast", "LLM", "x", "的粉丝"]  # fmt: skip
+           "I am called", "my name is", "has an", "Aria", "and", "so", "enthusiast", "LLM", "x", "的粉丝", "DeepSeek", "-V3",
+           "Claude", "Monet", "your", "大模型", "助手", "\r\n", "我的名字是"]  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
@@ -240,5 +241,142 @@ def test_streamed_claims_give_the_verdict_of_the_whole_text(pieces: list[str], c
     if stream.hit is None:
         assert shown == text and detector.check(text) is None
     else:
-        assert detector.check(text) is not None
+        whole = detector.check(text)
+        assert whole is not None and whole.reason == stream.hit.reason
         assert stream.hit.text in text[len(shown) :]  # the drifting words are in what was held back
+
+
+def assert_drift_however_split(detector: DriftDetector, text: str, reason: str) -> None:
+    """The whole text drifts for ``reason``, and so does the stream cut at every place, none of the claim shown."""
+    hit = detector.check(text)
+    assert hit is not None and hit.reason == reason, hit
+    for cut in range(1, len(text)):
+        stream = detector.stream()
+        shown = stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.finish()
+        assert stream.hit == hit, cut
+        assert hit.text in text[len(shown) :], cut
+    assert streamed(detector, text, 1)[1] == hit
+
+
+def assert_in_character_however_split(detector: DriftDetector, text: str) -> None:
+    assert_in_character(detector, text)
+    for cut in range(1, len(text)):
+        stream = detector.stream()
+        assert stream.feed(text[:cut]) + stream.feed(text[cut:]) + stream.finish() == text, cut
+
+
+LINE_BREAK_ENDS = [  # a line break after a claim ends it, as a punctuation mark does
+    ("I'm ChatGPT\n\nHow can I help?", "model_identity"),
+    ("I am Claude\nWhat would you like?", "model_identity"),
+    ("I'm Claude\r\nWhat would you like?", "model_identity"),
+    ("As an AI\u2028I can't.", "ai_disclaimer"),
+    ("我是通义千问\n\n有什么可以帮你？", "model_identity"),
+    ("我是ChatGPT\n有什么可以帮你", "model_identity"),
+    ("我是 ChatGPT \n 有什么可以帮你", "model_identity"),
+    ("我是人工智能\n很高兴认识你", "ai_disclaimer"),
+    ("我是Gemini Pro\n很高兴认识你", "model_identity"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), LINE_BREAK_ENDS)
+def test_a_line_break_after_a_claim_ends_it(text: str, reason: str) -> None:
+    assert_drift_however_split(DriftDetector("小星", ["xiaoxing"]), text, reason)
+
+
+@pytest.mark.parametrize(
+    "text", ["我是人工智能专业的\n学生", "I'm an AI streamer\nnice to meet you!", "I'm Claude Monet's\nfan"]
+)
+def test_a_line_break_later_changes_nothing(text: str) -> None:
+    assert_in_character_however_split(DriftDetector("小星", ["xiaoxing"]), text)
+
+
+HYPHENATED_MODELS = [
+    "Hi! I'm DeepSeek-V3, an AI assistant created by DeepSeek.",
+    "I am DeepSeek-R1.",
+    "I'm Qwen-Max, a model.",
+    "I'm Kimi-K2!",
+    "Hello! I'm Qwen-VL, I can see images.",
+    "我是DeepSeek-V3，很高兴见到你",
+    "我是 Qwen-Max，",
+    "我是Kimi-K2。",
+]
+
+
+@pytest.mark.parametrize("text", HYPHENATED_MODELS)
+def test_a_model_name_with_a_hyphenated_version_is_drift(text: str) -> None:
+    assert_drift_however_split(DriftDetector("小星", ["xiaoxing"]), text, "model_identity")
+
+
+WIDER_CLAIMS = [
+    ("I'm Qwen your friendly assistant.", "model_identity"),
+    ("Hi there I am ChatGPT how can I help you today?", "model_identity"),
+    ("I'm Claude an AI assistant made by Anthropic.", "model_identity"),
+    ("I'm an AI assistant named Claude.", "ai_disclaimer"),
+    ("I am an AI system", "ai_disclaimer"),
+    ("I'm an artificial intelligence assistant", "ai_disclaimer"),
+    ("我是千问大模型", "model_identity"),
+    ("我是GPT-4模型", "model_identity"),
+    ("我是人工智能程序", "ai_disclaimer"),
+    ("我是通义千问助手～", "model_identity"),
+    ("我是AI机器人", "ai_disclaimer"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), WIDER_CLAIMS)
+def test_claims_go_on_with_what_an_ai_calls_itself(text: str, reason: str) -> None:
+    assert_drift_however_split(DriftDetector("小星", ["xiaoxing"]), text, reason)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm an AI streamer, nice to meet you!",
+        "As an AI enthusiast, I love robots!",
+        "我是人工智能专业的学生",
+        "作为一个人工智能爱好者，我超开心",
+        "我是AI爱好者",
+        "我是一个AI主播",
+        "我是人工智能大赛的冠军",
+        "I'm Claude Monet's biggest fan.",
+        "I'm meta-gaming this boss fight.",
+        "哈哈，我叫ChatGPT帮我写作业了",
+        "我是Meta Quest玩家哦",
+        "我是ChatGPT重度用户",
+    ],
+)
+def test_descriptions_stay_in_character_however_split(text: str) -> None:
+    assert_in_character_however_split(DriftDetector("小星", ["xiaoxing"]), text)
+
+
+@pytest.mark.parametrize(
+    "text", ["My name is ChatGPT and hi", "My name is ChatGPT And hi", "My name is Claude"]
+)
+def test_a_claimed_model_name_is_model_identity_however_split(text: str) -> None:
+    assert_drift_however_split(DriftDetector("Nova"), text, "model_identity")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("我的名字是个'my name is qwen2.5hhAAi", "wrong_name"),  # the claim that begins first
+        ("我的名字是́my name is qwen2.5", "wrong_name"),
+        ("My name is Bob. I'm ChatGPT, hi", "wrong_name"),
+        ("I'm ChatGPT, my name is Bob.", "model_identity"),
+    ],
+)
+def test_the_hit_that_begins_first_is_the_reason_however_split(text: str, reason: str) -> None:
+    assert_drift_however_split(DriftDetector("小星"), text, reason)
+
+
+def test_a_name_claim_waiting_on_a_phrase_is_held_back_with_it() -> None:
+    detector = DriftDetector("小星", ["Xiaoxing"])
+    for text, cuts in [
+        ("my name is AIe粉丝我是GPT-4Ａ\xa0ChatGPTas ", (6, 11, 19)),
+        ("粉丝́i am called \xa0😀的I’m GPT-4language model", (8, 11, 30)),
+    ]:
+        stream, shown, position = detector.stream(), "", 0
+        for cut in (*cuts, len(text)):
+            shown += stream.feed(text[position:cut])
+            position = cut
+        shown += stream.finish()
+        assert stream.hit is not None and stream.hit.text in text[len(shown) :], shown

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +37,7 @@ _EN_AI = ("ai", "ai language model", "language model", "large language model", "
           "artificial intelligence", "virtual assistant", "chatbot", "ai chatbot", "llm")  # fmt: skip
 _MODELS = ("qwen", "通义千问", "千问", "chatgpt", "gpt-4", "gpt-3.5", "gpt", "claude", "文心一言", "llama",
            "gemini", "smollm", "deepseek", "豆包", "kimi")  # fmt: skip
+_MODEL_NAMES = frozenset(_MODELS)
 _ORGS = ("阿里云", "阿里巴巴", "openai", "anthropic", "meta", "google", "谷歌", "百度", "hugging face",
          "huggingface", "深度求索", "字节跳动", "alibaba cloud", "alibaba")  # fmt: skip
 _ZH_IDENTITY = ("我是", "我叫", "我的名字是", "我是由", "我由", "我是{org}开发的")
@@ -54,14 +54,25 @@ _NOT_IDENTITY_NEXT = frozenset("的粉迷用")
 #: 我, 只, 并不, 也, 而已, 就, 可, 还, 由) or a sentence-final particle. Other Chinese text goes on with a noun or a
 #: verb: "我是AI主播", "我是人工智能专业的学生", "我叫ChatGPT帮我写作业".
 _ZH_CLAUSE_NEXT = frozenset("没不无所我只并也而就可还由呀啊哦啦呢吧嘛哟喔")
+#: What an AI calls itself after its kind or name: "我是人工智能程序", "我是千问大模型", "我是GPT-4模型".
+_ZH_CLAIM_WORDS = ("模型", "大模型", "程序", "助手", "机器人", "系统")
+_ZH_CLAIM_WORD_LONGEST = max(map(len, _ZH_CLAIM_WORDS))
 #: An English claim ("as an AI", "I'm ChatGPT") is one only before a punctuation mark, the end, or one of these words;
 #: other words make it a description ("an AI streamer", "an AI enthusiast", "Claude Monet").
 _EN_CLAIM_NEXT = frozenset(("i", "i'm", "i've", "i'd", "and", "but", "so", "that", "which", "who", "with", "without",
                             "by", "from", "created", "developed", "trained", "made", "built", "designed", "programmed",
                             "powered", "here", "not", "cannot", "can't", "don't", "do", "does", "doesn't", "ai",
-                            "model", "after", "though", "too", "myself"))  # fmt: skip
+                            "model", "after", "though", "too", "myself", "named", "your", "how", "an", "system",
+                            "assistant", "program", "intelligence", "chatbot"))  # fmt: skip
 _EN_CLAIM_NEXT_BEGINNINGS = frozenset(w[:i] for w in _EN_CLAIM_NEXT for i in range(len(w) + 1))
-_EN_CLAIM_NEXT_LONGEST = max(map(len, _EN_CLAIM_NEXT))
+#: After a model's name any word in lower case goes on with the claim ("I'm Qwen your friendly assistant"); a
+#: capitalised one goes on with a name ("I'm Claude Monet's biggest fan") unless it is one of these: a tier of the
+#: model ("Gemini Pro"), a company or model, or a word of ``_EN_CLAIM_NEXT`` ("My name is ChatGPT And…").
+_EN_MODEL_NEXT = _EN_CLAIM_NEXT | frozenset(
+    ("pro", "max", "plus", "turbo", "ultra", "flash", "mini", "nano", "lite", "opus", "sonnet", "haiku", "coder",
+     "chat", "instruct", "vision", "vl", "omni", *(n for n in _MODELS + _ORGS if n.isascii() and n.isalpha()))
+)  # fmt: skip
+_EN_CLAIM_NEXT_LONGEST = max(map(len, _EN_MODEL_NEXT)) + 2  # and "'s"
 _WORD = re.compile(r"[a-z']*")
 #: A model's version after its name ("qwen2.5", "llama-3", "gpt-4o"); a longer one than this is a full model name.
 _VERSION = re.compile(r"[0-9a-z]*(?:[.\-_][0-9a-z]+)*")
@@ -99,25 +110,6 @@ _NAME_CLAIM = re.compile(
     + r"([^\s,.!?;:，。！？；：~～、\"'“”()（）]{1,16})(?=[\s,.!?;:，。！？；：~～、\"'“”()（）]|$)"
 )
 _NAME_OPEN = re.compile(_NAME_KEYWORD + r"[^\s,.!?;:，。！？；：~～、]{0,16}$")
-
-FALLBACK_ZH = (
-    "诶嘿，{name}刚刚走神了一下～我们接着聊吧！",
-    "唔……{name}刚才差点说串台了，当我没说～你刚刚说到哪啦？",
-    "哎呀，{name}脑子打了个结！重新来，我们继续聊～",
-)
-FALLBACK_EN = (
-    "Oops, {name} zoned out for a second~ where were we?",
-    "Hah, ignore that, {name} got tongue-tied! Let's keep going~",
-    "Wait, scratch that! {name} lost the thread for a moment. What were we saying?",
-)
-REINFORCE_ZH = (
-    "【重要提醒】你就是{name}本人，一位正在直播的虚拟主播。只用{name}的身份和口吻说话；"
-    "绝对不要说自己是AI、人工智能、语言模型或助手，不要提任何模型或公司的名字。"
-)
-REINFORCE_EN = (
-    "[Important] You are {name} yourself, a virtual streamer live right now. Speak only as {name}; never say "
-    "you are an AI, a language model or an assistant, and never mention any model or company name."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,58 +217,79 @@ class DriftDetector:
 
     def scan(self, reply: FoldedText, start: int, *, final: bool) -> tuple[DriftHit | None, int]:
         """The first drift from ``reply.folded[start:]`` on, and where the first phrase the text so far cannot judge
-        begins (``len`` when none: a phrase that could still continue counts only once final)."""
+        begins (``len`` when none: a phrase that could still continue counts only once final). Of a phrase and a name
+        claim, the one that begins first; the phrase where both do ("My name is ChatGPT" is ``model_identity``)."""
         folded = reply.folded
-        span, pending = self._phrase_in(folded, start, final)
-        if span is not None:
-            return DriftHit(self._phrases[folded[span[0] : span[1]]], reply.original(*span)), pending
+        span, pending = self._phrase_in(reply, start, final)
         position = start
         while (match := _NAME_CLAIM.search(folded, position)) is not None:
+            if span is not None and match.start() >= span[0]:
+                break
             position = match.start() + 1  # a claim may begin inside one that claims nothing
-            if match.end() == len(folded) and not final:
+            if not final and match.end() == len(folded):
+                continue
+            if not final and pending < match.end():
+                # A phrase not judged yet may come first, as in the whole text ("My name is ChatGPT"): the claim waits,
+                # held back with it.
+                pending = min(pending, match.start())
                 continue
             claimed = reply.original(*match.span(1))
             if not self._own_name(match.group(1)) and _looks_like_a_name(claimed):
                 return DriftHit("wrong_name", reply.original(*match.span())), pending
+        if span is not None:
+            return DriftHit(self._phrases[folded[span[0] : span[1]]], reply.original(*span)), pending
         return None, pending
 
-    def _phrase_in(self, folded: str, start: int, final: bool) -> tuple[tuple[int, int] | None, int]:
+    def _phrase_in(self, reply: FoldedText, start: int, final: bool) -> tuple[tuple[int, int] | None, int]:
         """The span of the first phrase from ``start`` on that breaks character, and where the first one the text so
         far cannot judge begins. Every place a phrase begins is tried, those inside one that did not count too."""
+        folded = reply.folded
         pending, position = len(folded), start
         while (span := next(self._find(folded, position), None)) is not None:
             begin, end = span
             position = begin + 1
             if begin and is_latin(folded[begin]) and is_latin(folded[begin - 1]):
                 continue  # inside a word: "has an AI", "was an AI researcher"
-            # The finder takes the longest phrase at a place; where it does not end a word ("i am gpt-4" of "i am
-            # gpt-4o"), a shorter one there may ("i am gpt").
+            # The finder takes the longest phrase at a place; where it does not end a word ("i'm chatgptx"), a
+            # shorter one there may. Where it does, it is the one judged: "I'm an AI model fan" claims nothing though
+            # "I'm an AI model" does.
             for stop in range(end, begin, -1):
                 phrase = folded[begin:stop]
                 if phrase in self._phrases:
-                    counts = self._counts(folded, stop, phrase, final)
-                    if counts:
-                        return (begin, stop), pending
+                    counts = self._counts(reply, stop, phrase, final)
+                    if (
+                        counts
+                    ):  # after one not judged yet, it waits: that one may come first in the whole text
+                        return ((begin, stop) if final or pending == len(folded) else None), pending
                     if counts is None:
                         pending = min(pending, begin)
+                        break
+                    if not (stop < len(folded) and is_latin(folded[stop - 1]) and is_latin(folded[stop])):
+                        break
         return None, pending
 
     def _own_name(self, name: str) -> bool:
         return any(name.startswith(n) or n.startswith(name) for n in self.allowed_names)
 
-    def _counts(self, folded: str, end: int, phrase: str, final: bool) -> bool | None:
+    def _counts(self, reply: FoldedText, end: int, phrase: str, final: bool) -> bool | None:
         """Whether ``phrase``, ending at ``end``, breaks character (None: the text so far cannot tell). It must end a
         word (a model's version may follow its name), not go on as "…的粉丝", and end the claim: "I'm an AI streamer"
-        and "我是人工智能专业的" describe. A model's name that is the persona's own is no drift."""
+        and "我是人工智能专业的" describe; a line break ends it. A model's name that is the persona's own is no drift."""
+        folded = reply.folded
         identity = self._phrases[phrase] == "model_identity"
         if identity and self._own_name(self._names[phrase]):
             return False
+        model = identity and self._names[phrase] in _MODEL_NAMES
         if is_latin(phrase[-1]):
             after = folded[end : end + 2]
             if identity and after == "-" and not final:
                 return None  # "llama-" may go on as "llama-3"
+            # After a model's name, "-" and a letter or digit is its version ("DeepSeek-V3", "Qwen-Max"); after a
+            # company's, another word ("meta-gaming", "Google-ing").
             if identity and (
-                after[:1].isdigit() or phrase[-1].isdigit() or (after[:1] == "-" and after[1:].isdigit())
+                after[:1].isdigit()
+                or phrase[-1].isdigit()
+                or (after[:1] == "-" and (after[1:].isdigit() or (model and is_latin(after[1:]))))
             ):
                 version = _VERSION.match(folded, end, end + _VERSION_LONGEST + 1)
                 assert version is not None  # it matches the empty string
@@ -289,6 +302,8 @@ class DriftDetector:
                 return False  # the word goes on: "as an aide", "i'm metaphorical"
         if end == len(folded):
             return True if final else None
+        if end in reply.breaks or (folded[end] == " " and end + 1 in reply.breaks):
+            return True  # "I'm ChatGPT\n\nHow can I help?", "我是ChatGPT\n有什么可以帮你"
         if folded[end] in _NOT_IDENTITY_NEXT:
             return False
         if phrase in self._made_by:
@@ -298,8 +313,8 @@ class DriftDetector:
                 return True if final else None
             return not (folded[end + 1].isascii() and folded[end + 1].isalpha())
         if phrase[0].isascii():
-            return _english_claim_ends(folded, end, final)
-        return _chinese_claim_ends(folded, end, final)
+            return _english_claim_ends(reply, end, final, model=model)
+        return _chinese_claim_ends(reply, end, final)
 
     def hold_from(self, folded: str, released: int) -> int:
         """Where the text that could still become a drift phrase or a name claim begins (``len`` when none)."""
@@ -317,9 +332,11 @@ class DriftDetector:
         return max(hold, released)
 
 
-def _english_claim_ends(folded: str, end: int, final: bool) -> bool | None:
+def _english_claim_ends(reply: FoldedText, end: int, final: bool, *, model: bool) -> bool | None:
     """Whether what follows an English claim at ``end`` makes it one: a punctuation mark, or a word of
-    ``_EN_CLAIM_NEXT`` ("as an AI, I", "as an AI I", "I'm ChatGPT and"), not another word ("I'm an AI streamer")."""
+    ``_EN_CLAIM_NEXT`` ("as an AI, I", "as an AI I", "I'm ChatGPT and"), not another word ("I'm an AI streamer").
+    After a ``model``'s name, any word but a capitalised one not in ``_EN_MODEL_NEXT`` ("I'm Claude Monet's")."""
+    folded = reply.folded
     if folded[end] != " ":
         return True
     if end + 1 == len(folded):
@@ -328,22 +345,36 @@ def _english_claim_ends(folded: str, end: int, final: bool) -> bool | None:
     assert word is not None  # it matches the empty string
     if not word.group():
         return True  # a mark, or a number: "I'm Llama 3"
-    if word.end() == len(folded) and not final:
+    unfinished = word.end() == len(folded) and not final
+    if model:
+        if not reply.text[reply.source(end + 1)].isupper():
+            return True
+        return None if unfinished else word.group().removesuffix("'s") in _EN_MODEL_NEXT
+    if unfinished:
         return None if word.group() in _EN_CLAIM_NEXT_BEGINNINGS else False
     return word.group() in _EN_CLAIM_NEXT
 
 
-def _chinese_claim_ends(folded: str, end: int, final: bool) -> bool | None:
-    """Whether what follows a Chinese claim at ``end`` begins a new clause (see ``_ZH_CLAUSE_NEXT``); Latin words
-    after a Latin name are passed over ("我是Gemini Pro，" claims, "我是Meta Quest玩家" does not)."""
+def _chinese_claim_ends(reply: FoldedText, end: int, final: bool) -> bool | None:
+    """Whether what follows a Chinese claim at ``end`` begins a new clause (see ``_ZH_CLAUSE_NEXT``) or says what it
+    is (``_ZH_CLAIM_WORDS``); Latin words after a Latin name are passed over ("我是Gemini Pro，" claims, "我是Meta
+    Quest玩家" does not) up to a line break."""
+    folded = reply.folded
     if folded[end] == " ":
         run = _LATIN_RUN.match(folded, end, end + _LATIN_RUN_LONGEST)
         assert run is not None  # it matches the empty string
+        if reply.broken(end + 1, run.end() + 1):
+            return True  # "我是Gemini Pro\n很高兴认识你"
         if run.end() == end + _LATIN_RUN_LONGEST:
             return False  # an English sentence, not a name
         end = run.end()
         if end == len(folded):
             return True if final else None
+    if folded.startswith(_ZH_CLAIM_WORDS, end):
+        return True
+    rest = folded[end : end + _ZH_CLAIM_WORD_LONGEST]
+    if not final and len(rest) < _ZH_CLAIM_WORD_LONGEST and any(w.startswith(rest) for w in _ZH_CLAIM_WORDS):
+        return None  # "大" may go on as "大模型"
     after = folded[end]
     return not after.isalpha() or after.isascii() or after in _ZH_CLAUSE_NEXT
 
@@ -399,20 +430,3 @@ def _looks_like_a_name(claimed: str) -> bool:
     if claimed[:1].isascii() and claimed[:1].isalpha():
         return claimed[0].isupper()
     return not claimed.startswith(_NOT_A_NAME)
-
-
-def _speaks_chinese(language: str) -> bool:
-    """The prompt's rule (``prompt._lang``): Chinese for "zh…", English for every other language ("ja", "ko")."""
-    return language.lower().startswith("zh")
-
-
-def fallback_line(language: str, persona_name: str, seed: str = "") -> str:
-    """An in-character line that replaces a reply that broke character twice."""
-    lines: Sequence[str] = FALLBACK_ZH if _speaks_chinese(language) else FALLBACK_EN
-    return lines[zlib.crc32(seed.encode("utf-8")) % len(lines)].format(name=persona_name)
-
-
-def reinforcement(language: str, persona_name: str) -> str:
-    """The extra instruction of the one retry after a drift."""
-    text = REINFORCE_ZH if _speaks_chinese(language) else REINFORCE_EN
-    return text.format(name=persona_name)

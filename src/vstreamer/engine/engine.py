@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from vstreamer.engine.background import BackgroundTasks
 from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
 from vstreamer.engine.conversation import Conversation, Turn
-from vstreamer.engine.drift import DriftDetector, DriftStream, fallback_line, reinforcement
+from vstreamer.engine.drift import DriftDetector, DriftStream
+from vstreamer.engine.drift_lines import fallback_line, reinforcement
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
 from vstreamer.engine.memory import MemoryManager, Recall
 from vstreamer.engine.stats import EngineStats

@@ -30,6 +30,8 @@ def _fold_char(char: str) -> str:
 
 _ASCII_FOLD = str.maketrans({"`": "'", **{c: " " for c in map(chr, range(128)) if c.isspace()}})
 _SPACES = re.compile(" +")
+#: What ``str.splitlines`` breaks a line at: folded to a space like other white space, but remembered (``breaks``).
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]")
 
 
 def is_latin(char: str) -> bool:
@@ -43,9 +45,11 @@ def _is_cjk(char: str) -> bool:
 class FoldedText:
     """A reply folded for matching as it grows: :func:`fold`, then a run of spaces as one and none between a CJK and
     a Latin character ("我是 OpenAI 开发的" reads "我是openai开发的", "an  AI" "an ai"). ``starts`` maps each folded
-    character to its place in ``text``, so what is held back or cut is the reply's own text."""
+    character to its place in ``text``, so what is held back or cut is the reply's own text. ``breaks`` holds where a
+    line break came before a folded character: it ends a claim ("I'm ChatGPT\n\nHow…", "我是ChatGPT\n有什么…") as a
+    punctuation mark does, though the folded text has a space there, or none between a Latin and a CJK character."""
 
-    __slots__ = ("_space", "folded", "starts", "text")
+    __slots__ = ("_break", "_space", "breaks", "folded", "starts", "text")
 
     def __init__(self, text: str = "") -> None:
         self.text = self.folded = ""
@@ -53,6 +57,10 @@ class FoldedText:
         """None while each folded character is where it is in ``text`` (most replies: no list to keep)."""
         self._space: int | None = None
         """Where spaces at the end of ``text`` begin: the next character says whether one of them is kept."""
+        self._break = False
+        """Whether those spaces hold a line break."""
+        self.breaks: set[int] = set()
+        """The folded characters that come after a line break (past the space it folded to, where one is kept)."""
         if text:
             self.add(text)
             self.close()
@@ -64,7 +72,7 @@ class FoldedText:
         if self._space is None and (
             " " not in folded
             or (folded.isascii() and "  " not in folded and folded[-1] != " "
-                and (folded[0] != " " or self.folded[-1:].isascii()))
+                and (folded[0] != " " or self.folded[-1:].isascii()) and _LINE_BREAK.search(piece) is None)
         ):  # fmt: skip
             if self.starts is not None:
                 self.starts += range(offset, offset + len(folded))
@@ -85,11 +93,15 @@ class FoldedText:
                     if not _joins(before, folded[position]):
                         parts.append(" ")
                         starts.append(self._space)
-                    self._space = None
+                    if self._break:
+                        self.breaks.add(len(self.folded) + len(starts))
+                    self._space, self._break = None, False
                 parts.append(folded[position:end])
                 starts += range(offset + position, offset + end)
             if run is not None:
                 self._space = offset + run.start() if self._space is None else self._space
+                broken = _LINE_BREAK.search(self.text, offset + run.start(), offset + run.end())
+                self._break = self._break or broken is not None
                 position = run.end()
         self._put("".join(parts), starts)
 
@@ -108,7 +120,11 @@ class FoldedText:
         """The reply is whole: spaces at its end are kept (as one)."""
         if self._space is not None:
             self._put(" ", [self._space])
-            self._space = None
+            self._space, self._break = None, False
+
+    def broken(self, begin: int, end: int) -> bool:
+        """Whether a line break comes before one of the folded characters from ``begin`` to ``end``."""
+        return bool(self.breaks) and not self.breaks.isdisjoint(range(begin, end))
 
     def source(self, index: int) -> int:
         """Where the folded character at ``index`` is in ``text`` (at the end: where what is not folded yet begins)."""
