@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,35 +113,11 @@ def test_waiting_for_a_bad_url_is_a_clear_error(url: str, capsys: pytest.Capture
     assert "http(s) URL" in capsys.readouterr().err
 
 
-@contextlib.contextmanager
-def answering(body: bytes) -> Iterator[int]:
-    """Some other HTTP service whose ``/v1/models`` answers 200 with ``body``."""
-
-    class Answer(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.parametrize("body", [b"[]", b'{"data": null}', b'{"data": [1]}', b'{"data": "x"}'])
 def test_a_server_that_is_not_an_openai_one_is_not_ready(
     body: bytes, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with answering(body) as port:
+    with serving_models(models=body) as port:
         assert main(["vllm-wait", "--url", f"http://127.0.0.1:{port}/v1", "--timeout", "1.5"]) == 2
     assert "not ready after" in capsys.readouterr().err
 
@@ -288,6 +260,7 @@ class Hide(importlib.abc.MetaPathFinder):
         if name == hidden or name.startswith(hidden + "."):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Hide())
+from tests.cli.test_vllm import serving_models
 from vstreamer.cli import main
 sys.exit(main(sys.argv[2:]))
 """

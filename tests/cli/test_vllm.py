@@ -129,13 +129,16 @@ def test_waiting_for_a_server_started_with_a_key_sends_the_key(
 
 
 @contextlib.contextmanager
-def serving_models(key: str | None = None) -> Iterator[int]:
-    """A ``/v1/models`` server on a free port (with ``key``: 401 to a request without that bearer key)."""
+def serving_models(
+    key: str | None = None, models: bytes = b'{"object":"list","data":[{"id":"qwen"}]}'
+) -> Iterator[int]:
+    """A ``/v1/models`` server on a free port answering ``models`` (with ``key``: 401 to a request without that
+    bearer key)."""
 
     class Models(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
             ok = key is None or self.headers.get("Authorization") == f"Bearer {key}"
-            body = b'{"object":"list","data":[{"id":"qwen"}]}' if ok else b'{"error":"unauthorized"}'
+            body = models if ok else b'{"error":"unauthorized"}'
             self.send_response(200 if ok else 401)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
