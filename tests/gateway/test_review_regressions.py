@@ -19,7 +19,7 @@ from vstreamer.gateway.state import GatewayState
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import BackendHealth
 from vstreamer.persona import PersonaLibrary, load_persona_bytes
-from vstreamer.runtime import Runtime, open_runtime
+from vstreamer.runtime import Runtime, open_runtime, stored_personas
 from vstreamer.store import Store
 
 
@@ -203,6 +203,30 @@ async def test_an_owner_replaces_its_persona_under_its_name_after_a_file_persona
     # A new name is still checked on replace.
     renamed = await gateway.import_persona("A", "id: zeta\nname: Nova\ndescription: v3\n", replace="true")
     assert renamed.status_code == 409 and _error(renamed)["code"] == "persona_name_taken"
+
+
+async def test_a_nickname_is_a_name_an_import_may_not_take(gateway: Gateway, tmp_path: Path) -> None:
+    card = tmp_path / "star.yaml"
+    card.write_text("id: user-star\nname: Star\nnickname: Kiki\ndescription: file\n", encoding="utf-8")
+    PersonaLibrary(gateway.state.settings.personas_dir).import_file(card)
+    taken = await gateway.import_persona("A", "id: api-kiki\nname: Kiki\ndescription: x\n")
+    assert taken.status_code == 409 and "user-star" in _error(taken)["message"]
+    taken = await gateway.import_persona("A", "id: api-2\nname: Other\nnickname: STAR\ndescription: x\n")
+    assert taken.status_code == 409
+
+
+async def test_the_gateway_and_the_command_line_find_the_same_persona(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    assert (
+        await gateway.import_persona("A", "id: zeta\nname: Alpha\nnickname: Al\ndescription: x\n")
+    ).status_code == 201
+    settings = gateway.state.settings
+    library = PersonaLibrary(settings.personas_dir, stored=await stored_personas(gateway.store))
+    for asked in ("zeta", "ZETA", "alpha", "AL", "nova", "NOVA", "小星"):
+        found = await gateway.client.get(f"/v1/models/{asked}", headers=gateway.auth("B"))
+        assert found.status_code == 200, (asked, found.text)
+        assert found.json()["id"] == library.get(asked).id, asked
 
 
 async def test_names_shared_by_stored_personas_resolve_alike_before_and_after_a_restart(

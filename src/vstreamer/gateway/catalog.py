@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from vstreamer.errors import PersonaError, PersonaNotFound
 from vstreamer.gateway.errors import APIError
 from vstreamer.persona import Persona, PersonaLibrary, load_persona_bytes
+from vstreamer.persona.library import find_persona
 from vstreamer.store import Store
 
 logger = logging.getLogger(__name__)
@@ -60,29 +62,34 @@ class PersonaCatalog:
                     self._refresh(id_or_name)
                 )
             return recent[1]
-        try:
-            persona = await asyncio.to_thread(self.library.get, id_or_name)
-        except PersonaNotFound:
-            persona = self._stored_by_name(id_or_name)
-            if persona is None:
-                raise
-            return persona
-        self._remember(id_or_name, persona)
+        persona = await asyncio.to_thread(self._resolve, id_or_name, self._stored_by_id())
+        if not self.is_stored(persona.id):
+            self._remember(
+                id_or_name, persona
+            )  # a file's: re-read now and then (a stored one changes by import)
         return persona
 
-    def _stored_by_name(self, name: str) -> Persona | None:
-        """The stored persona of that name (any case). Imports refuse a name taken, but two instances may each take
-        one at once (or older versions did): then the lowest id, so a name finds the same persona before and after
-        a restart (dicts keep insertion order, which a restart's load changes)."""
-        wanted = name.strip().casefold()
-        found = [p for p in self._stored.values() if p.name.strip().casefold() == wanted]
-        return min(found, key=lambda p: p.id) if found else None
+    def _stored_by_id(self) -> Sequence[Persona]:
+        """The stored personas in id order: a name two of them share (two instances' imports at once, or older
+        versions') finds the same one before and after a restart, whose load changes the dict's order."""
+        return [persona for _, persona in sorted(self._stored.items())]
+
+    def _resolve(self, id_or_name: str, stored: Sequence[Persona]) -> Persona:
+        """The persona ``id_or_name`` names, files first, by the rule the command line and the UI use."""
+        files = self.library.list()
+        known = {p.id for p in files}
+        found = find_persona([*files, *(p for p in stored if p.id not in known)], id_or_name)
+        return found if found is not None else self.library.get(id_or_name)  # the library words the error
 
     async def _refresh(self, id_or_name: str) -> None:
         generation = self._generation
         try:
-            persona = await asyncio.to_thread(self.library.get, id_or_name)
-            if generation == self._generation:  # not if an import or a delete forgot everything meanwhile
+            persona = await asyncio.to_thread(self._resolve, id_or_name, self._stored_by_id())
+            if generation != self._generation:
+                pass  # an import or a delete forgot everything meanwhile
+            elif self.is_stored(persona.id):
+                self._recent.pop(id_or_name, None)  # the file went: the stored one is found at each request
+            else:
                 self._remember(id_or_name, persona)
         except PersonaNotFound:
             self._recent.pop(id_or_name, None)  # gone from disk: the next request is told so
@@ -174,16 +181,22 @@ class PersonaCatalog:
 
 
 def _check_name_free(persona: Persona, everyone: list[Persona]) -> None:
-    """A chat's ``model`` names a persona by id or by name (any case), so an import may not take another persona's
-    name or id as its name, nor another's name as its id: the same word would find one persona or the other. A
-    persona replaced keeps its own."""
-    name, persona_id = persona.name.strip().casefold(), persona.id.casefold()
+    """A chat's ``model`` names a persona by id, name or nickname (any case), so an import may not take another
+    persona's id, name or nickname as its name or nickname, nor another's name or nickname as its id: the same word
+    would find one persona or the other. A persona replaced keeps its own."""
+    words = _names(persona)
     for other in everyone:
-        other_name = other.name.strip().casefold()
-        if other.id != persona.id and (name in (other.id.casefold(), other_name) or persona_id == other_name):
+        if other.id != persona.id and (
+            words & (_names(other) | {other.id.casefold()}) or persona.id.casefold() in _names(other)
+        ):
             raise APIError(409, f"persona {other.id!r} ({other.name!r}) is found by the name {persona.name!r} "
                            f"or the id {persona.id!r} already: give the import a name and id no other persona has",
                            code="persona_name_taken")  # fmt: skip
+
+
+def _names(persona: Persona) -> set[str]:
+    """The words that find a persona besides its id: its name and its nickname, in any case."""
+    return {word.strip().casefold() for word in (persona.name, persona.nickname) if word and word.strip()}
 
 
 def _owned_elsewhere(persona_id: str) -> APIError:

@@ -16,7 +16,7 @@ import logging
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -55,6 +55,23 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
+def find_persona(everyone: Sequence[Persona], id_or_name: str) -> Persona | None:
+    """The persona a chat's ``model`` (or ``--persona``) names, by one rule everywhere (the gateway's catalog, the
+    command line, the web UI): an id as given, then an id, a name and a nickname in any case, each tried on every
+    persona in ``everyone``'s order (files first, then those imported through the API, by id) before the next."""
+    wanted = id_or_name.strip().casefold()
+    for match in (
+        lambda p: p.id == id_or_name,
+        lambda p: p.id.casefold() == wanted,
+        lambda p: p.name.strip().casefold() == wanted,
+        lambda p: bool(p.nickname) and p.nickname.strip().casefold() == wanted,
+    ):
+        for persona in everyone:
+            if match(persona):
+                return persona
+    return None
+
+
 class PersonaLibrary:
     """Bundled personas first, then user-imported ones from ``user_dir`` (which may not exist yet), then ``stored``.
 
@@ -86,16 +103,10 @@ class PersonaLibrary:
         if id_or_name in self.stored:  # first, as the gateway's catalog does
             return self.stored[id_or_name]
         everyone = self.list()
+        found = find_persona(everyone, id_or_name)
+        if found is not None:
+            return found
         wanted = id_or_name.strip().casefold()
-        for match in (
-            lambda p: p.id == id_or_name,
-            lambda p: p.id == wanted,
-            lambda p: p.name.strip().casefold() == wanted,
-            lambda p: bool(p.nickname) and p.nickname.strip().casefold() == wanted,
-        ):
-            for persona in everyone:
-                if match(persona):
-                    return persona
         damaged = self.unreadable.get(id_or_name) or self.unreadable.get(wanted)
         if damaged is not None:  # "no persona" sent people looking for a persona whose folder is right there
             raise PersonaNotFound(f"persona {id_or_name!r} cannot be read: {damaged}")
