@@ -369,3 +369,24 @@ async def test_length_limited_strings_still_say_what_text_they_cannot_take(
     )  # JSON escapes kept as sent
     error = await _raw(gateway, body.encode(), "application/json")
     assert error["param"] == field and ("surrogate" in error["message"] or "NUL" in error["message"])
+
+
+# --- a session keeps its viewer: memories never mix ---------------------------------------------------------------
+
+
+async def test_another_viewer_on_a_session_is_refused_and_nothing_stored(gateway: Gateway) -> None:
+    room = {"X-Session-Id": "room1"}
+    made = await gateway.chat("A", {"model": "nova", "messages": [HI]}, **room, **{"X-Viewer-Id": "alice"})
+    assert made.status_code == 200
+    stored = len(await gateway.store.list_messages("room1"))
+    other = await gateway.chat("A", {"model": "nova", "messages": [HI]}, **room, **{"X-Viewer-Id": "bob"})
+    assert other.status_code == 409, other.text
+    error = _error(other)
+    assert error["code"] == "session_viewer_mismatch" and error["param"] == "X-Viewer-Id"
+    assert len(await gateway.store.list_messages("room1")) == stored
+    # The session's own viewer, and a request that names none, go on as before.
+    for headers in ({"X-Viewer-Id": "alice"}, {}):
+        again = await gateway.chat("A", {"model": "nova", "messages": [HI]}, **room, **headers)
+        assert again.status_code == 200, again.text
+    record = await gateway.store.get_session("room1")
+    assert record is not None and record.viewer_id is not None and record.viewer_id.endswith(":alice")

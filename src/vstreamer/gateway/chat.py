@@ -144,7 +144,8 @@ async def _conversation(
     state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], persona: Persona, owner: str
 ) -> Conversation:
     session_id = session_id_of(headers, body.user)
-    viewer_header = viewer_id_of(headers) or session_id
+    named = viewer_id_of(headers)
+    viewer_header = named or session_id
     viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
     store = state.store
     if session_id:
@@ -157,6 +158,11 @@ async def _conversation(
         else:
             record, conversation = found
             _check_session(record, owner, persona)
+        if named and conversation.viewer_id and conversation.viewer_id != viewer:
+            # What the persona remembers is the session's viewer's: taking another's message as theirs would mix
+            # two people's memories (recall and learning both go by the session's viewer).
+            raise APIError(409, f"session {session_id!r} is another viewer's; use a session of its own for "
+                           f"{VIEWER_HEADER} {named!r}", param=VIEWER_HEADER, code="session_viewer_mismatch")  # fmt: skip
         conversation.viewer_id = conversation.viewer_id or viewer
         return conversation
     # Stateless, OpenAI-style: the client sends the history; it is stored as a new session all the same.
