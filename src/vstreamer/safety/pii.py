@@ -17,25 +17,41 @@ from vstreamer.safety.types import Match
 
 CATEGORY = "personal_data"
 
-_PHONE = re.compile(r"(?<![0-9A-Za-z])(?:\+?86[\s-]?)?1[3-9]\d(?:[\s-]?\d){8}(?!\d)")
+# Phone numbers: a Chinese mobile number (an optional +86, 0086 or 86, bracketed or not, then 1[3-9]: grouped 3-4-4
+# by spaces, hyphens, dots or brackets; 1[3-9]d then digits split by single spaces or hyphens; or every digit apart
+# by one space), a Chinese landline (0, a 2-3 digit area code, bracketed or not, then 7-8 digits) and an
+# international number (+, then 10-15 digits in all, separated by one space, hyphen or dot, brackets allowed: 10 and
+# not E.164's 8, for "+1" is agreement in chat; and no date in it). A separator only comes between two digits, one
+# of each kind at most, so that each pattern is linear in the text.
+_GAP = r"\)?[\s.\-]?\(?"
+_PHONE = re.compile(
+    r"(?<![0-9A-Za-z+])(?:\(?(?:\+|00)?86\)?[\s.\-]?)?"
+    r"(?:\(?1[3-9]\d\)?[\s.\-]?\d{4}[\s.\-]?\d{4}|1[3-9]\d(?:[\s-]?\d){8}|1 [3-9](?: \d){9})(?!\d)"
+)
+_LANDLINE = re.compile(
+    r"(?<![0-9A-Za-z])(?<!\d[.\-])\(?0(?:10|2\d|[3-9]\d{2})\)?[\s.\-]?[2-8]\d{2,3}[\s.\-]?\d{4}(?!\d)"
+)
+_INTERNATIONAL = re.compile(rf"(?<![0-9A-Za-z+])\+\(?[1-9](?:{_GAP}\d){{9,14}}(?![:：]?\d)")
+_DATE = re.compile(r"(?:19|20)\d{2}([.\-/])(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])(?!\d)")
+# An ID number: 18 characters in a row, or grouped 6-8-4 or 6-4-4-4 by single spaces or hyphens.
 _ID = re.compile(
-    r"(?<!\d)\d{6}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx](?![\dXx])"
+    r"(?<!\d)\d{6}[\s-]?(?:18|19|20)\d{2}[\s-]?(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])[\s-]?\d{3}[\dXx](?![\dXx])"
 )
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 )
 _CARD = re.compile(r"(?<!\d)\d{4}(?:[\s-]?\d){9,15}(?!\d)")
 
-_ELEVEN_DIGITS = re.compile(r"\d(?:[\s\-－]?\d){10}")
+_TEN_DIGITS = re.compile(r"\d(?:[\s.\-－()]{0,3}\d){9}")
 
 
 def _maybe_pii(text: str) -> bool:
-    """Every detector needs an at sign or eleven digits (``\\d``: any script's) with at most one separator between
-    two of them (a phone number has eleven, a card thirteen, an ID number eighteen): a reply counting "word0 word1"
-    or quoting a price skips all four detectors. ``text`` is folded (full-width signs are plain ones, invisible
+    """Every detector needs an at sign or ten digits (``\\d``: any script's) with at most three separators or
+    brackets between two of them (a landline or an international number has ten, a mobile number eleven, a card
+    thirteen, an ID number eighteen): a reply counting "word0 word1" or quoting a price skips all the detectors. ``text`` is folded (full-width signs are plain ones, invisible
     characters gone). The at sign is looked for with ``in``: a pattern that begins with a digit lets re skip to the
     digits, where one that begins with a choice of at sign or digit is tried at every character (2-2.5x slower)."""
-    return "@" in text or _ELEVEN_DIGITS.search(text) is not None
+    return "@" in text or _TEN_DIGITS.search(text) is not None
 
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -46,8 +62,12 @@ def _digits(s: str) -> list[int]:
     return [unicodedata.digit(c) for c in s if unicodedata.digit(c, None) is not None]
 
 
+_ID_SEPARATORS = re.compile(r"[\s\-－]")
+
+
 def cn_id_valid(number: str) -> bool:
-    """Checksum of an 18-character resident ID number (GB 11643)."""
+    """Checksum of an 18-character resident ID number (GB 11643); spaces and hyphens between its groups ignored."""
+    number = _ID_SEPARATORS.sub("", number)
     if len(number) != 18:
         return False
     body = _digits(number[:17])
@@ -57,6 +77,11 @@ def cn_id_valid(number: str) -> bool:
     last = number[17].upper()
     last = str(unicodedata.digit(last)) if unicodedata.digit(last, None) is not None else last
     return last == check
+
+
+def _not_a_date(number: str) -> bool:
+    """An international number holds no date (``+1 2024-05-20 2000``)."""
+    return _DATE.search(number) is None
 
 
 def luhn_valid(number: str) -> bool:
@@ -78,6 +103,8 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool] | None], ...
     ("cn_id", _ID, cn_id_valid),
     ("bank_card", _CARD, luhn_valid),
     ("phone", _PHONE, None),
+    ("phone", _LANDLINE, None),
+    ("phone", _INTERNATIONAL, _not_a_date),
     ("email", _EMAIL, None),
 )
 
