@@ -46,21 +46,53 @@ class Fact:
             object.__setattr__(self, "normalized", normalize_fact(self.text))
 
 
-_DROP = re.compile(r"[\s\W_]+", re.UNICODE)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_KEPT_PUNCTUATION = frozenset("#%&@*‰‱")
+"""Punctuation by category that tells facts apart: ``C#`` is not ``C``, ``100%`` not ``100``."""
+_LENGTH = 200
+"""The store's column for the normalised text."""
 
-
-# On normalised text (no spaces or apostrophes): ``doesn't like`` is ``doesntlike``, ``no longer`` ``nolonger``.
+# On normalised text, where Latin words keep one space between them and apostrophes are gone (``doesn't`` is
+# ``doesnt``): whole words only, so ``notebooks``, ``another`` and ``nothing`` hold no ``not``. CJK has no spaces:
+# 不/没/未/别, but not inside the common words that merely contain them (不丹, 不错, 未来, 特别, 别人, 淹没...).
 _NEGATION = re.compile(
-    r"不|没|别|未|never|not|nolonger|dis(?=lik)|(?:do|does|did|is|are|was|were|ca|wo|have|has|had|could|would)nt"
+    r"\b(?:not|never|cannot|no longer|(?:do|does|did|is|are|was|were|ca|wo|have|has|had|could|would|should)nt)\b"
+    r"|\bdis(?=lik)"
+    r"|(?<!差)不(?![丹错过久少断仅但管论如同然])|(?<![埋淹出沉])没|未(?!来)"
+    r"|(?<![特区分性级类告个差识辨离派鉴])别(?![人的墅名处致针])"
 )
+_AFFIRMED = {"cannot": "can", "cant": "can", "wont": "will", "dont": "do"}
+# What may come before a negation that corrects a whole fact: ``其实我不喜欢打游戏了`` corrects ``喜欢打游戏``.
+_FILLER = re.compile(
+    r"(?:其实|我|现在|已经|目前|如今|也|都|就|并|真的|根本|完全|从来|再也|一直|actually|now|really|\s)*"
+)
+_PARTICLES = re.compile(r"(?:[了啦呢的啊吧]|\s*(?:anymore|now))+$")
 
 
 def normalize_fact(text: str) -> str:
-    """Fold width and case and drop spaces and punctuation: ``"喜欢 猫！"`` and ``"喜欢猫"`` are one fact."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return _DROP.sub("", folded)[:200]
+    """Fold width and case, drop punctuation and the spaces but one between words: ``"喜欢 猫！"`` and ``"喜欢猫"``,
+    ``"Likes  CATS."`` and ``"likes cats"`` are one fact. Emoji and symbols stay (``喜欢🐱`` is not ``喜欢🐶``, ``C++``
+    not ``C#``), less the invisible characters that only select their look (``❤️`` is ``❤``)."""
+    out: list[str] = []
+    gap = False
+    for char in unicodedata.normalize("NFKC", text).casefold():
+        category = unicodedata.category(char)
+        if char.isspace() or category[0] == "Z":
+            gap = True
+        elif not _invisible(char, category):
+            if gap and out and not _CJK.match(out[-1]) and not _CJK.match(char):
+                out.append(" ")
+            out.append(char)
+            gap = False
+    return "".join(out)[:_LENGTH].rstrip()
+
+
+def _invisible(char: str, category: str) -> bool:
+    """Punctuation (less :data:`_KEPT_PUNCTUATION`), controls, format characters (ZWJ) and variation selectors."""
+    if category[0] == "P":
+        return char not in _KEPT_PUNCTUATION
+    return category in ("Cc", "Cf") or "\ufe00" <= char <= "\ufe0f" or "\U000e0100" <= char <= "\U000e01ef"
 
 
 def terms(text: str) -> list[str]:
@@ -96,19 +128,42 @@ def similar(a: str, b: str) -> bool:
     """
     if a == b:
         return True
-    return _NEGATION.findall(a) == _NEGATION.findall(b) and _alike(a, b)
+    return _negations(a) == _negations(b) and _alike(a, b)
 
 
 def contradicts(a: str, b: str) -> bool:
-    """Normalised facts that differ by a negation: ``喜欢打游戏`` / ``不喜欢打游戏``, ``likes spicy food`` /
-    ``dislikes spicy food``. The newer one corrects the older."""
-    if _NEGATION.findall(a) == _NEGATION.findall(b):
+    """Normalised facts that differ by a negation: ``喜欢打游戏`` / ``不喜欢打游戏`` (or ``其实我不喜欢打游戏了``),
+    ``likes spicy food`` / ``dislikes spicy food``. The newer one corrects the older."""
+    if _negations(a) == _negations(b):
         return False
-    plain_a, plain_b = _NEGATION.sub("", a), _NEGATION.sub("", b)
-    return plain_a == plain_b or _alike(plain_a, plain_b)
+    plain_a, plain_b = _affirm(a), _affirm(b)
+    if plain_a == plain_b or _alike(plain_a, plain_b):
+        return True
+    return _corrects(a, plain_b) or _corrects(b, plain_a)
+
+
+def _negations(fact: str) -> int:
+    return len(_NEGATION.findall(fact))
+
+
+def _affirm(fact: str) -> str:
+    """``fact`` without its negations (``doesnt like`` is ``does like``), spaces and all."""
+    return _NEGATION.sub(
+        lambda m: _AFFIRMED.get(m[0], m[0][:-2] if m[0].endswith("nt") else ""), fact
+    ).replace(" ", "")
+
+
+def _corrects(negated: str, plain: str) -> bool:
+    """Whether ``negated`` is filler, one negation and then ``plain`` (give or take a closing particle)."""
+    first = _NEGATION.search(negated)
+    if first is None or _FILLER.fullmatch(negated[: first.start()]) is None:
+        return False
+    rest = _affirm(_PARTICLES.sub("", negated[first.end() :]))
+    return len(rest) > 1 and (rest == plain or _alike(rest, plain))
 
 
 def _alike(a: str, b: str) -> bool:
+    a, b = a.replace(" ", ""), b.replace(" ", "")  # as when spaces were all dropped
     chars = _jaccard(set(a), set(b))
     grams = _jaccard({a[i : i + 2] for i in range(len(a) - 1)}, {b[i : i + 2] for i in range(len(b) - 1)})
     return chars >= 0.8 and grams >= 0.4
