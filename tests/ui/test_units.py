@@ -243,3 +243,23 @@ async def test_a_long_thread_resumes_with_its_newest_turns(layer, monkeypatch) -
         await store.save_turn(conversation, turn)
     thread = await data_layer.get_thread(record.id)
     assert [s["output"] for s in thread["steps"]] == ["msg 3", "msg 4", "msg 5", "msg 6"]
+
+
+async def test_threads_are_dated_by_their_last_use(layer) -> None:  # type: ignore[no-untyped-def]
+    """The sidebar sorts and groups ("Today", "Previous 7 days") the threads it loaded by their ``createdAt``: an old
+    chat continued today must sort first and sit under today, as the server's page (last used first) has it."""
+    data_layer, store, pagination, thread_filter = layer
+    old = await _conversation(store, "alice", "老话题")
+    new = await _conversation(store, "alice", "新话题")
+    conversation = await store.load_conversation(old)
+    for turn in (Turn("user", "接着聊"), Turn("assistant", "好呀")):  # the old chat is continued last
+        conversation.add(turn)
+        await store.save_turn(conversation, turn)
+    page = await data_layer.list_threads(pagination(first=10), thread_filter(userId="alice"))
+    assert [t["id"] for t in page.data] == [old, new]
+    dates = [t["createdAt"] for t in page.data]
+    assert dates == sorted(dates, reverse=True)  # what the sidebar re-sorts them by agrees with the page
+    record = await store.get_session(old)
+    from vstreamer.ui.datalayer import iso
+
+    assert record is not None and page.data[0]["createdAt"] == iso(record.updated_at)

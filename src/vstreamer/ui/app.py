@@ -86,7 +86,9 @@ async def _chat_start() -> None:
     if greetings:
         greeting = Turn("assistant", persona.render(greetings[0], conversation.user_name))
         conversation.add(greeting)
-        await cl.Message(content=greeting.content, author=persona.name, id=greeting.id).send()
+        # As a reopened thread shows it: a card's emotion tags ("[joy] Hello") as a badge, never raw text.
+        shown = STATE.shown_turn(greeting, persona.id)
+        await cl.Message(content=shown, author=persona.name, id=greeting.id).send()
     _remember(persona, conversation, stored=False)
     await profiles.settings_panel(STATE.require_runtime().engine, persona).send()
 

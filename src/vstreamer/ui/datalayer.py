@@ -182,7 +182,9 @@ class StoreDataLayer(BaseDataLayer):
         persona_name, profile = self._describe(record.persona_id)
         return {
             "id": record.id,
-            "createdAt": iso(record.created_at),
+            # Chainlit's sidebar sorts and groups the threads it loaded ("Today", "Previous 7 days") by this date:
+            # the last use, as the pages are ordered, or a chat continued today sat under the month it began.
+            "createdAt": iso(record.updated_at),
             "name": record.title or persona_name,
             "userId": record.owner,
             "userIdentifier": record.owner,
