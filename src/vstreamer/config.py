@@ -32,6 +32,7 @@ from pydantic_settings import (
 )
 
 from vstreamer.errors import ConfigError
+from vstreamer.url_auth import header_key
 
 BackendName = Literal["local", "openai", "fake"]
 LocalModelName = Literal["smollm2", "qwen2.5-0.5b"]
@@ -63,8 +64,8 @@ def usable_key(value: SecretStr | None) -> SecretStr | None:
     character outside visible ASCII refused, since inside a header it is illegal or splits it (injection)."""
     if value is None:
         return None
-    key = value.get_secret_value().strip()
-    if not all("!" <= c <= "~" for c in key):
+    key = header_key(value.get_secret_value())
+    if key is None:
         raise ValueError(
             "the key has characters other than visible ASCII (a line break or a space inside it?)"
         )

@@ -13,6 +13,7 @@ from vstreamer.engine.memory import InMemoryFacts, MemoryManager, MemoryPolicy
 from vstreamer.errors import ConfigError
 from vstreamer.llm import LLMBackend, SamplingParams, create_backend
 from vstreamer.persona import Persona, PersonaLibrary
+from vstreamer.persona.library import stored_persona
 from vstreamer.safety import JsonlAuditLog, SafetyPipeline
 from vstreamer.store import Store, open_store
 
@@ -120,9 +121,7 @@ async def stored_personas(store: Store) -> list[Persona]:
     personas = []
     for data, avatar, _owner in await store.persona_rows():
         try:
-            persona = Persona.model_validate_json(data)
+            personas.append(stored_persona(data, avatar))
         except ValueError as exc:  # (pydantic's ValidationError too)
             logger.warning("skipping an unreadable persona stored in the database: %s", exc)
-            continue
-        personas.append(persona.model_copy(update={"avatar_png": avatar}))
     return personas

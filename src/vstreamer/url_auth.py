@@ -1,4 +1,5 @@
-"""Credentials written into a server's URL (``http://user:pass@host/v1``, a proxy's basic auth)."""
+"""Credentials for a server's requests: written into its URL (``http://user:pass@host/v1``, a proxy's basic auth), or
+an API key for its ``Authorization`` header."""
 
 from __future__ import annotations
 
@@ -28,3 +29,11 @@ def url_auth(url: str) -> UrlAuth | None:
         "Basic " + b64encode(f"{user}:{password}".encode()).decode(),
         password,
     )
+
+
+def header_key(key: str) -> str | None:
+    """An API key as an HTTP header can carry it: surrounding blanks removed (a key read from a file often ends with
+    a line break); ``None`` if any other character is outside visible ASCII (in a header it is illegal, or splits it:
+    injection). The one rule for every user of a key: the settings, the LLM client built without them."""
+    key = key.strip()
+    return key if all("!" <= c <= "~" for c in key) else None

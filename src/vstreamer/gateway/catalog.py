@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from vstreamer.errors import PersonaError, PersonaNotFound
 from vstreamer.gateway.errors import APIError
 from vstreamer.persona import Persona, PersonaLibrary, load_persona_bytes
-from vstreamer.persona.library import find_persona
+from vstreamer.persona.library import find_persona, stored_persona
 from vstreamer.store import Store
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ class PersonaCatalog:
         rows = await self.store.persona_rows()
         loaded, owners = {}, {}
         for data, avatar, owner in rows:
-            persona = Persona.model_validate_json(data).model_copy(update={"avatar_png": avatar})
+            persona = stored_persona(data, avatar)
             loaded[persona.id] = persona
             owners[persona.id] = owner
         self._stored, self._owners = loaded, owners

@@ -44,7 +44,7 @@ from vstreamer.llm.http1 import (
 )
 from vstreamer.llm.sse import SSEDecoder
 from vstreamer.llm.tokenize import RemoteTokenizer, hide_secret
-from vstreamer.url_auth import url_auth
+from vstreamer.url_auth import header_key, url_auth
 
 logger = logging.getLogger(__name__)
 
@@ -173,13 +173,12 @@ class OpenAICompatBackend:
         self.retry_backoff = retry_backoff
         self.max_connections = max_connections
         self.keepalive_timeout = keepalive_timeout
-        # A key read from a file often ends with a line break; inside, one would split the header (injection).
-        api_key = api_key.strip()
-        if not all("!" <= c <= "~" for c in api_key):
+        key = header_key(api_key)
+        if key is None:
             raise ConfigError(
                 "the LLM server's API key has characters other than visible ASCII (e.g. a line break)"
             )
-        self._api_key = api_key
+        self._api_key = api_key = key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         if (auth := url_auth(self.base_url)) is not None:
             # A server behind a proxy's basic auth: the credentials go in a header, never in the URL that errors and

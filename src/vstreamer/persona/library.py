@@ -55,6 +55,15 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
+def stored_persona(data: str, avatar: bytes | None) -> Persona:
+    """A persona imported through the gateway's API, from its database row (its JSON and its avatar, kept apart).
+
+    Raises:
+        ValueError: the JSON is no persona (pydantic's ValidationError is one).
+    """
+    return Persona.model_validate_json(data).model_copy(update={"avatar_png": avatar})
+
+
 def find_persona(everyone: Sequence[Persona], id_or_name: str) -> Persona | None:
     """The persona a chat's ``model`` (or ``--persona``) names, by one rule everywhere (the gateway's catalog, the
     command line, the web UI): an id as given, then an id, a name and a nickname in any case, each tried on every
