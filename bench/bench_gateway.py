@@ -15,6 +15,11 @@ LiteLLM's proxy is the peer (no database, no moderation: a plain relay); install
 ``python3 -m venv ~/.cache/vstreamer/litellm-venv && ~/.cache/vstreamer/litellm-venv/bin/pip install 'litellm[proxy]'``.
 Goals from the issue: <= 0.5 ms p50 / <= 2 ms p99 added TTFT at one stream, >= 1,500 streamed req/s on 2 cores.
 
+``--upstream URL`` measures against a running OpenAI-compatible server instead of the fake one (real vLLM on a GPU:
+``--upstream http://127.0.0.1:8000/v1 --max-tokens 16``); it must listen on 127.0.0.1. The gateway's prompt then
+holds the persona and the session's history, the direct one two words: with real compute "added" includes that
+longer prefill, not only the gateway's own work.
+
 ``--baseline SRC`` runs a second gateway from another source tree (``SRC`` is its ``src`` folder, e.g. a
 ``git worktree`` of an older commit) as one more path, measured in the same rounds: on a shared machine whose speed
 swings by half within minutes, a change is only judged against a baseline measured alongside it.
@@ -65,6 +70,12 @@ class Target:
     """The server's process, for its CPU time per request (None: the fake upstream itself)."""
 
 
+#: ``max_tokens`` of every request (None: the upstream's own length; the fake's replies are short).
+MAX_TOKENS: int | None = None
+#: Requests per path before the timed ones.
+WARMUP = 50
+
+
 async def one_stream(session: aiohttp.ClientSession, path: Target, user: str | None) -> float:
     """One streamed request; returns the time to the first content chunk (the whole body is read)."""
     body: dict[str, object] = {
@@ -72,6 +83,8 @@ async def one_stream(session: aiohttp.ClientSession, path: Target, user: str | N
     }  # fmt: skip
     if user and path.sessions:
         body["user"] = user
+    if MAX_TOKENS is not None:
+        body["max_tokens"] = MAX_TOKENS
     started = time.perf_counter()
     first = 0.0
     async with session.post(path.url, json=body, headers={"Authorization": "Bearer bench"}) as response:
@@ -96,7 +109,7 @@ async def ttft_rounds(paths: list[Target], requests: int, rounds: int) -> dict[s
     samples: dict[str, list[float]] = {path.name: [] for path in paths}
     try:
         for path in paths:
-            for _ in range(50):  # warm-up (connections, caches, the session's first turns)
+            for _ in range(WARMUP):  # warm-up (connections, caches, the session's first turns)
                 await one_stream(sessions[path.name], path, "bench-ttft")
         for share in _shares(requests, rounds):
             for path in paths:
@@ -203,28 +216,41 @@ def main() -> None:
     parser.add_argument(
         "--baseline", type=Path, help="another source tree's src folder, run as one more gateway"
     )
-    args = parser.parse_args()
-    up_port, gw_port, ll_port, relay_port = free_port(), free_port(), free_port(), free_port()
-    data = tempfile.mkdtemp(prefix="vstreamer-bench-")
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "fake_upstream.py"),
-                str(up_port),
-                str(args.chunks),
-                str(args.first_token_ms),
-            ]
-        )  # fmt: skip
-    ]
-    env = os.environ | {
-        "VSTREAMER_DATA_DIR": data, "VSTREAMER_BACKEND": "openai", "VSTREAMER_MODEL": "fake",
-        "VSTREAMER_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
-    }  # fmt: skip
-    processes.append(start_gateway(gw_port, env))
-    processes.append(
-        subprocess.Popen([sys.executable, str(HERE / "relay.py"), str(up_port), str(relay_port)])
+    parser.add_argument("--upstream", help="a running OpenAI-compatible server's /v1 URL on 127.0.0.1, instead of "
+                        "the fake one")  # fmt: skip
+    parser.add_argument("--warmup", type=int, default=50, help="requests per path before the timed ones")
+    parser.add_argument(
+        "--streams", default="1,50,200", help="concurrent streams of the req/s runs (comma-separated)"
     )
+    parser.add_argument("--max-tokens", type=int, help="max_tokens of every request (a real model's replies)")
+    args = parser.parse_args()
+    streams = [int(n) for n in args.streams.split(",")]
+    global MAX_TOKENS, WARMUP
+    MAX_TOKENS, WARMUP = args.max_tokens, args.warmup
+    gw_port, ll_port, relay_port = free_port(), free_port(), free_port()
+    data = tempfile.mkdtemp(prefix="vstreamer-bench-")
+    processes: list[subprocess.Popen[bytes]] = []
+    if args.upstream:
+        up_url = args.upstream.rstrip("/")
+        up_port = int(up_url.rsplit(":", 1)[1].split("/", 1)[0])
+        model = httpx.get(f"{up_url}/models", timeout=10).json()["data"][0]["id"]
+        described = f"{up_url} serving {model}, max_tokens {args.max_tokens}"
+    else:
+        up_port, model = free_port(), "fake"
+        up_url = f"http://127.0.0.1:{up_port}/v1"
+        described = (
+            f"fake OpenAI server, {args.chunks} chunks per reply, first after {args.first_token_ms:g} ms"
+        )
+        processes.append(subprocess.Popen(
+            [sys.executable, str(HERE / "fake_upstream.py"), str(up_port), str(args.chunks), str(args.first_token_ms)]
+        ))  # fmt: skip
+    env = os.environ | {
+        "VSTREAMER_DATA_DIR": data, "VSTREAMER_BACKEND": "openai", "VSTREAMER_MODEL": model,
+        "VSTREAMER_BASE_URL": up_url,
+    }  # fmt: skip
+    gateway = start_gateway(gw_port, env)
+    relay = subprocess.Popen([sys.executable, str(HERE / "relay.py"), str(up_port), str(relay_port)])
+    processes += [gateway, relay]
     base_port = free_port() if args.baseline is not None else 0
     if args.baseline is not None:
         if not (args.baseline / "vstreamer").is_dir():
@@ -233,13 +259,9 @@ def main() -> None:
                           "PYTHONPATH": str(args.baseline.resolve())}  # fmt: skip
         processes.append(start_gateway(base_port, base_env))
     paths = [
-        Target("direct", f"http://127.0.0.1:{up_port}/v1/chat/completions", "fake", False),
-        Target(
-            "relay", f"http://127.0.0.1:{relay_port}/v1/chat/completions", "fake", False, processes[2].pid
-        ),
-        Target(
-            "vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True, processes[1].pid
-        ),
+        Target("direct", f"{up_url}/chat/completions", model, False),
+        Target("relay", f"http://127.0.0.1:{relay_port}/v1/chat/completions", model, False, relay.pid),
+        Target("vstreamer", f"http://127.0.0.1:{gw_port}/v1/chat/completions", "nova", True, gateway.pid),
     ]
     if args.baseline is not None:
         paths.append(Target(
@@ -260,7 +282,7 @@ def main() -> None:
     else:
         print(f"(LiteLLM not found at {litellm}: no peer; see the docstring to install it)")
     try:
-        wait_ready(f"http://127.0.0.1:{up_port}/v1/models")
+        wait_ready(f"{up_url}/models")
         wait_ready(f"http://127.0.0.1:{gw_port}/healthz")
         wait_ready(f"http://127.0.0.1:{relay_port}/healthz")
         if args.baseline is not None:
@@ -268,8 +290,7 @@ def main() -> None:
         if paths[-1].name == "litellm":
             wait_ready(f"http://127.0.0.1:{ll_port}/health/liveliness")
         rounds = max(1, min(args.rounds, args.requests))
-        print(f"upstream: fake OpenAI server, {args.chunks} chunks per reply, first after {args.first_token_ms:g} ms; {args.requests} sequential requests "
-              f"per path, in {rounds} rounds")  # fmt: skip
+        print(f"upstream: {described}; {args.requests} sequential requests per path, in {rounds} rounds")
         print(f"{'path':<10} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'added p50':>10} {'added p99':>10}")
         samples = asyncio.run(ttft_rounds(paths, args.requests, rounds))
         base = samples["direct"]
@@ -277,7 +298,8 @@ def main() -> None:
             t = samples[path.name]
             print(f"{path.name:<10} {pct(t, .5) * 1e3:>12.2f} {pct(t, .99) * 1e3:>12.2f} "
                   f"{(pct(t, .5) - pct(base, .5)) * 1e3:>10.2f} {(pct(t, .99) - pct(base, .99)) * 1e3:>10.2f}")  # fmt: skip
-        print("goal for vstreamer: added <= 0.5 ms p50 / <= 2 ms p99")
+        if not args.upstream:
+            print("goal for vstreamer: added <= 0.5 ms p50 / <= 2 ms p99")
         if rounds > 1:
             for name in ("vstreamer", "baseline") if args.baseline is not None else ("vstreamer",):
                 added = [pct(v, .5) - pct(d, .5) for v, d in zip(_split(samples[name], rounds),
@@ -291,7 +313,7 @@ def main() -> None:
             )
         print(f"\n{'streams':>8} " + " ".join(f"{p.name + ' req/s':>16}" for p in paths))
         cpu: dict[str, list[float]] = {p.name: [] for p in paths if p.pid}
-        for concurrency in (1, 50, 200):
+        for concurrency in streams:
             rates, used = rate_rounds(paths, concurrency, args.requests, rounds)
             for name, per_request in used.items():
                 cpu[name].append(per_request)
@@ -308,10 +330,11 @@ def main() -> None:
             if rounds > 1
             else ""
         )
-        print("goal for vstreamer: >= 1,500 streamed req/s; client, upstream and servers share the machine's "
-              f"{os.cpu_count()} cores")  # fmt: skip
+        if not args.upstream:
+            print("goal for vstreamer: >= 1,500 streamed req/s; client, upstream and servers share the machine's "
+                  f"{os.cpu_count()} cores")  # fmt: skip
         for name, per_request in cpu.items():
-            print(f"{name} server CPU per request at 1 / 50 / 200 streams (µs): "
+            print(f"{name} server CPU per request at {' / '.join(map(str, streams))} streams (µs): "
                   + " / ".join(f"{us:.0f}" for us in per_request))  # fmt: skip
     finally:
         for process in processes:

@@ -143,20 +143,40 @@ def private_llama_server(smollm2_gguf: Path) -> Iterator[LlamaServer]:
 
 
 class VLLMServer:
-    """vLLM CPU (the production server code) serving the embedded SmolLM2, converted to Hugging Face format."""
+    """vLLM serving the tests: vLLM CPU (the production server code) started here with the embedded SmolLM2
+    converted to Hugging Face format, or one already running elsewhere (``VSTREAMER_VLLM_URL``: real vLLM on a GPU)."""
 
     kind = "vllm"
 
-    def __init__(self, server: VLLMCPUServer) -> None:
-        self.server = server
-        self.served_name = server.served_name
-        self.alias = server.served_name
-        self.port = server.port
-        self.base_url = server.base_url
-        self.root_url = server.root_url
-        self.log_path = server.log_path
+    def __init__(self, served_name: str, root_url: str, version: str, log_path: Path | None = None) -> None:
+        self.served_name = served_name
+        self.alias = served_name
+        self.root_url = root_url.rstrip("/")
+        self.base_url = f"{self.root_url}/v1"
+        self.version = version
+        """The vLLM version ``/version`` must report."""
+        self.log_path = log_path
+
+    @classmethod
+    def started_here(cls, server: VLLMCPUServer) -> VLLMServer:
+        from vstreamer.llm.vllm_cpu import VLLM_CPU_VERSION
+
+        return cls(server.served_name, server.root_url, VLLM_CPU_VERSION, server.log_path)
+
+    @classmethod
+    def external(cls, v1_url: str) -> VLLMServer:
+        """The server at ``v1_url`` (``http://host:port/v1``), serving ``VSTREAMER_VLLM_MODEL`` or its first model."""
+        root = v1_url.rstrip("/").removesuffix("/v1")
+        models = httpx.get(f"{root}/v1/models", timeout=10).raise_for_status().json()["data"]
+        name = os.environ.get("VSTREAMER_VLLM_MODEL") or models[0]["id"]
+        version = httpx.get(f"{root}/version", timeout=10).raise_for_status().json()["version"]
+        return cls(name, root, version)
 
     def missing(self, feature: str) -> str | None:
+        if feature == "model_text" and os.environ.get("VSTREAMER_VLLM_DUMMY_WEIGHTS"):
+            return (
+                "VSTREAMER_VLLM_DUMMY_WEIGHTS: the model's weights are random, so what it says means nothing"
+            )
         return None
 
 
@@ -190,24 +210,36 @@ def _start_vllm(
     return server
 
 
+def _vllm_fixture(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_model: str
+) -> Iterator[VLLMServer]:
+    if url := os.environ.get("VSTREAMER_VLLM_URL"):
+        _say(
+            request, f"using the vLLM already running at {url} (VSTREAMER_VLLM_URL) for {local_model}'s tests"
+        )
+        yield VLLMServer.external(url)
+        return
+    server = _start_vllm(request, tmp_path_factory, local_model)
+    yield VLLMServer.started_here(server)
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def vllm_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:
-    """One vLLM CPU server (SmolLM2) for the whole session (~4 GB RAM, ~30 s to start); its log is shown on failure."""
-    server = _start_vllm(request, tmp_path_factory, "smollm2")
-    yield VLLMServer(server)
-    server.stop()
+    """One vLLM CPU server (SmolLM2) for the whole session (~4 GB RAM, ~30 s to start); its log is shown on failure.
+    With ``VSTREAMER_VLLM_URL`` set, the vLLM running there instead."""
+    yield from _vllm_fixture(request, tmp_path_factory, "smollm2")
 
 
 @pytest.fixture(scope="session")
 def vllm_qwen_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:
-    """vLLM CPU serving Qwen2.5-0.5B: the production model's tokenizer and chat template (opt-in extra ``qwen``)."""
-    server = _start_vllm(request, tmp_path_factory, "qwen2.5-0.5b")
-    yield VLLMServer(server)
-    server.stop()
+    """vLLM CPU serving Qwen2.5-0.5B: the production model's tokenizer and chat template (opt-in extra ``qwen``).
+    With ``VSTREAMER_VLLM_URL`` set, the vLLM running there instead (it should serve a Qwen2.5 model)."""
+    yield from _vllm_fixture(request, tmp_path_factory, "qwen2.5-0.5b")
 
 
 @pytest.fixture(

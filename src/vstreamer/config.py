@@ -91,6 +91,9 @@ class VLLMSettings(BaseModel):
     enable_tool_calling: bool = True
     tool_call_parser: str = "hermes"
     api_key: SecretStr | None = None
+    extra_args: list[str] = Field(default_factory=list)
+    """Further ``vllm serve`` flags, appended as given (``["--enable-prefix-caching"]``); a flag these settings
+    already set is refused (say ``port = 8100``, not ``extra_args = ["--port", "8100"]``)."""
 
     @field_validator("api_key")
     @classmethod

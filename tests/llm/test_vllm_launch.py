@@ -58,6 +58,32 @@ def test_long_context_only_with_yarn() -> None:
     assert any("short texts" in w for w in launch.warnings)
 
 
+def test_extra_args_are_passed_through_as_given() -> None:
+    extra = ["--enable-prefix-caching", "--load-format=dummy", "--kv-cache-dtype", "fp8"]
+    argv = build_vllm_command(VLLMSettings(extra_args=extra)).argv
+    assert argv[-len(extra) :] == extra
+    assert argv.count("--port") == 1
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--port", "--port=8100", "--max_model_len=4096", "--api-key", "--api_key=s3cret", "-tp", "--model"],
+)
+def test_extra_args_may_not_set_what_the_settings_own(flag: str) -> None:
+    with pytest.raises(ConfigError, match="vllm.extra_args") as caught:
+        build_vllm_command(VLLMSettings(extra_args=[flag, "1"]))
+    assert "s3cret" not in str(caught.value)
+
+
+def test_cpu_command_takes_the_same_extra_args(tmp_path: Path) -> None:
+    launch = vllm_cpu.build_cpu_command(
+        Path("/py"), tmp_path, served_model_name="m", extra_args=["--seed", "7"]
+    )
+    assert launch.argv[-2:] == ["--seed", "7"]
+    with pytest.raises(ConfigError):
+        vllm_cpu.build_cpu_command(Path("/py"), tmp_path, served_model_name="m", extra_args=["--dtype=half"])
+
+
 def test_batching_options_and_api_key_stays_out_of_argv() -> None:
     launch = build_vllm_command(
         VLLMSettings(max_num_seqs=32, max_num_batched_tokens=8192, tensor_parallel_size=2),
@@ -175,6 +201,10 @@ def test_cli_prints_the_cpu_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "VLLM_CPU_KVCACHE_SPACE=1" in out and "--served-model-name smollm2" in out
     assert main(["vllm-command"]) == 0  # the GPU profile stays the default
     assert capsys.readouterr().out.startswith("vllm serve Qwen/Qwen2.5-7B-Instruct ")
+    assert main(["vllm-command", "--vllm-arg=--enable-prefix-caching", "--vllm-arg=--seed=7"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(" --enable-prefix-caching --seed=7")
+    assert main(["vllm-command", "--cpu", "--vllm-arg=--seed=7"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(" --seed=7")
 
 
 async def test_wait_fails_at_once_when_the_server_process_exits() -> None:

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from tests.conftest import OpenAIServer
+from tests.conftest import OpenAIServer, VLLMServer
 from vstreamer.errors import BackendResponseError
 from vstreamer.llm.base import ChatMessage, SamplingParams, StreamEnd, TextDelta, json_schema_format
 from vstreamer.llm.openai_compat import OpenAICompatBackend
-from vstreamer.llm.vllm_cpu import VLLM_CPU_VERSION
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +59,8 @@ async def test_health_and_version(openai_server: OpenAIServer, backend: OpenAICo
     if reason := openai_server.missing("version"):
         assert health.version is None and "engine" not in health.extras, reason
         return
-    assert health.version == VLLM_CPU_VERSION
+    assert isinstance(openai_server, VLLMServer)
+    assert health.version == openai_server.version
     assert health.extras["engine"] == "vllm"
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{root_of(openai_server)}/health")).status_code == 200
@@ -124,6 +124,8 @@ EMOTION_SCHEMA = {
 async def test_structured_output_follows_the_json_schema(
     openai_server: OpenAIServer, backend: OpenAICompatBackend
 ) -> None:
+    if reason := openai_server.missing("model_text"):
+        pytest.skip(reason)  # random weights fill 40 tokens with whitespace before the JSON ends
     messages = [ChatMessage("user", "I just won the tournament!!! How do you feel? Answer as JSON.")]
     response_format = json_schema_format("emotion", EMOTION_SCHEMA)
     for seed in (1, 2, 3):
@@ -140,8 +142,9 @@ async def test_structured_output_follows_the_json_schema(
 async def test_min_tokens_forces_a_longer_reply(
     openai_server: OpenAIServer, backend: OpenAICompatBackend
 ) -> None:
-    if reason := openai_server.missing("min_tokens"):
-        pytest.skip(reason)
+    for feature in ("min_tokens", "model_text"):  # random weights never say they are done
+        if reason := openai_server.missing(feature):
+            pytest.skip(reason)
     messages = [ChatMessage("user", "Say hi")]
     free = await backend.complete(messages, SamplingParams(max_tokens=100, temperature=0))
     assert free.finish_reason == "stop" and free.usage is not None
@@ -176,19 +179,25 @@ async def test_repetition_penalty_reaches_the_server(
         assert penalised.text == plain.text
         return
     assert penalised.text != plain.text
-    assert plain.text.lower().count("banana") > penalised.text.lower().count("banana")
+    if openai_server.missing("model_text") is None:
+        assert plain.text.lower().count("banana") > penalised.text.lower().count("banana")
     with pytest.raises(BackendResponseError) as info:
         await backend.complete(messages, SamplingParams(max_tokens=5, repetition_penalty=-1.0))
     assert info.value.status_code == 400
 
 
-async def test_frequency_penalty_reaches_the_server(backend: OpenAICompatBackend) -> None:
+async def test_frequency_penalty_reaches_the_server(
+    openai_server: OpenAIServer, backend: OpenAICompatBackend
+) -> None:
     """OpenAI's own penalties: both servers take them by these names."""
     messages = [ChatMessage("user", "Repeat the word banana twenty times, separated by spaces.")]
     plain = await backend.complete(messages, SamplingParams(max_tokens=30, temperature=0))
     penalised = await backend.complete(
         messages, SamplingParams(max_tokens=30, temperature=0, frequency_penalty=2.0, presence_penalty=2.0)
     )
+    if openai_server.missing("model_text"):
+        assert penalised.text != plain.text  # random weights: the penalty still changes the greedy text
+        return
     assert plain.text.lower().count("banana") > penalised.text.lower().count("banana"), (plain, penalised)
 
 

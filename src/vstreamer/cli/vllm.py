@@ -72,6 +72,12 @@ def _vllm_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-batched-tokens", type=int)
     group.add_argument("--quantization", choices=["none", "awq", "gptq"])
     group.add_argument("--no-tools", action="store_true", help="disable tool calling (hermes parser)")
+    group.add_argument(
+        "--vllm-arg",
+        action="append",
+        metavar="FLAG",
+        help="one more `vllm serve` flag, as given, joined by = (repeat it: --vllm-arg=--enable-prefix-caching)",
+    )
     cpu = parser.add_argument_group("vLLM on CPU (tests and development; GPU is the production default)")
     cpu.add_argument(
         "--cpu",
@@ -112,6 +118,7 @@ def _launch(args: argparse.Namespace, settings: Settings) -> VLLMLaunch:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "quantization": args.quantization,
         "enable_tool_calling": False if args.no_tools else None,
+        "extra_args": args.vllm_arg,
     }
     return build_vllm_command(_vllm_settings(settings, fields))
 
@@ -235,6 +242,7 @@ def cpu_settings(args: argparse.Namespace, settings: Settings) -> VLLMSettings:
         "port": args.port,
         "max_model_len": vllm_cpu.DEFAULT_MAX_MODEL_LEN if args.max_model_len is None else args.max_model_len,
         "max_num_seqs": args.max_num_seqs,
+        "extra_args": args.vllm_arg,
     })  # fmt: skip
 
 
@@ -254,6 +262,7 @@ def cpu_launch(args: argparse.Namespace, settings: Settings, python: Path, model
         max_model_len=checked.max_model_len,
         max_num_seqs=args.max_num_seqs,  # vLLM's own default when not given
         api_key=checked.api_key.get_secret_value() if checked.api_key else None,
+        extra_args=checked.extra_args,
     )
 
 

@@ -34,6 +34,7 @@ import httpx
 from vstreamer.errors import BackendNotInstalled, BackendTimeout, BackendUnavailable
 from vstreamer.llm.vllm_launch import (
     VLLMLaunch,
+    checked_extra_args,
     connect_host,
     local_url,
     port_in_use,
@@ -300,8 +301,13 @@ def build_cpu_command(
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     max_num_seqs: int | None = None,
     api_key: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> VLLMLaunch:
-    """The CPU launch: ``python -m vllm.entrypoints.openai.api_server`` (``vllm serve`` fails in this build)."""
+    """The CPU launch: ``python -m vllm.entrypoints.openai.api_server`` (``vllm serve`` fails in this build).
+
+    Raises:
+        ConfigError: ``extra_args`` sets a flag the settings own (see ``vllm_launch.checked_extra_args``).
+    """
     argv = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir),
@@ -314,6 +320,7 @@ def build_cpu_command(
     ]  # fmt: skip
     if max_num_seqs is not None:
         argv += ["--max-num-seqs", str(max_num_seqs)]
+    argv += checked_extra_args(list(extra_args))
     env = dict(RUNTIME_ENV)
     if api_key:
         env["VLLM_API_KEY"] = api_key

@@ -109,11 +109,45 @@ def build_vllm_command(settings: VLLMSettings, *, api_key: str | None = None) ->
         )
     if settings.enable_tool_calling:
         argv += ["--enable-auto-tool-choice", "--tool-call-parser", settings.tool_call_parser]
+    argv += checked_extra_args(settings.extra_args)
     env: dict[str, str] = {}
     key = api_key or (settings.api_key.get_secret_value() if settings.api_key else None)
     if key:
         env["VLLM_API_KEY"] = key  # in the environment, not argv, so it never shows in `ps`
     return VLLMLaunch(argv, warnings, env)
+
+
+#: Flags that the settings own (set them there) and flags that must never be on a command line (a key in argv
+#: shows in ``ps`` and in logs: ``vllm.api_key`` goes through the environment instead).
+_OWNED_FLAGS = {
+    "--model": "vllm.model", "--served-model-name": "served_model_name", "--host": "host", "--port": "port",
+    "--tensor-parallel-size": "tensor_parallel_size", "-tp": "tensor_parallel_size",
+    "--gpu-memory-utilization": "gpu_memory_utilization", "--dtype": "dtype", "--max-model-len": "max_model_len",
+    "--max-num-seqs": "max_num_seqs", "--max-num-batched-tokens": "max_num_batched_tokens",
+    "--quantization": "quantization", "-q": "quantization", "--hf-overrides": "max_model_len (YaRN)",
+    "--enable-auto-tool-choice": "enable_tool_calling", "--tool-call-parser": "tool_call_parser",
+    "--api-key": "api_key (it is passed in the environment, never on the command line)",
+}  # fmt: skip
+
+
+def checked_extra_args(extra: list[str]) -> list[str]:
+    """``extra_args`` as given, once none of them sets what the settings own.
+
+    Raises:
+        ConfigError: naming the flag and the setting to use instead.
+    """
+    for arg in extra:
+        if not arg.startswith("-"):
+            continue
+        flag = arg.split("=", 1)[0]
+        flag = (
+            "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
+        )  # vLLM reads both spellings
+        if flag in _OWNED_FLAGS:
+            raise ConfigError(
+                f"vllm.extra_args: {flag} is set by the vllm setting {_OWNED_FLAGS[flag]}; set that"
+            )
+    return list(extra)
 
 
 async def wait_until_ready(
