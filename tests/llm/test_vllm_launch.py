@@ -67,7 +67,17 @@ def test_extra_args_are_passed_through_as_given() -> None:
 
 @pytest.mark.parametrize(
     "flag",
-    ["--port", "--port=8100", "--max_model_len=4096", "--api-key", "--api_key=s3cret", "-tp", "--model"],
+    [
+        "--port",
+        "--port=8100",
+        "--max_model_len=4096",
+        "--api-key",
+        "--api_key=s3cret",
+        "-tp",
+        "--model",
+        "--hf-token=s3cret",
+        "--hf_token",
+    ],
 )
 def test_extra_args_may_not_set_what_the_settings_own(flag: str) -> None:
     with pytest.raises(ConfigError, match="vllm.extra_args") as caught:

@@ -131,10 +131,10 @@ _OWNED_FLAGS = {
 
 
 def checked_extra_args(extra: list[str]) -> list[str]:
-    """``extra_args`` as given, once none of them sets what the settings own.
+    """``extra_args`` as given, once none of them sets what the settings own or carries a secret.
 
     Raises:
-        ConfigError: naming the flag and the setting to use instead.
+        ConfigError: naming the flag and the setting to use instead (a secret: the environment).
     """
     for arg in extra:
         if not arg.startswith("-"):
@@ -146,6 +146,11 @@ def checked_extra_args(extra: list[str]) -> list[str]:
         if flag in _OWNED_FLAGS:
             raise ConfigError(
                 f"vllm.extra_args: {flag} is set by the vllm setting {_OWNED_FLAGS[flag]}; set that"
+            )
+        if _SECRET_NAME.search(flag):  # --hf-token: printed commands and `ps` would show it
+            raise ConfigError(
+                f"vllm.extra_args: {flag} would put a secret on the command line; "
+                "give it in the environment instead (HF_TOKEN for --hf-token)"
             )
     return list(extra)
 
