@@ -189,7 +189,7 @@ def test_one_to_one_fold_test_is_right_for_every_character() -> None:
 
 # -- stream guard helpers ------------------------------------------------------------------------
 
-_tail_alphabet = st.sampled_from(list("ab z0 9１-.@:/_ \n\t*冰毒~'xX") + ["\u3000", "٣"])
+_tail_alphabet = st.sampled_from(list("ab z0 9１-.@:/_ \n\t*冰毒~'xX()+一〇幺十") + ["\u3000", "٣"])
 
 
 @settings(max_examples=800, deadline=None)
@@ -229,7 +229,7 @@ def test_growing_suffix_bound_loses_nothing_with_konsheng(konsheng: Path) -> Non
 
 
 _numbers = st.lists(
-    st.sampled_from(list("0123456789０１８ -－\u3000@＠.xX+86") + ["138", "2024"]), max_size=60
+    st.sampled_from(list("0123456789０１８ -－\u3000@＠.xX+86一幺〇") + ["138", "2024", "三八"]), max_size=60
 )
 
 

@@ -2,15 +2,16 @@
 
 They run on the per-character fold of the text (:func:`~vstreamer.safety.normalize.fold`): invisible characters
 are dropped and look-alikes (full-width, mathematical digits and letters, ``＠``) become plain ones, so that
-``138\\u200b0013\\u200b8000`` is a phone number. When the fold is not one character for one, each span is mapped back
-to the original text, covering the invisible characters inside it.
+``138\\u200b0013\\u200b8000`` is a phone number; a mobile number is also read with Chinese numerals as digits
+(``一三八一二三四五六七八``). When the fold is not one character for one, each span is mapped back to the original
+text, covering the invisible characters inside it.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from vstreamer.safety.normalize import fold, fold_is_identity, fold_with_map
 from vstreamer.safety.types import Match
@@ -42,15 +43,21 @@ _EMAIL = re.compile(
 )
 _CARD = re.compile(r"(?<!\d)\d{4}(?:[\s-]?\d){9,15}(?!\d)")
 
-_TEN_DIGITS = re.compile(r"\d(?:[\s.\-－()]{0,3}\d){9}")
+# Chinese numerals of a mobile number written out ("一三八…", 幺 for 1, 〇, ○ or 零 for 0, the financial 壹贰叁…),
+# read as digits one for one (the fold makes traditional forms these: 參 is 参). Only the mobile pattern reads them,
+# whose 1[3-9] and eleven digits in a row ordinary text does not have ("一三五我都有空", "二〇二六年", "三百八十一").
+NUMERALS = "〇○零一幺二三四五六七八九壹贰叁参肆伍陆柒捌玖"
+_NUMERAL_DIGITS = str.maketrans(NUMERALS, "00011234567891233456789")
+_TEN_DIGITS = re.compile(rf"[\d{NUMERALS}](?:[\s.\-－()]{{0,3}}[\d{NUMERALS}]){{9}}")
 
 
 def _maybe_pii(text: str) -> bool:
-    """Every detector needs an at sign or ten digits (``\\d``: any script's) with at most three separators or
-    brackets between two of them (a landline or an international number has ten, a mobile number eleven, a card
-    thirteen, an ID number eighteen): a reply counting "word0 word1" or quoting a price skips all the detectors. ``text`` is folded (full-width signs are plain ones, invisible
-    characters gone). The at sign is looked for with ``in``: a pattern that begins with a digit lets re skip to the
-    digits, where one that begins with a choice of at sign or digit is tried at every character (2-2.5x slower)."""
+    """Every detector needs an at sign or ten digits (``\\d``: any script's, or Chinese numerals) with at most three
+    separators or brackets between two of them (a landline or an international number has ten, a mobile number
+    eleven, a card thirteen, an ID number eighteen): a reply counting "word0 word1" or quoting a price skips all the
+    detectors. ``text`` is folded (full-width signs are plain ones, invisible characters gone). The at sign is
+    looked for with ``in``: a pattern that begins with a digit lets re skip to the digits, where one that begins
+    with a choice of at sign or digit is tried at every character (2-2.5x slower)."""
     return "@" in text or _TEN_DIGITS.search(text) is not None
 
 
@@ -124,15 +131,26 @@ def find_pii(text: str, folded: str | None = None) -> list[Match]:
         folded, starts = fold_with_map(text)
     out: list[Match] = []
     taken: list[tuple[int, int]] = []
+    for kind, (s, e) in _detections(folded):
+        if any(a < e and s < b for a, b in taken):
+            continue
+        taken.append((s, e))
+        if starts is not None:  # the first and the last character's originals, and all between
+            s, e = starts[s], starts[e - 1] + 1
+        out.append(Match(s, e, CATEGORY, kind, f"pii:{kind}"))
+    return sorted(out, key=lambda m: m.start)
+
+
+def _detections(folded: str) -> Iterator[tuple[str, tuple[int, int]]]:
+    """Each detector's matches in ``folded``, in order; then mobile numbers with Chinese numerals, read as digits
+    (after the others, which see the numerals around a number as they are: "号码一13812345678")."""
     for kind, pattern, check in _DETECTORS:
         for m in pattern.finditer(folded):
-            s, e = m.span()
-            if check is not None and not check(m.group()):
-                continue
-            if any(a < e and s < b for a, b in taken):
-                continue
-            taken.append((s, e))
-            if starts is not None:  # the first and the last character's originals, and all between
-                s, e = starts[s], starts[e - 1] + 1
-            out.append(Match(s, e, CATEGORY, kind, f"pii:{kind}"))
-    return sorted(out, key=lambda m: m.start)
+            if check is None or check(m.group()):
+                yield kind, m.span()
+    if folded.isascii():
+        return
+    digits = folded.translate(_NUMERAL_DIGITS)
+    if digits != folded:
+        for m in _PHONE.finditer(digits):
+            yield "phone", m.span()

@@ -3,7 +3,8 @@
 It releases text as soon as nothing in it can still turn into a listed term, holding back only the
 tail that could: the longest end of the reply that is the beginning of some term (after
 normalisation), plus trailing separators, spaced-out single letters and a trailing Latin word or
-number (which may still grow into a term, an e-mail or a phone number). Terms split across tokens
+number (which may still grow into a term, an e-mail or a phone number: the digits or Chinese numerals
+of one with the brackets, dots, hyphens, spaces and plus signs between them). Terms split across tokens
 are therefore seen whole before any of their characters go out.
 
 Each chunk costs work in proportion to the held tail (bounded: a few hundred characters) and a few released
@@ -33,6 +34,7 @@ from vstreamer.safety.normalize import (
     normalize_short,
     normalized_suffix_start,
 )
+from vstreamer.safety.pii import NUMERALS
 from vstreamer.safety.types import Match, ModerationResult, mask_spans
 
 _CONTEXT = 16
@@ -57,7 +59,7 @@ _TAIL_PATTERNS = (
     re.compile(f"[{_SEP}]+$"),
     re.compile(r"[a-z0-9._%+\-@:/]+$"),
     re.compile(f"(?<![a-z0-9])[a-z](?:[{_SEP}]+[a-z](?![a-z0-9]))*[{_SEP}]*$"),
-    re.compile(r"\d[\d\s-]*$"),
+    re.compile(rf"[\d{NUMERALS}(+][\d{NUMERALS}\s().+\-]*$"),
 )
 _WORDISH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._%+-@:/")
 """The characters of ``_TAIL_PATTERNS[1]``."""
@@ -85,7 +87,7 @@ def _tail_starts(folded: str, floor: int) -> tuple[int | None, ...]:
     before = folded[bare - 2 : bare - 1] if bare > 1 else ""
     maybe = "a" <= letter <= "z" and not (before and before in _WORDISH and before.isalnum())
     out.append(_search(2, folded, floor) if maybe else None)
-    out.append(_search(3, folded, floor) if _ends_in_digit(folded) else None)
+    out.append(_search(3, folded, floor) if _may_end_a_number(folded) else None)
     return tuple(out)
 
 
@@ -94,11 +96,19 @@ def _search(i: int, folded: str, floor: int) -> int | None:
     return m.start() if m and m.start() < m.end() else None
 
 
-def _ends_in_digit(folded: str) -> bool:
+_NUMERALS = frozenset(NUMERALS)
+
+
+def _may_end_a_number(folded: str) -> bool:
+    """Whether ``_TAIL_PATTERNS[3]`` can match: the end is a digit or a numeral, or an opening bracket or a plus
+    sign, with only signs and spaces after it (an English sentence ending in a full stop needs no search)."""
     rest = folded
-    while (shorter := rest.rstrip().rstrip("-")) != rest:
+    while (shorter := rest.rstrip().rstrip("().+-")) != rest:
         rest = shorter
-    return rest[-1:].isdecimal()
+    last = rest[-1:]
+    if last.isdecimal() or last in _NUMERALS:
+        return True
+    return rest is not folded and ("(" in folded[len(rest) :] or "+" in folded[len(rest) :])
 
 
 DEFLECTIONS_ZH = (
