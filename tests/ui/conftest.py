@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -10,13 +11,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import PROJECT_ROOT, free_port, stop_process, wait_http
+from vstreamer.config import Settings
+from vstreamer.ui import state as ui_state
+from vstreamer.ui.options import UIOptions
 
 # Chainlit reads its app root when first imported: keep unit tests from writing into the repository.
 os.environ.setdefault("CHAINLIT_APP_ROOT", tempfile.mkdtemp(prefix="vstreamer-chainlit-"))
@@ -141,6 +146,15 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
     yield from _server(tmp_path_factory, "password", env)
 
 
+@pytest.fixture(scope="module")
+def ui_backend_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
+    """Password login, the model server down: nothing listens where the backend connects."""
+    env = {"VSTREAMER_UI_AUTH": "password", "VSTREAMER_UI_USERS": json.dumps(USERS), "VSTREAMER_BACKEND": "openai",
+           "VSTREAMER_BASE_URL": f"http://127.0.0.1:{free_port()}/v1", "VSTREAMER_CONNECT_TIMEOUT": "1",
+           "VSTREAMER_MAX_RETRIES": "0"}  # fmt: skip
+    yield from _server(tmp_path_factory, "backend-down", env)
+
+
 @pytest.fixture
 def screenshot() -> Any:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -160,3 +174,29 @@ def record_timing(name: str, seconds: float) -> None:
     timings = json.loads(path.read_text()) if path.is_file() else {}
     timings[name] = round(seconds, 3)
     path.write_text(json.dumps(timings, indent=2, ensure_ascii=False) + "\n")
+
+
+@pytest.fixture
+def ui_app() -> Any:
+    """The Chainlit app module, imported in this process (the tests that call it swap in their own ``STATE``)."""
+    pytest.importorskip("chainlit", reason="the web UI needs Chainlit")
+    configured = ui_state._STATE
+    with warnings.catch_warnings():
+        # The app imports Chainlit's server, whose models still use pydantic's deprecated class-based config.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        app = importlib.import_module("vstreamer.ui.app")
+    ui_state._STATE = configured  # the app made one from the environment: other tests configure their own
+    return app
+
+
+@pytest.fixture
+async def started_ui(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ui_app: Any
+) -> AsyncIterator[ui_state.UIState]:
+    """The UI's state started on a temp data folder (the fake backend, a piece every 20 ms), as the app's ``STATE``."""
+    settings = Settings(data_dir=tmp_path / "data", backend="fake", fake_delay=0.02)
+    state = ui_state.UIState(settings, UIOptions.from_settings(settings), tmp_path / "ui")
+    await state.start()
+    monkeypatch.setattr(ui_app, "STATE", state)
+    yield state
+    await state.stop()

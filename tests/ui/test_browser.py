@@ -118,6 +118,23 @@ def test_reload_and_resume_after_restart(browser: Any, ui_server: UIServer, scre
                     ("user", "complete"), ("assistant", "complete")]  # fmt: skip
 
 
+def test_a_failed_reply_reads_the_same_after_a_reload(
+    browser: Any, ui_backend_down: UIServer, screenshot: Any
+) -> None:
+    """Live the note said the model could not be reached; the reopened thread said "the model server had a problem"."""
+    page = login(browser, ui_backend_down)
+    send(page, "你好，在吗？")
+    shown = wait_reply(page, lambda t: "连不上" in t, timeout=30)
+    session_id = thread_id(page)
+    assert ui_backend_down.wait_reply_committed(session_id, 1)[1] == "failed"
+
+    page.reload()
+    page.get_by_text(XIAOXING_GREETING).wait_for()
+    assert page.locator(USER).count() == 1
+    wait_reply(page, lambda t: t == shown, timeout=10)
+    screenshot(page, "06b-failed-reply-reopened")
+
+
 def test_switching_persona_starts_a_new_conversation(
     browser: Any, ui_server: UIServer, screenshot: Any
 ) -> None:

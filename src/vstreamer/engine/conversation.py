@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vstreamer.errors import VStreamerError
 from vstreamer.llm.base import ChatMessage, Usage
 
 _PER_SECOND = 1_000_000
@@ -44,7 +45,7 @@ class Turn:
     usage: Usage | None = None
     """Tokens the generation used (assistant turns)."""
     error: str | None = None
-    """Why the turn failed, for operators."""
+    """Why the turn failed, for operators: ``<code>: <message>`` for a vstreamer error (see :meth:`fail`)."""
     finish_reason: str | None = None
     """Why generation ended (``stop``, ``length``...), as the backend said."""
     first_token_ms: int | None = None
@@ -63,6 +64,19 @@ class Turn:
         with the next one: :func:`vstreamer.engine.context.alternating`)."""
         content = self.content
         return bool(content) and not content.isspace() and self.status in ("complete", "interrupted")
+
+    def fail(self, exc: BaseException) -> None:
+        """Mark the turn failed by ``exc``; a vstreamer error's code leads its ``error``, so that an adapter can word
+        a stored turn's failure as it worded the live one (:attr:`error_code`)."""
+        message = str(exc) or type(exc).__name__
+        self.status = "failed"
+        self.error = f"{exc.code}: {message}" if isinstance(exc, VStreamerError) else message
+
+    @property
+    def error_code(self) -> str | None:
+        """The code :meth:`fail` put first in ``error`` (``backend_unavailable``...), if any."""
+        code, colon, _ = (self.error or "").partition(": ")
+        return code if colon and code.isidentifier() else None  # older rows: the message alone
 
     def as_message(self) -> ChatMessage:
         """The turn as a prompt message (made once per content: every later prompt repeats the turn)."""

@@ -279,7 +279,7 @@ class DialogueEngine:
             except BaseException as exc:
                 refused = isinstance(exc, ContextBudgetError)
                 if refused:  # kept, as failed: never in a later prompt (where it would not fit either)
-                    user_turn.status, user_turn.error = "failed", str(exc)
+                    user_turn.fail(exc)
                 if saving is not None:
                     await asyncio.shield(saving)
                 if refused and self.store is not None:  # its row, if committed first, too
@@ -421,7 +421,7 @@ class DialogueEngine:
             await self._store_reply(conversation, turn, parts, started)
             yield ReplyFinished(turn)
         except Exception as exc:  # backend, store, or a bug: the partial reply is kept as failed
-            turn.status, turn.error = "failed", str(exc) or type(exc).__name__
+            turn.fail(exc)
             raise
         finally:
             self._replying.discard(ending)

@@ -92,10 +92,15 @@ class PersonaLibrary:
     def __init__(self, user_dir: Path | None, *, stored: Iterable[Persona] = ()) -> None:
         self.user_dir = Path(user_dir) if user_dir is not None else None
         self._bundled = {p.id: p for p in bundled_personas()}
-        self.stored = {p.id: p for p in stored if p.id not in self._bundled}
+        self.stored: dict[str, Persona] = {}
+        self.use_stored(stored)
         self._user_cache: dict[str, tuple[tuple[int, int], Persona]] = {}
         self.unreadable: dict[str, str] = {}
         """User personas whose files do not load (id -> why), as of the last listing: skipped, but deletable."""
+
+    def use_stored(self, stored: Iterable[Persona]) -> None:
+        """Take a fresher snapshot of the personas imported through the gateway's API (the web UI's, at each listing)."""
+        self.stored = {p.id: p for p in stored if p.id not in self._bundled}
 
     # --- reading ---------------------------------------------------------------------------------
 

@@ -67,9 +67,10 @@ else:
 
 @cl.set_chat_profiles
 async def _chat_profiles(user: cl.User | None, language: str | None = None) -> list[cl.ChatProfile]:
+    personas = await STATE.personas()
     # In a thread: it writes the avatars of personas imported since the start.
     return await asyncio.to_thread(
-        profiles.chat_profiles, STATE.personas(), _user_name(user),
+        profiles.chat_profiles, personas, _user_name(user),
         default_id=STATE.persona(None).id, public_dir=STATE.app_root / "public",
     )  # fmt: skip
 

@@ -62,6 +62,13 @@ def turn_step(turn: Turn, thread_id: str, *, persona_name: str, user_name: str) 
     return step  # type: ignore[return-value]
 
 
+def _refusal(turn: Turn) -> tuple[Turn, ...]:
+    """A failed user message (refused before any reply: too long) is followed by the note the chat showed live."""
+    if turn.role != "user" or turn.status != "failed":
+        return ()
+    return (Turn("assistant", "", "failed", f"{turn.id}-note", turn.created_at, error=turn.error),)
+
+
 class StoreDataLayer(BaseDataLayer):
     """Chainlit persistence backed by :class:`vstreamer.store.Store`."""
 
@@ -150,9 +157,10 @@ class StoreDataLayer(BaseDataLayer):
         for turn in await store.list_messages(
             thread_id, limit=THREAD_TURNS, offset=max(0, total - THREAD_TURNS)
         ):
-            step = turn_step(turn, thread_id, persona_name=persona_name, user_name=user_name)
-            step["output"] = self._decorate(turn, record.persona_id)
-            steps.append(step)
+            for shown in (turn, *_refusal(turn)):
+                step = turn_step(shown, thread_id, persona_name=persona_name, user_name=user_name)
+                step["output"] = self._decorate(shown, record.persona_id)
+                steps.append(step)
         return self._thread(record, steps)
 
     async def update_thread(

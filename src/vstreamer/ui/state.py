@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from vstreamer.config import Settings
 from vstreamer.engine import Turn
-from vstreamer.errors import PersonaError
+from vstreamer.errors import PersonaError, StoreError
 from vstreamer.llm import ChatMessage
 from vstreamer.persona import Persona
-from vstreamer.runtime import Runtime, open_runtime
+from vstreamer.runtime import Runtime, open_runtime, stored_personas
 from vstreamer.store import Store
 from vstreamer.ui import texts
 from vstreamer.ui.emotion import strip_emotions
@@ -34,7 +35,7 @@ class UIState:
         """Open the store and the backend; called once the server's event loop runs."""
         if self.runtime is not None:
             return
-        self.runtime = await open_runtime(self.settings)
+        self.runtime = await open_runtime(self.settings, with_stored_personas=True)
         if self.settings.backend == "local":
             # Load the embedded model now (counting tokens needs it), not on the first viewer's message.
             await self.runtime.backend.count_tokens([ChatMessage("user", "hi")])
@@ -57,8 +58,18 @@ class UIState:
             raise RuntimeError("the web UI needs the store")
         return store
 
-    def personas(self) -> list[Persona]:
-        return self.require_runtime().personas.list()
+    async def personas(self) -> list[Persona]:
+        """Every persona: the files', then those imported through the gateway's API as the database holds them now
+        (the gateway may import or delete one while the UI runs)."""
+        runtime = self.require_runtime()
+        if runtime.store is not None:
+            try:
+                runtime.personas.use_stored(await stored_personas(runtime.store))
+            except StoreError as exc:  # the chat needs the database anyway; the choice stays as last read
+                logger.warning(
+                    "could not read the personas imported through the API (kept as they were): %s", exc
+                )
+        return await asyncio.to_thread(runtime.personas.list)
 
     def persona(self, persona_id: str | None) -> Persona:
         """The persona by id, else the configured default (a deleted persona falls back too)."""
@@ -85,7 +96,9 @@ class UIState:
             return turn.content
         persona = self.persona(persona_id)
         content, emotions = strip_emotions(turn.content)
-        return texts.shown_reply(persona, content, turn.status, emotions)
+        return texts.shown_reply(
+            persona, content, turn.status, emotions, texts.failure_text(persona, turn.error_code)
+        )
 
 
 _STATE: UIState | None = None

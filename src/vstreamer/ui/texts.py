@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from vstreamer.errors import (
-    BackendError,
     BackendTimeout,
     BackendUnavailable,
     ContextBudgetError,
@@ -49,21 +48,24 @@ def text(persona: Persona, key: str) -> str:
     return _TEXTS[language_of(persona)][key].format(name=persona.char_name)
 
 
+_FAILURES = {
+    BackendUnavailable.code: "unavailable",
+    BackendTimeout.code: "timeout",
+    ContextBudgetError.code: "too_long",
+    ModerationError.code: "blocked",
+}
+"""The note for each error code; any other vstreamer error reads as the model server's problem."""
+
+
 def error_text(persona: Persona, exc: BaseException) -> str:
     """A friendly sentence for an error (never a stack trace)."""
-    if isinstance(exc, BackendUnavailable):
-        key = "unavailable"
-    elif isinstance(exc, BackendTimeout):
-        key = "timeout"
-    elif isinstance(exc, BackendError):
-        key = "backend"
-    elif isinstance(exc, ContextBudgetError):
-        key = "too_long"
-    elif isinstance(exc, ModerationError):
-        key = "blocked"
-    else:
-        key = "unknown" if not isinstance(exc, VStreamerError) else "backend"
-    return text(persona, key)
+    return failure_text(persona, exc.code) if isinstance(exc, VStreamerError) else text(persona, "unknown")
+
+
+def failure_text(persona: Persona, code: str | None) -> str:
+    """The sentence for a failure by its error code: live (:func:`error_text`) and in a reopened thread, whose
+    stored turn keeps the code (:attr:`vstreamer.engine.Turn.error_code`)."""
+    return text(persona, _FAILURES.get(code or "", "backend"))
 
 
 def shown_reply(persona: Persona, content: str, status: str, emotions: list[str], error: str = "") -> str:
