@@ -37,6 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -191,12 +192,12 @@ def start_gateway(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def start_litellm(executable: Path, port: int, upstream: int) -> subprocess.Popen[bytes]:
+def start_litellm(executable: Path, port: int, upstream: int, model: str) -> subprocess.Popen[bytes]:
     env = os.environ | {
         "OPENAI_API_KEY": "EMPTY", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true", "LITELLM_LOG": "ERROR",
     }  # fmt: skip
-    command = [str(executable), "--model", "openai/fake", "--api_base", f"http://127.0.0.1:{upstream}/v1",
+    command = [str(executable), "--model", f"openai/{model}", "--api_base", f"http://127.0.0.1:{upstream}/v1",
                "--port", str(port), "--telemetry", "False"]  # fmt: skip
     return subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir()
@@ -232,7 +233,10 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     if args.upstream:
         up_url = args.upstream.rstrip("/")
-        up_port = int(up_url.rsplit(":", 1)[1].split("/", 1)[0])
+        parsed = urlsplit(up_url)
+        if parsed.hostname != "127.0.0.1" or parsed.port is None:
+            parser.error("--upstream: give a URL on 127.0.0.1 with its port (http://127.0.0.1:8000/v1)")
+        up_port = parsed.port
         model = httpx.get(f"{up_url}/models", timeout=10).json()["data"][0]["id"]
         described = f"{up_url} serving {model}, max_tokens {args.max_tokens}"
     else:
@@ -269,12 +273,12 @@ def main() -> None:
         ))  # fmt: skip
     litellm = Path(args.litellm)
     if args.litellm != "none" and litellm.exists():
-        processes.append(start_litellm(litellm, ll_port, up_port))
+        processes.append(start_litellm(litellm, ll_port, up_port, model))
         paths.append(
             Target(
                 "litellm",
                 f"http://127.0.0.1:{ll_port}/v1/chat/completions",
-                "openai/fake",
+                f"openai/{model}",
                 False,
                 processes[-1].pid,
             )  # fmt: skip

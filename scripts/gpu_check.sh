@@ -17,11 +17,12 @@
 # for `vllm==X` (X: the release pinning the machine's torch), less what the machine has, then
 # `pip install --no-deps --target SITE` them there.
 set -uo pipefail
-: "${SITE:?set SITE}" "${MODEL_DIR:?set MODEL_DIR}"
+: "${SITE?set SITE (empty: every package is installed)}" "${MODEL_DIR:?set MODEL_DIR}"
+cd "$(dirname "$0")/.."  # the repository's root: its src/, tests/ and bench/
 OUT=${OUT:-/tmp/gpu-check}
 PORT=${PORT:-8000}
 mkdir -p "$OUT" /tmp/gpu-check-bin
-export PYTHONPATH="$SITE:$PWD/src:$PWD" HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="${SITE:+$SITE:}$PWD/src:$PWD" HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 PYTHONUNBUFFERED=1
 # `vllm` as the launcher calls it, whatever interpreter the packages were installed for
 printf '#!/bin/sh\nexec python3 -m vllm.entrypoints.cli.main "$@"\n' >/tmp/gpu-check-bin/vllm
 chmod +x /tmp/gpu-check-bin/vllm
@@ -34,6 +35,9 @@ fi
 # This build carries no FlashInfer; vLLM's sampler otherwise imports it on NVIDIA GPUs
 export VLLM_USE_FLASHINFER_SAMPLER=${VLLM_USE_FLASHINFER_SAMPLER:-0}
 status=0
+server=
+trap 'stop' EXIT  # never leave vLLM holding the GPU and the port, however the script ends
+trap 'exit 130' INT TERM HUP
 
 say() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 
@@ -53,7 +57,12 @@ serve() {
   say "$(grep '^ready:' "$2")"
 }
 
-stop() { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }
+stop() {
+  [ -n "$server" ] || return 0
+  kill "$server" 2>/dev/null  # vllm-serve stops its vLLM on SIGTERM
+  wait "$server" 2>/dev/null
+  server=
+}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c 'import torch, vllm, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "vllm", vllm.__version__)' \

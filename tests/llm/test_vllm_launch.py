@@ -68,21 +68,31 @@ def test_extra_args_are_passed_through_as_given() -> None:
 @pytest.mark.parametrize(
     "flag",
     [
-        "--port",
-        "--port=8100",
-        "--max_model_len=4096",
-        "--api-key",
-        "--api_key=s3cret",
-        "-tp",
-        "--model",
-        "--hf-token=s3cret",
-        "--hf_token",
+        "--port", "--port=8100", "--max_model_len=4096", "--api-key", "--api_key=s3cret", "-tp", "--model",
+        "--hf-token=s3cret", "--hf_token",
+        # vLLM's parser takes abbreviations, aliases, --no- switches, dotted keys and attached short values
+        "--max-model", "--max-model=4096", "--max_model=4096", "--gpu-memory=0.5", "--device-memory-utilization=0.5",
+        "--tensor-parallel=2", "--served=x", "--por=9999", "-qgptq", "-tp2", "--hf-overrides.rope_parameters.factor",
+        "--no-enable-auto-tool-choice", "--tool-call=pythonic", "--api-ke=s3cret", "--hf-tok=s3cret",
     ],
-)
+)  # fmt: skip
 def test_extra_args_may_not_set_what_the_settings_own(flag: str) -> None:
     with pytest.raises(ConfigError, match="vllm.extra_args") as caught:
         build_vllm_command(VLLMSettings(extra_args=[flag, "1"]))
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--tokenizer", "--tokenizer-mode=slow", "--skip-tokenizer-init", "--long-prefill-token-threshold=64",
+        "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--ssl-keyfile=/k.pem",
+        "--enable-prefix-caching", "--no-enable-prefix-caching", "--model-impl=vllm", "--kv-cache-dtype=fp8",
+        "-O3", "-dp=2", "--max-num-partial-prefills=2",
+    ],
+)  # fmt: skip
+def test_extra_args_that_own_nothing_pass(flag: str) -> None:
+    assert build_vllm_command(VLLMSettings(extra_args=[flag])).argv[-1] == flag
 
 
 def test_cpu_command_takes_the_same_extra_args(tmp_path: Path) -> None:
@@ -215,6 +225,28 @@ def test_cli_prints_the_cpu_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.rstrip().endswith(" --enable-prefix-caching --seed=7")
     assert main(["vllm-command", "--cpu", "--vllm-arg=--seed=7"]) == 0
     assert capsys.readouterr().out.rstrip().endswith(" --seed=7")
+
+
+def test_command_line_extra_args_follow_the_configured_ones(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vstreamer.cli import main
+
+    monkeypatch.setenv(
+        "VSTREAMER_VLLM__EXTRA_ARGS", '["--enable-prefix-caching", "--kv-cache-dtype=fp8_e4m3"]'
+    )
+    assert main(["vllm-command"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(" --enable-prefix-caching --kv-cache-dtype=fp8_e4m3")
+    assert main(["vllm-command", "--vllm-arg=--enforce-eager"]) == 0
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith(" --enable-prefix-caching --kv-cache-dtype=fp8_e4m3 --enforce-eager")
+    )
+    # The CPU profile is not the GPU server: the configured flags (fp8 caches, GPU kernels) stay out of it.
+    assert main(["vllm-command", "--cpu", "--vllm-arg=--seed=7"]) == 0
+    out = capsys.readouterr().out
+    assert "--kv-cache-dtype" not in out and out.rstrip().endswith(" --enforce-eager --seed=7")
 
 
 async def test_wait_fails_at_once_when_the_server_process_exits() -> None:

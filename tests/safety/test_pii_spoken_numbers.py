@@ -139,3 +139,34 @@ def test_streamed_phone_numbers_equal_whole_text_masking(
 @pytest.mark.parametrize("text", ["一三五我都有空", "十一点见，二〇二六年", "(笑) 好的. 1. 2. 3."])
 def test_numerals_and_brackets_are_released_unchanged(pipeline: SafetyPipeline, text: str) -> None:
     assert _stream(pipeline, list(text)) == (text, False)
+
+
+#: A mobile number in numerals beside a word that holds a numeral too (一直, 张三, 周五, 一定): that numeral is the
+#: word's, not a twelfth digit.
+BESIDE_WORDS = [
+    ("我手机号一三八一二三四五六七八一直没换", "我手机号***********一直没换"),
+    ("联系张三一三八一二三四五六七八", "联系张三***********"),
+    ("号码一三八一二三四五六七八一定记住", "号码***********一定记住"),
+    ("周一到周五一三八一二三四五六七八", "周一到周五***********"),
+    ("打给李四138一二三四5678吧", "打给李四***********吧"),
+]
+
+
+@pytest.mark.parametrize(("text", "masked"), BESIDE_WORDS)
+def test_a_numeral_of_the_word_beside_a_number_is_not_a_digit_of_it(text: str, masked: str) -> None:
+    assert SafetyPipeline.default().moderate(text, direction="output").output == masked
+
+
+@pytest.mark.parametrize("text", ["一三八一二三四五六七八一二", "三一三八一二三四五六七八九"])
+def test_twelve_numerals_in_a_row_are_still_no_mobile_number(text: str) -> None:
+    assert SafetyPipeline.default().moderate(text, direction="output").output == text
+
+
+@given(st.sampled_from(BESIDE_WORDS), st.data())
+def test_streamed_numbers_beside_words_equal_whole_text_masking(
+    case: tuple[str, str], data: st.DataObject
+) -> None:
+    text, masked = case
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(text) - 1), max_size=8))))
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    assert _stream(SafetyPipeline.default(), chunks) == (masked, False)

@@ -76,7 +76,8 @@ def _vllm_options(parser: argparse.ArgumentParser) -> None:
         "--vllm-arg",
         action="append",
         metavar="FLAG",
-        help="one more `vllm serve` flag, as given, joined by = (repeat it: --vllm-arg=--enable-prefix-caching)",
+        help="one more `vllm serve` flag, as given, joined by = (repeat it: --vllm-arg=--enable-prefix-caching); "
+        "added after the configured vllm.extra_args (the --cpu profile takes only these)",
     )
     cpu = parser.add_argument_group("vLLM on CPU (tests and development; GPU is the production default)")
     cpu.add_argument(
@@ -118,7 +119,8 @@ def _launch(args: argparse.Namespace, settings: Settings) -> VLLMLaunch:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "quantization": args.quantization,
         "enable_tool_calling": False if args.no_tools else None,
-        "extra_args": args.vllm_arg,
+        # after the configured ones (a flag given twice: vLLM takes the last)
+        "extra_args": [*settings.vllm.extra_args, *args.vllm_arg] if args.vllm_arg else None,
     }
     return build_vllm_command(_vllm_settings(settings, fields))
 
@@ -242,7 +244,8 @@ def cpu_settings(args: argparse.Namespace, settings: Settings) -> VLLMSettings:
         "port": args.port,
         "max_model_len": vllm_cpu.DEFAULT_MAX_MODEL_LEN if args.max_model_len is None else args.max_model_len,
         "max_num_seqs": args.max_num_seqs,
-        "extra_args": args.vllm_arg,
+        # only the command line's: the configured ones are the GPU server's (fp8 caches, GPU kernels)
+        "extra_args": args.vllm_arg or [],
     })  # fmt: skip
 
 

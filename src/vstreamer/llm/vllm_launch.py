@@ -117,17 +117,21 @@ def build_vllm_command(settings: VLLMSettings, *, api_key: str | None = None) ->
     return VLLMLaunch(argv, warnings, env)
 
 
-#: Flags that the settings own (set them there) and flags that must never be on a command line (a key in argv
-#: shows in ``ps`` and in logs: ``vllm.api_key`` goes through the environment instead).
+#: Long flags (without ``--``) that the settings own: set them there. vLLM's parser also takes ``_`` for ``-``,
+#: ``--no-`` for a switch's off, dotted keys (``--hf-overrides.x``) and any unambiguous abbreviation (``--max-model``),
+#: so a flag is refused when one of these starts with it.
 _OWNED_FLAGS = {
-    "--model": "vllm.model", "--served-model-name": "served_model_name", "--host": "host", "--port": "port",
-    "--tensor-parallel-size": "tensor_parallel_size", "-tp": "tensor_parallel_size",
-    "--gpu-memory-utilization": "gpu_memory_utilization", "--dtype": "dtype", "--max-model-len": "max_model_len",
-    "--max-num-seqs": "max_num_seqs", "--max-num-batched-tokens": "max_num_batched_tokens",
-    "--quantization": "quantization", "-q": "quantization", "--hf-overrides": "max_model_len (YaRN)",
-    "--enable-auto-tool-choice": "enable_tool_calling", "--tool-call-parser": "tool_call_parser",
-    "--api-key": "api_key (it is passed in the environment, never on the command line)",
+    "model": "vllm.model", "served-model-name": "served_model_name", "host": "host", "port": "port",
+    "tensor-parallel-size": "tensor_parallel_size", "gpu-memory-utilization": "gpu_memory_utilization",
+    "device-memory-utilization": "gpu_memory_utilization", "dtype": "dtype", "max-model-len": "max_model_len",
+    "max-num-seqs": "max_num_seqs", "max-num-batched-tokens": "max_num_batched_tokens",
+    "quantization": "quantization", "hf-overrides": "max_model_len (YaRN)",
+    "enable-auto-tool-choice": "enable_tool_calling", "tool-call-parser": "tool_call_parser",
 }  # fmt: skip
+#: Short flags of owned settings (``-tp 2``, also ``-tp2``, ``-qgptq``).
+_OWNED_SHORT = {"-tp": "tensor_parallel_size", "-q": "quantization"}
+#: Flags whose value is a secret: a command line shows in ``ps`` and in printed commands; the environment holds it.
+_SECRET_FLAGS = {"api-key": "vllm.api_key", "hf-token": "HF_TOKEN"}
 
 
 def checked_extra_args(extra: list[str]) -> list[str]:
@@ -137,21 +141,27 @@ def checked_extra_args(extra: list[str]) -> list[str]:
         ConfigError: naming the flag and the setting to use instead (a secret: the environment).
     """
     for arg in extra:
-        if not arg.startswith("-"):
-            continue
         flag = arg.split("=", 1)[0]
-        flag = (
-            "--" + flag[2:].replace("_", "-") if flag.startswith("--") else flag
-        )  # vLLM reads both spellings
-        if flag in _OWNED_FLAGS:
-            raise ConfigError(
-                f"vllm.extra_args: {flag} is set by the vllm setting {_OWNED_FLAGS[flag]}; set that"
-            )
-        if _SECRET_NAME.search(flag):  # --hf-token: printed commands and `ps` would show it
-            raise ConfigError(
-                f"vllm.extra_args: {flag} would put a secret on the command line; "
-                "give it in the environment instead (HF_TOKEN for --hf-token)"
-            )
+        if flag.startswith("--"):
+            name = flag[2:].replace("_", "-").split(".", 1)[0]
+            names = (name, name.removeprefix("no-")) if name else ()
+            for secret, where in _SECRET_FLAGS.items():
+                if any(secret.startswith(n) for n in names):
+                    raise ConfigError(
+                        f"vllm.extra_args: {flag} would put a secret on the command line (ps and printed commands "
+                        f"show it); give it as {where} instead"
+                    )
+            for owned, setting in _OWNED_FLAGS.items():
+                if any(owned.startswith(n) for n in names):
+                    raise ConfigError(
+                        f"vllm.extra_args: {flag} is set by the vllm setting {setting}; set that"
+                    )
+        elif flag.startswith("-") and len(flag) > 1:
+            for short, setting in _OWNED_SHORT.items():
+                if flag.startswith(short):
+                    raise ConfigError(
+                        f"vllm.extra_args: {flag} is set by the vllm setting {setting}; set that"
+                    )
     return list(extra)
 
 

@@ -48,6 +48,10 @@ _CARD = re.compile(r"(?<!\d)\d{4}(?:[\s-]?\d){9,15}(?!\d)")
 # whose 1[3-9] and eleven digits in a row ordinary text does not have ("一三五我都有空", "二〇二六年", "三百八十一").
 NUMERALS = "〇○零一幺二三四五六七八九壹贰叁参肆伍陆柒捌玖"
 _NUMERAL_DIGITS = str.maketrans(NUMERALS, "00011234567891233456789")
+#: A numeral that belongs to the word beside it rather than to a number: at the start of a run of numerals right after
+#: another Han character (张三|一三八…, 周五|一三八…), or at its end right before one (…七八|一直, …七八|一定).
+_WORD_NUMERAL_BEFORE = re.compile(rf"(?<=[^\W\d_{NUMERALS}])[{NUMERALS}](?=[\d{NUMERALS}])")
+_WORD_NUMERAL_AFTER = re.compile(rf"(?<=[\d{NUMERALS}])[{NUMERALS}](?=[^\W\d_{NUMERALS}])")
 _TEN_DIGITS = re.compile(rf"[\d{NUMERALS}](?:[\s.\-－()]{{0,3}}[\d{NUMERALS}]){{9}}")
 
 
@@ -151,6 +155,17 @@ def _detections(folded: str) -> Iterator[tuple[str, tuple[int, int]]]:
     if folded.isascii():
         return
     digits = folded.translate(_NUMERAL_DIGITS)
-    if digits != folded:
-        for m in _PHONE.finditer(digits):
-            yield "phone", m.span()
+    if digits == folded:
+        return
+    found = {m.span() for m in _PHONE.finditer(digits)}
+    # A numeral of a word beside the number read as a digit makes it 12 long ("一三八一二三四五六七八一直没换"): read
+    # again with such numerals kept as they are, at the run's start, its end, and both.
+    before = [m.start() for m in _WORD_NUMERAL_BEFORE.finditer(folded)]
+    after = [m.start() for m in _WORD_NUMERAL_AFTER.finditer(folded)]
+    for kept in {tuple(before), tuple(after), (*before, *after)} - {()}:
+        chars = list(digits)
+        for i in kept:
+            chars[i] = folded[i]
+        found.update(m.span() for m in _PHONE.finditer("".join(chars)))
+    for span in sorted(found):
+        yield "phone", span
