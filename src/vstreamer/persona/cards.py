@@ -57,6 +57,10 @@ _BOOK_KNOWN = {
     "entries",
 }
 _ENTRY_KNOWN = set(LoreEntry.model_fields)
+#: entry ``extensions`` keys every SillyTavern card export writes; that export also writes
+#: ``use_regex: true`` on every entry ("ST keys are always regex"), while SillyTavern matches a key
+#: as a regex only in its ``/pattern/flags`` form
+_ST_ENTRY_MARKS = ("display_index", "exclude_recursion")
 
 
 def card_kind(obj: dict[str, Any]) -> Literal["v1", "v2", "v3"] | None:
@@ -72,9 +76,19 @@ def card_kind(obj: dict[str, Any]) -> Literal["v1", "v2", "v3"] | None:
     return None
 
 
+def looks_like_card(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` says it is a Character Card V2/V3 (``spec``), even with a broken ``data``."""
+    spec = obj.get("spec")
+    return isinstance(spec, str) and spec.startswith("chara_card_v")
+
+
 def persona_from_card(obj: dict[str, Any], where: str) -> Persona:
     """A Persona from a parsed card object (V1, V2 or V3)."""
     kind = card_kind(obj)
+    if kind is None and looks_like_card(obj):
+        data = obj.get("data")
+        shown = "missing" if data is None else f"a {type(data).__name__}"
+        raise PersonaError(f"{where}: '{obj['spec']}' card whose 'data' is {shown}, not an object")
     if kind is None:
         raise PersonaError(f"{where}: not a character card (no 'spec' with 'data', nor V1 fields)")
     if kind == "v1":
@@ -163,6 +177,8 @@ def _entry_fields(entry: Any, where: str) -> dict[str, Any]:
         return coerce.boolean(entry.get(key), f"{where}.{key}", default)
 
     use_regex = flag("use_regex", False)
+    if use_regex and any(mark in extensions for mark in _ST_ENTRY_MARKS):
+        use_regex = False  # read as SillyTavern does: plain keys, and its /slash/ keys as regexes
 
     def keys(key: str) -> list[str]:
         # V3: a string holds comma-separated keys; a regex may hold commas of its own

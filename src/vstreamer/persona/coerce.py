@@ -112,10 +112,11 @@ def position(value: Any) -> str:
     """``before_char``/``after_char`` from the spec strings or SillyTavern's numeric positions.
 
     SillyTavern: 0 before char, 1 after char, 2/3 author's note top/bottom, 4 at depth,
-    5/6 example messages top/bottom. Chat-side positions map to ``after_char``.
+    5/6 example messages top/bottom. As in SillyTavern's card export, all but 0 map to ``after_char``
+    (they all come after the character's description).
     """
     if isinstance(value, str):
         return "after_char" if value.strip().lower() in ("after_char", "after", "1") else "before_char"
-    if isinstance(value, int | float) and not isinstance(value, bool) and int(value) in (1, 3, 4, 6):
+    if isinstance(value, int | float) and not isinstance(value, bool) and int(value) != 0:
         return "after_char"
     return "before_char"

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from vstreamer.errors import PersonaError
 from vstreamer.persona.assets import card_assets, embedded_path
-from vstreamer.persona.cards import card_kind, persona_from_card
+from vstreamer.persona.cards import card_kind, looks_like_card, persona_from_card
 from vstreamer.persona.charx import read_charx
 from vstreamer.persona.limits import (
     MAX_FILE_BYTES,
@@ -110,7 +110,7 @@ def _dispatch(data: bytes, where: str, suffix: str) -> Persona:
 def _from_json_object(obj: Any, where: str) -> Persona:
     if not isinstance(obj, dict):
         raise PersonaError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if card_kind(obj) is not None:
+    if card_kind(obj) is not None or looks_like_card(obj):
         return persona_from_card(obj, where)
     if obj.get("spec") == "lorebook_v3" or ("entries" in obj and "name" not in obj):
         raise PersonaError(f"{where}: this is a lorebook, not a persona (load it with load_lorebook)")

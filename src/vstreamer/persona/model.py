@@ -82,8 +82,11 @@ class Persona(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _derive_id(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("id") and isinstance(data.get("name"), str):
-            name = data["name"].strip()
+        name = data.get("name") if isinstance(data, dict) else None
+        if not isinstance(name, bool) and isinstance(name, int | float):
+            name = str(name)  # ``name: 2077`` in YAML/TOML: a number, made a string by the field
+        if isinstance(data, dict) and not data.get("id") and isinstance(name, str):
+            name = name.strip()
             if name:
                 return {**data, "id": slugify(name)}
         return data
