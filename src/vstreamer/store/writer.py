@@ -29,6 +29,7 @@ from sqlalchemy.sql.dml import UpdateBase
 
 from vstreamer.engine.conversation import Turn
 from vstreamer.errors import StoreError
+from vstreamer.safety.normalize import well_formed
 from vstreamer.store.database import database_error, dialect_insert, sqlite_pragmas, storable
 from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 
@@ -85,7 +86,8 @@ def message_row(session_id: str, turn: Turn) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens if usage else None,
         "first_token_ms": turn.first_token_ms,
         "duration_ms": turn.duration_ms,
-        "error": storable(turn.error) if turn.error else turn.error,
+        # An error quotes the LLM server, whose JSON may hold half an emoji: the failed reply must still be stored.
+        "error": storable(well_formed(turn.error)) if turn.error else turn.error,
         "summary_id": turn.summary_id,
     }
 
@@ -120,10 +122,12 @@ class _Statements:
         self.anchored_message = anchored.on_conflict_do_update(
             index_elements=["id"], set_={name: anchored.excluded[name] for name in MESSAGE_FIELDS}
         )
+        # Never back: another instance's write (or the web UI's, beside the gateway) timed earlier may commit later.
+        now = bindparam("now", type_=_SESSIONS.c.updated_at.type)
         self.touch = (
             update(_SESSIONS)
-            .where(_SESSIONS.c.id == bindparam("sid"))
-            .values(updated_at=bindparam("now", type_=_SESSIONS.c.updated_at.type))
+            .where(_SESSIONS.c.id == bindparam("sid"), _SESSIONS.c.updated_at < now)
+            .values(updated_at=now)
         )
         # Idempotent, as the others: a batch whose commit may have happened after all (its acknowledgement lost) is
         # retried write by write, and a summary already stored must not fail then. Stored only while the turn it
