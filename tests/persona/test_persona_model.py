@@ -32,8 +32,34 @@ def test_render_uses_nickname_when_set() -> None:
 
 def test_render_leaves_unknown_macros_and_plain_text() -> None:
     p = Persona(name="A")
-    assert p.render("{{random:a,b}} {{charx}} <b>", "u") == "{{random:a,b}} {{charx}} <b>"
+    assert p.render("{{charx}} <b> {{original}} {{roll:x}}", "u") == "{{charx}} <b> {{original}} {{roll:x}}"
     assert p.render("no macros", "u") == "no macros"
+
+
+def test_render_fills_the_v3_macros_in_any_case() -> None:
+    p = Persona(name="Aria")
+    for _ in range(20):
+        assert p.render("{{random:Hello,Hi,Hey}}", "u") in {"Hello", "Hi", "Hey"}
+        assert p.render("{{RANDOM: a\\,b ,c}}", "u") in {" a,b ", "c"}
+        assert p.render("{{random:{{char}},{{user}}}}", "Bob") in {"Aria", "Bob"}
+        assert 1 <= int(p.render("{{roll:6}}", "u")) <= 6
+        assert 1 <= int(p.render("{{Roll:D20}}", "u")) <= 20
+    assert {p.render("{{random:a,b,c,d}}", "u") for _ in range(200)} == {"a", "b", "c", "d"}
+    assert {p.render("{{roll:d2}}", "u") for _ in range(200)} == {"1", "2"}
+    # pick: the same text gives the same choice, request after request (the prompt stays cacheable)
+    picked = p.render("Mood: {{pick::calm,loud,sleepy}}", "u")
+    assert picked in {"Mood: calm", "Mood: loud", "Mood: sleepy"}
+    assert all(p.render("Mood: {{pick::calm,loud,sleepy}}", "u") == picked for _ in range(20))
+    assert p.render("{{reverse:Hello}} {{char}}", "u") == "olleH Aria"
+    assert p.render("a{{// note for card authors}}b{{hidden_key: dragon}}c{{Comment: hi}}d", "u") == "abcd"
+
+
+def test_original_is_ours_in_any_case() -> None:
+    from vstreamer.engine.prompt import main_prompt
+
+    ours = main_prompt(Persona(name="Aria"), "u")
+    card = Persona(name="Aria", system_prompt="{{Original}}\nAlso: be brief.")
+    assert main_prompt(card, "u") == f"{ours}\nAlso: be brief."
 
 
 def test_greetings_skips_empty() -> None:

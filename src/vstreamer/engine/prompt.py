@@ -8,6 +8,7 @@ stripped from it as from viewer text: a card must not be able to forge turns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -51,10 +52,14 @@ def _render(persona: Persona, text: str, user: str) -> str:
     return sanitize_control_tokens(persona.render(text, user), role_headers=False)
 
 
+#: ``{{original}}`` in a card's system prompt: ours (macros are matched in any case, as the V3 spec asks).
+_ORIGINAL = re.compile(r"\{\{\s*original\s*\}\}", re.IGNORECASE)
+
+
 def main_prompt(persona: Persona, user: str) -> str:
     """The card's system prompt (``{{original}}`` = ours), or ours."""
     ours = _MAIN_PROMPT[_lang(persona)]
-    text = persona.system_prompt.replace("{{original}}", ours) if persona.system_prompt.strip() else ours
+    text = _ORIGINAL.sub(lambda _: ours, persona.system_prompt) if persona.system_prompt.strip() else ours
     return _render(persona, text, user)
 
 
@@ -67,7 +72,7 @@ def post_history_note(persona: Persona, user: str) -> str:
     text = persona.post_history_instructions.strip()
     if not text:
         return ""
-    return _render(persona, text.replace("{{original}}", ""), user).strip()
+    return _render(persona, _ORIGINAL.sub("", text), user).strip()
 
 
 def system_message(
