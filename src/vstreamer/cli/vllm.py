@@ -92,9 +92,11 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
     if args.cpu:
         from vstreamer.llm import vllm_cpu
 
-        cpu_settings(args, settings)  # before the model's path is worked out (that may read the GGUF)
+        checked = cpu_settings(
+            args, settings
+        )  # before the model's path is worked out (that may read the GGUF)
         return print_command(
-            cpu_launch(args, settings, vllm_cpu.venv_python(), _cpu_model_dir(args, settings))
+            cpu_launch(args, settings, checked, vllm_cpu.venv_python(), _cpu_model_dir(args, settings))
         )
     return print_command(_launch(args, settings))
 
@@ -249,13 +251,15 @@ def cpu_settings(args: argparse.Namespace, settings: Settings) -> VLLMSettings:
     })  # fmt: skip
 
 
-def cpu_launch(args: argparse.Namespace, settings: Settings, python: Path, model_dir: Path) -> VLLMLaunch:
+def cpu_launch(
+    args: argparse.Namespace, settings: Settings, checked: VLLMSettings, python: Path, model_dir: Path
+) -> VLLMLaunch:
+    """The CPU launch command; ``checked``: :func:`cpu_settings`, worked out before anything was built."""
     from vstreamer.llm import vllm_cpu
 
     served = args.served_model_name or (
         vllm_cpu.SERVED_NAMES[settings.local_model] if settings.model_path is None else model_dir.name
     )
-    checked = cpu_settings(args, settings)
     return vllm_cpu.build_cpu_command(
         python,
         model_dir,
@@ -273,14 +277,14 @@ def serve_cpu(args: argparse.Namespace, settings: Settings) -> int:
     """Build (once, cached) the vLLM CPU environment and model, then run the server in the foreground."""
     from vstreamer.llm import vllm_cpu
 
-    cpu_settings(args, settings)  # a bad flag fails now, not after minutes of building and loading
+    checked = cpu_settings(args, settings)  # a bad flag fails now, not after minutes of building and loading
     python = vllm_cpu.ensure_venv(progress=_progress)
     if args.vllm_model:
         model_dir = Path(args.vllm_model)
     else:
         gguf = vllm_cpu.gguf_for(settings.local_model, model_path=settings.model_path)
         model_dir = vllm_cpu.ensure_hf_model(gguf, python, progress=_progress)
-    launch = cpu_launch(args, settings, python, model_dir)
+    launch = cpu_launch(args, settings, checked, python, model_dir)
     if args.setup_only:
         _progress(f"ready to serve; start it with: {launch.shell()}")
         _note_secrets(launch)
