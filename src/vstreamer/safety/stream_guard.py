@@ -108,7 +108,8 @@ def _may_end_a_number(folded: str) -> bool:
     last = rest[-1:]
     if last.isdecimal() or last in _NUMERALS:
         return True
-    return rest is not folded and ("(" in folded[len(rest) :] or "+" in folded[len(rest) :])
+    stripped = folded[len(rest) :]  # empty when nothing was stripped
+    return "(" in stripped or "+" in stripped
 
 
 DEFLECTIONS_ZH = (
