@@ -491,15 +491,26 @@ class OpenAICompatBackend:
         await self._http.aclose()
 
 
-def _served_models(payload: object) -> list[str]:
-    """The model ids of a ``/v1/models`` answer (``{"data": [{"id": ...}, ...]}``). Another shape is a
-    ``ValueError``: a proxy's or another API's JSON is a server that is not ready, not a crash of ``/readyz``."""
-    data = payload.get("data", []) if isinstance(payload, dict) else None
+def served_models(body: object) -> list[str] | None:
+    """The model ids in a ``/models`` answer (``{"data": [{"id": ...}, ...]}``), or None when the body is not one:
+    some other service on the port, or a server still starting, is not ready rather than a crash of the wait."""
+    data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or not all(
         isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
     ):
-        raise ValueError(f"/models answered JSON of an unexpected shape: {str(payload)[:100]}")
+        return None
     return [m["id"] for m in data]
+
+
+def _served_models(payload: object) -> list[str]:
+    """:func:`served_models` for the health check, where an object without ``data`` serves nothing, and another shape
+    is a ``ValueError``: a proxy's or another API's JSON is a server that is not ready, not a crash of ``/readyz``."""
+    if isinstance(payload, dict) and "data" not in payload:
+        return []
+    models = served_models(payload)
+    if models is None:
+        raise ValueError(f"/models answered JSON of an unexpected shape: {str(payload)[:100]}")
+    return models
 
 
 def _is_retryable(error: BackendError) -> bool:

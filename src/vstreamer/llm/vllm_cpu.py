@@ -32,13 +32,13 @@ from typing import IO
 import httpx
 
 from vstreamer.errors import BackendNotInstalled, BackendTimeout, BackendUnavailable
+from vstreamer.llm.openai_compat import served_models
 from vstreamer.llm.vllm_launch import (
     VLLMLaunch,
     checked_extra_args,
     connect_host,
     local_url,
     port_in_use,
-    served_models,
     stop_process,
 )
 

@@ -22,6 +22,7 @@ import httpx
 
 from vstreamer.config import VLLMSettings
 from vstreamer.errors import BackendTimeout, BackendUnavailable, ConfigError
+from vstreamer.llm.openai_compat import served_models
 from vstreamer.logs import redact
 
 QWEN_NATIVE_CONTEXT = 32768
@@ -205,17 +206,6 @@ async def wait_until_ready(
                 last_error = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             await asyncio.sleep(interval)
     raise BackendTimeout(redact(f"LLM server at {v1} not ready after {wait_s:g}s (last: {last_error})"))
-
-
-def served_models(body: object) -> list[str] | None:
-    """The model ids in a ``/models`` answer (``{"data": [{"id": ...}, ...]}``), or None when the body is not one:
-    some other service on the port, or a server still starting, is not ready rather than a crash of the wait."""
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, list) or not all(
-        isinstance(m, dict) and isinstance(m.get("id"), str) for m in data
-    ):
-        return None
-    return [m["id"] for m in data]
 
 
 def _check_url(url: str) -> None:
