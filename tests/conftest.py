@@ -75,6 +75,33 @@ def smollm2_gguf() -> Path:
     return smollm2_path()
 
 
+#: A chat template as strict as Mistral's (user and assistant turns only, alternating from a user one) that refuses
+#: system messages as Gemma's does, in SmolLM2's ChatML markup so that the model still answers sensibly.
+STRICT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{ raise_exception('System role not supported') }}{%- endif -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+@pytest.fixture(scope="session")
+def strict_gguf(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the SmolLM2 GGUF (~90 MB, made once a session) whose chat template is :data:`STRICT_CHAT_TEMPLATE`:
+    the kind of model vstreamer's prompts must be arranged for."""
+    pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[dev]')")
+    target = tmp_path_factory.mktemp("strict") / "SmolLM2-strict-template.gguf"
+    subprocess.run(
+        [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(smollm2_gguf), str(target),
+         "--chat-template", STRICT_CHAT_TEMPLATE, "--force"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    return target
+
+
 #: What llama.cpp's OpenAI-compatible server lacks that vLLM has, and why a shared test degrades there.
 LLAMA_CPP_MISSING = {
     "tokenize": "llama.cpp's server has no /tokenize for chat messages (only /extras/tokenize for plain text)",

@@ -126,6 +126,12 @@ class Settings(BaseSettings):
     n_threads: int | None = Field(None, ge=1)
     fake_delay: float = Field(0.0, ge=0, le=10)
     """Seconds between pieces of the ``fake`` backend (demos and tests)."""
+    prompt_roles: Literal["auto", "system", "strict"] = "auto"
+    """How a prompt's roles reach the model: ``system`` as built (the persona and the card's post-history note as
+    system messages, the greeting as the first assistant turn); ``strict`` arranged for chat templates that take
+    only user and assistant turns, alternating from a user one (Mistral, Llama 2, Gemma): the system texts join the
+    user messages; ``auto`` arranged only for a model whose template refuses the prompt as built (the embedded
+    backend tries the template when it loads the model, a server's backend once the server refuses a request)."""
 
     # --- generation and context
     context_window: int = Field(4096, ge=256)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from vstreamer.llm.base import ChatMessage
-from vstreamer.llm.estimate import estimate_tokens
+from vstreamer.llm.estimate import MESSAGE_OVERHEAD, estimate_tokens
+from vstreamer.llm.roles import REPRESENTATIVE_PROMPT, strict_roles
 from vstreamer.llm.tokenize import RemoteTokenizer
 
 
@@ -37,7 +39,7 @@ class FlakyVLLM:
         return httpx.Response(200, json={"count": len(body["prompt"].split())})
 
 
-def tokenizer(server: FlakyVLLM) -> RemoteTokenizer:
+def tokenizer(server: Callable[[httpx.Request], httpx.Response]) -> RemoteTokenizer:
     return RemoteTokenizer(httpx.AsyncClient(transport=httpx.MockTransport(server)), "http://vllm/v1", "m")
 
 
@@ -108,3 +110,42 @@ async def test_a_server_without_a_tokenizer_is_still_told_apart() -> None:
     )
     assert await counter.detect() == "estimate"
     assert counter.kind == "estimate" and "no tokenizer endpoint" in counter.reason
+
+
+class StrictVLLM:
+    """vLLM's ``/tokenize`` with a strict chat template: chats with a system message, or whose turns do not alternate
+    from a user one, are refused (400); a BOS token, 4 tokens around a user message, 2 around an assistant one."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if "messages" not in body:
+            return httpx.Response(200, json={"count": len(body["prompt"].split())})
+        messages = body["messages"]
+        if any(m["role"] != ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(messages)):
+            return httpx.Response(
+                400, json={"message": "Conversation roles must alternate user/assistant/..."}
+            )
+        return httpx.Response(
+            200,
+            json={
+                "count": 1
+                + sum(len(m["content"].split()) + (4 if m["role"] == "user" else 2) for m in messages)
+            },
+        )
+
+
+async def test_counts_for_a_strict_template_are_of_the_prompt_as_it_is_sent() -> None:
+    counter = tokenizer(StrictVLLM())
+    prompt = list(REPRESENTATIVE_PROMPT)
+    assert await counter.role_overhead("user") == MESSAGE_OVERHEAD  # refused with a system message: estimated
+    assert not counter.template_measured
+    counter.use_strict_roles()  # what the backend does once the server needed it
+    assert [await counter.role_overhead(role) for role in ("system", "user", "assistant")] == [5, 4, 2]
+    arranged = strict_roles(prompt)
+    assert await counter.count(prompt) == 1 + sum(
+        len(m.content.split()) + (4 if m.role == "user" else 2) for m in arranged
+    )
+    # The shares bound the count (joining messages saves their overheads), but do not add up to it.
+    shares = [await counter.count_message(message) for message in prompt]
+    assert sum(shares) >= await counter.count(prompt) and not counter.template_measured
+    assert counter.reason == ""  # measured, not estimated

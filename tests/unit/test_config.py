@@ -40,11 +40,26 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
         ({"ui_port": 8000}, "collides"),
         ({"temperature": 3}, "temperature"),
         ({"model_path": "/nonexistent.gguf"}, "not a file"),
+        ({"prompt_roles": "mistral"}, "prompt_roles"),
     ],
 )
 def test_invalid_settings_give_clear_errors(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.load(**overrides)
+
+
+async def test_prompt_roles_reach_the_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vstreamer.llm import create_backend
+    from vstreamer.llm.resilience import ResilientBackend
+
+    assert Settings.load().prompt_roles == "auto"
+    monkeypatch.setenv("VSTREAMER_PROMPT_ROLES", "strict")
+    backend = create_backend(Settings.load(backend="openai"))
+    assert isinstance(backend, ResilientBackend)
+    assert backend.primary.prompt_roles == "strict"  # type: ignore[attr-defined]
+    await backend.aclose()
+    pytest.importorskip("llama_cpp")
+    assert create_backend(Settings.load(prompt_roles="system")).prompt_roles == "system"  # type: ignore[attr-defined]
 
 
 def test_unknown_key_in_file_is_rejected(tmp_path: Path) -> None:

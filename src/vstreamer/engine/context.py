@@ -19,6 +19,7 @@ from vstreamer.engine.window import fit_history
 from vstreamer.errors import ContextBudgetError
 from vstreamer.llm.base import ChatMessage, LLMBackend
 from vstreamer.llm.estimate import typical_tokens
+from vstreamer.llm.roles import PART_SEPARATOR
 from vstreamer.lru import LRU
 
 if TYPE_CHECKING:
@@ -217,10 +218,6 @@ class ContextBuilder:
             cached = await self.backend.count_message_tokens(message)
             self._system_cache.put(key, cached)
         return cached
-
-
-PART_SEPARATOR = "\n\n"
-"""Between the texts of messages :func:`alternating` joins."""
 
 
 def alternating(messages: list[ChatMessage]) -> list[ChatMessage]:

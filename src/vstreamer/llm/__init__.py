@@ -61,9 +61,12 @@ def _create(settings: Settings, backend: str) -> LLMBackend:
             first_token_timeout=settings.first_token_timeout,
             stall_timeout=settings.stall_timeout,
             max_retries=settings.max_retries,
+            prompt_roles=settings.prompt_roles,
         )
     from vstreamer.llm.local import LocalBackend
     from vstreamer.llm.models import resolve_model_path
 
     path = resolve_model_path(settings.model_path, settings.local_model, settings.data_dir / "models")
-    return LocalBackend(path, n_ctx=settings.context_window, n_threads=settings.n_threads)
+    return LocalBackend(
+        path, n_ctx=settings.context_window, n_threads=settings.n_threads, prompt_roles=settings.prompt_roles
+    )

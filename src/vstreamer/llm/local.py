@@ -38,6 +38,7 @@ from vstreamer.llm.base import (
     collect,
 )
 from vstreamer.llm.prompt_format import PromptFormat, prompt_format
+from vstreamer.llm.roles import REPRESENTATIVE_PROMPT, PromptRoles, strict_roles
 from vstreamer.lru import LRU
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class LoadedModel:
     """The ctypes abort callback llama.cpp holds a pointer to: kept here so it lives as long as the model."""
     idle: CancelFlag = field(default_factory=CancelFlag)
     """Watched between requests; never set."""
+    roles_probe: bool | None = None
+    """What :meth:`needs_strict_roles` found (``None``: not asked yet)."""
 
     @contextmanager
     def watch(self, cancel: CancelFlag) -> Iterator[None]:
@@ -133,7 +136,37 @@ class LoadedModel:
             raise BackendResponseError(f"the chat format of {self.path.name} is unknown here")
         return str(self.prompt_format.render(messages, generation_prompt).prompt)
 
+    def needs_strict_roles(self) -> bool:
+        """Whether the chat template refuses a prompt shaped as vstreamer's (system messages, the greeting as the first
+        turn) but takes it arranged by :func:`~vstreamer.llm.roles.strict_roles`. Tried once per model (two renders, no
+        tokens) and logged once; a template that refuses both is left as it is: its refusal is then the error users
+        see, which says more than a second one would.
+        """
+        if self.roles_probe is None:
+            self.roles_probe = False
+            if self.prompt_format is not None:
+                as_built = [m.as_dict() for m in REPRESENTATIVE_PROMPT]
+                arranged = [m.as_dict() for m in strict_roles(REPRESENTATIVE_PROMPT)]
+                self.roles_probe = not self._renders(as_built) and self._renders(arranged)
+            if self.roles_probe:
+                logger.info(
+                    "the chat template of %s takes no system messages or turns that do not alternate from a user "
+                    "one: its prompts are arranged for it (prompt_roles=auto)",
+                    self.path.name,
+                )
+        return self.roles_probe
+
+    def _renders(self, messages: list[dict[str, str]]) -> bool:
+        assert self.prompt_format is not None
+        try:
+            self.prompt_format.render(messages, True)
+        except BackendResponseError:
+            return False
+        return True
+
     def message_overhead(self) -> int:
+        """Tokens a message adds besides its text, measured with a user turn and an assistant turn: a strict template
+        (see :mod:`vstreamer.llm.roles`) takes them, where it refuses a system message or a lone assistant one."""
         if self.overhead is None:
             one = [{"role": "user", "content": "x"}]
             two = [*one, {"role": "assistant", "content": "x"}]
@@ -223,11 +256,21 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        prompt_roles: PromptRoles = "auto",
+    ) -> None:
         self.model_path = model_path
         self.model = model_path.stem
         self.n_ctx = n_ctx
         self.n_threads = n_threads
+        self.prompt_roles = prompt_roles
+        self.strict_roles = prompt_roles == "strict"
+        """Prompts are arranged for a strict chat template (``strict``, or ``auto`` with a model that needs it)."""
         self._loaded: LoadedModel | None = None
         self._load_lock = asyncio.Lock()
 
@@ -240,10 +283,18 @@ class LocalBackend:
         if self._loaded is None:
             async with self._load_lock:
                 if self._loaded is None:
-                    self._loaded = await asyncio.to_thread(
-                        load_model, self.model_path, self.n_ctx, self.n_threads
-                    )
+                    self._loaded = await asyncio.to_thread(self._load)
         return self._loaded
+
+    def _load(self) -> LoadedModel:
+        model = load_model(self.model_path, self.n_ctx, self.n_threads)
+        if self.prompt_roles == "auto" and model.needs_strict_roles():
+            self.strict_roles = True
+        return model
+
+    def _arranged(self, messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+        """The messages to render (called once the model is loaded: ``auto`` has decided by then)."""
+        return [m.as_dict() for m in (strict_roles(messages) if self.strict_roles else messages)]
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
@@ -252,7 +303,7 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = CancelFlag()
-        payload = [m.as_dict() for m in messages]
+        payload = self._arranged(messages)
 
         def emit(item: object) -> None:
             try:
@@ -285,7 +336,7 @@ class LocalBackend:
 
     async def count_tokens(self, messages: Sequence[ChatMessage]) -> int:
         model = await self.loaded()
-        return model.prompt_tokens([m.as_dict() for m in messages])
+        return model.prompt_tokens(self._arranged(messages))
 
     async def count_message_tokens(self, message: ChatMessage) -> int:
         model = await self.loaded()
@@ -319,7 +370,13 @@ def _generate(
     text: list[str] = []
     finish_reason: str | None = None
     with model.watch(cancel):
-        chunks = model.llama.create_chat_completion(**_completion_kwargs(messages, params))
+        try:  # this renders the chat template; tokens come later, from the iterator
+            chunks = model.llama.create_chat_completion(**_completion_kwargs(messages, params))
+        except (ValueError, jinja2.TemplateError):
+            # If the chat template refused the messages, the error that says so (a 400, as counting gives).
+            if model.prompt_format is not None:
+                model.prompt_format.render(messages, True)
+            raise
         try:
             for n, chunk in enumerate(chunks):
                 if n == 0:

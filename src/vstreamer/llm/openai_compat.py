@@ -42,6 +42,7 @@ from vstreamer.llm.http1 import (
     Pool,
     Response,
 )
+from vstreamer.llm.roles import PromptRoles, is_role_refusal, strict_roles
 from vstreamer.llm.sse import SSEDecoder
 from vstreamer.llm.tokenize import RemoteTokenizer, hide_secret
 from vstreamer.url_auth import header_key, url_auth
@@ -70,6 +71,9 @@ FIRST_TEXT_MAX_BUSY = 4
 FIRST_TEXT_BYTES = 512
 #: Errors of the HTTP exchange itself; anything else raised while reading means a malformed body.
 _DECODE_ERRORS = (ValueError, TypeError, AttributeError, KeyError)
+#: Statuses a chat template's refusal of the prompt's roles comes with: vLLM's and llama.cpp's 400, llama-cpp-python's
+#: server's 500 (it answers any exception of a request so).
+_ROLE_REFUSAL_STATUS = {400, 422, 500}
 
 
 @dataclass(slots=True)
@@ -146,6 +150,10 @@ class OpenAICompatBackend:
     keep-alive pool (0: no bound); idle connections are dropped after ``keepalive_timeout``, which should be
     shorter than the server's own (5 s for vLLM's uvicorn and llama.cpp's server) so that a request never picks
     a connection the server is closing.
+
+    ``prompt_roles`` (see :mod:`vstreamer.llm.roles`): ``strict`` arranges every prompt for a strict chat template,
+    ``system`` sends prompts as built, and ``auto`` too until the server refuses one for its roles: that request is
+    sent again at once, arranged (nothing was generated yet), and once an arranged one is answered, every prompt is.
     """
 
     name = "openai"
@@ -163,8 +171,10 @@ class OpenAICompatBackend:
         retry_backoff: float = 0.25,
         max_connections: int = 1024,
         keepalive_timeout: float = 4.0,
+        prompt_roles: PromptRoles = "auto",
     ) -> None:
         self.model = model
+        self.prompt_roles = prompt_roles
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.first_token_timeout = first_token_timeout
@@ -198,16 +208,24 @@ class OpenAICompatBackend:
             headers=headers, timeout=httpx.Timeout(stall_timeout, connect=connect_timeout)
         )
         self.tokenizer = RemoteTokenizer(self._http, self.base_url, model, secret=self._api_key)
+        self.strict_roles = False
+        """Prompts are arranged for a strict chat template (``strict``, or ``auto`` once the server needed it)."""
+        if prompt_roles == "strict":
+            self._use_strict_roles()
 
     # --- generation -------------------------------------------------------------------------------------
 
     async def stream(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncGenerator[Delta, None]:
-        request = self._request_body(messages, params)
+        arranged = self.strict_roles
+        sent = strict_roles(messages) if arranged else messages
+        request = self._request_body(sent, params)
         if params.response_format is not None:
             request["response_format"] = await self._response_format(params.response_format)
         body = orjson.dumps(request)
+        # The server's refusal of the prompt as built, while the prompt goes again arranged (prompt_roles=auto).
+        refusal: BackendError | None = None
         loop = asyncio.get_running_loop()
         attempt = 0
         # One retry budget and one first-token deadline for the whole request, however many tries it takes: a server
@@ -219,14 +237,35 @@ class OpenAICompatBackend:
             try:
                 response = await self._open_stream(body, state)
                 while (text := await self._next_text(response, state)) is not None:
+                    if refusal is not None:
+                        refusal = None
+                        self._arranged_prompt_answered()
                     yield TextDelta(text)
                 await self._release(response)
-                usage = state.usage or await self._count_usage(messages, "".join(state.parts))
+                if refusal is not None:  # a whole reply without text is an answer all the same
+                    self._arranged_prompt_answered()
+                usage = state.usage or await self._count_usage(sent, "".join(state.parts))
                 yield StreamEnd(state.finish_reason, usage)
                 return
-            except BackendError as exc:
-                if state.parts or attempt >= self.max_retries or not _is_retryable(exc):
+            except BackendError as failure:
+                if state.parts:
                     raise
+                exc = failure
+                if isinstance(exc, _NoEvents):
+                    exc = await self._why_no_events(request, exc, first_token_deadline)
+                if not arranged and self.prompt_roles == "auto" and _refuses_roles(exc):
+                    arranged, sent = True, strict_roles(messages)
+                    if sent is not messages:  # sent again at once: none of the retry budget, no wait
+                        refusal = exc
+                        request["messages"] = [m.json or m.as_json() for m in sent]
+                        body = orjson.dumps(request)
+                        continue
+                if refusal is not None and _refuses_roles(exc):
+                    raise refusal from None  # arranged or not, refused: the refusal of the prompt as it was built
+                if attempt >= self.max_retries or not _is_retryable(exc):
+                    if exc is failure:
+                        raise
+                    raise exc from failure
                 if response is not None:  # given up: the server stops generating for it during the wait
                     response.close()
                     response = None
@@ -244,6 +283,20 @@ class OpenAICompatBackend:
                     # Closing (not releasing) a half-read response drops its connection: vLLM and llama.cpp watch
                     # for disconnects and abort the generation. After _release this does nothing.
                     response.close()
+
+    def _arranged_prompt_answered(self) -> None:
+        """The server answered a prompt arranged after it refused the same prompt as built: arrange them all."""
+        if not self.strict_roles:
+            logger.info(
+                "%s refused a prompt's roles (its chat template takes only user and assistant turns, alternating) "
+                "and took it arranged: prompts to it are arranged from now on (prompt_roles=auto)",
+                self.model,
+            )
+            self._use_strict_roles()
+
+    def _use_strict_roles(self) -> None:
+        self.strict_roles = True
+        self.tokenizer.use_strict_roles()
 
     async def _open_stream(self, body: bytes, state: _StreamState) -> Response:
         try:
@@ -300,7 +353,7 @@ class OpenAICompatBackend:
                 raise BackendResponseError(self._hide(str(exc)), exc.status_code) from None
             if state.eof and not state.done and not state.pending and not state.unread:
                 if not state.seen:
-                    raise BackendResponseError(
+                    raise _NoEvents(
                         f"LLM server sent a response that is not an event stream ({state.where}): "
                         "its body ended without a single event"
                     )
@@ -333,6 +386,35 @@ class OpenAICompatBackend:
                 return
         response.release()
 
+    async def _why_no_events(
+        self, request: dict[str, Any], error: BackendResponseError, deadline: float
+    ) -> BackendResponseError:
+        """The reason of an event stream that ended before its first event, asked with the same request unstreamed.
+
+        llama-cpp-python's server starts every stream with a 200 and prepares the reply after it: when that fails (its
+        chat template refuses the prompt, the prompt is over its context), the stream just ends. The same request
+        unstreamed, for one token, fails before its answer, with the reason; should it pass, ``error`` stands.
+        """
+        ask = {key: value for key, value in request.items() if key != "stream_options"}
+        ask.update(stream=False, max_tokens=1)
+        timeout = max(deadline - asyncio.get_running_loop().time(), 0.1)
+        try:
+            response = await self._http.post(
+                f"{self.base_url}/chat/completions",
+                content=orjson.dumps(ask),
+                headers={"Content-Type": "application/json"},
+                timeout=timeout,
+            )
+            body = response.content[:_ERROR_BODY_LIMIT]
+        except httpx.HTTPError:
+            return error
+        if response.status_code < 400:
+            return error
+        message = _error_message(_loads_or_text(body)) or response.reason_phrase
+        return self._response_error(
+            response.status_code, f"{message} (its stream had ended without an event: asked again unstreamed)"
+        )
+
     async def _status_error(self, response: Response, state: _StreamState) -> BackendResponseError:
         status = response.status
         if status in _RETRY_AFTER_STATUS:
@@ -350,7 +432,15 @@ class OpenAICompatBackend:
             message = f"redirected to {location!r}; set base_url to the address it names"
         else:
             message = _error_message(_loads_or_text(body)) or response.reason or ""
-        return BackendResponseError(f"LLM server returned HTTP {status}: {self._hide(message)}", status)
+        return self._response_error(status, message)
+
+    def _response_error(self, status: int, message: str) -> BackendResponseError:
+        message = f"LLM server returned HTTP {status}: {self._hide(message)}"
+        if status in _ROLE_REFUSAL_STATUS and is_role_refusal(message):
+            # The chat template refused the prompt (llama-cpp-python's server says so with a 500): a request to change,
+            # not one to retry, nor a sign that the server is down (see resilience).
+            return BackendResponseError(message, 400)
+        return BackendResponseError(message, status)
 
     def _pool(self) -> Pool:
         loop = asyncio.get_running_loop()
@@ -511,6 +601,17 @@ def _served_models(payload: object) -> list[str]:
     if models is None:
         raise ValueError(f"/models answered JSON of an unexpected shape: {str(payload)[:100]}")
     return models
+
+
+class _NoEvents(BackendResponseError):
+    """A successful response whose body ended before its first event (see :meth:`OpenAICompatBackend._why_no_events`)."""
+
+
+def _refuses_roles(error: BackendError) -> bool:
+    """Whether ``error`` is the server's chat template refusing the prompt's roles (see :meth:`_status_error`)."""
+    return (
+        isinstance(error, BackendResponseError) and error.status_code == 400 and is_role_refusal(str(error))
+    )
 
 
 def _is_retryable(error: BackendError) -> bool:

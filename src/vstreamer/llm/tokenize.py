@@ -18,6 +18,7 @@ import httpx
 
 from vstreamer.llm.base import ChatMessage, Role
 from vstreamer.llm.estimate import MESSAGE_OVERHEAD, estimate_tokens
+from vstreamer.llm.roles import strict_roles
 from vstreamer.logs import redact
 from vstreamer.lru import LRU
 
@@ -63,6 +64,20 @@ class RemoteTokenizer:
         self.template_measured = False
         """The per-role overheads were measured with the server's own chat template (vLLM): a message's share is
         then exact, and a prompt's count is the sum of its messages' shares."""
+        self.strict_roles = False
+        """Prompts reach the model arranged for a strict chat template (:func:`~vstreamer.llm.roles.strict_roles`):
+        whole prompts are counted so, and the overheads measured with user and assistant turns only. Set by
+        :meth:`use_strict_roles`."""
+
+    def use_strict_roles(self) -> None:
+        """Count prompts as they are sent to a strict chat template from now on. Overheads measured with system
+        messages are measured again: such a template refused those (estimated overheads stood in)."""
+        if not self.strict_roles:
+            self.strict_roles = True
+            if self.kind == "vllm":
+                self._overheads = {}
+                self.template_measured = False
+                self.reason = ""
 
     async def detect(self) -> TokenizerKind:
         if self.kind is None:
@@ -104,9 +119,11 @@ class RemoteTokenizer:
         return count
 
     async def count(self, messages: Sequence[ChatMessage]) -> int:
-        """Tokens of the whole rendered prompt (exact on vLLM)."""
+        """Tokens of the whole rendered prompt (exact on vLLM, arranged as it is sent)."""
         if await self.detect() == "vllm":
-            exact = await self._vllm_tokenize(messages=messages)
+            exact = await self._vllm_tokenize(
+                messages=strict_roles(messages) if self.strict_roles else messages
+            )
             if exact is not None:
                 return exact
         total = 0
@@ -147,23 +164,34 @@ class RemoteTokenizer:
 
     async def _measure_template(self) -> dict[Role, int] | None:
         """Overheads measured with vLLM's own chat template; ``None`` when a request failed on the network."""
-        # Render [system x] and [system x, role x] with the server's own chat template; the differences are
-        # exact, template quirks included (a default system prompt is only added when none is given).
+        # Render each role's message after a prefix (none, for the first) with the server's own chat template: the
+        # differences are exact, template quirks included (a default system prompt is only added when none is
+        # given). The first message's overhead carries the template's fixed prefix, such as a BOS token.
         self._unreachable = False
         text = await self.count_text("x")
-        base = await self._vllm_tokenize(messages=[ChatMessage("system", "x")])
+        rendered: dict[tuple[Role, ...], int | None] = {(): 0}
+        if self.strict_roles:  # a system text is sent as a user message's, or joins one
+            chats: dict[Role, tuple[Role, ...]] = {
+                "system": ("user",), "assistant": ("user", "assistant"), "user": ("user", "assistant", "user"),
+            }  # fmt: skip
+        else:
+            chats = {"system": ("system",), "user": ("system", "user"), "assistant": ("system", "assistant")}
         overheads: dict[Role, int] = {}
-        if base is not None:
-            overheads["system"] = base - text
-            for role in ("user", "assistant"):
-                two = await self._vllm_tokenize(messages=[ChatMessage("system", "x"), ChatMessage(role, "x")])
-                if two is None:
-                    break
-                overheads[role] = two - base - text
+        for role, chat in chats.items():
+            for prompt in (chat[:-1], chat):
+                if prompt not in rendered:
+                    rendered[prompt] = await self._vllm_tokenize(
+                        messages=[ChatMessage(r, "x") for r in prompt]
+                    )
+            whole, before = rendered[chat], rendered[chat[:-1]]
+            if whole is None or before is None:
+                break
+            overheads[role] = whole - before - text
         if self._unreachable:
             return None  # a network failure is not the server refusing chat messages: measure again later
         if len(overheads) == 3:
-            self.template_measured = True
+            # Arranged prompts join messages: their shares are a close bound, no longer the exact sum.
+            self.template_measured = not self.strict_roles
             return overheads
         logger.info("vLLM /tokenize refused chat messages; using an estimated template overhead")
         self.reason = "the server's /tokenize does not render chat messages; template overhead estimated"
