@@ -56,8 +56,9 @@ async def test_event_loop_stays_responsive_while_generating(backend: LocalBacken
     await backend.complete(STORY, SamplingParams(max_tokens=40, seed=1))
     elapsed = time.perf_counter() - started
     task.cancel()
-    # Generation runs on the worker thread: the loop keeps ticking (at least a third of the ideal rate).
-    assert ticks >= elapsed / 0.01 / 3
+    # Generation runs on the worker thread: the loop keeps ticking (a blocked loop ticks once or not at all; the bound
+    # is low, so that a busy machine's slow ticks cannot fail it).
+    assert ticks >= 5, (ticks, elapsed)
 
 
 async def test_cancel_stops_generation_within_a_token(backend: LocalBackend) -> None:

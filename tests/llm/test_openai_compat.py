@@ -790,7 +790,7 @@ async def test_stalled_error_body_and_a_retry_after_past_the_deadline_fail_at_on
         with pytest.raises(BackendResponseError, match="HTTP 503") as info:
             await deltas_of(backend)
     assert info.value.status_code == 503 and len(requests) == 1
-    assert time.monotonic() - started < 2  # the body is given a second, not the whole deadline
+    assert time.monotonic() - started < 5  # the body is given a second, not the whole 10 s deadline
 
 
 async def test_retry_after_sets_the_wait_before_the_next_try() -> None:

@@ -9,11 +9,41 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from vstreamer.persona import matching
 from vstreamer.persona.png import tiny_png
+
+
+class _CountedPattern:
+    """A compiled regex key that records the length of each text it is searched in."""
+
+    def __init__(self, compiled: Any, searched: list[int]) -> None:
+        self._compiled = compiled
+        self._searched = searched
+        self.pattern = compiled.pattern
+
+    def search(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        self._searched.append(len(text))
+        return self._compiled.search(text, *args, **kwargs)
+
+
+@pytest.fixture
+def regex_searches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The length of each text a lorebook regex key compiled from now on is searched in, in order: what the regex
+    engine was given to do, counted rather than timed."""
+    searched: list[int] = []
+    engine = matching.regex
+
+    def compile_counted(*args: Any, **kwargs: Any) -> _CountedPattern:
+        return _CountedPattern(engine.compile(*args, **kwargs), searched)
+
+    monkeypatch.setattr(matching, "regex", SimpleNamespace(compile=compile_counted, error=engine.error))
+    return searched
+
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 

@@ -63,12 +63,13 @@ def test_ambiguous_repeat_regex_key_is_refused_at_import(key: str, cardkit: Any)
         load_persona_bytes(data, "evil.json")
 
 
-def test_ambiguous_repeat_regex_keys_already_stored_cannot_stall_a_turn() -> None:
+def test_ambiguous_repeat_regex_keys_already_stored_cannot_stall_a_turn(regex_searches: list[int]) -> None:
+    """They never reach the regex engine (they took seconds there, doubling with each letter). Counted, not timed:
+    one search of them fails this on any machine, and a busy one cannot fail it."""
     book = Lorebook(entries=[LoreEntry(keys=[k], content=k, use_regex=True) for k in AMBIGUOUS_REPEATS])
-    start = time.perf_counter()
     found = book.activate(["a" * 18 + "! " + "x" * 18 + "!"])
-    assert time.perf_counter() - start < 0.1  # was seconds, doubling with each letter
     assert found == []
+    assert regex_searches == []
 
 
 def test_slow_regex_keys_share_a_few_ms_per_turn() -> None:
@@ -83,7 +84,9 @@ def test_slow_regex_keys_share_a_few_ms_per_turn() -> None:
     book.activate(["1" * 998 + "!x"])  # compiled
     start = time.perf_counter()
     found = book.activate(["1" * 998 + "!x"])
-    assert time.perf_counter() - start < 0.1  # was ~1 s: 50 keys of ~20 ms each
+    assert (
+        time.perf_counter() - start < 0.5
+    )  # was ~1 s: 50 keys of ~20 ms each (~10 ms now; room for a busy machine)
     assert [e.content for e in found] == ["cheap regex, first", "plain key, last"]
 
 

@@ -95,7 +95,9 @@ async def test_locked_sqlite_waits_without_blocking_the_loop(tmp_path: Path) -> 
         while time.perf_counter() - started < 0.3:
             await asyncio.sleep(0.01)
             ticks += 1
-        assert not saving.done() and ticks >= 10  # still waiting, and the loop kept running meanwhile
+        assert (
+            not saving.done() and ticks >= 3
+        )  # still waiting, and the loop kept running meanwhile (blocked: 0-1)
         other.execute("COMMIT")
         await asyncio.wait_for(saving, 5)
         assert [t.content for t in await store.list_messages(record.id)] == ["waits for the lock"]
