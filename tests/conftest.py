@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -218,7 +218,11 @@ def _say(request: pytest.FixtureRequest, message: str) -> None:
 
 
 def _start_vllm(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, local_model: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    local_model: str,
+    *,
+    extra_args: Sequence[str] = (),
 ) -> VLLMCPUServer:
     if os.environ.get("VSTREAMER_SKIP_VLLM"):
         pytest.skip("VSTREAMER_SKIP_VLLM is set: vLLM CPU tests are off")
@@ -230,8 +234,9 @@ def _start_vllm(
     except BackendNotInstalled as exc:
         pytest.skip(f"vLLM CPU cannot serve {local_model} here: {exc}")
     launch = vllm_cpu.build_cpu_command(
-        prepared.python, prepared.model_dir, served_model_name=prepared.served_name, port=free_port()
-    )
+        prepared.python, prepared.model_dir, served_model_name=prepared.served_name, port=free_port(),
+        extra_args=extra_args,
+    )  # fmt: skip
     server = vllm_cpu.VLLMCPUServer(launch, tmp_path_factory.mktemp("vllm") / f"{local_model}.log")
     server.start(wait_s=240, progress=lambda m: _say(request, m))
     return server
