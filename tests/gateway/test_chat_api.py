@@ -116,6 +116,17 @@ def test_streamed_chunks_arrive_incrementally(start_gateway) -> None:  # type: i
             "temperature",
         ),
         ({"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, "n"),
+        ({"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}], "n": True}, 400, "boolean"),
+        (
+            {"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}], "stream_options": {}},
+            400,
+            "stream_options",
+        ),
+        (
+            {"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto"},
+            400,
+            "tool calls are not supported",
+        ),
         (
             {"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
             400,

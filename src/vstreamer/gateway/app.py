@@ -17,6 +17,7 @@ from vstreamer.gateway.auth import Authenticator
 from vstreamer.gateway.catalog import PersonaCatalog
 from vstreamer.gateway.chat import CHAT_PATH
 from vstreamer.gateway.hot_route import ChatRoute
+from vstreamer.gateway.local_only import LocalOnly
 from vstreamer.gateway.metrics import GatewayMetrics, count_request
 from vstreamer.gateway.readiness import Readiness
 from vstreamer.gateway.state import GatewayState
@@ -42,11 +43,18 @@ class GatewayApp(FastAPI):
     """The FastAPI app, with its busiest route (``POST /v1/chat/completions``) served before the framework.
 
     Middleware belongs in :func:`create_app`, which knows the route: one added to the returned app later would not
-    see chat requests."""
+    see chat requests. ``local_only`` (set with auth off) refuses other sites' pages and other host names before
+    either route sees the request."""
 
     hot_route: ASGIApp | None = None
+    local_only: LocalOnly | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.local_only is not None and scope["type"] == "http":
+            refusal = self.local_only.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         hot = self.hot_route
         if (
             hot is not None
@@ -102,4 +110,6 @@ def create_app(runtime: Runtime, *, close_runtime: bool = False) -> GatewayApp:
     app.add_middleware(RequestCounter, metrics=state.metrics)
     route = next(r for r in chat.router.routes if getattr(r, "path", None) == CHAT_PATH)
     app.hot_route = ChatRoute(state, fallback=partial(FastAPI.__call__, app), route=route, cors=cors)
+    if not settings.auth:
+        app.local_only = LocalOnly(settings.cors_origins)
     return app

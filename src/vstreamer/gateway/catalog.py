@@ -69,6 +69,15 @@ class PersonaCatalog:
             )  # a file's: re-read now and then (a stored one changes by import)
         return persona
 
+    async def model(self, name: str) -> Persona:
+        """The persona a request names as its ``model``. One that names none is OpenAI's 404 for an unknown model
+        (``model_not_found``, ``param: model``), alike from the chat route and ``/v1/models/{id}``: clients tell it
+        from a missing session, which is a 404 too, by that code."""
+        try:
+            return await self.get(name)
+        except PersonaNotFound as exc:
+            raise APIError(404, str(exc), param="model", code="model_not_found") from None
+
     def _stored_by_id(self) -> Sequence[Persona]:
         """The stored personas in id order: a name two of them share (two instances' imports at once, or older
         versions') finds the same one before and after a restart, whose load changes the dict's order."""

@@ -103,7 +103,7 @@ async def open_reply(
     state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], owner: str
 ) -> ChatReply:
     """Check the request against the persona and the session, and start the reply (run when the response is)."""
-    persona = await state.catalog.get(body.model)
+    persona = await state.catalog.model(body.model)
     user_text = body.messages[-1].text
     _check_lengths(state, body, headers)
     conversation = await _conversation(state, body, headers, persona, owner)

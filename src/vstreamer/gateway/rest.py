@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vstreamer.engine import Fact, Turn, ViewerKey
-from vstreamer.errors import PersonaNotFound, StoreError
+from vstreamer.errors import StoreError
 from vstreamer.gateway.chat import API_PLATFORM, api_viewer_id
 from vstreamer.gateway.errors import APIError
 from vstreamer.gateway.readiness import public
@@ -59,12 +59,7 @@ async def list_models(request: Request, _: str = Depends(principal)) -> dict[str
 @router.get("/v1/models/{model_id}")
 async def retrieve_model(model_id: StoredId, request: Request, _: str = Depends(principal)) -> dict[str, Any]:
     """One entry of ``/v1/models`` (OpenAI's ``client.models.retrieve``); a persona's name finds it as in chat."""
-    try:
-        persona = await gateway_state(request).catalog.get(model_id)
-    except PersonaNotFound:
-        raise APIError(404, f"the model {model_id!r} does not exist", param="model",
-                       code="model_not_found") from None  # fmt: skip
-    return _model(persona)
+    return _model(await gateway_state(request).catalog.model(model_id))
 
 
 @router.get("/api/personas")

@@ -12,6 +12,7 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,6 +48,37 @@ PlatformName = Annotated[str, StringConstraints(max_length=32), BeforeValidator(
 """A live platform's name in a query (``youtube``, ``api``)."""
 
 
+def _not_a_bool(value: object) -> object:
+    """A number that is not ``true`` or ``false``: pydantic reads ``true`` as 1 where OpenAI refuses it."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+def _null_is(default: object) -> BeforeValidator:
+    """``null`` read as the parameter's default, as OpenAI reads it (``"stream": null`` is ``false``)."""
+    return BeforeValidator(lambda value: default if value is None else value)
+
+
+def _no_op(*values: object, unsupported: str) -> AfterValidator:
+    """A parameter the gateway does not act on: accepted when it asks for nothing (``null``, or one of ``values``:
+    OpenAI's default, compared with its JSON type, so ``0`` is not ``false``); otherwise refused with
+    ``unsupported``, since a client that relies on it must hear that it is not done."""
+
+    def check(value: object) -> object:
+        if value is None or any(type(value) is type(v) and value == v for v in values):
+            return value
+        raise ValueError(unsupported)
+
+    return AfterValidator(check)
+
+
+Whole = Annotated[int, BeforeValidator(_not_a_bool)]
+Real = Annotated[float, BeforeValidator(_not_a_bool)]
+_NO_TOOLS = "tool calls are not supported: the persona only talks"
+_NO_LOGPROBS = "log probabilities are not supported"
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -75,7 +107,7 @@ class RequestMessage(BaseModel):
     @property
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
+            return "\n".join(part.text for part in self.content)  # as vLLM joins them
         return self.content or ""
 
 
@@ -92,21 +124,37 @@ class ChatCompletionRequest(BaseModel):
 
     model: ModelName
     messages: Annotated[list[RequestMessage], Field(min_length=1, max_length=1000)]
-    stream: StrictBool = False
+    stream: Annotated[StrictBool, _null_is(False)] = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1, le=32768)
-    max_completion_tokens: int | None = Field(None, ge=1, le=32768)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    n: Literal[1] = 1
+    """Only with ``stream: true``, as OpenAI's."""
+    temperature: Real | None = Field(None, ge=0, le=2)
+    top_p: Real | None = Field(None, gt=0, le=1)
+    max_tokens: Whole | None = Field(None, ge=1, le=32768)
+    """The longest reply; after validation, ``max_completion_tokens`` when both are sent (OpenAI's newer name)."""
+    max_completion_tokens: Whole | None = Field(None, ge=1, le=32768)
+    seed: Whole | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    n: Annotated[Whole, _null_is(1)] = 1
     user: UserText | None = None
     """Names the session when no ``X-Session-Id`` header is sent (see :func:`vstreamer.gateway.chat.session_id_of`)."""
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     """Up to 4 strings the reply ends before (as OpenAI's)."""
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: Real | None = Field(None, ge=-2, le=2)
+    frequency_penalty: Real | None = Field(None, ge=-2, le=2)
     metadata: dict[Text, Text] | None = None
+    # What OpenAI clients send as no-ops (their defaults, or null): accepted; any real use of them is refused.
+    store: StrictBool | None = None
+    """Whether OpenAI keeps the completion; the gateway keeps every session's turns, whatever it says."""
+    parallel_tool_calls: StrictBool | None = None
+    logprobs: Annotated[Any, _no_op(False, unsupported=_NO_LOGPROBS)] = None
+    top_logprobs: Annotated[Any, _no_op(0, unsupported=_NO_LOGPROBS)] = None
+    tools: Annotated[Any, _no_op([], unsupported=_NO_TOOLS)] = None
+    tool_choice: Annotated[Any, _no_op("none", unsupported=_NO_TOOLS)] = None
+    functions: Annotated[Any, _no_op([], unsupported=_NO_TOOLS)] = None
+    function_call: Annotated[Any, _no_op("none", unsupported=_NO_TOOLS)] = None
+    response_format: Annotated[Any, _no_op({"type": "text"}, unsupported="only {'type': 'text'} is supported: "
+                                            "the persona answers in its own words, not in JSON")] = None  # fmt: skip
+    logit_bias: Annotated[Any, _no_op({}, unsupported="logit_bias is not supported")] = None
+    modalities: Annotated[Any, _no_op(["text"], unsupported="only text output is supported")] = None
 
     @field_validator("messages")
     @classmethod
@@ -114,6 +162,28 @@ class ChatCompletionRequest(BaseModel):
         if messages[-1].role != "user" or not messages[-1].text.strip():
             raise ValueError("the last message must be a non-empty user message")
         return messages
+
+    @field_validator("stream_options")
+    @classmethod
+    def _streamed(cls, options: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if options is not None and not info.data.get("stream", True):  # a refused stream is told, not this
+            raise ValueError("stream_options is only allowed with stream: true")
+        return options
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only one choice per request is supported (n: 1)")
+        return n
+
+    @model_validator(mode="after")
+    def _newer_max_tokens(self) -> ChatCompletionRequest:
+        """``max_completion_tokens`` wins over ``max_tokens`` (OpenAI's deprecated name), and is what ``max_tokens``
+        says from here on, so that one field is read."""
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
 
 
 def error_body(
