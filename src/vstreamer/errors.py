@@ -52,12 +52,22 @@ class BackendTimeout(BackendError):
     code = "backend_timeout"
 
 
+REFUSED_STATUS = frozenset({400, 413, 422})
+"""What an LLM server answers a request it refuses as such (a prompt over its context, a parameter it does not take,
+a content filter): the same request would be refused again, unlike a 5xx, a 429 or a wrong key."""
+
+
 class BackendResponseError(BackendError):
     code = "backend_response_error"
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+    @property
+    def refused(self) -> bool:
+        """Whether the server refused the request itself (:data:`REFUSED_STATUS`), not failed to answer it."""
+        return self.status_code in REFUSED_STATUS
 
 
 class BackendNotInstalled(BackendError):

@@ -7,14 +7,14 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, SamplingOverrides
 from vstreamer.engine.conversation import Turn, new_id
-from vstreamer.errors import BackendUnavailable, ContextBudgetError
+from vstreamer.errors import BackendResponseError, BackendUnavailable, ContextBudgetError
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage, SamplingParams
 from vstreamer.persona import Persona, SamplingDefaults
@@ -230,3 +230,111 @@ def test_turns_made_at_one_moment_are_stored_a_microsecond_apart() -> None:
         first = conversation.add(Turn("assistant", "", created_at=moment))
         second = conversation.add(Turn("user", "sent meanwhile", created_at=moment - rng.random() * 1e-6))
         assert message_row("s", second)["created_at"] > message_row("s", first)["created_at"]
+
+
+def user_messages(backend: FakeBackend) -> list[str]:
+    """The user messages of the last prompt."""
+    return [m.content for m in backend.requests[-1] if m.role == "user"]
+
+
+def refusing(word: str, status: int = 400) -> Callable[[Sequence[ChatMessage]], str]:
+    """A model whose server refuses any prompt that holds ``word`` (over its context, a content filter), with
+    ``status`` (a 5xx: it failed), before any text; it answers "noted" otherwise."""
+
+    def answer(messages: Sequence[ChatMessage]) -> str:
+        if any(word in m.content for m in messages):
+            raise BackendResponseError(f"LLM server returned HTTP {status}: too long", status)
+        return "noted"
+
+    return answer
+
+
+@pytest.mark.parametrize("user_commit", ["overlap", "before"])
+async def test_a_message_the_server_refuses_fails_and_leaves_later_prompts(
+    persona: Persona, tmp_path: Path, user_commit: str
+) -> None:
+    store = await open_store(None, tmp_path)
+    try:
+        backend = FakeBackend(refusing("HUGE"))
+        engine = DialogueEngine(backend, ContextBudget(2048, 256), store=store, user_commit=user_commit)  # type: ignore[arg-type]
+        record = await store.create_session(persona.id, owner="o")
+        conversation = await store.load_conversation(record.id)
+        await consume(engine.reply(conversation, persona, "I like cats"))
+        with pytest.raises(BackendResponseError):
+            await consume(engine.reply(conversation, persona, "HUGE paste"))
+        # Stored as failed by the time the error is raised: whoever reads the session after it finds it so.
+        stored = [(t.role, t.content, t.status) for t in await store.list_messages(record.id)]
+        assert stored[-2:] == [("user", "HUGE paste", "failed"), ("assistant", "", "failed")]
+        assert conversation.turns[-2].error_code == "backend_response_error"
+        await consume(engine.reply(conversation, persona, "what do I like?"))
+        assert user_messages(backend) == ["I like cats", "what do I like?"]
+        reloaded = await store.load_conversation(record.id)  # and so for a session read back
+        await consume(engine.reply(reloaded, persona, "again?"))
+        assert user_messages(backend) == ["I like cats", "what do I like?", "again?"]
+    finally:
+        await store.close()
+
+
+async def test_a_server_failure_or_a_refusal_after_text_keeps_the_message(persona: Persona) -> None:
+    """Only a refusal before any text fails the message: after a 5xx it may well pass once the server is back, and a
+    reply that showed text answered it."""
+    conversation = Conversation(persona.id)
+    engine = engine_for(FakeBackend(refusing("DOWN", 500)))
+    with pytest.raises(BackendResponseError):
+        await consume(engine.reply(conversation, persona, "DOWN for a while"))
+    assert [t.status for t in conversation.turns] == ["complete", "failed"]
+    late = engine_for(FakeBackend(fail_after=2))
+    with pytest.raises(BackendUnavailable):
+        await consume(late.reply(conversation, persona, "one two three four"))
+    assert conversation.turns[-2].status == "complete"
+
+
+@pytest.mark.parametrize("how", ["failed", "interrupted", "no reply"])
+async def test_a_message_sent_again_unanswered_is_kept_once(
+    persona: Persona, tmp_path: Path, how: str
+) -> None:
+    """An OpenAI SDK retries a 5xx or a timeout twice, sending the message again: the earlier copy, answered with no
+    text, leaves the prompts (stored as failed), and the model reads the message once."""
+    store = await open_store(None, tmp_path)
+    try:
+        backend = FakeBackend(refusing("NOTHING-REFUSED"))
+        engine = DialogueEngine(backend, ContextBudget(2048, 256), store=store)
+        record = await store.create_session(persona.id, owner="o")
+        conversation = await store.load_conversation(record.id)
+        await consume(engine.reply(conversation, persona, "hi"))
+        tries = 1 if how == "no reply" else 2  # the first try, and the SDK's first retry, go unanswered
+        for _ in range(tries):
+            if how == "failed":
+                backend.fail_after = 0
+                with pytest.raises(BackendUnavailable):
+                    await consume(engine.reply(conversation, persona, "tell me a joke"))
+            elif how == "interrupted":
+                events = engine.reply(conversation, persona, "tell me a joke")
+                assert (await anext(events)).kind == "started"
+                await events.aclose()  # the client timed out before the first text
+            else:  # a message whose reply never started (the process stopped meanwhile)
+                conversation.add(user := Turn("user", "tell me a joke"))
+                await store.save_turn(conversation, user)
+        backend.fail_after = None
+        await consume(engine.reply(conversation, persona, "tell me a joke"))
+        assert user_messages(backend) == ["hi", "tell me a joke"]  # once, not joined with its copies
+        stored = await store.list_messages(record.id)
+        assert [(t.role, t.status) for t in stored] == [(t.role, t.status) for t in conversation.turns]
+        copies = [t for t in stored if t.content == "tell me a joke"]
+        assert [t.status for t in copies] == ["failed"] * tries + ["complete"]
+        assert copies[0].error_code == "resent"
+    finally:
+        await store.close()
+
+
+async def test_a_message_sent_again_after_a_reply_with_text_is_a_new_one(persona: Persona) -> None:
+    conversation = Conversation(persona.id)
+    backend = FakeBackend(fail_after=1)
+    engine = engine_for(backend)
+    with pytest.raises(BackendUnavailable):  # its reply showed some text before it failed
+        await consume(engine.reply(conversation, persona, "one two three"))
+    backend.fail_after = None
+    await consume(engine.reply(conversation, persona, "one two three"))
+    await consume(engine.reply(conversation, persona, "one two three"))  # after a whole reply: also new
+    assert [t.status for t in conversation.turns if t.role == "user"] == ["complete"] * 3
+    assert "\n\n".join(user_messages(backend)).count("one two three") == 3

@@ -42,6 +42,7 @@ async def test_an_unexpected_failure_before_the_reply_is_an_openai_error(
             }
             response = await client.post("/v1/chat/completions", json=body)
             assert response.status_code == 500
+            assert response.headers["x-session-id"] == "s1"  # which session holds the failed reply
             assert response.json()["error"] == {
                 "message": "internal server error", "type": "server_error", "param": None, "code": None,
             }  # fmt: skip

@@ -127,3 +127,17 @@ async def test_a_stopped_reply_reads_the_same_live_and_reopened(
     shown = str(ShownMessage.sent[-1].content)
     assert shown.endswith("（已中断）")
     assert await shown_resumed(ui_app, chat) == shown
+
+
+async def test_a_message_the_server_refused_reads_the_same_live_and_reopened(
+    ui_app: Any, started_ui: UIState, chat: Conversation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LLM server refused it (a 400 before any text): the message failed, its failed reply has the note, which
+    the reopened thread shows once (not again after the message, as for a message refused before any reply)."""
+    refusal = BackendResponseError("LLM server returned HTTP 400: too long", 400)
+    monkeypatch.setattr(started_ui.require_runtime().backend, "stream", failing(refusal))
+    shown = await shown_live(ui_app, started_ui, chat, "很长的消息")
+    assert "模型服务出了点问题" in shown and [t.status for t in chat.turns] == ["failed", "failed"]
+    thread = await ui_app._data_layer().get_thread(chat.id)
+    assert [s["type"] for s in thread["steps"]] == ["user_message", "assistant_message"]
+    assert thread["steps"][-1]["output"] == shown

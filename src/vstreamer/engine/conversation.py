@@ -15,6 +15,9 @@ _PER_SECOND = 1_000_000
 """A turn's time is stored to the microsecond."""
 
 TurnStatus = Literal["complete", "interrupted", "failed", "blocked", "streaming"]
+RESENT = "resent"
+"""The :attr:`Turn.error_code` of a user message that failed because it was sent again, unanswered (the engine
+answers the later copy)."""
 
 
 def new_id() -> str:

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from vstreamer.engine.background import BackgroundTasks
 from vstreamer.engine.context import BuiltContext, ContextBudget, ContextBuilder
-from vstreamer.engine.conversation import Conversation, Turn
+from vstreamer.engine.conversation import RESENT, Conversation, Turn
 from vstreamer.engine.drift import DriftDetector, DriftStream
 from vstreamer.engine.drift_lines import fallback_line, reinforcement
 from vstreamer.engine.events import EngineEvent, ReplyDelta, ReplyFinished, ReplyStarted
 from vstreamer.engine.memory import MemoryManager, Recall
 from vstreamer.engine.stats import EngineStats
-from vstreamer.errors import ConfigError, ContextBudgetError, StoreError
+from vstreamer.errors import BackendResponseError, ConfigError, ContextBudgetError, StoreError
 from vstreamer.llm.base import ChatMessage, LLMBackend, SamplingParams, StreamEnd
 from vstreamer.safety.normalize import well_formed
 
@@ -234,7 +234,9 @@ class DialogueEngine:
         With a safety pipeline, the message is moderated and neutralised before it reaches the prompt, and the
         reply is guarded while it streams. Closing the iterator early (client gone, stop button, Ctrl-C) stops the
         generation upstream and keeps the partial reply as an ``interrupted`` turn. A backend failure keeps it as
-        ``failed`` and re-raises.
+        ``failed`` and re-raises; a message the server refused before any text of its reply fails too (stored so,
+        in no later prompt). The same message sent again while its last copy has no answer with text replaces that
+        copy (:func:`_unanswered_copy`).
         """
         # Checked first: a request with sampling values out of range leaves no message behind, unanswered.
         params = self.sampling_for(persona, overrides)
@@ -249,6 +251,8 @@ class DialogueEngine:
                     yield event
                 return
             user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
+            if (earlier := _unanswered_copy(conversation, user_turn.content)) is not None:
+                await self._withdraw(conversation, earlier)
             conversation.add(user_turn)
             # Overlapped (the default), the user's message is queued and committed at the turn's first wait: usually
             # once the request is out, while the model reads the prompt (sooner, it would hold the request back by the
@@ -277,8 +281,8 @@ class DialogueEngine:
                     conversation, persona, memory=recall.blocks, history_from=recall.history_from
                 )
             except BaseException as exc:
-                refused = isinstance(exc, ContextBudgetError)
-                if refused:  # kept, as failed: never in a later prompt (where it would not fit either)
+                refused = _refuses_message(exc)
+                if refused:  # kept, as failed: never in a later prompt (it would fail there too)
                     user_turn.fail(exc)
                 if saving is not None:
                     await asyncio.shield(saving)
@@ -290,6 +294,15 @@ class DialogueEngine:
                 async with aclosing(reply) as events:
                     async for event in events:
                         yield event
+            except BackendResponseError as exc:
+                # Refused before the reply's first text (a prompt over the server's context, a content filter): the
+                # message fails, stored so before the error is told, or every later prompt, which would carry it,
+                # would be refused too. A reply with text answered it: the message stays.
+                if exc.refused and user_turn.status == "complete" and _unanswered(conversation, user_turn):
+                    user_turn.fail(exc)
+                    if self.store is not None:  # its row, committed before the reply's
+                        await self._shielded(self._save(conversation, user_turn))
+                raise
             finally:
                 if self.memory is not None:  # scheduling only: the reply never waits for memory work
                     self.memory.after_turn(conversation, persona, context, user_turn)
@@ -527,6 +540,15 @@ class DialogueEngine:
         task.add_done_callback(self._storing.discard)
         return asyncio.shield(task)
 
+    async def _withdraw(self, conversation: Conversation, earlier: Turn) -> None:
+        """Take the unanswered ``earlier`` copy of a message sent again out of prompts: failed, and stored so before
+        the new copy is."""
+        earlier.status, earlier.error = "failed", f"{RESENT}: sent again, answered as the later copy"
+        # The window kept between turns holds settled turns as they were: this one changed, so it is walked again.
+        conversation.history_index = None
+        if self.store is not None:
+            await self._shielded(self._save(conversation, earlier))
+
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:
             await self.store.save_turn(conversation, turn)
@@ -534,6 +556,40 @@ class DialogueEngine:
     async def _save_all(self, conversation: Conversation, *turns: Turn) -> None:
         for turn in turns:
             await self._save(conversation, turn)
+
+
+def _refuses_message(exc: BaseException) -> bool:
+    """Whether ``exc`` refuses the user's message for good: it does not fit the prompt, or the LLM server refused
+    the request as such (not an outage, which the same message may well pass once it is over)."""
+    return isinstance(exc, ContextBudgetError) or isinstance(exc, BackendResponseError) and exc.refused
+
+
+def _unanswered(conversation: Conversation, user_turn: Turn) -> bool:
+    """Whether the reply to ``user_turn`` (the turn after it: replies take turns) has shown no text."""
+    turns = conversation.turns
+    return len(turns) > 1 and turns[-2] is user_turn and not turns[-1].content
+
+
+def _unanswered_copy(conversation: Conversation, content: str) -> Turn | None:
+    """The conversation's last user message, if it reads ``content`` and was never answered with any text: no reply
+    after it, or one that failed or was stopped before its first text.
+
+    Such a message sent again is the same message: an OpenAI SDK retries a 5xx or a timeout twice, and a viewer
+    sends it again after an error. Both copies in later prompts would make the model read it several times (joined
+    by :func:`~vstreamer.engine.context.alternating`), so the earlier one is withdrawn (stored as failed, out of
+    prompts) and the new one answered: every adapter sends through :meth:`DialogueEngine.reply`, so the gateway,
+    the web UI and live chat keep one copy alike. After a reply with text, the same words are a new message."""
+    turns = conversation.turns
+    if not turns:
+        return None
+    last = turns[-1]
+    if last.role == "assistant":
+        if len(turns) < 2 or last.status not in ("failed", "interrupted") or last.content.strip():
+            return None
+        last = turns[-2]
+    if last.role == "user" and last.status == "complete" and last.content == content:
+        return last
+    return None
 
 
 def _unless_stored(turn: Turn, saving: asyncio.Future[None]) -> None:

@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from vstreamer.engine import Conversation, EngineEvent, ReplyDelta, ReplyFinished, SamplingOverrides, Turn
 from vstreamer.errors import VStreamerError
-from vstreamer.gateway.errors import APIError, error_response, status_for
+from vstreamer.gateway.errors import SESSION_HEADER, APIError, InSession, error_response, status_for
 from vstreamer.gateway.schemas import ChatCompletionRequest, error_body
 from vstreamer.gateway.state import GatewayState, gateway_state, principal
 from vstreamer.persona import Persona
@@ -32,7 +32,6 @@ from vstreamer.store import SessionRecord
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
-SESSION_HEADER = "X-Session-Id"
 VIEWER_HEADER = "X-Viewer-Id"
 SESSION_HEADER_KEY, VIEWER_HEADER_KEY = SESSION_HEADER.lower(), VIEWER_HEADER.lower()
 """The names to look up: ``headers`` are a plain dict of lower-case names on the hot route."""
@@ -161,20 +160,24 @@ async def _conversation(
         if named and conversation.viewer_id and conversation.viewer_id != viewer:
             # What the persona remembers is the session's viewer's: taking another's message as theirs would mix
             # two people's memories (recall and learning both go by the session's viewer).
-            raise APIError(409, f"session {session_id!r} is another viewer's; use a session of its own for "
-                           f"{VIEWER_HEADER} {named!r}", param=VIEWER_HEADER, code="session_viewer_mismatch")  # fmt: skip
+            mismatch = APIError(409, f"session {session_id!r} is another viewer's; use a session of its own for "
+                                f"{VIEWER_HEADER} {named!r}", param=VIEWER_HEADER, code="session_viewer_mismatch")  # fmt: skip
+            raise InSession(mismatch, session_id)
         conversation.viewer_id = conversation.viewer_id or viewer
         return conversation
     # Stateless, OpenAI-style: the client sends the history; it is stored as a new session all the same.
     record = await store.create_session(
         persona.id, owner=owner, platform=API_PLATFORM, user_name=state.settings.user_name, viewer_id=viewer
     )
-    conversation = await store.load_conversation(record.id)
-    for message in body.messages[:-1]:
-        if message.role in ("user", "assistant") and message.text.strip():
-            turn = Turn(message.role, message.text)
-            conversation.add(turn)
-            await store.save_turn(conversation, turn)
+    try:
+        conversation = await store.load_conversation(record.id)
+        for message in body.messages[:-1]:
+            if message.role in ("user", "assistant") and message.text.strip():
+                turn = Turn(message.role, message.text)
+                conversation.add(turn)
+                await store.save_turn(conversation, turn)
+    except Exception as exc:
+        raise InSession(exc, record.id) from exc  # what was stored of the history is the client's to delete
     return conversation
 
 
@@ -229,7 +232,8 @@ class ChatReply(Response):
             except _ClientGone:
                 await _client_closed(scope, receive, send)
                 return
-            except VStreamerError as exc:
+            # A bug too: answered here, naming the session (the routes' own handlers would not).
+            except Exception as exc:
                 await self._fail(exc, watcher, scope, receive, send)
                 return
             if self.stream:
@@ -323,7 +327,7 @@ class ChatReply(Response):
                 # Nobody reads it: it is the request's status, for the metrics.
                 await _client_closed(scope, receive, send)
                 return
-        except VStreamerError as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug too: answered in OpenAI's schema (logged), with the session
             await self._fail(exc, watcher, scope, receive, send)
             return
         finally:
@@ -411,8 +415,10 @@ class ChatReply(Response):
         if self.first_token is not None and tokens > 1 and ended > self.first_token:
             metrics.tokens_per_second.observe(tokens / (ended - self.first_token))
 
-    def _count_failure(self, exc: VStreamerError) -> None:
-        self.state.metrics.errors.labels(exc.code).inc()
+    def _count_failure(self, exc: Exception) -> None:
+        self.state.metrics.errors.labels(
+            exc.code if isinstance(exc, VStreamerError) else "internal_error"
+        ).inc()
         self._count_reply("failed")
 
     def _count_reply(self, status: str) -> None:
@@ -422,12 +428,13 @@ class ChatReply(Response):
             self.state.metrics.replies.labels(status).inc()
 
     async def _fail(
-        self, exc: VStreamerError, watcher: Watcher, scope: Scope, receive: Receive, send: Send
+        self, exc: Exception, watcher: Watcher, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """A failure before the response started: an HTTP error in OpenAI's schema."""
+        """A failure before the response started: an HTTP error in OpenAI's schema, naming the session (a stateless
+        request's history is stored by then: the client may read or delete it)."""
         watcher.stop()
         self._count_failure(exc)
-        await error_response(exc)(scope, receive, send)
+        await error_response(exc, self.session_id)(scope, receive, send)
 
 
 async def _client_closed(scope: Scope, receive: Receive, send: Send) -> None:

@@ -48,13 +48,10 @@ class APIError(Exception):
         self.status, self.type, self.param, self.code = status, type_, param, code
 
 
-UPSTREAM_REFUSALS = frozenset({400, 413, 422})
-"""What the LLM server says of a request it refuses as such (a ``max_tokens`` over its context, say): the client's
-request is what to change, so it is told 400 with the server's reason, not a 502."""
-
-
 def status_for(exc: VStreamerError) -> tuple[int, str]:
-    if isinstance(exc, BackendResponseError) and exc.status_code in UPSTREAM_REFUSALS:
+    # A request the LLM server refuses as such (a ``max_tokens`` over its context, say): the client's request is
+    # what to change, so it is told 400 with the server's reason, not a 502.
+    if isinstance(exc, BackendResponseError) and exc.refused:
         return 400, "invalid_request_error"
     for kind, status, type_ in _STATUS:
         if isinstance(exc, kind):
@@ -62,7 +59,30 @@ def status_for(exc: VStreamerError) -> tuple[int, str]:
     return 500, "server_error"
 
 
-def error_response(exc: BaseException) -> JSONResponse:
+SESSION_HEADER = "X-Session-Id"
+"""Names the session a chat request continued or made, in its answer: a reply's, and an error's once it had one."""
+
+
+class InSession(Exception):
+    """``error``, raised once the request had its session (``session_id``): its answer names the session as a reply's
+    would, so that the client can find, or delete, what was stored before it (a stateless client's history)."""
+
+    def __init__(self, error: Exception, session_id: str) -> None:
+        super().__init__(str(error))
+        self.error, self.session_id = error, session_id
+
+
+def error_response(exc: BaseException, session_id: str | None = None) -> JSONResponse:
+    """``exc`` in OpenAI's error schema, naming ``session_id`` (or an :class:`InSession`'s) in ``X-Session-Id``."""
+    if isinstance(exc, InSession):
+        return error_response(exc.error, exc.session_id)
+    response = _error_response(exc)
+    if session_id is not None:
+        response.headers[SESSION_HEADER] = session_id
+    return response
+
+
+def _error_response(exc: BaseException) -> JSONResponse:
     if isinstance(exc, APIError):
         return JSONResponse(error_body(str(exc), exc.type, param=exc.param, code=exc.code), exc.status)
     if isinstance(exc, VStreamerError):
@@ -145,6 +165,10 @@ def _body_error(error: Mapping[str, Any], request: Request) -> str | None:
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(InSession)
+    async def _in_session(_: Request, exc: InSession) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(VStreamerError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
 from chainlit.data.base import BaseDataLayer
@@ -17,6 +18,7 @@ from chainlit.types import Feedback, PageInfo, PaginatedResponse, Pagination, Th
 from chainlit.user import PersistedUser, User
 
 from vstreamer.engine import Turn
+from vstreamer.engine.conversation import RESENT
 from vstreamer.store import SessionRecord, Store
 from vstreamer.ui.emotion import strip_emotions
 
@@ -62,9 +64,12 @@ def turn_step(turn: Turn, thread_id: str, *, persona_name: str, user_name: str) 
     return step  # type: ignore[return-value]
 
 
-def _refusal(turn: Turn) -> tuple[Turn, ...]:
-    """A failed user message (refused before any reply: too long) is followed by the note the chat showed live."""
-    if turn.role != "user" or turn.status != "failed":
+def _refusal(turn: Turn, after: Turn | None) -> tuple[Turn, ...]:
+    """A failed user message refused before any reply (too long) is followed by the note the chat showed live. One
+    with a reply after it (the LLM server refused it) has its note there; one sent again, none."""
+    if turn.role != "user" or turn.status != "failed" or turn.error_code == RESENT:
+        return ()
+    if after is not None and after.role == "assistant":
         return ()
     return (Turn("assistant", "", "failed", f"{turn.id}-note", turn.created_at, error=turn.error),)
 
@@ -154,10 +159,9 @@ class StoreDataLayer(BaseDataLayer):
         steps = []
         # The newest turns of a long thread (the oldest came first, and a resumed thread ended a thousand turns in).
         total = await store.count_messages(thread_id)
-        for turn in await store.list_messages(
-            thread_id, limit=THREAD_TURNS, offset=max(0, total - THREAD_TURNS)
-        ):
-            for shown in (turn, *_refusal(turn)):
+        turns = await store.list_messages(thread_id, limit=THREAD_TURNS, offset=max(0, total - THREAD_TURNS))
+        for turn, after in zip_longest(turns, turns[1:]):
+            for shown in (turn, *_refusal(turn, after)):
                 step = turn_step(shown, thread_id, persona_name=persona_name, user_name=user_name)
                 step["output"] = self._decorate(shown, record.persona_id)
                 steps.append(step)
