@@ -132,8 +132,8 @@ def test_without_keys_other_sites_pages_and_host_names_are_refused(start_gateway
     answers under its own host name. Such requests are refused; this machine's programs and listed pages are not."""
     server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_CORS_ORIGINS": f'["{OVERLAY}"]'})
     chat_url, import_url = f"{server.url}/v1/chat/completions", f"{server.url}/api/personas"
-    # A program (no Origin) is served: a chat sent without a content type, a persona import.
-    assert httpx.post(chat_url, content=_chat("alice", "hi")).status_code == 200
+    # A program (no Origin) is served: a chat, a persona import.
+    assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=JSON).status_code == 200
     zed = {"filename": "zed.yaml", "replace": "true"}
     assert (
         httpx.post(import_url, params=zed, content=ZED, headers={"content-type": "text/plain"}).status_code
@@ -189,9 +189,9 @@ def test_with_keys_origins_and_host_names_are_left_to_the_keys(start_gateway, tm
     server = start_gateway({"VSTREAMER_BACKEND": "fake"}, auth=True)
     keyed = {"authorization": f"Bearer {key}"}
     chat_url = f"{server.url}/v1/chat/completions"
-    chat = httpx.post(chat_url, content=_chat("alice", "hi"), headers=keyed | EVIL)
+    chat = httpx.post(chat_url, content=_chat("alice", "hi"), headers=keyed | EVIL | JSON)
     assert chat.status_code == 200, chat.text
     rebound = httpx.get(f"{server.url}/api/sessions", headers=keyed | {"host": "attacker.example"})
     assert rebound.status_code == 200 and [s["id"] for s in rebound.json()["data"]] == ["alice"]
-    assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=EVIL).status_code == 401
+    assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=EVIL | JSON).status_code == 401
     assert httpx.delete(f"{server.url}/api/sessions/alice", headers=keyed | EVIL).status_code == 204

@@ -126,3 +126,23 @@ async def test_an_unknown_model_is_model_not_found_as_from_the_models_route(
     assert chat.status_code == 404
     error = chat.json()["error"]
     assert (error["code"], error["param"]) == ("model_not_found", "model") and "nobody" in error["message"]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("content_type", [None, "text/plain"])
+async def test_a_body_without_a_json_media_type_is_refused_alike(
+    gateway: tuple[httpx.AsyncClient, Runtime], route: str, content_type: str | None
+) -> None:
+    """What a web page may send without a CORS preflight (no type, or ``text/plain``) is refused by both routes, with
+    the fix in the message; the hot route used to serve a body without a type as JSON, where FastAPI refuses it."""
+    client, runtime = gateway
+    body = b'{"model": "nova", "user": "typed", "messages": [{"role": "user", "content": "hi"}]}'
+    request = client.build_request("POST", "/v1/chat/completions", content=body, headers=ROUTES[route])
+    assert "content-type" not in request.headers  # httpx gives raw content none
+    if content_type is not None:
+        request.headers["content-type"] = content_type
+    response = await client.send(request)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "Content-Type: application/json" in error["message"] and error["type"] == "invalid_request_error"
+    assert runtime.store is not None and await runtime.store.list_messages("typed") == []

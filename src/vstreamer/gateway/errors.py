@@ -158,6 +158,8 @@ def _body_error(error: Mapping[str, Any], request: Request) -> str | None:
             kind
         ):  # FastAPI reads a body of another declared type as bytes, JSON or not
             return f"the request body must be a JSON object sent as Content-Type: application/json (not {kind[:60]!r})"
+        if not kind and request.headers.get("content-length", "0") not in ("", "0"):
+            return "the request body must be a JSON object sent as Content-Type: application/json (none was given)"
         return "the request body must be a JSON object"
     return None
 

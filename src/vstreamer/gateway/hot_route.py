@@ -81,13 +81,11 @@ class ChatRoute:
         """The request, or ``None`` for the FastAPI route to handle (and to word the error)."""
         if self.cors is not None and "origin" in headers:
             return None
-        kind = headers.get("content-type")
-        if kind is not None:
-            kind = kind.partition(";")[0].strip().lower()
-            if kind != "application/json" and not (
-                kind.startswith("application/") and kind.endswith("+json")
-            ):
-                return None
+        # A body without a JSON media type goes to FastAPI, which refuses it (one without any type too: a web page
+        # may send that without a CORS preflight), so that both routes answer it alike.
+        kind = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+            return None
         try:
             return ChatCompletionRequest.model_validate_json(body)
         except ValidationError:
