@@ -42,8 +42,17 @@ def run_moderate(argv: list[str] | None, stdin: TextIO, stdout: TextIO) -> int:
         return 2
     for line in stdin:
         text = line.rstrip("\r\n")
-        result = pipeline.moderate(text, direction=args.direction, source=args.source)
-        stdout.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+        if args.direction == "input":
+            # As a viewer's message is prepared for the prompt: take-over phrases and forged control tokens too
+            # (``injection``, and the text the prompt would get), not only the lexicon and personal data.
+            decision = pipeline.prepare_user_text(text, source=args.source)
+            row = decision.result.to_json() | {
+                "injection": decision.injection,
+                "prompt": decision.text_for_prompt,
+            }
+        else:
+            row = pipeline.moderate(text, direction="output", source=args.source).to_json()
+        stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         stdout.flush()
     return 0
 
