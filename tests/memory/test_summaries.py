@@ -11,6 +11,8 @@ import pytest
 
 from tests.memory.conftest import ScriptedBackend
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, MemoryManager, MemoryPolicy, Turn
+from vstreamer.engine.facts import Fact, ViewerKey
+from vstreamer.engine.memory import InMemoryFacts
 from vstreamer.engine.summary import Summarizer
 from vstreamer.engine.window import MAX_HISTORY_TURNS
 from vstreamer.errors import BackendUnavailable
@@ -205,3 +207,58 @@ async def test_summarised_turns_never_come_back_raw_beside_their_summary(
     prompt = backend.kinds["reply"][-1]
     assert "msg0 到 msg3" in prompt[0].content
     assert _numbers(m.content for m in prompt[1:]) == {4, 5, 6}
+
+
+class HeldFacts(InMemoryFacts):
+    """Facts whose reads wait at ``hold`` once it is set (a database read or a query embedding in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold: asyncio.Event | None = None
+        self.reading = asyncio.Event()
+
+    async def viewer_facts(self, viewer: ViewerKey, *, limit: int = 200) -> list[Fact]:
+        if self.hold is not None:
+            self.reading.set()
+            await self.hold.wait()
+        return await super().viewer_facts(viewer, limit=limit)
+
+
+async def test_a_fold_ending_while_facts_are_read_leaves_no_turn_out_of_the_prompt(xiaoxing: Persona) -> None:
+    """Recall read the summary, then awaited the viewer's facts, then where the summary ends: a fold ending in
+    between paired the old summary with the new one's end, so the turns it folded were in neither the prompt's
+    summary nor its history (here the facts were deleted meanwhile: the history has room to reach back to them),
+    and the reply was stored with the id of a summary its prompt never carried."""
+    gate = asyncio.Event()
+    backend = ScriptedBackend(
+        summary=lambda m: " ".join(re.findall(r"第\d+条", m[-1].content)) or "（闲聊）", summary_gate=gate
+    )
+    budget = ContextBudget(context_window=4096, max_tokens=128, reserve_tokens=16)
+    facts, viewer = HeldFacts(), ViewerKey("web", "v1")
+    await facts.add_facts(
+        viewer, [Fact(viewer, f"养了一只叫团子{k}号的橘猫，每天晚上都陪着看直播") for k in range(12)]
+    )
+    memory = MemoryManager(
+        backend, budget, policy=MemoryPolicy(summary_batch=2, facts_tokens=256), facts=facts
+    )
+    engine = DialogueEngine(backend, budget, memory=memory)
+    conversation = Conversation(xiaoxing.id, viewer_id=viewer.user_id)
+    sent = 0
+    while not engine.tasks.running(f"summary:{conversation.id}"):
+        await chat(engine, conversation, xiaoxing, f"第{sent}条：今天直播间好热闹啊大家都在刷礼物")
+        sent += 1
+    assert not conversation.summary and "团子" in backend.kinds["reply"][-1][0].content
+    facts.hold = asyncio.Event()
+    racing = asyncio.create_task(chat(engine, conversation, xiaoxing, f"第{sent}条：今天直播间好热闹啊"))
+    await facts.reading.wait()  # recall is reading the facts: the fold ends, the viewer's facts are deleted
+    await facts.delete_facts(viewer)
+    gate.set()
+    await engine.tasks.drain()  # the fold ends (the message's own jobs start only once its reply has)
+    assert conversation.summary
+    facts.hold.set()
+    await racing
+    prompt = backend.kinds["reply"][-1]
+    carried = {int(n) for n in re.findall(r"第(\d+)条", prompt[0].content)}
+    history = {int(n) for m in prompt[1:] for n in re.findall(r"第(\d+)条", m.content)}
+    assert history and set(range(min(history))) <= carried
+    assert conversation.turns[-1].summary_id == (conversation.summary_id if carried else None)

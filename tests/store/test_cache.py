@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 
-from vstreamer.engine import Conversation, Turn
+from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, Turn
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.errors import StoreError
+from vstreamer.llm import FakeBackend
+from vstreamer.llm.base import ChatMessage, Delta, SamplingParams
+from vstreamer.persona import PersonaLibrary
 from vstreamer.store import Store
 from vstreamer.store.cache import SessionCache
 from vstreamer.store.records import SessionRecord
@@ -126,3 +129,57 @@ def test_changes_are_remembered_for_reads_in_flight_within_bounds() -> None:
         cache.changed(f"other {i}")
     assert not cache.current("b", token) and not cache.current("b", late)
     assert cache.current("b", cache.token())
+
+
+class HeldFirstReply(FakeBackend):
+    """Streams the first reply only once ``go`` is set (``streaming`` tells it has begun)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streaming, self.go = asyncio.Event(), asyncio.Event()
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncGenerator[Delta, None]:
+        if not self.streaming.is_set():
+            self.streaming.set()
+            await self.go.wait()
+        async for delta in super().stream(messages, params):
+            yield delta
+
+
+async def test_a_session_evicted_while_it_replies_still_answers_one_message_at_a_time(store: Store) -> None:
+    """Replies take turns on the conversation's lock. Other sessions (each stateless API request makes one) evicted
+    a session from the cache while its reply streamed; the next message on it read a fresh copy, whose lock was
+    free: it was answered alongside the first, its prompt joining both messages and missing the first reply."""
+    small = Store(store.engine, session_cache=2)
+    persona = PersonaLibrary(None).get("nova")
+    backend = HeldFirstReply()
+    engine = DialogueEngine(backend, ContextBudget(4096, 256), store=small)
+
+    async def ask(conversation: Conversation, text: str) -> str:
+        return "".join([e.text async for e in engine.reply(conversation, persona, text) if e.kind == "delta"])
+
+    record = await small.create_session(persona.id, owner="o")
+    try:
+        first = asyncio.create_task(ask(await small.load_conversation(record.id), "first message"))
+        await backend.streaming.wait()
+        for _ in range(2):
+            await small.create_session(persona.id, owner="o")
+        assert small.cache.conversation(record.id) is None  # evicted mid-reply
+        # The viewer's next message, read as the gateway reads every request's.
+        second = asyncio.create_task(ask(await small.load_conversation(record.id), "second message"))
+        await asyncio.sleep(0.05)  # the second reply's chance to start, were it not queued behind the first
+        backend.go.set()
+        assert await asyncio.gather(first, second) == ["收到：first message", "收到：second message"]
+    finally:
+        await engine.aclose()
+        await small.writer.aclose()  # (the engine is the fixture's)
+    history = [(m.role, m.content) for m in backend.requests[1][1:-1]]
+    assert history == [
+        ("user", "first message"),
+        ("assistant", "收到：first message"),
+        ("user", "second message"),
+    ]
+    stored = [t.content for t in await store.list_messages(record.id)]
+    assert stored == ["first message", "收到：first message", "second message", "收到：second message"]

@@ -185,18 +185,23 @@ class MemoryManager:
         lang = "zh" if persona.language.lower().startswith("zh") else "en"
         summary_label, facts_label = _BLOCKS[lang]
         blocks: list[str] = []
-        summary = self._vetted_summary(conversation.summary) if self.policy.summaries else ""
-        if summary:
-            blocks.append(f"{summary_label}\n{summary}")
         chosen = await self._relevant_facts(conversation, query) if self.policy.facts else []
-        if chosen:
-            lines = "\n".join(f"- {fact.text}" for fact in chosen)
-            blocks.append(f"{facts_label.format(user=conversation.user_name)}\n{lines}")
+        # Nothing is awaited from here on: the summary, its id and where it ends are one snapshot. A fold may end
+        # while the facts are read (a database read, a query embedding); read before that, this summary would be
+        # paired with the next one's end (the turns it adds would be in neither the prompt's summary nor its
+        # history) and the reply with the next one's id. Read after it, the prompt carries the newest summary.
+        summary_id = conversation.summary_id
+        summary = self._vetted_summary(conversation.summary) if self.policy.summaries else ""
         # Turns up to the summary's last are in it (or never were in prompts): never raw beside it, also when a
         # wider window (a smaller system message) would have room for them again.
         covered = conversation.summarised_index() if self.policy.summaries else None
+        if summary:
+            blocks.append(f"{summary_label}\n{summary}")
+        if chosen:
+            lines = "\n".join(f"- {fact.text}" for fact in chosen)
+            blocks.append(f"{facts_label.format(user=conversation.user_name)}\n{lines}")
         history_from = 0 if covered is None else covered + 1
-        return Recall(tuple(blocks), conversation.summary_id, tuple(chosen), history_from)
+        return Recall(tuple(blocks), summary_id, tuple(chosen), history_from)
 
     async def _relevant_facts(self, conversation: Conversation, query: str) -> list[Fact]:
         viewer = viewer_of(conversation)

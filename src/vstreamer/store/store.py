@@ -149,7 +149,9 @@ class Store(MemoryTables):
             session_cache = 1000 if engine.dialect.name == "sqlite" else 0
         self.cache = SessionCache(session_cache, keep_turns=self.RECENT_TURNS, max_turns=self.HELD_TURNS)
         self._live: weakref.WeakValueDictionary[str, Conversation] = weakref.WeakValueDictionary()
-        """With the cache off: the conversation this process read last for each session still in use."""
+        """The conversation this process handed out last for each session still in use. One with a reply being made
+        is shared whatever the cache does: off, it never held it; on, it may have dropped it (evicted by other
+        sessions, or forgotten after a write around it) while the reply streams."""
         self.writer = TurnWriter(engine, on_settled=self._settled)
 
     @asynccontextmanager
@@ -208,6 +210,7 @@ class Store(MemoryTables):
             persona_id, user_name=user_name or "观众", id=sid, platform=platform, viewer_id=viewer_id
         )
         self.cache.sessions.put(sid, CachedSession(record, conversation))
+        self._live[sid] = conversation
         return record
 
     @_shielded
@@ -294,25 +297,25 @@ class Store(MemoryTables):
         hit = self.cache.conversation(session_id)
         if hit is not None:
             return hit
-        live = None if self.cache.enabled else self._live.get(session_id)
+        # A miss only (a hit is the gateway's every request): uncached, or dropped from the cache mid-reply, each
+        # request read its own copy, and a second message was answered alongside the first (the engine's
+        # one-reply-at-a-time lock is the conversation's): one with a reply being made is shared.
+        live = self._live.get(session_id)
         if live is not None and live.replying.locked():
-            # Uncached, each request read its own copy, and a second message was answered alongside the first (the
-            # engine's one-reply-at-a-time lock is the conversation's): one with a reply being made is shared.
             record = await self.get_session(session_id)
             return None if record is None else (record, live)
         token = self.cache.token()
         loaded = await self._read_conversation(session_id, self.RECENT_TURNS, to_summary=True)
         if loaded is None:
             return None
-        if not self.cache.enabled:
-            live = self._live.get(session_id)
-            if live is not None and live.replying.locked():  # another read's, started on meanwhile
-                return loaded[0], live
-            self._live[session_id] = loaded[1]
+        live = self._live.get(session_id)
+        if live is not None and live.replying.locked():  # another read's, started on meanwhile
+            return loaded[0], live
         # Loaded concurrently: share one object. Changed meanwhile (deleted, say): this read is not cached.
         kept = self.cache.keep(session_id, CachedSession(*loaded), token)
         if kept is not None and kept.conversation is not None:
-            return kept.record, kept.conversation
+            loaded = kept.record, kept.conversation
+        self._live[session_id] = loaded[1]
         return loaded
 
     @_shielded
