@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -332,7 +333,7 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc)) from None
         except SettingsError as exc:  # e.g. an environment variable that should hold JSON does not
-            raise ConfigError(f"invalid configuration: {exc}") from None
+            raise ConfigError(f"invalid configuration: {_settings_error(exc)}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:  # the file itself
             raise ConfigError(f"cannot read the config file {path}: {exc}") from None
         finally:
@@ -347,5 +348,39 @@ def format_validation_error(exc: ValidationError) -> str:
     lines = ["invalid configuration:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "settings"
-        lines.append(f"  - {where}: {err['msg']}")
+        # pydantic puts "Value error, " before a validator's own message: noise to the reader
+        lines.append(f"  - {where}: {str(err['msg']).removeprefix('Value error, ')}")
     return "\n".join(lines)
+
+
+_JSON_SETTINGS: dict[str, tuple[str, str]] = {
+    "lexicon_dirs": (
+        "VSTREAMER_LEXICON_DIRS",
+        """a JSON list, such as VSTREAMER_LEXICON_DIRS='["/srv/lexicons"]'""",
+    ),
+    "cors_origins": (
+        "VSTREAMER_CORS_ORIGINS",
+        """a JSON list, such as VSTREAMER_CORS_ORIGINS='["https://example.org"]'""",
+    ),
+    "ui_users": ("VSTREAMER_UI_USERS", """a JSON object, such as VSTREAMER_UI_USERS='{"alice": "s3cret"}'"""),
+    "vllm": (
+        "VSTREAMER_VLLM or a VSTREAMER_VLLM__* variable",
+        """JSON, such as VSTREAMER_VLLM='{"port": 8100}' or """
+        """VSTREAMER_VLLM__EXTRA_ARGS='["--enable-prefix-caching"]'""",
+    ),
+}
+"""Setting -> (its variables, what they hold) for the settings that are lists or objects: their environment
+variables hold JSON (pydantic-settings parses them so)."""
+_UNPARSED = re.compile(r'error parsing value for field "(?P<field>\w+)" from source "EnvSettingsSource"')
+
+
+def _settings_error(exc: SettingsError) -> str:
+    """pydantic-settings' message, made to say what the environment variable should hold: it said only "error
+    parsing value for field "lexicon_dirs" from source "EnvSettingsSource"" for ``VSTREAMER_LEXICON_DIRS=/tmp``."""
+    matched = _UNPARSED.fullmatch(str(exc))
+    if matched is None:
+        return str(exc)
+    field = matched["field"]
+    variables, expected = _JSON_SETTINGS.get(field, (f"VSTREAMER_{field.upper()}", "JSON"))
+    detail = f" (not JSON: {exc.__cause__})" if exc.__cause__ is not None else ""
+    return f"{field}: {variables} must hold {expected}{detail}"  # the setting's name, as a check's message gives it

@@ -241,6 +241,7 @@ def test_the_web_ui_fails_with_a_status_when_it_cannot_start(data_env: dict[str,
         port = str(taken.getsockname()[1])
         result = run_cli("ui", "--backend", "fake", "--port", port, env=data_env)
     assert result.returncode == 2 and port in result.stderr and "ready" not in result.stdout, result
+    assert "--port or VSTREAMER_UI_PORT" in result.stderr  # how to choose another one
 
 
 def test_the_gateway_on_a_busy_port_fails_before_announcing(data_env: dict[str, str]) -> None:
@@ -251,3 +252,20 @@ def test_the_gateway_on_a_busy_port_fails_before_announcing(data_env: dict[str, 
         port = str(taken.getsockname()[1])
         result = run_cli("serve", "--no-auth", "--backend", "fake", "--port", port, env=data_env)
     assert result.returncode == 2 and port in result.stderr and "gateway on" not in result.stdout, result
+    assert "--port or VSTREAMER_GATEWAY_PORT" in result.stderr  # how to choose another one
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(data_env: dict[str, str]) -> None:
+    """``vstreamer personas show nova | head -5``: a BrokenPipeError traceback (and an "Exception ignored" line from
+    the flush at exit) when the reader was gone before the output was all written."""
+    reader = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    reader.wait(timeout=30)  # gone, as `head` is once it has its lines: writing into its pipe fails
+    try:
+        command = subprocess.run(
+            [sys.executable, "-m", "vstreamer.cli", "personas", "show", "nova"], stdout=reader.stdin,
+            stderr=subprocess.PIPE, text=True, timeout=120, env=os.environ | data_env,
+        )  # fmt: skip
+    finally:
+        reader.stdin.close()  # type: ignore[union-attr]
+    assert command.returncode == 141, command.stderr  # 128 + SIGPIPE, as the shell reports for `cat`
+    assert "Traceback" not in command.stderr and "Exception ignored" not in command.stderr, command.stderr

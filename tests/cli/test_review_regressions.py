@@ -283,6 +283,36 @@ def test_a_command_without_its_extra_names_the_extra(
     assert f"vstreamer[{extra}]" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_postgresql_url_without_the_postgres_extra_names_the_extra(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The driver is imported where the database is opened: without it serve, ui, chat and keys died of a
+    ModuleNotFoundError traceback that did not say what to install."""
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # an import of it fails, as when it is not installed
+    monkeypatch.setenv("VSTREAMER_DATABASE_URL", "postgresql://vs:SECRETpw@127.0.0.1:1/vs")
+    for command in (["keys", "list"], ["chat", "--backend", "fake"],
+                    ["serve", "--backend", "fake", "--port", str(free_port())]):  # fmt: skip
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "postgres extra" in err and "vstreamer[postgres]" in err and "SECRET" not in err, err
+    assert main(["personas", "list"]) == 0  # the files' personas, as while the database is down
+    out, err = capsys.readouterr()
+    assert "xiaoxing" in out and "vstreamer[postgres]" in err
+
+
+def test_the_web_ui_refuses_a_persona_setting_that_names_nobody(data_dir: Path) -> None:
+    """It started and quietly offered the first persona (a warning logged when a page loaded), where the chat
+    refuses the same setting; the list names the personas imported through the API too, as the chat's does."""
+    stored_id = asyncio.run(_store_persona(data_dir, "Aria"))
+    result = subprocess.run(
+        [sys.executable, "-m", "vstreamer.cli", "ui", "--backend", "fake", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=120, env=os.environ | {"VSTREAMER_PERSONA": "bogus"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "ready" not in result.stdout, result
+    assert "no persona 'bogus'; available:" in result.stderr, result.stderr
+    assert "xiaoxing" in result.stderr and stored_id in result.stderr and "Traceback" not in result.stderr
+
+
 # --- personas --------------------------------------------------------------------------------------------------
 
 
@@ -359,7 +389,8 @@ def test_an_import_over_an_existing_persona_names_the_flag(
     (tmp_path / "aria.json").write_bytes(card("Aria"))
     assert main(["personas", "import", str(tmp_path / "aria.json")]) == 0
     assert main(["personas", "import", str(tmp_path / "aria.json")]) == 2
-    assert "--replace" in capsys.readouterr().err
+    err = capsys.readouterr().err  # it said "(replace=True from Python)" to a command's user too
+    assert "--replace" in err and "Python" not in err
     assert main(["personas", "import", "--replace", str(tmp_path / "aria.json")]) == 0
 
 

@@ -195,3 +195,15 @@ def test_with_keys_origins_and_host_names_are_left_to_the_keys(start_gateway, tm
     assert rebound.status_code == 200 and [s["id"] for s in rebound.json()["data"]] == ["alice"]
     assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=EVIL | JSON).status_code == 401
     assert httpx.delete(f"{server.url}/api/sessions/alice", headers=keyed | EVIL).status_code == 204
+
+
+def test_serving_with_no_active_key_says_so_at_start(start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """It started as any other gateway, then answered every request 401."""
+    keyless = start_gateway({"VSTREAMER_BACKEND": "fake"}, auth=True, name="keyless")
+    said = keyless.log.read_text()
+    assert "no API key is active" in said, said
+    assert "vstreamer keys create NAME" in said and "--no-auth" in said
+    create_key(tmp_path / "keyed", "alice")
+    keyed = start_gateway({"VSTREAMER_BACKEND": "fake"}, auth=True, name="keyed")
+    assert "no API key" not in keyed.log.read_text()
+    assert "no API key" not in start_gateway({"VSTREAMER_BACKEND": "fake"}, name="open").log.read_text()

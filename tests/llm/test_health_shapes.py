@@ -63,3 +63,19 @@ async def test_a_well_formed_answer_is_healthy() -> None:
         await backend.aclose()
     assert health.ok and health.version == "0.6.3" and health.extras == {"engine": "vllm"}
     assert not elsewhere.ok and "not served" in elsewhere.detail
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_api_key_is_said_so(status: int) -> None:
+    """httpx's own text ("Client error '401 Unauthorized' … For more information check: https://developer.mozilla…")
+    was what the chat showed for a wrong key."""
+    backend = OpenAICompatBackend(base_url="http://llm/v1", model="m", api_key="sk-wrong-SECRET")
+    backend._http = httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda _: httpx.Response(status, json={"error": "sk-wrong-SECRET"}))
+    )
+    try:
+        health = await backend.health()
+    finally:
+        await backend.aclose()
+    assert not health.ok and f"the server refused the API key (HTTP {status})" in health.detail
+    assert "mozilla" not in health.detail and "SECRET" not in health.detail

@@ -48,6 +48,36 @@ def test_invalid_settings_give_clear_errors(overrides: dict[str, object], messag
         Settings.load(**overrides)
 
 
+def test_a_validators_message_comes_without_pydantics_prefix() -> None:
+    """It read "- settings: Value error, model_path /nope/model.gguf is not a file"."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(model_path="/nope/model.gguf")
+    assert "  - settings: model_path /nope/model.gguf is not a file" in str(caught.value)
+    assert "Value error" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("VSTREAMER_LEXICON_DIRS", "/tmp", """VSTREAMER_LEXICON_DIRS must hold a JSON list, such as VSTREAMER_LEXICON_DIRS='["""),
+        ("VSTREAMER_CORS_ORIGINS", "https://a.example", "VSTREAMER_CORS_ORIGINS must hold a JSON list, such as"),
+        ("VSTREAMER_UI_USERS", "alice:pw", """VSTREAMER_UI_USERS must hold a JSON object, such as VSTREAMER_UI_USERS='{"""),
+        ("VSTREAMER_VLLM__EXTRA_ARGS", "--enable-prefix-caching", "VSTREAMER_VLLM__EXTRA_ARGS='["),
+    ],
+)  # fmt: skip
+def test_an_environment_value_that_is_not_json_says_what_it_should_hold(
+    variable: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said only: error parsing value for field "lexicon_dirs" from source "EnvSettingsSource"."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        Settings.load()
+    field = variable.removeprefix("VSTREAMER_").partition("__")[0].lower()
+    assert f"invalid configuration: {field}: " in str(caught.value)  # the setting, as a config file names it
+    assert expected in str(caught.value) and "not JSON" in str(caught.value)
+    assert "EnvSettingsSource" not in str(caught.value)
+
+
 async def test_prompt_roles_reach_the_backends(monkeypatch: pytest.MonkeyPatch) -> None:
     from vstreamer.llm import create_backend
     from vstreamer.llm.resilience import ResilientBackend

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -65,7 +66,35 @@ def _verbosity(flag: str) -> int:
     return flag.count("v") if flag.startswith("-") and set(flag[1:]) == {"v"} else 0
 
 
+BROKEN_PIPE_STATUS = 141
+"""The status of a command whose reader went away (``vstreamer personas show nova | head -5``): 128 + SIGPIPE, what
+the shell reports for ``cat`` or ``grep`` ended the same way, so a ``pipefail`` script treats it as theirs; neither
+the chat's 1 (a message got no reply) nor an error's 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader gone by then gave an "Exception ignored" message
+    except BrokenPipeError:
+        logging.getLogger("vstreamer").debug("standard output closed", exc_info=True)
+        _silence_stdout()
+        return BROKEN_PIPE_STATUS
+    return status
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device: Python flushes it at exit, and writing into the closed pipe again
+    printed a second error (the recipe of Python's ``signal`` documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # a standard output without a file descriptor (a test's capture, say)
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # ``moderate`` takes its own options: everything after it is its own (global -v flags may come before it).
     first = next((i for i, arg in enumerate(args_list) if not arg.startswith("-")), None)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from vstreamer.config import Settings
-from vstreamer.errors import PersonaNotFound, StoreError
+from vstreamer.errors import BackendNotInstalled, PersonaNotFound, StoreError
 from vstreamer.persona import Persona, PersonaLibrary
 from vstreamer.runtime import stored_personas
 from vstreamer.store import Store, open_store
@@ -69,10 +69,10 @@ def _has_database(settings: Settings) -> bool:
 
 async def _open_store(settings: Settings) -> Store | None:
     """The database, or ``None`` (with a warning) when it cannot be opened: the files' personas are still listed,
-    shown and imported while a PostgreSQL server is down."""
+    shown and imported while a PostgreSQL server is down, or its driver (the postgres extra) is not installed."""
     try:
         return await open_store(settings.database_url, settings.data_dir)
-    except StoreError as exc:
+    except (StoreError, BackendNotInstalled) as exc:
         print(f"warning: personas imported through the API are left out: {exc}", file=sys.stderr)
         return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -73,10 +74,11 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     # Bound first: a busy port fails with a clear error before anything starts or is announced.
     listening = listening_socket(
-        settings.gateway_host, settings.gateway_port, what="the gateway", hint="choose another port (--port)"
-    )
+        settings.gateway_host, settings.gateway_port, what="the gateway",
+        hint="choose another port with --port or VSTREAMER_GATEWAY_PORT (gateway_port in the config file)",
+    )  # fmt: skip
     try:
-        runtime = asyncio.run(_opened(settings))
+        runtime, keys_active = asyncio.run(_opened(settings))
         app = create_app(runtime, close_runtime=True)
         tune_gc()
         # The gateway never reads a client's address or scheme, so uvicorn's X-Forwarded-* middleware (one more
@@ -88,22 +90,38 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         host = f"[{settings.gateway_host}]" if ":" in settings.gateway_host else settings.gateway_host
         print(f"vstreamer gateway on http://{host}:{settings.gateway_port}/v1 "
               f"(auth {'on' if settings.auth else 'off'})", flush=True)  # fmt: skip
+        if settings.auth and not keys_active:
+            print(NO_KEYS_WARNING, file=sys.stderr, flush=True)
         server.run(sockets=[listening])
     finally:
         listening.close()
     return 0 if server.started else 3  # as uvicorn.run: 3 when the app failed to start
 
 
-async def _opened(settings: Settings) -> Runtime:
+NO_KEYS_WARNING = (
+    "warning: auth is on and no API key is active, so every request will be refused (401): create one with "
+    "`vstreamer keys create NAME`, or serve with --no-auth for local use"
+)
+"""Said at start: a gateway with no key to accept started as any other and then refused every request."""
+
+
+async def _opened(settings: Settings) -> tuple[Runtime, bool]:
     """The runtime, opened (and its database migrated) before the server starts, on a loop of its own: the database
     connections made meanwhile belong to that loop (asyncpg's do), so they are closed and the server's loop makes
-    its own."""
+    its own. With it, whether an API key is active (asked only when auth is on)."""
     from vstreamer.runtime import open_runtime
 
     runtime = await open_runtime(settings)
+    keys_active = False
     if runtime.store is not None:
+        try:
+            if settings.auth:
+                keys_active = any(not key.revoked for key in await runtime.store.list_api_keys())
+        except BaseException:
+            await runtime.aclose()
+            raise
         await runtime.store.engine.dispose()
-    return runtime
+    return runtime, keys_active
 
 
 async def run_keys(args: argparse.Namespace, settings: Settings) -> int:

@@ -550,7 +550,11 @@ class OpenAICompatBackend:
             response.raise_for_status()
             served = _served_models(response.json())
         except (httpx.HTTPError, ValueError) as exc:
-            detail = self._hide(f"{type(exc).__name__}: {exc}")  # /readyz shows it
+            status = exc.response.status_code if isinstance(exc, httpx.HTTPStatusError) else None
+            if status in (401, 403):  # httpx's text said "Client error" and linked to MDN, not what to change
+                detail = f"the server refused the API key (HTTP {status}): check api_key (VSTREAMER_API_KEY)"
+            else:
+                detail = self._hide(f"{type(exc).__name__}: {exc}")  # /readyz shows it
             return BackendHealth(ok=False, backend=self.name, model=self.model, detail=detail)
         version = await self.tokenizer.server_version()
         extras = {"engine": "vllm"} if version is not None else {}

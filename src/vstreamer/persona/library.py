@@ -178,10 +178,7 @@ class PersonaLibrary:
             )
         target = user_dir / persona.id
         if target.exists() and not replace:
-            raise PersonaError(
-                f"a persona with id {persona.id!r} already exists; replace it with --replace "
-                "(replace=True from Python)"
-            )
+            raise PersonaError(f"a persona with id {persona.id!r} already exists; replace it with --replace")
         self._write(target, persona, data, filename)
         return persona
 

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from vstreamer.errors import ConfigError, StoreError
+from vstreamer.errors import BackendNotInstalled, ConfigError, StoreError
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -60,7 +60,17 @@ def create_engine(url: str) -> AsyncEngine:
             except OSError as exc:
                 raise ConfigError(f"cannot create the data folder {Path(database).parent}: {exc}") from None
     # hide_parameters: a failed statement's message (logged) never carries the rows' values: message text, owners.
-    engine = create_async_engine(url, pool_pre_ping=not is_sqlite, hide_parameters=True)
+    try:
+        engine = create_async_engine(url, pool_pre_ping=not is_sqlite, hide_parameters=True)
+    except ModuleNotFoundError as exc:
+        # The driver is imported here: every command that opens the database (serve, ui, chat, keys, personas) died
+        # of this traceback, which named no extra to install.
+        if exc.name != "asyncpg":
+            raise
+        raise BackendNotInstalled(
+            "a PostgreSQL database needs the postgres extra (asyncpg not installed): "
+            "pip install 'vstreamer[postgres]'"
+        ) from None
     if is_sqlite:
         event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     return engine

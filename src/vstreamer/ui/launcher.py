@@ -151,7 +151,10 @@ def serve(
         # Both before the server: Chainlit logs (and so swallows) a failing startup hook and ends its shutdown with
         # exit status 0, so a database that cannot be opened or a port that is taken left a "ready" server with
         # no runtime, or a status that said all went well.
-        listening = listening_socket(options.host, options.port, what="the web UI")
+        listening = listening_socket(
+            options.host, options.port, what="the web UI",
+            hint="choose another port with --port or VSTREAMER_UI_PORT (ui_port in the config file)",
+        )  # fmt: skip
         listening.set_inheritable(True)
         try:
             state = ui_state.current()

@@ -32,10 +32,18 @@ class UIState:
     runtime: Runtime | None = None
 
     async def start(self) -> None:
-        """Open the store and the backend; called once the server's event loop runs."""
+        """Open the store and the backend, and check the configured persona; called once the server's event loop
+        runs.
+
+        Raises:
+            PersonaNotFound: no persona by the ``persona`` setting.
+        """
         if self.runtime is not None:
             return
         self.runtime = await open_runtime(self.settings, with_stored_personas=True)
+        # Refused as the terminal chat refuses it (PersonaNotFound lists the personas): a misspelt setting otherwise
+        # started a UI that quietly offered the first persona instead.
+        await asyncio.to_thread(self.runtime.personas.get, self.settings.persona)
         if self.settings.backend == "local":
             # Load the embedded model now (counting tokens needs it), not on the first viewer's message.
             await self.runtime.backend.count_tokens([ChatMessage("user", "hi")])
