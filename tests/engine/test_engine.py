@@ -338,3 +338,32 @@ async def test_a_message_sent_again_after_a_reply_with_text_is_a_new_one(persona
     await consume(engine.reply(conversation, persona, "one two three"))  # after a whole reply: also new
     assert [t.status for t in conversation.turns if t.role == "user"] == ["complete"] * 3
     assert "\n\n".join(user_messages(backend)).count("one two three") == 3
+
+
+async def test_a_message_sent_again_and_cancelled_at_once_is_still_kept(
+    persona: Persona, tmp_path: Path
+) -> None:
+    """The earlier copy is withdrawn only with the new one in: a caller cancelled at the reply's first wait (a client
+    gone at once) leaves the new copy stored, never the message withdrawn and gone."""
+    store = await open_store(None, tmp_path)
+    try:
+        backend = FakeBackend(fail_after=0)
+        engine = DialogueEngine(backend, ContextBudget(2048, 256), store=store)
+        record = await store.create_session(persona.id, owner="o")
+        conversation = await store.load_conversation(record.id)
+        with pytest.raises(BackendUnavailable):
+            await consume(engine.reply(conversation, persona, "down again"))
+        backend.fail_after = None
+        events = engine.reply(conversation, persona, "down again")
+        first = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0)  # the reply runs up to its first wait
+        first.cancel()  # at the reply's first wait, or right after it started (a fast backend has none before)
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await events.aclose()
+        await engine.aclose()  # the commits started meanwhile end
+        stored = await store.list_messages(record.id)
+        copies = [(t.status, t.error_code) for t in stored if t.role == "user"]
+        assert copies == [("failed", "resent"), ("complete", None)], copies
+    finally:
+        await store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vstreamer.gateway.local_only import LocalOnly
@@ -51,3 +53,12 @@ def test_origins_served_are_the_listed_ones_and_the_gateways_own() -> None:
         assert check.refusal(_scope(host, (b"origin", origin))) is not None, origin
     assert LocalOnly(["*"]).refusal(_scope(host, (b"origin", b"http://evil.example"))) is None
     assert check.refusal(_scope()) is None  # no Host at all (HTTP/1.0): not a browser's request
+
+
+def test_a_page_with_no_origin_is_told_to_be_served_from_localhost_not_to_list_null() -> None:
+    """``Origin: null`` is a file's page (an OBS browser source) or any site's sandboxed frame: listing "null" would
+    let every such frame in, so the refusal says how to serve the page instead of to list its origin."""
+    refusal = LocalOnly([]).refusal(_scope((b"host", b"localhost"), (b"origin", b"null")))
+    assert refusal is not None and refusal.status_code == 403
+    message = json.loads(bytes(refusal.body))["error"]["message"]
+    assert "http://localhost" in message and "add the page's origin" not in message

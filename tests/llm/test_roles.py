@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from itertools import groupby
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -270,3 +271,64 @@ async def test_auto_does_not_send_a_prompt_again_that_arranging_leaves_as_it_is(
         with pytest.raises(BackendResponseError, match="roles must alternate"):
             await backend.complete(already, SamplingParams(max_tokens=5))
     assert received == [already]
+
+
+@contextlib.asynccontextmanager
+async def served_bodies(
+    answer: Callable[[dict[str, Any]], tuple[int, bytes]], prompt_roles: PromptRoles
+) -> AsyncIterator[tuple[OpenAICompatBackend, list[dict[str, Any]]]]:
+    """:func:`served`, answering (and recording) each chat request's whole body: streamed or not, its max_tokens."""
+    bodies: list[dict[str, Any]] = []
+
+    def by_body(_: list[ChatMessage]) -> tuple[int, bytes]:
+        return answer(bodies[-1])
+
+    async with served(by_body, prompt_roles, max_retries=2) as (backend, _received):
+        post = backend._http.post  # the probe goes through httpx, the stream through the pool: record both
+
+        async def recording_post(url: str, **kwargs: Any) -> Any:
+            bodies.append(json.loads(kwargs["content"]))
+            return await post(url, **kwargs)
+
+        backend._http.post = recording_post  # type: ignore[method-assign]
+        original_open = backend._open_stream
+
+        async def recording_open(body: bytes, state: Any) -> Any:
+            bodies.append(json.loads(body))
+            return await original_open(body, state)
+
+        backend._open_stream = recording_open  # type: ignore[method-assign]
+        yield backend, bodies
+
+
+async def test_an_empty_stream_is_asked_why_once_and_its_reason_makes_it_no_retry() -> None:
+    """A stream that ends before its first event was never retried: the unstreamed probe that asks why (for
+    llama-cpp-python's server's role refusals) words the error, and its 5xx must not make it a retried one (each
+    try a prefill on the server, and a probe more)."""
+
+    def empty_then_cuda(body: dict[str, Any]) -> tuple[int, bytes]:
+        return (200, b"") if body["stream"] else (500, json.dumps(OTHER_ERROR).encode())
+
+    async with served_bodies(empty_then_cuda, "auto") as (backend, bodies):
+        with pytest.raises(BackendResponseError, match="CUDA out of memory") as info:
+            await backend.complete(PROMPT, SamplingParams(max_tokens=5, min_tokens=3))
+    assert [(b["stream"], b["max_tokens"], "min_tokens" in b) for b in bodies] == [
+        (True, 5, True),
+        (False, 1, False),
+    ]
+    assert info.value.status_code is None  # as the empty stream's: not retried
+
+
+async def test_a_refusal_that_quotes_the_viewer_is_not_taken_for_the_templates() -> None:
+    """A server that quotes the request in its error may quote a viewer who wrote the very words of a role refusal:
+    no resend (which would cost a request, and, answered, arrange every later prompt on a viewer's say-so)."""
+    asked = [*PROMPT[:-2], ChatMessage("user", "do roles must alternate?"), PROMPT[-1]]
+
+    def quoting(body: dict[str, Any]) -> tuple[int, bytes]:
+        text = body["messages"][-2]["content"] if len(body["messages"]) > 1 else ""
+        return 422, json.dumps({"error": {"message": f"invalid input: {text}"}}).encode()
+
+    async with served_bodies(quoting, "auto") as (backend, bodies):
+        with pytest.raises(BackendResponseError, match="invalid input"):
+            await backend.complete(asked, SamplingParams(max_tokens=5))
+    assert len(bodies) == 1 and not backend.strict_roles

@@ -251,9 +251,10 @@ class DialogueEngine:
                     yield event
                 return
             user_turn = Turn("user", decision.text_for_prompt if decision else user_text)
-            if (earlier := _unanswered_copy(conversation, user_turn.content)) is not None:
-                await self._withdraw(conversation, earlier)
+            earlier = _unanswered_copy(conversation, user_turn.content)
             conversation.add(user_turn)
+            if earlier is not None:  # after the new copy is in: a cancel from here on loses neither
+                self._withdraw(conversation, earlier)
             # Overlapped (the default), the user's message is queued and committed at the turn's first wait: usually
             # once the request is out, while the model reads the prompt (sooner, it would hold the request back by the
             # time queueing and a commit take on the event loop). The first text of the reply is released only once
@@ -540,14 +541,18 @@ class DialogueEngine:
         task.add_done_callback(self._storing.discard)
         return asyncio.shield(task)
 
-    async def _withdraw(self, conversation: Conversation, earlier: Turn) -> None:
-        """Take the unanswered ``earlier`` copy of a message sent again out of prompts: failed, and stored so before
-        the new copy is."""
+    def _withdraw(self, conversation: Conversation, earlier: Turn) -> None:
+        """Take the unanswered ``earlier`` copy of a message sent again out of prompts: failed at once, and stored so
+        in the background (its commit waited for nothing, so that a caller cancelled meanwhile could not leave the
+        earlier copy withdrawn and the new one never added; :meth:`aclose` waits for it)."""
         earlier.status, earlier.error = "failed", f"{RESENT}: sent again, answered as the later copy"
         # The window kept between turns holds settled turns as they were: this one changed, so it is walked again.
         conversation.history_index = None
         if self.store is not None:
-            await self._shielded(self._save(conversation, earlier))
+            task = asyncio.ensure_future(self._save(conversation, earlier))
+            self._storing.add(task)
+            task.add_done_callback(self._storing.discard)
+            task.add_done_callback(_log_failed_withdrawal)
 
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:
@@ -590,6 +595,12 @@ def _unanswered_copy(conversation: Conversation, content: str) -> Turn | None:
     if last.role == "user" and last.status == "complete" and last.content == content:
         return last
     return None
+
+
+def _log_failed_withdrawal(saving: asyncio.Future[None]) -> None:
+    """The withdrawn copy's row stays ``complete`` (a later load shows the message twice): said, never raised."""
+    if not saving.cancelled() and (error := saving.exception()) is not None:
+        logger.warning("a message sent again was answered, but its earlier copy was not marked so: %s", error)
 
 
 def _unless_stored(turn: Turn, saving: asyncio.Future[None]) -> None:

@@ -46,7 +46,9 @@ class LocalOnly:
         for origin in origins:
             # Same-origin: a page the gateway itself serves (the API docs) names the host it was loaded from.
             if not (self.any_origin or origin in self.origins or _same_origin(origin, host)):
-                return _refused(403, _ORIGIN_REFUSED.format(_shown(origin)), "origin_not_allowed")
+                # "null" is a page from a file, or any site's sandboxed frame: listing it would let those in too.
+                why = _NULL_REFUSED if origin == b"null" else _ORIGIN_REFUSED.format(_shown(origin))
+                return _refused(403, why, "origin_not_allowed")
         return None
 
 
@@ -58,6 +60,12 @@ _ORIGIN_REFUSED = (
     "a request from the web page at {} is refused: without API keys (--no-auth) the gateway answers only the web "
     "pages listed in cors_origins (VSTREAMER_CORS_ORIGINS='[\"https://overlay.example\"]'); add the page's origin "
     "there, or use API keys (vstreamer keys create)"
+)
+
+_NULL_REFUSED = (
+    "a request from a page with no origin (Origin: null: a page opened from a file, or a sandboxed frame of any site) "
+    "is refused: without API keys (--no-auth) serve the page over http://localhost and list that origin in "
+    "cors_origins, or use API keys (vstreamer keys create)"
 )
 
 

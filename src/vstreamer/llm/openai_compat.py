@@ -226,6 +226,9 @@ class OpenAICompatBackend:
         body = orjson.dumps(request)
         # The server's refusal of the prompt as built, while the prompt goes again arranged (prompt_roles=auto).
         refusal: BackendError | None = None
+        probed: bool | None = (
+            None  # for which form of the prompt (arranged or not) an empty stream's reason was asked
+        )
         loop = asyncio.get_running_loop()
         attempt = 0
         # One retry budget and one first-token deadline for the whole request, however many tries it takes: a server
@@ -251,9 +254,22 @@ class OpenAICompatBackend:
                 if state.parts:
                     raise
                 exc = failure
-                if isinstance(exc, _NoEvents):
-                    exc = await self._why_no_events(request, exc, first_token_deadline)
-                if not arranged and self.prompt_roles == "auto" and _refuses_roles(exc):
+                if (
+                    isinstance(exc, _NoEvents) and probed is not arranged
+                ):  # once per form (see _why_no_events)
+                    probed = arranged
+                    reason = await self._why_no_events(request, exc, first_token_deadline)
+                    # The reason words the error; it decides nothing else but a role refusal: an empty stream was
+                    # never retried, and a probe's 5xx must not make it so (each try a prefill, and a probe more).
+                    if reason is not exc and not _refuses_roles(reason):
+                        reason = BackendResponseError(str(reason), exc.status_code)
+                    exc = reason
+                if (
+                    not arranged
+                    and self.prompt_roles == "auto"
+                    and _refuses_roles(exc)
+                    and not any(is_role_refusal(m.content) for m in messages)  # a server quoting a viewer
+                ):
                     arranged, sent = True, strict_roles(messages)
                     if sent is not messages:  # sent again at once: none of the retry budget, no wait
                         refusal = exc
@@ -395,7 +411,8 @@ class OpenAICompatBackend:
         chat template refuses the prompt, the prompt is over its context), the stream just ends. The same request
         unstreamed, for one token, fails before its answer, with the reason; should it pass, ``error`` stands.
         """
-        ask = {key: value for key, value in request.items() if key != "stream_options"}
+        # One token, and nothing that asks for more (min_tokens over it would be the refusal reported instead).
+        ask = {key: value for key, value in request.items() if key not in ("stream_options", "min_tokens")}
         ask.update(stream=False, max_tokens=1)
         timeout = max(deadline - asyncio.get_running_loop().time(), 0.1)
         try:

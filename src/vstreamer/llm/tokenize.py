@@ -190,8 +190,10 @@ class RemoteTokenizer:
         if self._unreachable:
             return None  # a network failure is not the server refusing chat messages: measure again later
         if len(overheads) == 3:
-            # Arranged prompts join messages: their shares are a close bound, no longer the exact sum.
-            self.template_measured = not self.strict_roles
+            # Arranged prompts join messages: their shares are then a close bound (a join saves a message's markers
+            # for a separator), not the exact sum, and a bound is what the budget needs; recounting each prompt
+            # whole instead cost every turn a /tokenize round trip before its request went out.
+            self.template_measured = True
             return overheads
         logger.info("vLLM /tokenize refused chat messages; using an estimated template overhead")
         self.reason = "the server's /tokenize does not render chat messages; template overhead estimated"

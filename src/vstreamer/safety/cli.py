@@ -46,10 +46,10 @@ def run_moderate(argv: list[str] | None, stdin: TextIO, stdout: TextIO) -> int:
             # As a viewer's message is prepared for the prompt: take-over phrases and forged control tokens too
             # (``injection``, and the text the prompt would get), not only the lexicon and personal data.
             decision = pipeline.prepare_user_text(text, source=args.source)
-            row = decision.result.to_json() | {
-                "injection": decision.injection,
-                "prompt": decision.text_for_prompt,
-            }
+            row = decision.result.to_json()  # its text is the line with forged control tokens taken out
+            if decision.injection and "injection" not in row["categories"]:  # a forged token alone adds none
+                row["categories"] = [*row["categories"], "injection"]
+            row |= {"input": text, "injection": decision.injection, "prompt": decision.text_for_prompt}
         else:
             row = pipeline.moderate(text, direction="output", source=args.source).to_json()
         stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
