@@ -194,7 +194,7 @@ def test_moderate_after_global_flags_and_ctrl_c_at_start(data_env: dict[str, str
     )  # stands for nothing; the server below accepts and never answers
     server = subprocess.Popen(
         [sys.executable, "-c", "import socket,time;s=socket.socket();s.bind(('127.0.0.1',0));s.listen();"
-         "print(s.getsockname()[1],flush=True);c=s.accept();time.sleep(60)"],
+         "print(s.getsockname()[1],flush=True);c=s.accept();print('accepted',flush=True);time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -205,11 +205,11 @@ def test_moderate_after_global_flags_and_ctrl_c_at_start(data_env: dict[str, str
             env=os.environ | data_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        try:
-            _, err = chat.communicate(timeout=4)
-        except subprocess.TimeoutExpired:
-            chat.send_signal(signal.SIGINT)
-            _, err = chat.communicate(timeout=30)
+        # Ctrl-C once the chat waits for the server (its health check is connected): sent sooner, on a busy machine
+        # it could land in the synchronous end of the start-up, where asyncio.Runner's cancel finds no await to stop.
+        assert server.stdout.readline().strip() == "accepted"  # type: ignore[union-attr]
+        chat.send_signal(signal.SIGINT)
+        _, err = chat.communicate(timeout=30)
         assert chat.returncode == 130 and "cancelled" in err and "Traceback" not in err, err
     finally:
         for process in (silent, server):
