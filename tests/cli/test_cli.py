@@ -203,8 +203,8 @@ def test_moderate_after_global_flags_and_ctrl_c_at_start(data_env: dict[str, str
             [sys.executable, "-m", "vstreamer.cli", "chat", "--backend", "openai", "--model", "m",
              "--base-url", f"http://127.0.0.1:{port}/v1"],
             env=os.environ | data_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
+            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a terminal's default, as
+        )  # fmt: skip  # above (a runner in the background ignores SIGINT, and the chat would inherit that)
         # Ctrl-C once the chat waits for the server (its health check is connected): sent sooner, on a busy machine
         # it could land in the synchronous end of the start-up, where asyncio.Runner's cancel finds no await to stop.
         assert server.stdout.readline().strip() == "accepted"  # type: ignore[union-attr]
