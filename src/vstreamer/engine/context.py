@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from vstreamer.engine import prompt
@@ -19,7 +18,7 @@ from vstreamer.engine.window import fit_history
 from vstreamer.errors import ContextBudgetError
 from vstreamer.llm.base import ChatMessage, LLMBackend
 from vstreamer.llm.estimate import typical_tokens
-from vstreamer.llm.roles import PART_SEPARATOR
+from vstreamer.llm.roles import alternating
 from vstreamer.lru import LRU
 
 if TYPE_CHECKING:
@@ -218,26 +217,3 @@ class ContextBuilder:
             cached = await self.backend.count_message_tokens(message)
             self._system_cache.put(key, cached)
         return cached
-
-
-def alternating(messages: list[ChatMessage]) -> list[ChatMessage]:
-    """``messages`` with each run of messages of one role joined into one (their texts a blank line apart).
-
-    A reply that failed, or was stopped before its first text, is in no prompt, but its user message is: the next
-    message would follow it as a second user message in a row, which strict chat templates (Mistral, Gemma,
-    Llama 2) refuse. Joined, the model reads both, as the viewer sent them. The joined message takes no more tokens
-    than the shares of its parts that the budget counted: the blank line costs a token or two, less than the role
-    markers of the message it saves (ChatML and the strict templates spend 3-8 a message; the estimate counts 8).
-    """
-    if all(a.role != b.role for a, b in pairwise(messages)):
-        return messages  # the usual prompt: nothing to join, nothing made
-    runs: list[list[ChatMessage]] = []
-    for message in messages:
-        if runs and runs[-1][0].role == message.role:
-            runs[-1].append(message)
-        else:
-            runs.append([message])
-    return [
-        run[0] if len(run) == 1 else ChatMessage(run[0].role, PART_SEPARATOR.join(m.content for m in run))
-        for run in runs
-    ]

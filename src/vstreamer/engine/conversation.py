@@ -64,7 +64,7 @@ class Turn:
     @property
     def in_prompt(self) -> bool:
         """Whether later prompts should include this turn (a user message whose reply is in none reaches them joined
-        with the next one: :func:`vstreamer.engine.context.alternating`)."""
+        with the next one: :func:`vstreamer.llm.roles.alternating`)."""
         content = self.content
         return bool(content) and not content.isspace() and self.status in ("complete", "interrupted")
 

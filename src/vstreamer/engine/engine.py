@@ -581,7 +581,7 @@ def _unanswered_copy(conversation: Conversation, content: str) -> Turn | None:
 
     Such a message sent again is the same message: an OpenAI SDK retries a 5xx or a timeout twice, and a viewer
     sends it again after an error. Both copies in later prompts would make the model read it several times (joined
-    by :func:`~vstreamer.engine.context.alternating`), so the earlier one is withdrawn (stored as failed, out of
+    by :func:`~vstreamer.llm.roles.alternating`), so the earlier one is withdrawn (stored as failed, out of
     prompts) and the new one answered: every adapter sends through :meth:`DialogueEngine.reply`, so the gateway,
     the web UI and live chat keep one copy alike. After a reply with text, the same words are a new message."""
     turns = conversation.turns

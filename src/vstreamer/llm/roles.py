@@ -22,7 +22,7 @@ PromptRoles = Literal["auto", "system", "strict"]
 only for a model whose chat template needs it."""
 
 PART_SEPARATOR = "\n\n"
-"""Between the texts of messages joined into one (here, and by :func:`vstreamer.engine.context.alternating`)."""
+"""Between the texts of messages joined into one (:func:`alternating`)."""
 
 OPENING = "..."
 """The user message a prompt that would open with the assistant gets in front (a strict template wants a user
@@ -52,6 +52,29 @@ _ROLE_REFUSAL = re.compile(
 )
 
 
+def alternating(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """``messages`` with each run of messages of one role joined into one (their texts a blank line apart).
+
+    A reply that failed, or was stopped before its first text, is in no prompt, but its user message is: the next
+    message would follow it as a second user message in a row, which strict chat templates (Mistral, Gemma,
+    Llama 2) refuse. Joined, the model reads both, as the viewer sent them. The joined message takes no more tokens
+    than the shares of its parts that the budget counted: the blank line costs a token or two, less than the role
+    markers of the message it saves (ChatML and the strict templates spend 3-8 a message; the estimate counts 8).
+    """
+    if all(a.role != b.role for a, b in pairwise(messages)):
+        return messages  # the usual prompt: nothing to join, nothing made
+    runs: list[list[ChatMessage]] = []
+    for message in messages:
+        if runs and runs[-1][0].role == message.role:
+            runs[-1].append(message)
+        else:
+            runs.append([message])
+    return [
+        run[0] if len(run) == 1 else ChatMessage(run[0].role, PART_SEPARATOR.join(m.content for m in run))
+        for run in runs
+    ]
+
+
 def strict_roles(messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
     """``messages`` as strict chat templates take them: user and assistant messages only, alternating, the first a
     user one. A prompt that is so already is returned as it is (the same object, at the cost of one pass over the
@@ -61,7 +84,7 @@ def strict_roles(messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
     the user message right after them if there is one; a later one (the post-history note) joins the user message
     right before it, after its text, or else the one right after it (between two assistant messages, or after the
     last one, it is a user message of its own). Then runs of one role are joined, their texts
-    :data:`PART_SEPARATOR` apart, as :func:`~vstreamer.engine.context.alternating` joins them. No text is dropped,
+    :data:`PART_SEPARATOR` apart, by :func:`alternating`. No text is dropped,
     and the texts keep their order. A prompt that would still open with the assistant (no system message leads it)
     gets the :data:`OPENING` user message in front.
 
@@ -73,16 +96,7 @@ def strict_roles(messages: Sequence[ChatMessage]) -> Sequence[ChatMessage]:
     """
     if _strict_already(messages):
         return messages
-    arranged: list[ChatMessage] = []
-    parts: list[ChatMessage] = []  # the run being gathered into one message (same role after system → user)
-    for message in messages:
-        role = "user" if message.role == "system" else message.role
-        if parts and role != ("user" if parts[0].role == "system" else parts[0].role):
-            arranged.append(_joined(parts))
-            parts = []
-        parts.append(message)
-    if parts:
-        arranged.append(_joined(parts))
+    arranged = alternating([ChatMessage("user", m.content) if m.role == "system" else m for m in messages])
     if arranged and arranged[0].role == "assistant":
         arranged.insert(0, ChatMessage("user", OPENING))
     return arranged
@@ -95,16 +109,6 @@ def _strict_already(messages: Sequence[ChatMessage]) -> bool:
     if messages[0].role != "user":
         return False
     return all(a.role != b.role and b.role != "system" for a, b in pairwise(messages))
-
-
-def _joined(run: list[ChatMessage]) -> ChatMessage:
-    """One user or assistant message of ``run`` (one role, system counted as user): a lone user or assistant message
-    itself (its serialised JSON, made once, is kept), else a new one of their texts."""
-    first = run[0]
-    if len(run) == 1 and first.role != "system":
-        return first
-    role = "assistant" if first.role == "assistant" else "user"
-    return ChatMessage(role, PART_SEPARATOR.join(message.content for message in run))
 
 
 def is_role_refusal(message: str) -> bool:
