@@ -107,7 +107,7 @@ async def open_reply(
     _check_lengths(state, body, headers)
     conversation = await _conversation(state, body, headers, persona, owner)
     overrides = SamplingOverrides(
-        temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens or body.max_completion_tokens,
+        temperature=body.temperature, top_p=body.top_p, max_tokens=body.max_tokens,
         seed=body.seed, stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()) or None,
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
     )  # fmt: skip

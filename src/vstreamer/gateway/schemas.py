@@ -130,7 +130,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: Real | None = Field(None, ge=0, le=2)
     top_p: Real | None = Field(None, gt=0, le=1)
     max_tokens: Whole | None = Field(None, ge=1, le=32768)
-    """The longest reply; after validation, ``max_completion_tokens`` when both are sent (OpenAI's newer name)."""
+    """The longest reply; after validation, ``max_completion_tokens`` whenever that is sent (OpenAI's newer name)."""
     max_completion_tokens: Whole | None = Field(None, ge=1, le=32768)
     seed: Whole | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: Annotated[Whole, _null_is(1)] = 1
