@@ -3,14 +3,16 @@
 # profile (Qwen2.5-7B-Instruct's architecture, tool calling, 32k context), then the vLLM tests (tests/vllm) run
 # against it, and bench/bench_gateway.py measures direct vLLM against vLLM through the gateway.
 #
-#   SITE=DIR MODEL_DIR=DIR [OUT=DIR] [DUMMY=1] [YARN=1] scripts/gpu_check.sh
+#   SITE=DIR MODEL_DIR=DIR [OUT=DIR] [DUMMY=1] [STRICT=0] [YARN=1] scripts/gpu_check.sh
 #
 # SITE: a folder of Python packages the machine lacks (vLLM and its needs, vstreamer's needs), put first on the
 # path; empty when all are installed. MODEL_DIR: a Hugging Face model folder. DUMMY=1: vLLM fills the weights
 # with random values (`--load-format dummy`), so a folder with only config.json and the tokenizer will do, on a
 # machine that cannot download the weights: every test here checks the serving path (streams, usage, token
-# counts, aborts, sampling parameters), not what the model says. YARN=1: afterwards, the launch above 32k tokens
-# (YaRN rope scaling) must start too. Writes its logs to OUT (default /tmp/gpu-check); exits non-zero on a failure.
+# counts, aborts, sampling parameters), not what the model says. Then (unless STRICT=0) vLLM starts again with a
+# strict chat template (no system role, roles must alternate: how Mistral, Llama 2 and Gemma refuse vstreamer's
+# prompts as built) and tests/vllm/test_strict_roles.py runs against it. YARN=1: afterwards, the launch above 32k
+# tokens (YaRN rope scaling) must start too. Writes its logs to OUT (default /tmp/gpu-check); exits non-zero on a failure.
 #
 # For a machine with no package index: on a machine with one, `pip download --no-deps --only-binary=:all:
 # --python-version 3.12 --platform manylinux_2_28_x86_64 ...` the set `pip install --dry-run --report` resolves
@@ -79,6 +81,21 @@ timeout 240 python3 bench/bench_gateway.py --upstream "http://127.0.0.1:$PORT/v1
   --warmup 5 --rounds 2 --streams 1,16,64 --litellm none >"$OUT/bench.log" 2>&1 || status=1
 tee -a "$OUT/summary.txt" <"$OUT/bench.log"
 stop
+
+if [ "${STRICT:-1}" = 1 ]; then
+  say "start: a strict chat template (no system role, alternating roles), max_model_len 8192"
+  python3 -c 'from tests.conftest import STRICT_CHAT_TEMPLATE as t; print(t, end="")' >/tmp/gpu-check-bin/strict.jinja || exit 1
+  extra+=(--vllm-arg=--chat-template=/tmp/gpu-check-bin/strict.jinja)
+  if serve 8192 "$OUT/vllm-strict.log"; then
+    VSTREAMER_VLLM_STRICT_URL="http://127.0.0.1:$PORT/v1" timeout 120 python3 -m pytest tests/vllm/test_strict_roles.py \
+      -p no:cacheprovider -q -o addopts="-ra --strict-markers" >"$OUT/pytest-strict.log" 2>&1 || status=1
+    tail -8 "$OUT/pytest-strict.log" | tee -a "$OUT/summary.txt"
+    stop
+  else
+    status=1
+  fi
+  unset 'extra[${#extra[@]}-1]'
+fi
 
 if [ "${YARN:-0}" = 1 ]; then
   say "start: max_model_len 65536 (YaRN)"

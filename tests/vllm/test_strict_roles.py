@@ -4,6 +4,9 @@ vLLM CPU serves SmolLM2 here with :data:`~tests.conftest.STRICT_CHAT_TEMPLATE` (
 Mistral, Llama 2 or Gemma model refuses vstreamer's prompts as built (a persona system message, the greeting as the
 first assistant turn, a post-history note after the new message). ``prompt_roles=auto`` must learn it from vLLM's
 own refusal and arrange prompts from then on; token counts must be vLLM's own for the arranged prompt.
+
+``VSTREAMER_VLLM_STRICT_URL``: a vLLM started elsewhere with that template (``scripts/gpu_check.sh`` starts one on
+a GPU) is used instead; with ``VSTREAMER_VLLM_DUMMY_WEIGHTS`` its words mean nothing, so a reply need only be made.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pytest
 
 from tests.conftest import STRICT_CHAT_TEMPLATE, VLLMServer, _start_vllm
 from vstreamer.errors import BackendResponseError
-from vstreamer.llm.base import ChatMessage, SamplingParams, collect
+from vstreamer.llm.base import ChatMessage, Completion, SamplingParams, collect
 from vstreamer.llm.openai_compat import OpenAICompatBackend
 from vstreamer.llm.roles import strict_roles
 
@@ -32,12 +35,25 @@ PROMPT = (
 PARAMS = SamplingParams(max_tokens=8, temperature=0.0, seed=1)
 
 
+def answered(completion: Completion) -> bool:
+    """The model replied: with text, or (random weights, whose text may be all whitespace) with tokens."""
+    if os.environ.get("VSTREAMER_VLLM_DUMMY_WEIGHTS"):
+        return completion.usage is not None and completion.usage.completion_tokens > 0
+    return bool(completion.text.strip())
+
+
 @pytest.fixture(scope="module")
 def strict_vllm(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VLLMServer]:
+    if url := os.environ.get("VSTREAMER_VLLM_STRICT_URL"):
+        yield VLLMServer.external(url)
+        return
     if os.environ.get("VSTREAMER_VLLM_URL"):
-        pytest.skip("VSTREAMER_VLLM_URL: a server started elsewhere cannot be given this chat template")
+        pytest.skip(
+            "VSTREAMER_VLLM_URL: a server started elsewhere cannot be given this chat template "
+            "(VSTREAMER_VLLM_STRICT_URL names one started with it)"
+        )
     template = tmp_path_factory.mktemp("template") / "strict.jinja"
     template.write_text(STRICT_CHAT_TEMPLATE, encoding="utf-8")
     server = _start_vllm(request, tmp_path_factory, "smollm2", extra_args=("--chat-template", str(template)))
@@ -86,7 +102,7 @@ async def test_auto_learns_from_the_refusal_and_arranges_from_then_on(  # type: 
 ) -> None:
     backend = make_backend("auto")
     first = await collect(backend.stream(PROMPT, PARAMS))
-    assert first.text.strip() and backend.strict_roles
+    assert answered(first) and backend.strict_roles
     second = await collect(backend.stream(PROMPT, PARAMS))
     assert second.text == first.text  # greedy: the same arranged prompt, answered alike
     # The whole-prompt count is vLLM's own, of the prompt as it is sent.
@@ -101,7 +117,7 @@ async def test_auto_learns_from_the_refusal_and_arranges_from_then_on(  # type: 
 async def test_strict_arranges_the_first_request(make_backend) -> None:  # type: ignore[no-untyped-def]
     backend = make_backend("strict")
     completion = await collect(backend.stream(PROMPT, PARAMS))
-    assert completion.text.strip() and backend.strict_roles
+    assert answered(completion) and backend.strict_roles
 
 
 def test_the_template_file_is_the_strict_one() -> None:
