@@ -70,7 +70,10 @@ def test_viewer_memory_routes(tmp_path: Path) -> None:
             one = listed[0]["id"]
             assert client.delete(f"/api/viewers/api/alice/memory/{one}").json() == {"deleted": 1}
             assert client.delete(f"/api/viewers/api/alice/memory/{one}").status_code == 404
-            assert client.delete("/api/viewers/api/alice/memory").json() == {"deleted": 1}  # forget me
+            # Forget me: her facts, and her session s1 with its messages (her "主播好" and its reply).
+            forgotten = client.delete("/api/viewers/api/alice/memory").json()
+            assert forgotten == {"deleted": 1, "sessions": 1, "messages": 2, "summaries": 0}
+            assert client.get("/api/sessions/s1/messages").status_code == 404
             assert client.get("/api/viewers/api/alice/memory").json()["data"] == []
             assert "vstreamer_persona_drift_events" in client.get("/metrics").text
     finally:
@@ -110,6 +113,6 @@ def test_viewer_ids_are_read_as_utf8_and_must_be_reachable_by_the_memory_routes(
         with httpx.Client(base_url=server.url, timeout=30) as client:
             path = "/api/viewers/api/Zo%C3%AB%20%E8%A7%82%E4%BC%97/memory"
             assert [f["fact"] for f in client.get(path).json()["data"]] == ["喜欢猫"]
-            assert client.delete(path).json() == {"deleted": 1}
+            assert client.delete(path).json() == {"deleted": 1, "sessions": 1, "messages": 2, "summaries": 0}
     finally:
         server.stop()

@@ -142,7 +142,7 @@ async def test_the_forget_me_route_stops_extractions_in_flight(tmp_path: Path, n
         transport = httpx.ASGITransport(app=create_app(runtime))
         # Auth is off: the gateway answers only under a loopback name.
         async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            assert (await client.delete("/api/viewers/web/alice/memory")).json() == {"deleted": 0}
+            assert (await client.delete("/api/viewers/web/alice/memory")).json()["deleted"] == 0
             backend.release.set()
             await runtime.engine.tasks.drain()
             assert (await client.get("/api/viewers/web/alice/memory")).json() == {"data": []}

@@ -163,13 +163,17 @@ async def viewer_memory(
 async def forget_viewer(
     platform: StoredId, user_id: StoredId, request: Request, owner: str = Depends(principal)
 ) -> dict[str, Any]:
-    """Forget everything about the viewer ("forget me")."""
+    """Forget everything about the viewer ("forget me"): the facts remembered about them (``deleted``, as before)
+    and their conversations, which no later prompt or read may hold again: their sessions with every message and
+    running summary (counted in ``sessions``, ``messages``, ``summaries``)."""
     state, viewer = gateway_state(request), _viewer(platform, user_id, owner)
     memory = state.runtime.engine.memory
     if memory is not None:  # first: an extraction in flight must not store facts after the delete
         memory.forget(viewer)
+    erased = await state.store.delete_viewer_sessions(viewer)
     deleted = await state.store.delete_facts(viewer)
-    return {"deleted": deleted}
+    return {"deleted": deleted, "sessions": erased.sessions, "messages": erased.messages,
+            "summaries": erased.summaries}  # fmt: skip
 
 
 @router.delete("/api/viewers/{platform}/{user_id}/memory/{fact_id}")

@@ -42,3 +42,14 @@ class SummaryRecord:
     """The newest turn folded into it."""
     text: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedTalk:
+    """What :meth:`~vstreamer.store.Store.delete_viewer_sessions` deleted of a viewer's conversations."""
+
+    sessions: int
+    messages: int
+    """Every message of those sessions: the viewer's and the persona's replies to them (which may quote them)."""
+    summaries: int
+    """Versions of those sessions' running summaries (written from what the viewer said)."""

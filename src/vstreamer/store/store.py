@@ -34,7 +34,7 @@ from vstreamer.store.database import (
     storable,
 )
 from vstreamer.store.memory import MemoryTables
-from vstreamer.store.records import ApiKeyRecord, SessionRecord, SummaryRecord
+from vstreamer.store.records import ApiKeyRecord, ErasedTalk, SessionRecord, SummaryRecord
 from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow, SummaryRow
 from vstreamer.store.writer import TurnWriter, Write
 
@@ -117,6 +117,15 @@ def _answered(conversation: Conversation, turn: Turn) -> str | None:
     if i > 0 and turns[i].role == "assistant" and (before := turns[i - 1]).role == "user":
         return before.id if before.status != "failed" else None
     return None
+
+
+def _talks_with(conversation: Conversation, viewer: ViewerKey) -> bool:
+    return conversation.viewer_id == viewer.user_id and conversation.platform == viewer.platform
+
+
+def _count(result: Any) -> int:
+    """Rows a statement changed (a driver that cannot tell says -1, read as none)."""
+    return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
 
 def hash_key(key: str) -> str:
@@ -273,6 +282,29 @@ class Store(MemoryTables):
         if deleted:
             self.cache.forget(session_id)  # and a read begun meanwhile does not bring it back
         return deleted
+
+    @_shielded
+    async def delete_viewer_sessions(self, viewer: ViewerKey) -> ErasedTalk:
+        """Delete every session held with ``viewer`` ("forget me"), with its messages and summaries, as
+        :meth:`delete_session` deletes one.
+
+        A session is one viewer's (the gateway refuses another viewer on it), so the whole session goes: what they
+        said, the replies that may quote it, the summaries written from it. Those are the sessions stored with the
+        viewer, and any this process holds whose conversation took the viewer on since (one stored without a viewer,
+        then named by ``X-Viewer-Id``). Whatever asks for such a session next reads it from the database: gone.
+        """
+        held = [sid for sid, talk in list(self._live.items()) if _talks_with(talk, viewer)]
+        theirs = (SessionRow.platform == viewer.platform) & (SessionRow.viewer_id == viewer.user_id)
+        theirs |= SessionRow.id.in_(held)
+        async with self._tx() as session:
+            mine = select(SessionRow.id).where(theirs)
+            messages = await session.execute(delete(MessageRow).where(MessageRow.session_id.in_(mine)))
+            summaries = await session.execute(delete(SummaryRow).where(SummaryRow.session_id.in_(mine)))
+            # A session made between two statements (PostgreSQL) takes its messages with it (ON DELETE CASCADE).
+            gone = (await session.scalars(delete(SessionRow).where(theirs).returning(SessionRow.id))).all()
+        for session_id in {*gone, *held}:  # after the commit: a read begun meanwhile does not bring one back
+            self.cache.forget(session_id)
+        return ErasedTalk(len(gone), _count(messages), _count(summaries))
 
     # --- messages -------------------------------------------------------------------------------------
 
