@@ -14,6 +14,7 @@ import pytest
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, SamplingOverrides
 from vstreamer.engine.conversation import Turn, new_id
+from vstreamer.engine.engine import Delivery
 from vstreamer.errors import BackendResponseError, BackendUnavailable, ContextBudgetError
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage, SamplingParams
@@ -325,6 +326,72 @@ async def test_a_message_sent_again_unanswered_is_kept_once(
         assert copies[0].error_code == "resent"
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("how", ["timed out", "failed"])
+async def test_a_message_sent_again_after_its_whole_reply_was_never_delivered_is_kept_once(
+    persona: Persona, tmp_path: Path, how: str
+) -> None:
+    """Not streamed, a reply is delivered whole at its end: one cut off after its first text (the client timed out)
+    or failed was never read, so the SDK's retry replaces the message it answered, as for a reply with no text. Both
+    copies stay stored, each marked; the model reads the message once and none of the undelivered text."""
+    store = await open_store(None, tmp_path)
+    try:
+        backend = FakeBackend()
+        engine = DialogueEngine(backend, ContextBudget(2048, 256), store=store)
+        record = await store.create_session(persona.id, owner="o")
+        conversation = await store.load_conversation(record.id)
+        await consume(engine.reply(conversation, persona, "hi", delivery="whole"))
+        if how == "failed":
+            backend.fail_after = 2
+            with pytest.raises(BackendUnavailable):
+                await consume(engine.reply(conversation, persona, "tell me a joke", delivery="whole"))
+        else:
+            events = engine.reply(conversation, persona, "tell me a joke", delivery="whole")
+            async for event in events:
+                if event.kind == "delta":
+                    break  # text was made, but goes out only with the whole reply: the client left first
+            await events.aclose()
+        backend.fail_after = None
+        await consume(engine.reply(conversation, persona, "tell me a joke", delivery="whole"))
+        assert user_messages(backend) == ["hi", "tell me a joke"]  # once, not joined with its copy
+        assert [m.content for m in backend.requests[-1] if m.role == "assistant"] == ["收到：hi"]
+        stored = await store.list_messages(record.id)
+        ended = "failed" if how == "failed" else "interrupted"
+        assert [(t.role, t.status, t.error_code) for t in stored] == [
+            ("user", "complete", None), ("assistant", "complete", None),
+            ("user", "failed", "resent"), ("assistant", ended, "undelivered"),
+            ("user", "complete", None), ("assistant", "complete", None),
+        ]  # fmt: skip
+        assert stored[3].content and "收到：tell me a joke".startswith(stored[3].content)  # kept, not shown
+        if how == "failed":  # why it failed is still said
+            assert stored[3].error is not None and "backend_unavailable" in stored[3].error
+    finally:
+        await store.close()
+
+
+async def test_a_reply_cut_off_after_text_answers_its_message_if_streamed_and_no_later_prompt_if_whole(
+    persona: Persona,
+) -> None:
+    """Streamed, the text a stopped reply showed was read: it stays in later prompts. Delivered whole, it was never
+    read: it is in none, and the message it answered is joined with the next one."""
+    prompts: dict[str, list[tuple[str, str]]] = {}
+    deliveries: tuple[Delivery, ...] = ("streamed", "whole")
+    for delivery in deliveries:
+        conversation = Conversation(persona.id)
+        backend = FakeBackend()
+        engine = engine_for(backend)
+        events = engine.reply(conversation, persona, "tell me a joke", delivery=delivery)
+        async for event in events:
+            if event.kind == "delta":
+                break
+        await events.aclose()
+        assert conversation.turns[-1].status == "interrupted"
+        await consume(engine.reply(conversation, persona, "and another", delivery=delivery))
+        prompts[delivery] = [(m.role, m.content) for m in backend.requests[-1] if m.role != "system"]
+    cut = conversation.turns[1].content
+    assert prompts["streamed"] == [("user", "tell me a joke"), ("assistant", cut), ("user", "and another")]
+    assert prompts["whole"] == [("user", "tell me a joke\n\nand another")]
 
 
 async def test_a_message_sent_again_after_a_reply_with_text_is_a_new_one(persona: Persona) -> None:

@@ -1,11 +1,13 @@
 """What a refusal or a failure of the LLM server leaves in a session, through ``vstreamer serve`` over a scripted
-OpenAI-compatible server: a refused message fails (later messages pass), an SDK's retries leave one copy, and every
-error names the session it stored."""
+OpenAI-compatible server: a refused message fails (later messages pass), an SDK's retries (after a 5xx or a timeout)
+leave one copy, and every error names the session it stored."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,14 +22,18 @@ from tests.gateway.conftest import GatewayServer
 pytestmark = pytest.mark.integration
 
 ORIGIN = "http://overlay.example"
+SLOW_PIECE_S = 1.0
+"""Seconds between the pieces of a slow answer (its first one comes at once)."""
 
 
 class _Upstream(BaseHTTPRequestHandler):
-    """Answers with the prompt's user messages, joined by `` | ``; refuses (400) a prompt that holds ``REFUSE``, and
-    fails (500) the first two prompts that hold ``FLAKY``."""
+    """Answers with the prompt's user messages, joined by `` | ``; refuses (400) a prompt that holds ``REFUSE``,
+    fails (500) the first two prompts that hold ``FLAKY``, and answers the first two chat prompts that hold ``SLOW``
+    a word at a time, :data:`SLOW_PIECE_S` apart. The chat prompts it was sent are kept in ``prompts``."""
 
     protocol_version = "HTTP/1.1"
     failed: Counter[str] = Counter()
+    prompts: list[list[tuple[str, str]]] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         self._send(200, "application/json", json.dumps({"object": "list", "data": [{"id": "m"}]}).encode())
@@ -35,6 +41,12 @@ class _Upstream(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server API
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+        # Not the learning in the background (fact extraction), which holds the message too.
+        chat = not body["messages"][0]["content"].startswith("[vstreamer-")
+        if chat:
+            self.prompts.append(
+                [(m["role"], m["content"]) for m in body["messages"] if m["role"] != "system"]
+            )
         prompt = "\n".join(users)
         if "REFUSE" in prompt:
             error = {"error": {"message": "This model's maximum context length is 4096 tokens", "code": 400}}
@@ -42,6 +54,9 @@ class _Upstream(BaseHTTPRequestHandler):
         elif "FLAKY" in prompt and self.failed["FLAKY"] < 2:
             self.failed["FLAKY"] += 1
             self._send(500, "application/json", b'{"error": {"message": "boom"}}')
+        elif "SLOW" in prompt and chat and self.failed["SLOW"] < 2:
+            self.failed["SLOW"] += 1
+            self._send_slowly(" | ".join(users))
         else:
             choice = {"index": 0, "delta": {"content": " | ".join(users)}, "finish_reason": "stop"}
             chunk = {"choices": [choice]}
@@ -54,6 +69,29 @@ class _Upstream(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_slowly(self, text: str) -> None:
+        """``text`` streamed a word at a time (chunked); a reader that leaves meanwhile is let go."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = [
+            {"choices": [{"index": 0, "delta": {"content": word}}]} for word in re.findall(r"\s*\S+", text)
+        ]
+        try:
+            for index, event in enumerate(events):
+                if index:
+                    time.sleep(SLOW_PIECE_S)
+                self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            self._chunk(b"data: [DONE]\n\n")
+            self._chunk(b"")
+        except OSError:  # the gateway closed the request: its client left
+            self.close_connection = True
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -61,6 +99,7 @@ class _Upstream(BaseHTTPRequestHandler):
 @pytest.fixture
 def upstream() -> Iterator[str]:
     _Upstream.failed = Counter()
+    _Upstream.prompts = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -121,6 +160,26 @@ def test_the_sdks_retries_leave_the_message_once(gateway: GatewayServer) -> None
         ("user", "FLAKY joke", "failed"), ("assistant", "", "failed"),
         ("user", "FLAKY joke", "complete"), ("assistant", "FLAKY joke", "complete"),
     ]  # fmt: skip
+
+
+def test_the_sdks_retries_after_timeouts_leave_the_message_once(gateway: GatewayServer) -> None:
+    """Not streamed, a reply is sent whole at its end: the SDK timed out twice after text was made but before it was
+    sent, and sent the message again each time. Those replies were never read: the model reads the message once, and
+    none of them; the session keeps the earlier copies (``resent``) and their replies (``undelivered``)."""
+    question = "SLOW tell me a long joke please"  # 6 words: 5 s slow, 2 s allowed (the first word at once)
+    sdk = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="none", max_retries=2, timeout=2.0,
+                        default_headers={"X-Session-Id": "s3"})  # fmt: skip
+    reply = sdk.chat.completions.create(model="nova", messages=[{"role": "user", "content": question}])
+    assert reply.choices[0].message.content == question  # the user messages of its prompt: the question, once
+    assert _Upstream.prompts == [[("user", question)]] * 3
+    turns = gateway.messages("s3")
+    assert [(t.role, t.status, t.error_code) for t in turns] == [
+        ("user", "failed", "resent"), ("assistant", "interrupted", "undelivered"),
+        ("user", "failed", "resent"), ("assistant", "interrupted", "undelivered"),
+        ("user", "complete", None), ("assistant", "complete", None),
+    ]  # fmt: skip
+    for undelivered in turns[1], turns[3]:  # their text is kept
+        assert undelivered.content and question.startswith(undelivered.content)
 
 
 @pytest.mark.parametrize("origin", [None, ORIGIN], ids=["hot-route", "fastapi-route"])

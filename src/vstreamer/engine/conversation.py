@@ -18,6 +18,11 @@ TurnStatus = Literal["complete", "interrupted", "failed", "blocked", "streaming"
 RESENT = "resent"
 """The :attr:`Turn.error_code` of a user message that failed because it was sent again, unanswered (the engine
 answers the later copy)."""
+UNDELIVERED = "undelivered"
+"""The :attr:`Turn.error_code` of a reply that was cut off or failed before any of it was delivered: one that its
+adapter delivers whole once it ends (a non-streamed API response) and whose client left, or which broke, first.
+Nobody read it, so it answered nothing: it is in no later prompt, and its message sent again replaces the copy it
+answered (the engine's ``delivery="whole"``)."""
 
 
 def new_id() -> str:
@@ -42,7 +47,8 @@ class Turn:
     content: str
     """The text as shown (a partial reply keeps what was streamed before it stopped)."""
     status: TurnStatus = "complete"
-    """``interrupted``: cancelled mid-reply; ``failed``: the backend broke; ``blocked``: moderation stopped it."""
+    """``interrupted``: cancelled mid-reply; ``failed``: the backend broke; ``blocked``: moderation stopped it. An
+    ``interrupted`` turn has an ``error`` only when it was never delivered (:data:`UNDELIVERED`)."""
     id: str = field(default_factory=new_id)
     created_at: float = field(default_factory=time.time)
     usage: Usage | None = None
@@ -65,8 +71,22 @@ class Turn:
     def in_prompt(self) -> bool:
         """Whether later prompts should include this turn (a user message whose reply is in none reaches them joined
         with the next one: :func:`vstreamer.llm.roles.alternating`)."""
-        content = self.content
-        return bool(content) and not content.isspace() and self.status in ("complete", "interrupted")
+        content, status = self.content, self.status
+        if not content or content.isspace():
+            return False
+        return status == "complete" or status == "interrupted" and not self.undelivered
+
+    @property
+    def undelivered(self) -> bool:
+        """Whether the turn is a reply nobody read: cut off or failed before any of it was delivered
+        (:data:`UNDELIVERED`)."""
+        return self.error is not None and self.error_code == UNDELIVERED
+
+    def mark_undelivered(self) -> None:
+        """Mark a reply that ended early (``interrupted`` or ``failed``) as never delivered: :data:`UNDELIVERED` leads
+        its ``error``, followed by the failure's own code and message if it failed."""
+        why = self.error or "cut off before it was delivered"
+        self.error = f"{UNDELIVERED}: {why}"
 
     def fail(self, exc: BaseException) -> None:
         """Mark the turn failed by ``exc``; a vstreamer error's code leads its ``error``, so that an adapter can word

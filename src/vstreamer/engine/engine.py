@@ -52,6 +52,8 @@ class SamplingOverrides:
 
 
 _NO_OVERRIDES = SamplingOverrides()
+Delivery = Literal["streamed", "whole"]
+"""When an adapter shows a reply: as it streams, or whole once it has ended (see :meth:`DialogueEngine.reply`)."""
 _CLOSE_WAIT_S = 5.0
 """How long closing waits for the replies being made to end (their callers cancel them) and for their commits."""
 _SAMPLING_KEPT = 64
@@ -228,6 +230,7 @@ class DialogueEngine:
         *,
         overrides: SamplingOverrides | None = None,
         source: Source = "web",
+        delivery: Delivery = "streamed",
     ) -> AsyncGenerator[EngineEvent, None]:
         """Add the user's message and stream the persona's reply.
 
@@ -237,6 +240,12 @@ class DialogueEngine:
         ``failed`` and re-raises; a message the server refused before any text of its reply fails too (stored so,
         in no later prompt). The same message sent again while its last copy has no answer with text replaces that
         copy (:func:`_unanswered_copy`).
+
+        ``delivery`` says when the caller shows the reply: as it streams, or ``whole`` once it has ended (a
+        non-streamed API response). A whole reply that ends early (its caller cancelled or closed the iterator: the
+        client left, or timed out; or the backend failed) was never read: its text is kept, marked
+        :data:`~vstreamer.engine.conversation.UNDELIVERED`, and it answers nothing (in no later prompt; the message
+        sent again replaces the copy it answered).
         """
         # Checked first: a request with sampling values out of range leaves no message behind, unanswered.
         params = self.sampling_for(persona, overrides)
@@ -290,7 +299,9 @@ class DialogueEngine:
                 if refused and self.store is not None:  # its row, if committed first, too
                     await self._shielded(self._save(conversation, user_turn))
                 raise
-            reply = self._generate(conversation, persona, context, params, source, recall.summary_id, saving)
+            reply = self._generate(
+                conversation, persona, context, params, source, recall.summary_id, saving, delivery
+            )
             try:
                 async with aclosing(reply) as events:
                     async for event in events:
@@ -336,6 +347,7 @@ class DialogueEngine:
         source: Source,
         summary_id: str | None,
         saving: asyncio.Future[None] | None = None,
+        delivery: Delivery = "streamed",
     ) -> AsyncGenerator[EngineEvent, None]:
         turn = Turn("assistant", "", status="streaming", summary_id=summary_id)
         conversation.add(turn)
@@ -442,7 +454,11 @@ class DialogueEngine:
             ending.set_result(None)
             if not saved:
                 # Shielded as one: a cancel while it waits for the user's message must not skip the reply's commit.
-                await self._shielded(self._store_unfinished(conversation, turn, parts, started, saving))
+                # Text made, but a whole reply is shown only at the end it never reached: nobody read it.
+                unread = delivery == "whole" and bool(parts)
+                await self._shielded(
+                    self._store_unfinished(conversation, turn, parts, started, saving, unread)
+                )
             if turn.in_prompt and getattr(self.backend, "counts_remotely", False):
                 # The next turn's prompt holds this reply: count its share now, not on that turn's path.
                 self.tasks.spawn(f"count:{turn.id}", self.context.count_turn(turn))
@@ -517,13 +533,17 @@ class DialogueEngine:
         parts: list[str],
         started: float,
         saving: asyncio.Future[None] | None,
+        unread: bool = False,
     ) -> None:
-        """A reply that ended early (stopped, failed): stored with its partial text, after its user message."""
+        """A reply that ended early (stopped, failed): stored with its partial text, after its user message; marked
+        undelivered if its text was never shown (``unread``)."""
         if saving is not None:  # ended before the first delta: the user's message is still being stored
             with contextlib.suppress(StoreError):
                 await saving
         if turn.status == "streaming":
             turn.status = "interrupted"
+        if unread:  # along with its status: the window takes a turn as settled once it is not streaming
+            turn.mark_undelivered()
         await self._store_reply(conversation, turn, parts, started)
 
     async def _store_reply(
@@ -542,9 +562,10 @@ class DialogueEngine:
         return asyncio.shield(task)
 
     def _withdraw(self, conversation: Conversation, earlier: Turn) -> None:
-        """Take the unanswered ``earlier`` copy of a message sent again out of prompts: failed at once, and stored so
-        in the background (its commit waited for nothing, so that a caller cancelled meanwhile could not leave the
-        earlier copy withdrawn and the new one never added; :meth:`aclose` waits for it)."""
+        """Take the unanswered ``earlier`` copy of a message sent again out of prompts (a reply it has is in none
+        already: it has no text, or none that was delivered): failed at once, and stored so in the background (its
+        commit waited for nothing, so that a caller cancelled meanwhile could not leave the earlier copy withdrawn and
+        the new one never added; :meth:`aclose` waits for it)."""
         earlier.status, earlier.error = "failed", f"{RESENT}: sent again, answered as the later copy"
         # The window kept between turns holds settled turns as they were: this one changed, so it is walked again.
         conversation.history_index = None
@@ -577,19 +598,23 @@ def _unanswered(conversation: Conversation, user_turn: Turn) -> bool:
 
 def _unanswered_copy(conversation: Conversation, content: str) -> Turn | None:
     """The conversation's last user message, if it reads ``content`` and was never answered with any text: no reply
-    after it, or one that failed or was stopped before its first text.
+    after it, or one that failed or was stopped before its first text, or before any of it was delivered (a
+    non-streamed reply whose client timed out: :data:`~vstreamer.engine.conversation.UNDELIVERED`).
 
     Such a message sent again is the same message: an OpenAI SDK retries a 5xx or a timeout twice, and a viewer
     sends it again after an error. Both copies in later prompts would make the model read it several times (joined
     by :func:`~vstreamer.llm.roles.alternating`), so the earlier one is withdrawn (stored as failed, out of
     prompts) and the new one answered: every adapter sends through :meth:`DialogueEngine.reply`, so the gateway,
-    the web UI and live chat keep one copy alike. After a reply with text, the same words are a new message."""
+    the web UI and live chat keep one copy alike. After a reply with text that was shown (if only in part), the same
+    words are a new message."""
     turns = conversation.turns
     if not turns:
         return None
     last = turns[-1]
     if last.role == "assistant":
-        if len(turns) < 2 or last.status not in ("failed", "interrupted") or last.content.strip():
+        if len(turns) < 2 or last.status not in ("failed", "interrupted"):
+            return None
+        if last.content.strip() and not last.undelivered:
             return None
         last = turns[-2]
     if last.role == "user" and last.status == "complete" and last.content == content:

@@ -112,7 +112,12 @@ async def open_reply(
         presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
     )  # fmt: skip
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    events = state.runtime.engine.reply(conversation, persona, user_text, overrides=overrides, source="api")
+    # Not streamed, the reply is sent whole once it has ended: one cut off before (the client timed out) was never
+    # read, and the engine keeps it out of later prompts (the SDK's retry then reads the message once).
+    events = state.runtime.engine.reply(
+        conversation, persona, user_text, overrides=overrides, source="api",
+        delivery="streamed" if body.stream else "whole",
+    )  # fmt: skip
     return ChatReply(
         state, events, persona.id, conversation.id, stream=body.stream, include_usage=include_usage
     )
