@@ -36,19 +36,19 @@ def test_keys_required_and_sessions_isolated(start_gateway, tmp_path: Path) -> N
     ] == ("authentication_error")
     as_alice = openai.OpenAI(base_url=url, api_key=alice, max_retries=0)
     as_bob = openai.OpenAI(base_url=url, api_key=bob, max_retries=0)
-    as_alice.chat.completions.create(
+    shared = as_alice.chat.completions.with_raw_response.create(
         model="nova", user="shared-name", messages=[{"role": "user", "content": "secret"}]
-    )
+    ).headers["x-session-id"]
     with pytest.raises(openai.NotFoundError):  # bob cannot write into alice's session
         as_bob.chat.completions.create(
-            model="nova", user="shared-name", messages=[{"role": "user", "content": "x"}]
+            model="nova", extra_headers={"X-Session-Id": shared}, messages=[{"role": "user", "content": "x"}]
         )
     bob_sessions = httpx.get(f"{server.url}/api/sessions", headers={"Authorization": f"Bearer {bob}"}).json()[
         "data"
     ]
     assert bob_sessions == []
     leak = httpx.get(
-        f"{server.url}/api/sessions/shared-name/messages", headers={"Authorization": f"Bearer {bob}"}
+        f"{server.url}/api/sessions/{shared}/messages", headers={"Authorization": f"Bearer {bob}"}
     )
     assert leak.status_code == 404
     with sqlite3.connect(data_dir / "vstreamer.db") as db:
@@ -133,7 +133,9 @@ def test_without_keys_other_sites_pages_and_host_names_are_refused(start_gateway
     server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_CORS_ORIGINS": f'["{OVERLAY}"]'})
     chat_url, import_url = f"{server.url}/v1/chat/completions", f"{server.url}/api/personas"
     # A program (no Origin) is served: a chat, a persona import.
-    assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=JSON).status_code == 200
+    served = httpx.post(chat_url, content=_chat("alice", "hi"), headers=JSON)
+    assert served.status_code == 200
+    alice = served.headers["x-session-id"]
     zed = {"filename": "zed.yaml", "replace": "true"}
     assert (
         httpx.post(import_url, params=zed, content=ZED, headers={"content-type": "text/plain"}).status_code
@@ -145,7 +147,7 @@ def test_without_keys_other_sites_pages_and_host_names_are_refused(start_gateway
     imported = httpx.post(
         import_url, params=zed, content=EVIL_ZED, headers=EVIL | {"content-type": "text/plain"}
     )
-    deleted = httpx.delete(f"{server.url}/api/sessions/alice", headers=EVIL)
+    deleted = httpx.delete(f"{server.url}/api/sessions/{alice}", headers=EVIL)
     null = httpx.post(chat_url, content=_chat("alice", "sandboxed"), headers={"origin": "null"})
     for refused in (chat, imported, deleted, null):
         assert refused.status_code == 403, refused.text
@@ -153,7 +155,7 @@ def test_without_keys_other_sites_pages_and_host_names_are_refused(start_gateway
         assert error["code"] == "origin_not_allowed" and "cors_origins" in error["message"], error
         assert "access-control-allow-origin" not in refused.headers
     assert "evil.example" not in httpx.get(f"{import_url}/zed").json()["description"]
-    assert [t.content for t in server.messages("alice") if t.role == "user"] == ["hi"]
+    assert [t.content for t in server.messages(alice) if t.role == "user"] == ["hi"]
 
     # A listed page, and the gateway's own pages (same-origin), are served, CORS preflight included.
     listed = httpx.post(chat_url, content=_chat("bob", "hi"), headers={"origin": OVERLAY} | JSON)
@@ -182,6 +184,39 @@ def test_without_keys_other_sites_pages_and_host_names_are_refused(start_gateway
     )
 
 
+def test_without_keys_localhost_written_fully_qualified_is_served(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """``localhost.`` (the trailing dot of a fully-qualified name) is still ``localhost``, which no one can point
+    elsewhere; an address with such a dot is no address, and other spellings are other names."""
+    server = start_gateway({"VSTREAMER_BACKEND": "fake"})
+    sessions, chat_url = f"{server.url}/api/sessions", f"{server.url}/v1/chat/completions"
+    for host in ("localhost.", f"localhost.:{server.port}", f"LOCALHOST.:{server.port}", "LocalHost."):
+        assert httpx.get(sessions, headers={"host": host}).status_code == 200, host
+    own = {"host": f"localhost.:{server.port}", "origin": f"http://localhost.:{server.port}"}
+    assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=own | JSON).status_code == 200
+    for host in ("127.0.0.1.", f"127.0.0.1.:{server.port}", "localhost..", ".localhost", "localhost.:x"):
+        refused = httpx.get(sessions, headers={"host": host})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "host_not_allowed", host
+
+
+def _requests_counted(metrics: str, route: str, status: int) -> float:
+    line = f'vstreamer_requests_total{{route="{route}",status="{status}"}} '
+    return sum(float(row.removeprefix(line)) for row in metrics.splitlines() if row.startswith(line))
+
+
+def test_without_keys_refused_requests_are_counted_in_the_metrics(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A page or a rebound host name calling in is what an operator wants to see: its refusals are counted by
+    status, as every other answer is (under the route ``unmatched``: they are refused before any routing)."""
+    server = start_gateway({"VSTREAMER_BACKEND": "fake"})
+    chat_url = f"{server.url}/v1/chat/completions"
+    for _ in range(2):
+        assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=EVIL).status_code == 403
+    assert httpx.get(f"{server.url}/api/sessions", headers={"host": "attacker.example"}).status_code == 400
+    assert httpx.get(f"{server.url}/nowhere", headers={"host": "attacker.example"}).status_code == 400
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert _requests_counted(metrics, "unmatched", 403) == 2
+    assert _requests_counted(metrics, "unmatched", 400) == 2
+
+
 def test_with_keys_origins_and_host_names_are_left_to_the_keys(start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """API keys stop other sites' pages already (a page has no key; a key's header forces a preflight): with them
     on, a request is judged by its key alone, whatever its Origin or Host, as before."""
@@ -191,10 +226,11 @@ def test_with_keys_origins_and_host_names_are_left_to_the_keys(start_gateway, tm
     chat_url = f"{server.url}/v1/chat/completions"
     chat = httpx.post(chat_url, content=_chat("alice", "hi"), headers=keyed | EVIL | JSON)
     assert chat.status_code == 200, chat.text
+    alice = chat.headers["x-session-id"]
     rebound = httpx.get(f"{server.url}/api/sessions", headers=keyed | {"host": "attacker.example"})
-    assert rebound.status_code == 200 and [s["id"] for s in rebound.json()["data"]] == ["alice"]
+    assert rebound.status_code == 200 and [s["id"] for s in rebound.json()["data"]] == [alice]
     assert httpx.post(chat_url, content=_chat("alice", "hi"), headers=EVIL | JSON).status_code == 401
-    assert httpx.delete(f"{server.url}/api/sessions/alice", headers=keyed | EVIL).status_code == 204
+    assert httpx.delete(f"{server.url}/api/sessions/{alice}", headers=keyed | EVIL).status_code == 204
 
 
 def test_serving_with_no_active_key_says_so_at_start(start_gateway, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,8 @@ import openai
 import pytest
 
 from tests.gateway.conftest import GatewayServer
+from vstreamer.gateway.auth import LOCAL_PRINCIPAL
+from vstreamer.gateway.chat import user_session_id
 
 pytestmark = pytest.mark.integration
 
@@ -25,9 +27,11 @@ def test_models_are_personas(fake_gateway: GatewayServer) -> None:
 
 def test_server_keeps_session_history(fake_gateway: GatewayServer) -> None:
     sdk = client(fake_gateway)
-    first = sdk.chat.completions.create(
+    raw = sdk.chat.completions.with_raw_response.create(
         model="xiaoxing", user="session-1", messages=[{"role": "user", "content": "我叫小明"}]
     )
+    session = raw.headers["x-session-id"]  # the session ``user`` names (with this persona, under this key)
+    first = raw.parse()
     assert first.choices[0].message.content == "收到：我叫小明"
     assert first.usage is not None and first.usage.completion_tokens > 0
     chunks = list(
@@ -40,20 +44,20 @@ def test_server_keeps_session_history(fake_gateway: GatewayServer) -> None:
     assert text == "收到：还记得我吗"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    stored = fake_gateway.messages("session-1")
+    stored = fake_gateway.messages(session)
     assert [(t.role, t.content, t.status) for t in stored] == [
         ("user", "我叫小明", "complete"),
         ("assistant", "收到：我叫小明", "complete"),
         ("user", "还记得我吗", "complete"),
         ("assistant", "收到：还记得我吗", "complete"),
     ]
-    listing = httpx.get(f"{fake_gateway.url}/api/sessions/session-1/messages").json()["data"]
+    listing = httpx.get(f"{fake_gateway.url}/api/sessions/{session}/messages").json()["data"]
     assert [m["content"] for m in listing] == [t.content for t in stored]
 
 
 def test_session_ids_are_plain_and_any_user_string_names_a_session(fake_gateway: GatewayServer) -> None:
     """``X-Session-Id`` is echoed in a header and is part of REST paths: it must be a plain id. The ``user`` field is
-    any string an OpenAI client chooses: one that is not a plain id names its session by a hash of it."""
+    any string an OpenAI client chooses: its session is named by a hash (of it, the persona and the key)."""
     url = f"{fake_gateway.url}/v1/chat/completions"
     body = {"model": "xiaoxing", "messages": [{"role": "user", "content": "hi"}]}
     for bad in ("a/b", "x y", "s" * 65, "é"):
@@ -66,8 +70,12 @@ def test_session_ids_are_plain_and_any_user_string_names_a_session(fake_gateway:
     assert "set-cookie" not in named[0].headers
     history = httpx.get(f"{fake_gateway.url}/api/sessions/{session}/messages").json()["data"]
     assert [m["content"] for m in history] == ["hi", "收到：hi", "hi", "收到：hi"]
-    plain = httpx.post(url, json=body | {"user": "viewer-42@bili"}, headers={"X-Session-Id": ""})
-    assert plain.headers["x-session-id"] == "viewer-42@bili"
+    # An empty X-Session-Id names no session: ``user`` does.
+    plain = [
+        httpx.post(url, json=body | {"user": "viewer-42@bili"}, headers=h) for h in ({"X-Session-Id": ""}, {})
+    ]
+    assert plain[0].headers["x-session-id"].startswith("user-")
+    assert plain[1].headers["x-session-id"] == plain[0].headers["x-session-id"] != session
 
 
 def test_stateless_history_is_stored_too(fake_gateway: GatewayServer) -> None:
@@ -177,10 +185,12 @@ def test_sdk_raises_typed_errors(fake_gateway: GatewayServer) -> None:
 
 
 def test_session_cannot_switch_persona(fake_gateway: GatewayServer) -> None:
-    sdk = client(fake_gateway)
-    sdk.chat.completions.create(model="xiaoxing", user="s-2", messages=[{"role": "user", "content": "hi"}])
+    """A session the client names is the persona's it was made with (a ``user`` has one session per persona)."""
+    sdk, named = client(fake_gateway), {"X-Session-Id": "s-2"}
+    hi = [{"role": "user", "content": "hi"}]
+    sdk.chat.completions.create(model="xiaoxing", messages=hi, extra_headers=named)
     with pytest.raises(openai.BadRequestError, match="belongs to persona"):
-        sdk.chat.completions.create(model="nova", user="s-2", messages=[{"role": "user", "content": "hi"}])
+        sdk.chat.completions.create(model="nova", messages=hi, extra_headers=named)
 
 
 def test_health_metrics_and_persona_import(fake_gateway: GatewayServer, shared_data) -> None:  # type: ignore[no-untyped-def]
@@ -226,16 +236,18 @@ def test_a_client_that_leaves_is_counted_as_499_and_its_reply_as_interrupted(
     """A client that leaves is no server error: counted as 499 (a 500 set off 5xx alerts), its reply by the status
     it is stored with."""
     server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_FAKE_DELAY": "0.3"})
-    body = {"model": "nova", "user": "s-left", "stream": stream,
+    body = {"model": "nova", "stream": stream,
             "messages": [{"role": "user", "content": "one two three four five six seven"}]}  # fmt: skip
+    named = {"X-Session-Id": "s-left"}
     if stream:  # leaves after the first text
-        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=10) as response:
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=named,
+                          timeout=10) as response:  # fmt: skip
             next(
                 line for line in response.iter_lines() if '"content":"' in line and '"content":""' not in line
             )
     else:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=1.0)
+            httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=named, timeout=1.0)
     deadline = time.monotonic() + 10
     while (stored := server.messages("s-left"))[-1].status == "streaming" and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -306,11 +318,11 @@ def test_session_history_survives_restart_with_cache(start_gateway) -> None:  # 
         )
     server.stop()
     server.start()  # a cold cache: the history comes back from the database
-    reply = client(server).chat.completions.create(
+    raw = client(server).chat.completions.with_raw_response.create(
         model="nova", user="s-restart", messages=[{"role": "user", "content": "third"}]
     )
-    assert reply.choices[0].message.content == "收到：third"
-    assert [t.content for t in server.messages("s-restart")] == [
+    assert raw.parse().choices[0].message.content == "收到：third"
+    assert [t.content for t in server.messages(raw.headers["x-session-id"])] == [
         "first", "收到：first", "second", "收到：second", "third", "收到：third",
     ]  # fmt: skip
 
@@ -339,7 +351,7 @@ def test_cross_origin_calls_get_cors_headers_and_the_same_reply(start_gateway, o
     assert response.status_code == 200, response.text
     assert response.json()["choices"][0]["message"]["content"] == "收到：hello"
     assert response.headers.get("access-control-allow-origin") == origin
-    assert response.headers["x-session-id"] == "s-cors"
+    assert response.headers["x-session-id"] == user_session_id(LOCAL_PRINCIPAL, "nova", "s-cors")
     # A body too large to hand on is refused by the hot route itself: a browser can still read why.
     big = b'{"model":"nova","messages":[{"role":"user","content":"' + b"x" * (17 * 2**20) + b'"}]}'
     refused = httpx.post(f"{server.url}/v1/chat/completions", content=big, timeout=60,
@@ -371,11 +383,12 @@ def test_the_gateway_serves_from_postgresql(start_gateway, postgres) -> None:  #
     connections must not follow it there (asyncpg's belong to the loop that made them: startup failed)."""
     url = postgres.create_database("gateway_serve")
     server = start_gateway({"VSTREAMER_BACKEND": "fake", "VSTREAMER_DATABASE_URL": url})
-    reply = client(server).chat.completions.create(
+    raw = client(server).chat.completions.with_raw_response.create(
         model="xiaoxing", user="pg-1", messages=[{"role": "user", "content": "hi"}]
     )
-    assert reply.choices[0].message.content == "收到：hi"
-    listing = httpx.get(f"{server.url}/api/sessions/pg-1/messages").json()["data"]
+    assert raw.parse().choices[0].message.content == "收到：hi"
+    session = raw.headers["x-session-id"]
+    listing = httpx.get(f"{server.url}/api/sessions/{session}/messages").json()["data"]
     assert [m["content"] for m in listing] == ["hi", "收到：hi"]
     assert httpx.get(f"{server.url}/readyz").json()["checks"]["database"]["ok"]
     # A NUL in an id or name (PostgreSQL holds no NUL): a 400 that says so, not a database error (a 503).
@@ -387,6 +400,6 @@ def test_the_gateway_serves_from_postgresql(start_gateway, postgres) -> None:  #
         answer = httpx.request(method, server.url + path)
         assert answer.status_code == 400, (path, answer.text)
         assert "NUL" in answer.json()["error"]["message"]
-    assert [m["content"] for m in httpx.get(f"{server.url}/api/sessions/pg-1/messages").json()["data"]] == [
+    assert [m["content"] for m in httpx.get(f"{server.url}/api/sessions/{session}/messages").json()["data"]] == [
         "hi", "收到：hi",
     ]  # fmt: skip

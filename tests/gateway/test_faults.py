@@ -45,8 +45,9 @@ async def _abandon_then_fresh(server: GatewayServer, streams: int) -> tuple[floa
         with contextlib.suppress(asyncio.TimeoutError, openai.APIError):
             async with asyncio.timeout(0.5):
                 stream = await sdk.chat.completions.create(
-                    model="nova", user=f"abandon-{index}", stream=True, max_tokens=1500, messages=LONG
-                )
+                    model="nova", stream=True, max_tokens=1500, messages=LONG,
+                    extra_headers={"X-Session-Id": f"abandon-{index}"},
+                )  # fmt: skip
                 async for _ in stream:
                     pass
 
@@ -98,7 +99,9 @@ def test_backend_down_at_start(start_gateway) -> None:  # type: ignore[no-untype
     started = time.perf_counter()
     with pytest.raises(openai.APIStatusError) as info:
         sdk.chat.completions.create(
-            model="nova", user="down", messages=[{"role": "user", "content": "hello?"}]
+            model="nova",
+            messages=[{"role": "user", "content": "hello?"}],
+            extra_headers={"X-Session-Id": "down"},
         )
     assert info.value.status_code == 503
     assert "cannot reach" in str(info.value)
@@ -136,9 +139,8 @@ def test_killed_mid_stream_ends_sse_with_error(start_gateway, private_llama_serv
     server = start_gateway(upstream_env(private_llama_server.base_url, VSTREAMER_STALL_TIMEOUT="3",
                                         VSTREAMER_MAX_RETRIES="0"))  # fmt: skip
     lines: list[str] = []
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=30, json={
-        "model": "nova", "user": "killed", "stream": True, "messages": LONG, "max_tokens": 1500,
-    }) as response:  # fmt: skip
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", timeout=30, headers={"X-Session-Id": "killed"},
+                      json={"model": "nova", "stream": True, "messages": LONG, "max_tokens": 1500}) as response:  # fmt: skip
         assert response.status_code == 200
         for line in response.iter_lines():
             if line:
@@ -188,7 +190,7 @@ async def test_slow_first_token_and_stalled_stream(start_gateway) -> None:  # ty
         async with httpx.AsyncClient(timeout=30) as http:
             started = time.perf_counter()
             response = await http.post(f"{server.url}/v1/chat/completions",
-                                       json={"model": "nova", "user": "slow", "messages": LONG})  # fmt: skip
+                                       json={"model": "nova", "messages": LONG}, headers={"X-Session-Id": "slow"})  # fmt: skip
             assert response.status_code == 504
             assert "did not answer within 1s" in response.json()["error"]["message"]
             assert time.perf_counter() - started < 5
@@ -199,8 +201,9 @@ async def test_slow_first_token_and_stalled_stream(start_gateway) -> None:  # ty
         server = start_gateway(upstream_env(url, VSTREAMER_STALL_TIMEOUT="1", VSTREAMER_MAX_RETRIES="0"),
                                name="stalled")  # fmt: skip
         async with httpx.AsyncClient(timeout=30) as http:
-            payload = {"model": "nova", "user": "stalled", "stream": True, "messages": LONG}
-            async with http.stream("POST", f"{server.url}/v1/chat/completions", json=payload) as response:
+            payload = {"model": "nova", "stream": True, "messages": LONG}
+            async with http.stream("POST", f"{server.url}/v1/chat/completions", json=payload,
+                                   headers={"X-Session-Id": "stalled"}) as response:  # fmt: skip
                 lines = [line async for line in response.aiter_lines() if line]
             metrics = (await http.get(f"{server.url}/metrics")).text
         assert lines[-1] == "data: [DONE]" and "mid-stream" in lines[-2]

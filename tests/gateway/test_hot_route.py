@@ -15,10 +15,15 @@ from vstreamer.config import Settings
 from vstreamer.engine import Conversation, Turn
 from vstreamer.errors import StoreError
 from vstreamer.gateway import create_app
+from vstreamer.gateway.auth import LOCAL_PRINCIPAL
+from vstreamer.gateway.chat import user_session_id
 from vstreamer.llm import FakeBackend
 from vstreamer.llm.base import ChatMessage
 from vstreamer.runtime import Runtime, open_runtime
 from vstreamer.store import open_store
+
+S1 = user_session_id(LOCAL_PRINCIPAL, "nova", "s1")
+"""The session of ``"user": "s1"``, the requests' below."""
 
 
 def broken(_: Sequence[ChatMessage]) -> str:
@@ -42,12 +47,12 @@ async def test_an_unexpected_failure_before_the_reply_is_an_openai_error(
             }
             response = await client.post("/v1/chat/completions", json=body)
             assert response.status_code == 500
-            assert response.headers["x-session-id"] == "s1"  # which session holds the failed reply
+            assert response.headers["x-session-id"] == S1  # which session holds the failed reply
             assert response.json()["error"] == {
                 "message": "internal server error", "type": "server_error", "param": None, "code": None,
             }  # fmt: skip
             assert "unexpected error" in caplog.text  # logged with its traceback, for the operator
-            stored = await runtime.store.list_messages("s1")  # type: ignore[union-attr]
+            stored = await runtime.store.list_messages(S1)  # type: ignore[union-attr]
             assert [(t.role, t.status, t.content) for t in stored] == [
                 ("user", "complete", "hi"), ("assistant", "failed", ""),
             ]  # fmt: skip
@@ -166,7 +171,7 @@ async def test_a_bug_mid_stream_still_ends_the_stream_with_an_error_and_done(
     assert error["type"] == "server_error" and "KeyError" not in error["message"]
     store = await open_store(None, tmp_path)
     try:
-        reply = (await store.list_messages("s1"))[-1]
+        reply = (await store.list_messages(S1))[-1]
     finally:
         await store.close()
     assert reply.role == "assistant" and reply.status == "failed" and reply.content.startswith("Nice")
@@ -218,7 +223,7 @@ async def test_a_client_leaving_as_its_reply_ends_is_no_error(
     try:
         await create_app(runtime)(dict(_SCOPE), receive, send)  # returns: no CancelledError, no error
         assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
-        stored = await runtime.store.list_messages("s1")  # type: ignore[union-attr]
+        stored = await runtime.store.list_messages(S1)  # type: ignore[union-attr]
         assert [(t.role, t.status) for t in stored] == [("user", "complete"), ("assistant", "complete")]
     finally:
         await runtime.aclose()

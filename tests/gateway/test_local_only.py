@@ -14,8 +14,10 @@ def _scope(*headers: tuple[bytes, bytes]) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    "host", [b"localhost", b"LocalHost:8320", b"127.0.0.1", b"127.0.0.2:1", b"[::1]", b"[::1]:8320"]
-)
+    "host",
+    [b"localhost", b"LocalHost:8320", b"127.0.0.1", b"127.0.0.2:1", b"[::1]", b"[::1]:8320", b"localhost.",
+     b"LOCALHOST.:8320"],
+)  # fmt: skip
 def test_loopback_host_names_are_served(host: bytes) -> None:
     assert LocalOnly([]).refusal(_scope((b"host", host))) is None
 
@@ -23,7 +25,8 @@ def test_loopback_host_names_are_served(host: bytes) -> None:
 @pytest.mark.parametrize(
     "host",
     [b"attacker.example", b"attacker.example:8320", b"127.0.0.1.nip.io", b"localhost.evil.example", b"0.0.0.0",
-     b"[::1]x", b"[::1]:x", b"[::2]", b"::1", b"", b"127.0.0.1:80x", b"127.0.0.1:\xb2"],
+     b"[::1]x", b"[::1]:x", b"[::2]", b"::1", b"", b"127.0.0.1:80x", b"127.0.0.1:\xb2", b"127.0.0.1.",
+     b"127.0.0.1.:8320", b"[::1].", b"localhost..", b".localhost", b"localhost.:x"],
 )  # fmt: skip
 def test_other_host_names_are_refused(host: bytes) -> None:
     refusal = LocalOnly([]).refusal(_scope((b"host", host)))

@@ -12,6 +12,7 @@ import pytest
 
 from vstreamer.config import Settings
 from vstreamer.gateway import create_app
+from vstreamer.gateway.auth import LOCAL_PRINCIPAL
 from vstreamer.llm import FakeBackend
 from vstreamer.runtime import Runtime, open_runtime
 
@@ -109,9 +110,10 @@ async def test_text_parts_are_joined_by_line_breaks(
     client, runtime = gateway
     parts = [{"type": "text", "text": "first line"}, {"type": "text", "text": "second"}]
     body = {"user": f"parts-{route}", "messages": [{"role": "user", "content": parts}]}
-    assert (await _chat(client, route, body)).status_code == 200
+    response = await _chat(client, route, body)
+    assert response.status_code == 200
     assert runtime.store is not None
-    stored = await runtime.store.list_messages(f"parts-{route}")
+    stored = await runtime.store.list_messages(response.headers["x-session-id"])
     assert stored[0].content == "first line\nsecond"
 
 
@@ -145,4 +147,4 @@ async def test_a_body_without_a_json_media_type_is_refused_alike(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert "Content-Type: application/json" in error["message"] and error["type"] == "invalid_request_error"
-    assert runtime.store is not None and await runtime.store.list_messages("typed") == []
+    assert runtime.store is not None and await runtime.store.list_sessions(owner=LOCAL_PRINCIPAL) == []

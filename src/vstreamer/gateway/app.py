@@ -44,7 +44,7 @@ class GatewayApp(FastAPI):
 
     Middleware belongs in :func:`create_app`, which knows the route: one added to the returned app later would not
     see chat requests. ``local_only`` (set with auth off) refuses other sites' pages and other host names before
-    either route sees the request."""
+    either route sees the request, counted as other answers are."""
 
     hot_route: ASGIApp | None = None
     local_only: LocalOnly | None = None
@@ -53,7 +53,7 @@ class GatewayApp(FastAPI):
         if self.local_only is not None and scope["type"] == "http":
             refusal = self.local_only.refusal(scope)
             if refusal is not None:
-                await refusal(scope, receive, send)
+                await self._refuse(refusal, scope, receive, send)
                 return
         hot = self.hot_route
         if (
@@ -65,6 +65,13 @@ class GatewayApp(FastAPI):
             await hot(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+    async def _refuse(self, refusal: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer with ``refusal``, counted as the request counter (which it never reaches) counts every other
+        answer, so that a page or a rebound name calling in shows on ``/metrics``: by its status, under the route
+        ``unmatched`` (it was refused before any routing; its path, the caller's to choose, is no label)."""
+        state: GatewayState = self.state.gateway
+        await count_request(refusal, scope, receive, send, state.metrics)
 
 
 def create_app(runtime: Runtime, *, close_runtime: bool = False) -> GatewayApp:

@@ -28,7 +28,7 @@ from vstreamer.gateway.errors import SESSION_HEADER, APIError, InSession, error_
 from vstreamer.gateway.schemas import ChatCompletionRequest, error_body
 from vstreamer.gateway.state import GatewayState, gateway_state, principal
 from vstreamer.persona import Persona
-from vstreamer.store import SessionRecord
+from vstreamer.store import SessionRecord, Store
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -43,22 +43,41 @@ SESSION_ID_RULE = "1-64 letters, digits or . _ : @ + = -"
 _SESSION_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,64}")
 
 
-def session_id_of(headers: Mapping[str, str], user: str | None) -> str | None:
-    """The session a request continues: the ``X-Session-Id`` header, which must be a plain id (it is echoed in the
-    response's headers and is part of REST paths), else the ``user`` field. OpenAI clients put any end-user string
-    there, so one that is not a plain id names its session by a hash of it (the response's ``X-Session-Id`` tells
-    which). ``None``: a new session for this request alone."""
+def explicit_session_id(headers: Mapping[str, str]) -> str | None:
+    """The ``X-Session-Id`` header (``None``: none sent): the client's own id for its conversation, used as it is. It
+    must be a plain id: it is echoed in the response's headers and is part of REST paths."""
     header = headers.get(SESSION_HEADER_KEY)
-    if header:
-        if not _SESSION_ID.fullmatch(header):
-            raise APIError(400, f"{SESSION_HEADER} must be {SESSION_ID_RULE}", param=SESSION_HEADER,
-                           code="invalid_session_id")  # fmt: skip
-        return header
-    if not user:
+    if not header:
         return None
+    if not _SESSION_ID.fullmatch(header):
+        raise APIError(400, f"{SESSION_HEADER} must be {SESSION_ID_RULE}", param=SESSION_HEADER,
+                       code="invalid_session_id")  # fmt: skip
+    return header
+
+
+def end_user_id(user: str) -> str:
+    """The end user the ``user`` field names, as a plain id: the field itself if it is one, else ``user-`` and a hash
+    of it (OpenAI clients put any string there). The viewer whose facts the persona remembers when no
+    ``X-Viewer-Id`` is sent, one person to every persona; also the id ``user`` named its session by before sessions
+    were per key and persona (see :func:`_user_session`)."""
     if _SESSION_ID.fullmatch(user):
         return user
     return "user-" + hashlib.blake2b(user.encode(), digest_size=16).hexdigest()
+
+
+def user_session_id(owner: str, persona_id: str, user: str) -> str:
+    """The session the ``user`` field names: one per API key, persona and end user. ``user`` says who is talking (as
+    OpenAI documents it), not which conversation: one end user talks to each persona apart, and two keys' "alice"
+    are two people, neither able to reach or block the other's session. Derived, not stored, so that every gateway
+    instance finds it; the response's ``X-Session-Id`` tells the client which it is."""
+    named = orjson.dumps([owner, persona_id, user])  # a list: no two triples give the same bytes
+    return "user-" + hashlib.blake2b(named, digest_size=16).hexdigest()
+
+
+def names_session(headers: Mapping[str, str], user: str | None) -> bool:
+    """Whether the request continues a session (an ``X-Session-Id`` header, checked, or a ``user``) rather than
+    sending its whole history for a new one."""
+    return explicit_session_id(headers) is not None or bool(user)
 
 
 VIEWER_ID_RULE = "1-100 characters of UTF-8 text, without / or control characters"
@@ -135,7 +154,7 @@ def _check_lengths(state: GatewayState, body: ChatCompletionRequest, headers: Ma
     message to ``max_input_chars``; a reply to :data:`MAX_REPLY_CHARS` (or ``max_input_chars`` if that is more)."""
     limit = state.settings.max_input_chars
     reply_limit = max(limit, MAX_REPLY_CHARS)
-    stored = body.messages if session_id_of(headers, body.user) is None else body.messages[-1:]
+    stored = body.messages[-1:] if names_session(headers, body.user) else body.messages
     for index, message in enumerate(stored, start=len(body.messages) - len(stored)):
         most = limit if message.role == "user" else reply_limit if message.role == "assistant" else None
         if most is not None and len(message.text) > most:
@@ -147,30 +166,18 @@ def _check_lengths(state: GatewayState, body: ChatCompletionRequest, headers: Ma
 async def _conversation(
     state: GatewayState, body: ChatCompletionRequest, headers: Mapping[str, str], persona: Persona, owner: str
 ) -> Conversation:
-    session_id = session_id_of(headers, body.user)
+    explicit = explicit_session_id(headers)
     named = viewer_id_of(headers)
-    viewer_header = named or session_id
+    viewer_header = named or explicit or (end_user_id(body.user) if body.user else None)
     viewer = api_viewer_id(owner, viewer_header) if viewer_header else None
-    store = state.store
-    if session_id:
-        found = await store.open_conversation(session_id)
-        if found is None:
-            record = await store.create_session(persona.id, owner=owner, platform=API_PLATFORM, session_id=session_id,
-                                                user_name=state.settings.user_name, viewer_id=viewer)  # fmt: skip
-            _check_session(record, owner, persona)
-            conversation = await store.load_conversation(session_id)
-        else:
-            record, conversation = found
-            _check_session(record, owner, persona)
-        if named and conversation.viewer_id and conversation.viewer_id != viewer:
-            # What the persona remembers is the session's viewer's: taking another's message as theirs would mix
-            # two people's memories (recall and learning both go by the session's viewer).
-            mismatch = APIError(409, f"session {session_id!r} is another viewer's; use a session of its own for "
-                                f"{VIEWER_HEADER} {named!r}", param=VIEWER_HEADER, code="session_viewer_mismatch")  # fmt: skip
-            raise InSession(mismatch, session_id)
-        conversation.viewer_id = conversation.viewer_id or viewer
-        return conversation
+    if explicit:
+        found = await state.store.open_conversation(explicit)
+        return await _named_session(state, explicit, found, persona, owner, SESSION_HEADER, viewer, named)
+    if body.user:
+        session_id, found = await _user_session(state.store, owner, persona.id, body.user)
+        return await _named_session(state, session_id, found, persona, owner, "user", viewer, named)
     # Stateless, OpenAI-style: the client sends the history; it is stored as a new session all the same.
+    store = state.store
     record = await store.create_session(
         persona.id, owner=owner, platform=API_PLATFORM, user_name=state.settings.user_name, viewer_id=viewer
     )
@@ -186,10 +193,59 @@ async def _conversation(
     return conversation
 
 
-def _check_session(record: SessionRecord, owner: str, persona: Persona) -> None:
+Found = tuple[SessionRecord, Conversation] | None
+"""A session as :meth:`Store.open_conversation` finds it (``None``: not stored yet)."""
+
+
+async def _user_session(store: Store, owner: str, persona_id: str, user: str) -> tuple[str, Found]:
+    """The session the ``user`` field names (:func:`user_session_id`), and what is stored of it.
+
+    One made before sessions were per key and persona, named by :func:`end_user_id` alone, is continued while it is
+    this key's and this persona's, so that an upgrade orphans no conversation; any other (another key's "alice",
+    or this one's with another persona) is left alone. It is looked for only when the new one is not stored yet: a
+    session made since costs no extra read."""
+    session_id = user_session_id(owner, persona_id, user)
+    found = await store.open_conversation(session_id)
+    if found is not None:
+        return session_id, found
+    earlier_id = end_user_id(user)
+    earlier = await store.open_conversation(earlier_id)
+    if earlier is not None and earlier[0].owner == owner and earlier[0].persona_id == persona_id:
+        return earlier_id, earlier
+    return session_id, None
+
+
+async def _named_session(
+    state: GatewayState, session_id: str, found: Found, persona: Persona, owner: str, param: str,
+    viewer: str | None, named: str | None,
+) -> Conversation:  # fmt: skip
+    """The session ``session_id`` (named by ``param``: the header or ``user``), made if it is not ``found``;
+    ``viewer`` is the request's, ``named`` when an ``X-Viewer-Id`` header named it."""
+    store = state.store
+    if found is None:
+        record = await store.create_session(persona.id, owner=owner, platform=API_PLATFORM, session_id=session_id,
+                                            user_name=state.settings.user_name, viewer_id=viewer)  # fmt: skip
+        _check_session(record, owner, persona, param)
+        conversation = await store.load_conversation(session_id)
+    else:
+        record, conversation = found
+        _check_session(record, owner, persona, param)
+    if named and conversation.viewer_id and conversation.viewer_id != viewer:
+        # What the persona remembers is the session's viewer's: taking another's message as theirs would mix
+        # two people's memories (recall and learning both go by the session's viewer).
+        mismatch = APIError(409, f"session {session_id!r} is another viewer's; use a session of its own for "
+                            f"{VIEWER_HEADER} {named!r}", param=VIEWER_HEADER, code="session_viewer_mismatch")  # fmt: skip
+        raise InSession(mismatch, session_id)
+    conversation.viewer_id = conversation.viewer_id or viewer
+    return conversation
+
+
+def _check_session(record: SessionRecord, owner: str, persona: Persona, param: str) -> None:
+    """A session the client names must be its key's and the persona's (a ``user`` one is, unless another key made
+    one under its id with ``X-Session-Id``)."""
     if record.owner != owner:
         raise APIError(
-            404, f"no session {record.id!r} for this API key", param="user", code="session_not_found"
+            404, f"no session {record.id!r} for this API key", param=param, code="session_not_found"
         )
     if record.persona_id != persona.id:
         raise APIError(400, f"session {record.id!r} belongs to persona {record.persona_id!r}", param="model")

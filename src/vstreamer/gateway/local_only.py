@@ -6,7 +6,7 @@ stored in someone's session). A page whose host name its attacker then points at
 every answer too, being same-origin with itself. API keys stop both: a page has none, and an ``Authorization``
 header forces a preflight. Without them, a request is refused when a browser marks it as another site's (an
 ``Origin`` that is neither listed in ``cors_origins`` nor the gateway's own) or when it is addressed to a host name
-that is not a loopback one (``localhost``, ``127.0.0.1``, ``[::1]``), as a rebound name is.
+that is not a loopback one (``localhost``, ``localhost.``, ``127.0.0.1``, ``[::1]``), as a rebound name is.
 """
 
 from __future__ import annotations
@@ -84,7 +84,10 @@ def _same_origin(origin: bytes, host: bytes) -> bool:
 @lru_cache(maxsize=64)
 def _loopback_host(host: bytes) -> bool:
     """Whether a ``Host`` header names this machine: a loopback name or address, with or without a port. Cached:
-    a gateway is called under one or two names, and most requests would parse the same one."""
+    a gateway is called under one or two names, and most requests would parse the same one.
+
+    ``localhost.`` is ``localhost`` written fully qualified, which resolvers answer themselves (RFC 6761): no one can
+    point it elsewhere. An address takes no such dot (``127.0.0.1.`` is a name, not an address)."""
     text = host.decode("latin-1").lower()
     if text.startswith("["):  # an IPv6 address: [::1]:8320
         name, bracket, port = text[1:].partition("]")
@@ -95,4 +98,4 @@ def _loopback_host(host: bytes) -> bool:
         name, _, port = text.partition(":")
     if port and not (port.isascii() and port.isdigit()):
         return False
-    return is_loopback(name)
+    return is_loopback(name) or name == "localhost."

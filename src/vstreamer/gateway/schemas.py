@@ -135,7 +135,8 @@ class ChatCompletionRequest(BaseModel):
     seed: Whole | None = Field(None, ge=-(2**63), le=2**63 - 1)
     n: Annotated[Whole, _null_is(1)] = 1
     user: UserText | None = None
-    """Names the session when no ``X-Session-Id`` header is sent (see :func:`vstreamer.gateway.chat.session_id_of`)."""
+    """The end user: without an ``X-Session-Id`` header, their session with the persona under this API key (see
+    :func:`vstreamer.gateway.chat.user_session_id`)."""
     stop: StopText | Annotated[list[StopText], Field(max_length=4)] | None = None
     """Up to 4 strings the reply ends before (as OpenAI's)."""
     presence_penalty: Real | None = Field(None, ge=-2, le=2)
