@@ -2,6 +2,7 @@
 through ``vstreamer serve`` and (when installed) through LiteLLM's proxy, in one run.
 
     .venv/bin/python bench/bench_gateway.py [--requests 1000] [--rounds 5] [--chunks 16] [--first-token-ms 0]
+                                            [--reply-language en|zh] [--token-ms 0]
                                             [--litellm PATH|none] [--baseline SRC]
 
 Prints the time to first token (p50/p99) at one stream and streamed requests/s at 1, 50 and 200 concurrent
@@ -213,6 +214,12 @@ def main() -> None:
     parser.add_argument("--first-token-ms", type=float, default=0.0, help="the fake upstream's time to first token "
                         "(0: none, the issue's setting; a GPU server's is tens of ms, which the gateway's own work "
                         "before the first text overlaps)")  # fmt: skip
+    parser.add_argument("--token-ms", type=float, default=0.0, help="the fake upstream's time between tokens "
+                        "(0: all at once; a GPU decodes one every 10-20 ms, so text a gateway holds back waits that "
+                        "long for the next)")  # fmt: skip
+    parser.add_argument("--reply-language", choices=("en", "zh"), default="en", help="what the fake upstream "
+                        "replies: English word pieces, or a Chinese streamer's reply (what production's are: the "
+                        "output guard's work depends on the script)")  # fmt: skip
     parser.add_argument("--litellm", default=str(DEFAULT_LITELLM), help="LiteLLM's executable, or 'none'")
     parser.add_argument(
         "--baseline", type=Path, help="another source tree's src folder, run as one more gateway"
@@ -246,7 +253,8 @@ def main() -> None:
             f"fake OpenAI server, {args.chunks} chunks per reply, first after {args.first_token_ms:g} ms"
         )
         processes.append(subprocess.Popen(
-            [sys.executable, str(HERE / "fake_upstream.py"), str(up_port), str(args.chunks), str(args.first_token_ms)]
+            [sys.executable, str(HERE / "fake_upstream.py"), str(up_port), str(args.chunks), str(args.first_token_ms),
+             args.reply_language, str(args.token_ms)]
         ))  # fmt: skip
     env = os.environ | {
         "VSTREAMER_DATA_DIR": data, "VSTREAMER_BACKEND": "openai", "VSTREAMER_MODEL": model,
