@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,11 @@ class Served:
         return self.runtime.store
 
     async def say(
-        self, text: str, *, viewer: str, session: str | None = None, history: tuple[str, ...] = ()
+        self, text: str, *, viewer: str | None, session: str | None = None, history: tuple[str, ...] = ()
     ) -> str:
-        """One message from ``viewer`` (with ``history`` sent before it when stateless); returns the session id."""
-        headers = {"X-Viewer-Id": viewer} | ({"X-Session-Id": session} if session else {})
+        """One message from ``viewer`` (``None``: no ``X-Viewer-Id``; with ``history`` sent before it when
+        stateless); returns the session id."""
+        headers = ({"X-Viewer-Id": viewer} if viewer else {}) | ({"X-Session-Id": session} if session else {})
         sent = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(history)]
         raw = await self.sdk.chat.completions.with_raw_response.create(
             model="xiaoxing", messages=[*sent, {"role": "user", "content": text}], extra_headers=headers
@@ -67,10 +69,11 @@ class Served:
         return self.prompts()[-1]
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+@asynccontextmanager
+async def _serve(data_dir: Path) -> AsyncIterator[Served]:
+    """The gateway over ``data_dir``; served again over the same one, it is a restart (nothing held in memory)."""
     backend = FakeBackend()
-    runtime = await open_runtime(Settings.load(data_dir=tmp_path, auth=False), backend=backend)
+    runtime = await open_runtime(Settings.load(data_dir=data_dir, auth=False), backend=backend)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
@@ -90,6 +93,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         server.should_exit = True
         await serving
         await runtime.aclose()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with _serve(tmp_path) as gateway:
+        yield gateway
 
 
 async def test_forget_me_erases_what_the_viewer_said_from_prompts_and_storage(served: Served) -> None:
@@ -135,3 +144,31 @@ async def test_forget_me_of_a_viewer_with_nothing_stored_deletes_nothing(served:
     forgotten = await served.http.delete("/api/viewers/api/nobody/memory")
     assert forgotten.json() == {"deleted": 0, "sessions": 0, "messages": 0, "summaries": 0}
     assert len(await served.store.list_messages("s-bob")) == 2
+
+
+async def _viewerless_session_named_by(gateway: Served, viewer: str) -> str:
+    """A session stored without a viewer (a stateless request's, no ``X-Viewer-Id``), then named by ``viewer``."""
+    session = await gateway.say("你好", viewer=None)
+    stored = await gateway.store.get_session(session)
+    assert stored is not None and stored.viewer_id is None
+    await gateway.say(f"我的秘密是{SECRET}", viewer=viewer, session=session)
+    return session
+
+
+async def test_a_viewer_a_session_took_on_is_its_viewer_after_a_restart(tmp_path: Path) -> None:
+    async with _serve(tmp_path) as gateway:
+        session = await _viewerless_session_named_by(gateway, "alice")
+    async with _serve(tmp_path) as restarted:
+        with pytest.raises(openai.ConflictError) as refused:
+            await restarted.say("我也来", viewer="bob", session=session)
+        assert refused.value.code == "session_viewer_mismatch"
+        await restarted.say("还是我", viewer="alice", session=session)
+
+
+async def test_forget_me_after_a_restart_deletes_a_session_that_took_the_viewer_on(tmp_path: Path) -> None:
+    async with _serve(tmp_path) as gateway:
+        session = await _viewerless_session_named_by(gateway, "alice")
+    async with _serve(tmp_path) as restarted:
+        forgotten = await restarted.http.delete("/api/viewers/api/alice/memory")
+        assert forgotten.json() == {"deleted": 0, "sessions": 1, "messages": 4, "summaries": 0}
+        assert (await restarted.http.get(f"/api/sessions/{session}/messages")).status_code == 404

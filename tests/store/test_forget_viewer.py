@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -58,19 +59,53 @@ async def test_the_viewers_sessions_go_with_their_messages_and_summaries(under_t
     assert await store.delete_viewer_sessions(ALICE) == ErasedTalk(0, 0, 0)
 
 
-async def test_a_session_that_took_the_viewer_on_in_process_goes_too(under_test: Store) -> None:
-    """A session stored without a viewer, then named by one (the gateway sets the conversation's viewer, not the
-    stored one): what they said in it is theirs to have forgotten."""
+async def test_a_session_that_took_the_viewer_on_goes_too_after_a_restart(under_test: Store) -> None:
+    """A session stored without a viewer, then named by one: what they said in it is theirs to have forgotten, by
+    whatever instance forgets them (here a fresh one over the same database, as after a restart)."""
     store = under_test
     await _session(store, "anon", "bilibili", None)
     conversation = await store.load_conversation("anon")
-    conversation.viewer_id = ALICE.user_id
+    assert await store.take_viewer("anon", ALICE.user_id) == ALICE.user_id
+    assert conversation.viewer_id == ALICE.user_id  # the copy this process holds took it on too
     await store.save_turn(conversation, conversation.add(Turn("user", "我叫阿明")))
     await _session(store, "other", "bilibili", None, "别人的话")
 
-    assert await store.delete_viewer_sessions(ALICE) == ErasedTalk(sessions=1, messages=1, summaries=0)
-    assert await store.open_conversation("anon") is None
+    restarted = Store(store.engine, session_cache=store.cache.sessions.size)
+    try:
+        assert (await restarted.load_conversation("anon")).viewer_id == ALICE.user_id
+        record = await restarted.get_session("anon")
+        assert record is not None and record.viewer_id == ALICE.user_id
+        assert await restarted.delete_viewer_sessions(ALICE) == ErasedTalk(
+            sessions=1, messages=1, summaries=0
+        )
+    finally:
+        await restarted.writer.aclose()
+    # (This instance's cache still holds it: a cached session is one instance's, see vstreamer.store.cache.)
+    assert await store.list_messages("anon") == []
     assert len(await store.list_messages("other")) == 2
+
+
+async def test_a_stored_viewer_is_kept_and_of_racing_viewers_one_wins(under_test: Store) -> None:
+    """Requests naming different viewers race for a viewer-less session, in this instance and another over the same
+    database: every one is told the same winner (the gateway refuses the others), and a later one changes nothing."""
+    store = under_test
+    await _session(store, "anon", "bilibili", None)
+    conversation = await store.load_conversation("anon")
+    other = Store(store.engine, session_cache=store.cache.sessions.size)
+    try:
+        claims = [(store if i % 2 else other).take_viewer("anon", f"v{i}") for i in range(8)]
+        winners = set(await asyncio.gather(*claims))
+        assert len(winners) == 1 and winners <= {f"v{i}" for i in range(8)}
+        (winner,) = winners
+        assert await store.take_viewer("anon", "late") == winner
+        record = await store.get_session("anon")
+        assert conversation.viewer_id == winner and record is not None and record.viewer_id == winner
+        restarted = Store(store.engine, session_cache=0)
+        assert (await restarted.load_conversation("anon")).viewer_id == winner
+        await restarted.writer.aclose()
+    finally:
+        await other.writer.aclose()
+    assert await store.take_viewer("nothing-here", "v0") is None
 
 
 async def test_a_reply_in_flight_does_not_keep_the_forgotten_session(under_test: Store) -> None:

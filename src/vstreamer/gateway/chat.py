@@ -230,13 +230,16 @@ async def _named_session(
     else:
         record, conversation = found
         _check_session(record, owner, persona, param)
+    if conversation.viewer_id is None and viewer is not None:
+        # A session stored without a viewer (a stateless request's) takes this one on, in the database: the
+        # refusal below and "forget me" must hold after a restart too, and a concurrent request may win it first.
+        conversation.viewer_id = await store.take_viewer(session_id, viewer)
     if named and conversation.viewer_id and conversation.viewer_id != viewer:
         # What the persona remembers is the session's viewer's: taking another's message as theirs would mix
         # two people's memories (recall and learning both go by the session's viewer).
         mismatch = APIError(409, f"session {session_id!r} is another viewer's; use a session of its own for "
                             f"{VIEWER_HEADER} {named!r}", param=VIEWER_HEADER, code="session_viewer_mismatch")  # fmt: skip
         raise InSession(mismatch, session_id)
-    conversation.viewer_id = conversation.viewer_id or viewer
     return conversation
 
 

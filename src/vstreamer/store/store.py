@@ -119,10 +119,6 @@ def _answered(conversation: Conversation, turn: Turn) -> str | None:
     return None
 
 
-def _talks_with(conversation: Conversation, viewer: ViewerKey) -> bool:
-    return conversation.viewer_id == viewer.user_id and conversation.platform == viewer.platform
-
-
 def _count(result: Any) -> int:
     """Rows a statement changed (a driver that cannot tell says -1, read as none)."""
     return max(int(getattr(result, "rowcount", 0) or 0), 0)
@@ -290,21 +286,49 @@ class Store(MemoryTables):
 
         A session is one viewer's (the gateway refuses another viewer on it), so the whole session goes: what they
         said, the replies that may quote it, the summaries written from it. Those are the sessions stored with the
-        viewer, and any this process holds whose conversation took the viewer on since (one stored without a viewer,
-        then named by ``X-Viewer-Id``). Whatever asks for such a session next reads it from the database: gone.
+        viewer, taken on later included (:meth:`take_viewer` stores the viewer before a reply is made with it).
+        Whatever asks for such a session next reads it from the database: gone.
         """
-        held = [sid for sid, talk in list(self._live.items()) if _talks_with(talk, viewer)]
         theirs = (SessionRow.platform == viewer.platform) & (SessionRow.viewer_id == viewer.user_id)
-        theirs |= SessionRow.id.in_(held)
         async with self._tx() as session:
             mine = select(SessionRow.id).where(theirs)
             messages = await session.execute(delete(MessageRow).where(MessageRow.session_id.in_(mine)))
             summaries = await session.execute(delete(SummaryRow).where(SummaryRow.session_id.in_(mine)))
             # A session made between two statements (PostgreSQL) takes its messages with it (ON DELETE CASCADE).
             gone = (await session.scalars(delete(SessionRow).where(theirs).returning(SessionRow.id))).all()
-        for session_id in {*gone, *held}:  # after the commit: a read begun meanwhile does not bring one back
+        for session_id in gone:  # after the commit: a read begun meanwhile does not bring one back
             self.cache.forget(session_id)
         return ErasedTalk(len(gone), _count(messages), _count(summaries))
+
+    @_shielded
+    async def take_viewer(self, session_id: str, viewer_id: str) -> str | None:
+        """Store ``viewer_id`` as the viewer of a session stored without one; returns the session's viewer then:
+        another's if one was stored first (a concurrent request, another instance), ``None`` if there is no session.
+
+        Stored, not only set on the conversation: a viewer held in memory alone left with the process (restart,
+        eviction, another instance), and with it the refusal of a second viewer and "forget me"'s reach. One
+        statement sets it only where none is stored, so of two requests naming two viewers exactly one wins.
+        """
+        unclaimed = (SessionRow.id == session_id) & SessionRow.viewer_id.is_(None)
+        async with self._tx() as session:
+            await session.execute(update(SessionRow).where(unclaimed).values(viewer_id=viewer_id))
+            held = await session.scalar(select(SessionRow.viewer_id).where(SessionRow.id == session_id))
+        if held is not None:
+            self._hold_viewer(session_id, held)
+        return held
+
+    def _hold_viewer(self, session_id: str, viewer_id: str) -> None:
+        """The stored viewer on the copies this process holds: the cached header and conversation, the live one."""
+        cached = self.cache.sessions.get(session_id)
+        if cached is not None:
+            cached.record = replace(cached.record, viewer_id=viewer_id)
+            if cached.conversation is not None:
+                cached.conversation.viewer_id = viewer_id
+        live = self._live.get(session_id)
+        if live is not None:
+            live.viewer_id = viewer_id
+        # A read begun before the update keeps the viewer-less header to itself.
+        self.cache.changed(session_id)
 
     # --- messages -------------------------------------------------------------------------------------
 
