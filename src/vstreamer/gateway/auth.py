@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from vstreamer.gateway.errors import APIError
 from vstreamer.store import Store
-from vstreamer.store.store import hash_key
+from vstreamer.store.keys import hash_key
 
 LOCAL_PRINCIPAL = "local"
 

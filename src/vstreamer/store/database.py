@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 try:
     import fcntl
@@ -27,6 +28,22 @@ from vstreamer.errors import BackendNotInstalled, ConfigError, StoreError
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def shielded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Let a database call finish even if its caller is cancelled.
+
+    A transaction cut off mid-way (a client gone, a stop button) could otherwise keep SQLite's write lock until
+    it is garbage-collected and stall every other writer.
+    """
+
+    @functools.wraps(method)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.shield(method(*args, **kwargs))
+
+    return run
 
 
 def default_url(data_dir: Path) -> str:

@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, delete, select
 
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.store.database import dialect_insert, storable
-from vstreamer.store.records import SummaryRecord
+from vstreamer.store.records import SummaryRecord, aware
 from vstreamer.store.tables import SummaryRow, ViewerFactRow
 
 if TYPE_CHECKING:
@@ -21,20 +21,16 @@ if TYPE_CHECKING:
 MAX_FACT_CHARS = 200
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _fact(row: ViewerFactRow) -> Fact:
     embedding = tuple(json.loads(row.embedding)) if row.embedding else None
     return Fact(
         ViewerKey(row.platform, row.user_id), row.fact, row.normalized, row.id,
-        _aware(row.created_at).timestamp(), row.session_id, row.turn_id, embedding,
+        aware(row.created_at).timestamp(), row.session_id, row.turn_id, embedding,
     )  # fmt: skip
 
 
 def _summary(row: SummaryRow) -> SummaryRecord:
-    return SummaryRecord(row.id, row.session_id, row.covers_until_turn_id, row.text, _aware(row.created_at))
+    return SummaryRecord(row.id, row.session_id, row.covers_until_turn_id, row.text, aware(row.created_at))
 
 
 class MemoryTables:

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import hmac
-import secrets
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,33 +24,25 @@ from vstreamer.store.database import (
     create_engine,
     database_error,
     default_url,
-    dialect_insert,
     migrate,
+    shielded,
     storable,
 )
+from vstreamer.store.keys import ApiKeyTables
 from vstreamer.store.memory import MemoryTables
-from vstreamer.store.records import ApiKeyRecord, ErasedTalk, SessionRecord, SummaryRecord
-from vstreamer.store.tables import ApiKeyRow, MessageRow, PersonaRow, SessionRow, SummaryRow
+from vstreamer.store.personas import PersonaTables
+from vstreamer.store.records import ErasedTalk, SessionRecord, SummaryRecord, aware, utc_now
+from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 from vstreamer.store.writer import TurnWriter, Write
 
-KEY_PREFIX = "vs-"
 P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _session_record(row: SessionRow) -> SessionRecord:
     return SessionRecord(
         row.id, row.persona_id, row.owner, row.platform, row.viewer_id, row.user_name, row.title,
-        _aware(row.created_at), _aware(row.updated_at),
+        aware(row.created_at), aware(row.updated_at),
     )  # fmt: skip
 
 
@@ -78,27 +65,13 @@ def _turn(row: Any) -> Turn:
         content=row.content,
         status=row.status,
         id=row.id,
-        created_at=_aware(row.created_at).timestamp(),
+        created_at=aware(row.created_at).timestamp(),
         usage=usage,
         error=row.error,
         first_token_ms=row.first_token_ms,
         duration_ms=row.duration_ms,
         summary_id=row.summary_id,
     )
-
-
-def _shielded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Let a database call finish even if its caller is cancelled.
-
-    A transaction cut off mid-way (a client gone, a stop button) could otherwise keep SQLite's write lock until
-    it is garbage-collected and stall every other writer.
-    """
-
-    @functools.wraps(method)
-    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.shield(method(*args, **kwargs))
-
-    return run
 
 
 def _holds(conversation: Conversation, turn: Turn) -> bool:
@@ -124,15 +97,10 @@ def _count(result: Any) -> int:
     return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-PersonaWrite = Literal["created", "replaced", "exists", "owned", "deleted", "missing"]
 """What :meth:`Store.save_persona` or :meth:`Store.delete_persona` did (or found in its way)."""
 
 
-class Store(MemoryTables):
+class Store(MemoryTables, PersonaTables, ApiKeyTables):
     """Async persistence over SQLAlchemy. Every method is one short transaction; new sessions and turns are
     group-committed (:mod:`vstreamer.store.writer`), and live sessions are cached (:mod:`vstreamer.store.cache`).
 
@@ -177,7 +145,7 @@ class Store(MemoryTables):
 
     # --- sessions -------------------------------------------------------------------------------------
 
-    @_shielded
+    @shielded
     async def create_session(
         self,
         persona_id: str,
@@ -191,7 +159,7 @@ class Store(MemoryTables):
     ) -> SessionRecord:
         """A new session; a ``session_id`` that exists already keeps the existing session, which is returned (its
         owner may not be ``owner``: callers check)."""
-        now, sid = _now(), session_id or new_id()
+        now, sid = utc_now(), session_id or new_id()
         values = {
             "id": sid, "persona_id": persona_id, "owner": owner, "platform": platform,
             "viewer_id": viewer_id, "user_name": user_name, "title": storable(well_formed(title))[:200], "summary": "",
@@ -218,7 +186,7 @@ class Store(MemoryTables):
         self._live[sid] = conversation
         return record
 
-    @_shielded
+    @shielded
     async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionRecord | None:
         cached = self.cache.sessions.get(session_id)
         if cached is not None:
@@ -235,7 +203,7 @@ class Store(MemoryTables):
             return None
         return record
 
-    @_shielded
+    @shielded
     async def list_sessions(
         self, *, owner: str, limit: int = 50, offset: int = 0, search: str | None = None
     ) -> list[SessionRecord]:
@@ -249,7 +217,7 @@ class Store(MemoryTables):
             rows = (await session.scalars(query)).all()
         return [_session_record(r) for r in rows]
 
-    @_shielded
+    @shielded
     async def rename_session(self, session_id: str, title: str) -> None:
         title = storable(well_formed(title))[:200]  # as a new session's
         async with self._tx() as session:
@@ -259,7 +227,7 @@ class Store(MemoryTables):
             cached.record = replace(cached.record, title=title)
         self.cache.changed(session_id)  # a read begun before the update keeps the old title to itself
 
-    @_shielded
+    @shielded
     async def delete_session(self, session_id: str, *, owner: str | None = None) -> bool:
         # The session's rows go only with it: a caller that does not own it deletes nothing at all.
         mine = select(SessionRow.id).where(SessionRow.id == session_id)
@@ -279,7 +247,7 @@ class Store(MemoryTables):
             self.cache.forget(session_id)  # and a read begun meanwhile does not bring it back
         return deleted
 
-    @_shielded
+    @shielded
     async def delete_viewer_sessions(self, viewer: ViewerKey) -> ErasedTalk:
         """Delete every session held with ``viewer`` ("forget me"), with its messages and summaries, as
         :meth:`delete_session` deletes one.
@@ -300,7 +268,7 @@ class Store(MemoryTables):
             self.cache.forget(session_id)
         return ErasedTalk(len(gone), _count(messages), _count(summaries))
 
-    @_shielded
+    @shielded
     async def take_viewer(self, session_id: str, viewer_id: str) -> str | None:
         """Store ``viewer_id`` as the viewer of a session stored without one; returns the session's viewer then:
         another's if one was stored first (a concurrent request, another instance), ``None`` if there is no session.
@@ -374,7 +342,7 @@ class Store(MemoryTables):
         self._live[session_id] = loaded[1]
         return loaded
 
-    @_shielded
+    @shielded
     async def _read_conversation(
         self, session_id: str, recent: int, *, to_summary: bool = False
     ) -> tuple[SessionRecord, Conversation] | None:
@@ -418,7 +386,7 @@ class Store(MemoryTables):
         )  # fmt: skip
         return _session_record(header), conversation
 
-    @_shielded
+    @shielded
     async def list_messages(self, session_id: str, *, limit: int = 1000, offset: int = 0) -> list[Turn]:
         query = (
             select(_MESSAGES)
@@ -430,7 +398,7 @@ class Store(MemoryTables):
         async with self._tx() as session:
             return [_turn(r) for r in (await session.execute(query)).all()]
 
-    @_shielded
+    @shielded
     async def count_messages(self, session_id: str) -> int:
         query = select(func.count()).select_from(MessageRow).where(MessageRow.session_id == session_id)
         async with self._tx() as session:
@@ -448,7 +416,7 @@ class Store(MemoryTables):
     ) -> asyncio.Future[None]:
         """:meth:`save_turn` without a coroutine: the write is queued now, and the future (``done``, or a new one) is
         done once it is committed (the engine overlaps the user's message this way, with no task to run it)."""
-        now = _now()
+        now = utc_now()
         # A session's ``updated_at`` follows its replies: the user's message, on the path of every reply's first
         # text, is committed without it (the reply is always saved after it, also when it fails or is cut off).
         touch = turn.role != "user"
@@ -480,10 +448,10 @@ class Store(MemoryTables):
 
     # --- memory: summaries and viewer facts ------------------------------------------------------------
 
-    @_shielded
+    @shielded
     async def save_summary(self, session_id: str, summary: str, *, covers_until: str | None = None) -> str:
         """Store a new version of the session's running summary; returns its id (turns refer to it)."""
-        summary_id, now = new_id(), _now()
+        summary_id, now = new_id(), utc_now()
         row = {"id": summary_id, "session_id": session_id, "covers_until_turn_id": covers_until,
                "text": storable(summary), "created_at": now}  # fmt: skip
         write = Write(session_id, now, summary=row)
@@ -497,16 +465,16 @@ class Store(MemoryTables):
             conversation.summary_until, conversation.summary_index = covers_until, None
         return summary_id
 
-    @_shielded
+    @shielded
     async def summary_history(self, session_id: str) -> list[SummaryRecord]:
         """Every summary version of the session, oldest first."""
         return await self._summary_history(session_id)
 
-    @_shielded
+    @shielded
     async def get_summary(self, summary_id: str) -> SummaryRecord | None:
         return await self._get_summary(summary_id)
 
-    @_shielded
+    @shielded
     async def add_facts(self, viewer: ViewerKey, facts: Sequence[Fact], *, keep: int = 200) -> list[Fact]:
         """Remember new facts about the viewer (already known ones are skipped); returns those added."""
         try:
@@ -527,11 +495,11 @@ class Store(MemoryTables):
             cached = self.cache.keep_facts(viewer, limit, await self._read_viewer_facts(viewer, limit), token)
         return list(cached)
 
-    @_shielded
+    @shielded
     async def _read_viewer_facts(self, viewer: ViewerKey, limit: int) -> list[Fact]:
         return await self._viewer_facts(viewer, limit)
 
-    @_shielded
+    @shielded
     async def delete_facts(self, viewer: ViewerKey, *, fact_id: str | None = None) -> int:
         """Forget one fact, or everything about the viewer ("forget me"); returns how many were deleted."""
         try:
@@ -539,106 +507,10 @@ class Store(MemoryTables):
         finally:
             self.cache.forget_viewer(viewer)
 
-    @_shielded
+    @shielded
     async def export_facts(self, *, platform: str | None = None) -> list[Fact]:
         """Every remembered fact (of one platform), for operators."""
         return await self._export_facts(platform)
-
-    # --- personas imported through the API -----------------------------------------------------------
-
-    @_shielded
-    async def save_persona(
-        self,
-        persona_id: str,
-        name: str,
-        data: str,
-        *,
-        owner: str,
-        avatar_png: bytes | None,
-        replace: bool = False,
-    ) -> PersonaWrite:
-        """Store a persona imported with ``owner``'s key: ``created``; ``replaced`` (only with ``replace``, only one
-        this owner stored); or nothing, ``exists`` or ``owned`` (stored with another key). Checked and written in the
-        database, in one statement each: instances sharing it (or a check that read an old copy) cannot overwrite
-        another key's persona."""
-        fields = {"name": name, "data": data, "avatar_png": avatar_png}
-        async with self._tx() as session:
-            if replace:
-                mine = (PersonaRow.id == persona_id) & (PersonaRow.owner == owner)
-                updated = await session.execute(update(PersonaRow).where(mine).values(**fields))
-                if getattr(updated, "rowcount", 0):
-                    return "replaced"
-            insert = dialect_insert(session.get_bind().dialect.name)
-            row = {"id": persona_id, "owner": owner, "created_at": _now(), **fields}
-            made = await session.execute(insert(PersonaRow).values(row).on_conflict_do_nothing())
-            if getattr(made, "rowcount", 0):
-                return "created"
-            holder = await session.scalar(select(PersonaRow.owner).where(PersonaRow.id == persona_id))
-        return "owned" if replace or holder != owner else "exists"
-
-    @_shielded
-    async def persona_rows(self) -> list[tuple[str, bytes | None, str]]:
-        """Every stored persona's JSON, avatar and owner (the API key that imported it)."""
-        async with self._tx() as session:
-            rows = (await session.scalars(select(PersonaRow).order_by(PersonaRow.id))).all()
-        return [(r.data, r.avatar_png, r.owner) for r in rows]
-
-    @_shielded
-    async def delete_persona(self, persona_id: str, *, owner: str | None = None) -> PersonaWrite:
-        """Delete a stored persona (only ``owner``'s, when given): ``deleted``, ``missing`` or ``owned``."""
-        which = PersonaRow.id == persona_id
-        async with self._tx() as session:
-            result = await session.execute(
-                delete(PersonaRow).where(which if owner is None else which & (PersonaRow.owner == owner))
-            )
-            if getattr(result, "rowcount", 0):
-                return "deleted"
-            held = await session.scalar(select(PersonaRow.id).where(which))
-        return "missing" if held is None else "owned"
-
-    # --- API keys ------------------------------------------------------------------------------------
-
-    @_shielded
-    async def create_api_key(self, name: str) -> tuple[ApiKeyRecord, str]:
-        """Make a key; the plaintext is returned once and never stored."""
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
-        row = ApiKeyRow(
-            id=secrets.token_hex(8),
-            name=name[:100],
-            key_hash=hash_key(key),
-            prefix=key[:10],
-            created_at=_now(),
-        )
-        async with self._tx() as session:
-            session.add(row)
-        return ApiKeyRecord(row.id, row.name, row.prefix, row.created_at, False), key
-
-    @_shielded
-    async def verify_api_key(self, key: str) -> ApiKeyRecord | None:
-        digest = hash_key(key)
-        async with self._tx() as session:
-            row = (await session.scalars(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))).first()
-        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, digest):
-            return None
-        return ApiKeyRecord(row.id, row.name, row.prefix, _aware(row.created_at), False)
-
-    @_shielded
-    async def list_api_keys(self) -> list[ApiKeyRecord]:
-        async with self._tx() as session:
-            rows = (await session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))).all()
-        return [
-            ApiKeyRecord(r.id, r.name, r.prefix, _aware(r.created_at), r.revoked_at is not None) for r in rows
-        ]
-
-    @_shielded
-    async def revoke_api_key(self, key_id: str) -> bool:
-        async with self._tx() as session:
-            result = await session.execute(
-                update(ApiKeyRow)
-                .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
-                .values(revoked_at=_now())
-            )
-        return bool(getattr(result, "rowcount", 0))
 
 
 async def open_store(url: str | None, data_dir: Path, *, session_cache: int | None = None) -> Store:
