@@ -180,6 +180,8 @@ def test_the_sdks_retries_after_timeouts_leave_the_message_once(gateway: Gateway
     ]  # fmt: skip
     for undelivered in turns[1], turns[3]:  # their text is kept
         assert undelivered.content and question.startswith(undelivered.content)
+    listed = httpx.get(f"{gateway.url}/api/sessions/s3/messages", timeout=30).json()["data"]
+    assert [(m["status"], m["error_code"]) for m in listed] == [(t.status, t.error_code) for t in turns]
 
 
 @pytest.mark.parametrize("origin", [None, ORIGIN], ids=["hot-route", "fastapi-route"])
