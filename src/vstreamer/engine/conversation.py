@@ -80,7 +80,7 @@ class Turn:
     def undelivered(self) -> bool:
         """Whether the turn is a reply nobody read: cut off or failed before any of it was delivered
         (:data:`UNDELIVERED`)."""
-        return self.error is not None and self.error_code == UNDELIVERED
+        return self.error_code == UNDELIVERED
 
     def mark_undelivered(self) -> None:
         """Mark a reply that ended early (``interrupted`` or ``failed``) as never delivered: :data:`UNDELIVERED` leads

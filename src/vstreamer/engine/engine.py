@@ -570,10 +570,7 @@ class DialogueEngine:
         # The window kept between turns holds settled turns as they were: this one changed, so it is walked again.
         conversation.history_index = None
         if self.store is not None:
-            task = asyncio.ensure_future(self._save(conversation, earlier))
-            self._storing.add(task)
-            task.add_done_callback(self._storing.discard)
-            task.add_done_callback(_log_failed_withdrawal)
+            self._shielded(self._save(conversation, earlier)).add_done_callback(_log_failed_withdrawal)
 
     async def _save(self, conversation: Conversation, turn: Turn) -> None:
         if self.store is not None:

@@ -41,8 +41,10 @@ def _session(record: SessionRecord) -> dict[str, Any]:
 def _message(turn: Turn) -> dict[str, Any]:
     return {
         "id": turn.id, "role": turn.role, "content": turn.content, "status": turn.status,
-        # why it failed or stopped (resent, undelivered, backend_unavailable...); not the message: it may quote upstream
-        "error_code": turn.error_code, "created_at": turn.created_at, "first_token_ms": turn.first_token_ms, "duration_ms": turn.duration_ms,
+        # Why it failed or stopped (resent, undelivered, backend_unavailable...); not the message: it may quote the
+        # upstream.
+        "error_code": turn.error_code, "created_at": turn.created_at, "first_token_ms": turn.first_token_ms,
+        "duration_ms": turn.duration_ms,
         "usage": None if turn.usage is None else {"prompt_tokens": turn.usage.prompt_tokens,
                                                    "completion_tokens": turn.usage.completion_tokens},
     }  # fmt: skip

@@ -226,9 +226,8 @@ class OpenAICompatBackend:
         body = orjson.dumps(request)
         # The server's refusal of the prompt as built, while the prompt goes again arranged (prompt_roles=auto).
         refusal: BackendError | None = None
-        probed: bool | None = (
-            None  # for which form of the prompt (arranged or not) an empty stream's reason was asked
-        )
+        # For which form of the prompt (arranged or not) an empty stream's reason was asked.
+        probed: bool | None = None
         loop = asyncio.get_running_loop()
         attempt = 0
         # One retry budget and one first-token deadline for the whole request, however many tries it takes: a server

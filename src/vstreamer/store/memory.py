@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import ColumnElement, delete, select
 
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.store.database import dialect_insert, storable
-from vstreamer.store.records import SummaryRecord, aware
+from vstreamer.store.records import SummaryRecord, aware, utc_now
 from vstreamer.store.tables import SummaryRow, ViewerFactRow
 
 if TYPE_CHECKING:
@@ -65,7 +64,7 @@ class MemoryTables:
 
     async def _add_facts(self, viewer: ViewerKey, facts: Sequence[Fact], keep: int) -> list[Fact]:
         """Insert the facts not yet known (by normalised text); keep only the newest ``keep`` per viewer."""
-        now = datetime.now(UTC)
+        now = utc_now()
         added: list[Fact] = []
         async with self._tx() as session:
             # Inserted unless known: another extraction for the viewer may store the same fact meanwhile (it made

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
 PersonaWrite = Literal["created", "replaced", "exists", "owned", "deleted", "missing"]
+"""What :meth:`PersonaTables.save_persona` or :meth:`PersonaTables.delete_persona` did (or found in its way)."""
 
 
 class PersonaTables:

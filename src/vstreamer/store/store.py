@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,9 +34,6 @@ from vstreamer.store.personas import PersonaTables
 from vstreamer.store.records import ErasedTalk, SessionRecord, SummaryRecord, aware, utc_now
 from vstreamer.store.tables import MessageRow, SessionRow, SummaryRow
 from vstreamer.store.writer import TurnWriter, Write
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 def _session_record(row: SessionRow) -> SessionRecord:
@@ -95,9 +92,6 @@ def _answered(conversation: Conversation, turn: Turn) -> str | None:
 def _count(result: Any) -> int:
     """Rows a statement changed (a driver that cannot tell says -1, read as none)."""
     return max(int(getattr(result, "rowcount", 0) or 0), 0)
-
-
-"""What :meth:`Store.save_persona` or :meth:`Store.delete_persona` did (or found in its way)."""
 
 
 class Store(MemoryTables, PersonaTables, ApiKeyTables):
