@@ -4,7 +4,7 @@ only look like a claim, claims spaced or spelled another way, and the language o
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vstreamer.engine import ContextBudget, Conversation, DialogueEngine, DriftDetector, DriftHit
@@ -227,6 +227,9 @@ _PIECES = ["我是", "作为一个", "我名叫", "我叫", "由", "开发的", 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES), max_size=14), st.lists(st.integers(1, 6), max_size=30))
+@example(
+    pieces=["I am called", "我是", "大模型", "我是"], cuts=[]
+)  # a claim that may go on holds back a phrase after it
 def test_streamed_claims_give_the_verdict_of_the_whole_text(pieces: list[str], cuts: list[int]) -> None:
     """However the reply is split: the same verdict as the whole text, only a beginning of it shown, and never the
     words that drifted."""

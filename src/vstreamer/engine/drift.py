@@ -226,17 +226,15 @@ class DriftDetector:
             if span is not None and match.start() >= span[0]:
                 break
             position = match.start() + 1  # a claim may begin inside one that claims nothing
-            if not final and match.end() == len(folded):
-                continue
-            if not final and pending < match.end():
-                # A phrase not judged yet may come first, as in the whole text ("My name is ChatGPT"): the claim waits,
-                # held back with it.
+            if not final and (match.end() == len(folded) or pending < match.end()):
+                # A claim that may still go on, or after a phrase not judged yet (which may come first, as in the whole
+                # text: "My name is ChatGPT"), waits, and so does a phrase after it: "I am called我是大模型" is a claim.
                 pending = min(pending, match.start())
                 continue
             claimed = reply.original(*match.span(1))
             if not self._own_name(match.group(1)) and _looks_like_a_name(claimed):
                 return DriftHit("wrong_name", reply.original(*match.span())), pending
-        if span is not None:
+        if span is not None and (final or pending > span[0]):
             return DriftHit(self._phrases[folded[span[0] : span[1]]], reply.original(*span)), pending
         return None, pending
 
