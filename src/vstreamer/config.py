@@ -200,6 +200,9 @@ class Settings(BaseSettings):
     """User name -> password for the web chat, e.g. ``VSTREAMER_UI_USERS='{"alice": "s3cret"}'``."""
     gateway_port: int = Field(DEFAULT_GATEWAY_PORT, ge=1, le=65535)
     gateway_host: str = "127.0.0.1"
+    gateway_workers: int = Field(1, ge=1, le=64)
+    """Processes serving the gateway's one port (``serve --workers``): one uses one core. Several share the SQLite
+    file and keep their session caches true between them; they need an LLM server (not the embedded model)."""
     auth: bool = True
     """Require API keys on the gateway (``vstreamer keys create``); off only for local use."""
     cors_origins: list[str] = Field(default_factory=list)

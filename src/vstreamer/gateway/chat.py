@@ -489,7 +489,10 @@ class ChatReply(Response):
         """Count the reply by how it ended, once (the engine stores it so: failed, interrupted, or as it finished)."""
         if not self._counted:
             self._counted = True
-            self.state.metrics.replies.labels(status).inc()
+            metrics = self.state.metrics
+            metrics.replies.labels(status).inc()
+            # Here too, not only when /metrics is read: with several workers, it reads the others' last values.
+            metrics.drift_events.set(self.state.runtime.engine.stats.drift_events)
 
     async def _fail(
         self, exc: Exception, watcher: Watcher, scope: Scope, receive: Receive, send: Send

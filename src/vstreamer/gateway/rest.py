@@ -234,4 +234,4 @@ async def readyz(request: Request, response: Response) -> dict[str, Any]:
 async def metrics(request: Request) -> Response:
     state = gateway_state(request)
     state.metrics.drift_events.set(state.runtime.engine.stats.drift_events)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.exposed()), media_type=CONTENT_TYPE_LATEST)

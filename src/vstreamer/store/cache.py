@@ -4,7 +4,9 @@ Every chat turn needs the session header, its recent turns and what is remembere
 from the database on each turn cost ~7 ms on SQLite. Writes go through the store, which keeps the cached copies
 current, so a hit is always what the database holds — as long as this process is the only writer of the session.
 That holds for one instance (SQLite, the default); instances sharing a PostgreSQL database must route a session to
-one instance (sticky sessions) or turn the cache off (``session_cache = 0``, the default for PostgreSQL).
+one instance (sticky sessions) or turn the cache off (``session_cache = 0``, the default for PostgreSQL). The
+gateway's worker processes (``--workers``) share change counters instead (:mod:`vstreamer.store.shared`): a hit that
+another worker changed since it was read is read again.
 
 A read that misses takes a :meth:`SessionCache.token` before it starts and keeps its result only if nothing changed
 the session (or viewer) meanwhile: a delete, a failed write, a write around the cached object. Otherwise a read of
@@ -21,6 +23,7 @@ from vstreamer.engine.conversation import Conversation
 from vstreamer.engine.facts import Fact, ViewerKey
 from vstreamer.lru import LRU
 from vstreamer.store.records import SessionRecord
+from vstreamer.store.shared import SharedVersions
 
 
 @dataclass(slots=True)
@@ -28,6 +31,8 @@ class CachedSession:
     record: SessionRecord
     conversation: Conversation | None = None
     """``None`` until loaded (or after a write from another conversation object made it unsure)."""
+    stamp: int = 0
+    """The other workers' changes of the session when it was read (see :class:`SharedVersions`)."""
 
 
 class SessionCache:
@@ -38,7 +43,10 @@ class SessionCache:
 
     def __init__(self, size: int, *, keep_turns: int = 200, max_turns: int = 1000) -> None:
         self.sessions: LRU[str, CachedSession] = LRU(size)
-        self.facts: LRU[tuple[ViewerKey, int], list[Fact]] = LRU(size)
+        self.facts: LRU[tuple[ViewerKey, int], tuple[int, list[Fact]]] = LRU(size)
+        """The facts of a viewer (newest first, so many at most), with the other workers' changes when read."""
+        self.shared: SharedVersions | None = None
+        """The counters of the gateway's workers, when it has several."""
         self.keep_turns = keep_turns
         self.max_turns = max_turns
         """Turns a cached conversation holds at most, summarised or not (a summariser that fails for good)."""
@@ -52,8 +60,16 @@ class SessionCache:
     def enabled(self) -> bool:
         return self.sessions.size > 0
 
-    def conversation(self, session_id: str) -> tuple[SessionRecord, Conversation] | None:
+    def session(self, session_id: str) -> CachedSession | None:
+        """The cached session, unless another worker changed it since it was read (it is dropped then)."""
         entry = self.sessions.get(session_id)
+        if entry is not None and self.shared is not None and entry.stamp != self.shared.stamp(session_id):
+            self.sessions.pop(session_id)
+            return None
+        return entry
+
+    def conversation(self, session_id: str) -> tuple[SessionRecord, Conversation] | None:
+        entry = self.session(session_id)
         if entry is None or entry.conversation is None:
             return None
         conversation = entry.conversation
@@ -80,14 +96,25 @@ class SessionCache:
         """Taken before a read of the database: :meth:`current` then tells whether its result may be cached."""
         return self._clock
 
+    def stamp(self, key: Hashable) -> int:
+        """Taken before a read of the database too: the other workers' changes of ``key`` so far (0: no workers)."""
+        return 0 if self.shared is None else self.shared.stamp(key)
+
+    def committed(self, key: Hashable) -> None:
+        """Tell the other workers that a change of ``key`` was committed."""
+        if self.shared is not None:
+            self.shared.bump(key)
+
     def current(self, key: Hashable, token: int) -> bool:
         """Whether ``key`` (a session id or viewer) is unchanged since ``token`` was taken."""
         return token >= self._forgotten and self._changed.get(key, 0) <= token
 
     def changed(self, key: Hashable) -> None:
-        """Note that ``key`` changed in the database: reads that began before may not be cached."""
+        """Note that ``key`` changed in the database: reads that began before may not be cached (here, or by the other
+        workers)."""
         if not self.enabled:
             return
+        self.committed(key)
         self._clock += 1
         self._changed[key] = self._clock
         self._changed.move_to_end(key)
@@ -100,16 +127,26 @@ class SessionCache:
         self.changed(session_id)
 
     def keep(self, session_id: str, entry: CachedSession, token: int) -> CachedSession | None:
-        """Cache what a read begun at ``token`` found, unless the session changed meanwhile; returns the entry now
-        cached (``None`` if none). A conversation cached by a concurrent read stays: every caller shares one object."""
-        cached = self.sessions.get(session_id)
+        """Cache what a read begun at ``token`` (and at ``entry.stamp``) found, unless the session changed meanwhile;
+        returns the entry now cached (``None`` if none). A conversation cached by a concurrent read stays: every
+        caller shares one object."""
+        cached = self.session(session_id)
         if cached is not None and cached.conversation is not None or not self.current(session_id, token):
             return cached
         return self.sessions.put(session_id, entry)
 
-    def keep_facts(self, viewer: ViewerKey, limit: int, facts: list[Fact], token: int) -> list[Fact]:
+    def viewer_facts(self, viewer: ViewerKey, limit: int) -> list[Fact] | None:
+        """The cached facts, unless another worker changed the viewer's since they were read."""
+        entry = self.facts.get((viewer, limit))
+        if entry is None or (self.shared is not None and entry[0] != self.shared.stamp(viewer)):
+            return None
+        return entry[1]
+
+    def keep_facts(
+        self, viewer: ViewerKey, limit: int, facts: list[Fact], token: int, stamp: int
+    ) -> list[Fact]:
         if self.current(viewer, token):
-            self.facts.put((viewer, limit), facts)
+            self.facts.put((viewer, limit), (stamp, facts))
         return facts
 
     def forget_viewer(self, viewer: ViewerKey) -> None:

@@ -119,7 +119,7 @@ class Store(MemoryTables, PersonaTables, ApiKeyTables):
         """The conversation this process handed out last for each session still in use. One with a reply being made
         is shared whatever the cache does: off, it never held it; on, it may have dropped it (evicted by other
         sessions, or forgotten after a write around it) while the reply streams."""
-        self.writer = TurnWriter(engine, on_settled=self._settled)
+        self.writer = TurnWriter(engine, on_settled=self._settled, on_committed=self._committed)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncSession]:
@@ -159,8 +159,9 @@ class Store(MemoryTables, PersonaTables, ApiKeyTables):
             "viewer_id": viewer_id, "user_name": user_name, "title": storable(well_formed(title))[:200], "summary": "",
             "created_at": now, "updated_at": now,
         }  # fmt: skip
+        stamp = self.cache.stamp(sid)
         await self.writer.submit(write := Write(sid, now, session=values))
-        cached = self.cache.sessions.get(sid)
+        cached = self.cache.session(sid)
         if cached is not None:
             return cached.record
         if not write.inserted:
@@ -176,23 +177,23 @@ class Store(MemoryTables, PersonaTables, ApiKeyTables):
         conversation = Conversation(
             persona_id, user_name=user_name or "观众", id=sid, platform=platform, viewer_id=viewer_id
         )
-        self.cache.sessions.put(sid, CachedSession(record, conversation))
+        self.cache.sessions.put(sid, CachedSession(record, conversation, stamp))
         self._live[sid] = conversation
         return record
 
     @shielded
     async def get_session(self, session_id: str, *, owner: str | None = None) -> SessionRecord | None:
-        cached = self.cache.sessions.get(session_id)
+        cached = self.cache.session(session_id)
         if cached is not None:
             record = cached.record
         else:
-            token = self.cache.token()
+            token, stamp = self.cache.token(), self.cache.stamp(session_id)
             async with self._tx() as session:
                 row = await session.get(SessionRow, session_id)
             if row is None:
                 return None
             record = _session_record(row)
-            self.cache.keep(session_id, CachedSession(record), token)
+            self.cache.keep(session_id, CachedSession(record, stamp=stamp), token)
         if owner is not None and record.owner != owner:
             return None
         return record
@@ -322,7 +323,7 @@ class Store(MemoryTables, PersonaTables, ApiKeyTables):
         if live is not None and live.replying.locked():
             record = await self.get_session(session_id)
             return None if record is None else (record, live)
-        token = self.cache.token()
+        token, stamp = self.cache.token(), self.cache.stamp(session_id)
         loaded = await self._read_conversation(session_id, self.RECENT_TURNS, to_summary=True)
         if loaded is None:
             return None
@@ -330,7 +331,7 @@ class Store(MemoryTables, PersonaTables, ApiKeyTables):
         if live is not None and live.replying.locked():  # another read's, started on meanwhile
             return loaded[0], live
         # Loaded concurrently: share one object. Changed meanwhile (deleted, say): this read is not cached.
-        kept = self.cache.keep(session_id, CachedSession(*loaded), token)
+        kept = self.cache.keep(session_id, CachedSession(*loaded, stamp), token)
         if kept is not None and kept.conversation is not None:
             loaded = kept.record, kept.conversation
         self._live[session_id] = loaded[1]
@@ -434,6 +435,12 @@ class Store(MemoryTables, PersonaTables, ApiKeyTables):
                 cached.conversation = None
         return done
 
+    def _committed(self, writes: list[Write]) -> None:
+        """A batch was committed: the other workers (if any) read its sessions again when next they serve them."""
+        if self.cache.shared is not None:
+            for write in writes:
+                self.cache.committed(write.session_id)
+
     def _settled(self, write: Write, error: BaseException | None) -> None:
         """A write failed, or one made around the cached conversation was committed: the session's cached copy may
         differ from the database (a turn the engine appended but never stored, a read that missed the turn), so the
@@ -483,10 +490,11 @@ class Store(MemoryTables, PersonaTables, ApiKeyTables):
     async def viewer_facts(self, viewer: ViewerKey, *, limit: int = 200) -> list[Fact]:
         """What is remembered about the viewer, newest first."""
         # Only a read of the database is shielded: a hit (on every turn) never yields to the event loop.
-        cached = self.cache.facts.get((viewer, limit))
+        cached = self.cache.viewer_facts(viewer, limit)
         if cached is None:
-            token = self.cache.token()
-            cached = self.cache.keep_facts(viewer, limit, await self._read_viewer_facts(viewer, limit), token)
+            token, stamp = self.cache.token(), self.cache.stamp(viewer)
+            read = await self._read_viewer_facts(viewer, limit)
+            cached = self.cache.keep_facts(viewer, limit, read, token, stamp)
         return list(cached)
 
     @shielded
