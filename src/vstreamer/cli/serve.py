@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 from vstreamer.cli.extras import require_extra
 from vstreamer.config import Settings, is_loopback
 from vstreamer.errors import ConfigError
-from vstreamer.gateway.workers import run_workers
 from vstreamer.listening import listening_socket
 from vstreamer.store.shared import SharedVersions
 
@@ -86,6 +85,8 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     metrics_dir = _multiprocess_metrics() if workers > 1 else None
     require_extra("server", "serve", "fastapi", "uvicorn", "prometheus_client")
+    from vstreamer.gateway.workers import run_workers
+
     # Bound first: a busy port fails with a clear error before anything starts or is announced.
     listening = listening_socket(
         settings.gateway_host, settings.gateway_port, what="the gateway",
