@@ -6,6 +6,7 @@ serves each turn. The scripted LLM server (tests/gateway/test_upstream_refusals.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -85,6 +86,28 @@ def test_each_turn_reads_what_the_other_worker_said(workers: tuple[GatewayServer
         _turn(server, "新的开始")  # the client's id names a new session
     assert [c for r, c in _Upstream.prompts[-1] if r == "user"] == ["新的开始"]
     assert [t.content for t in server.messages("s1")] == ["新的开始", "新的开始"]
+
+
+def test_a_persona_imported_through_one_worker_is_served_by_the_other(
+    workers: tuple[GatewayServer, list[int]],
+) -> None:
+    server, (a, b) = workers
+    card = json.dumps({"spec": "chara_card_v2", "spec_version": "2.0",
+                       "data": {"name": "Aria", "description": "a cheerful streamer"}}).encode()  # fmt: skip
+    with only(b, [a, b]):  # b has its personas in memory before the import
+        assert httpx.get(f"{server.url}/v1/models/aria", timeout=30).status_code == 404
+    with only(a, [a, b]):
+        imported = httpx.post(
+            f"{server.url}/api/personas", params={"filename": "aria.json"}, content=card, timeout=30
+        )
+        assert imported.status_code == 201, imported.text
+    with only(b, [a, b]):
+        assert httpx.get(f"{server.url}/v1/models/aria", timeout=30).status_code == 200
+        body = {"model": "aria", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+        assert httpx.delete(f"{server.url}/api/personas/aria", timeout=30).status_code == 204
+    with only(a, [a, b]):
+        assert httpx.get(f"{server.url}/v1/models/aria", timeout=30).status_code == 404
 
 
 def test_metrics_add_up_across_workers_and_sigterm_stops_them_all(

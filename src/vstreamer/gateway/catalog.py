@@ -15,6 +15,9 @@ from vstreamer.store import Store
 
 logger = logging.getLogger(__name__)
 
+PERSONAS = ("personas",)
+"""What the gateway's workers count imports and deletes of personas under (:mod:`vstreamer.store.shared`)."""
+
 
 class PersonaCatalog:
     """Read-mostly: stored personas are loaded once and kept in memory; imports update both."""
@@ -35,22 +38,33 @@ class PersonaCatalog:
         """Bumped whenever every remembered persona is forgotten (an import or a delete)."""
         self._changing = asyncio.Lock()
         """Held by an import or a delete from its checks to its last change (of the store and of memory)."""
+        self._stamp = 0
+        """The other workers' imports and deletes when the stored personas were read."""
 
     async def load(self) -> None:
+        stamp = self.store.cache.stamp(PERSONAS)
         rows = await self.store.persona_rows()
         loaded, owners = {}, {}
         for data, avatar, owner in rows:
             persona = stored_persona(data, avatar)
             loaded[persona.id] = persona
             owners[persona.id] = owner
-        self._stored, self._owners = loaded, owners
+        self._stored, self._owners, self._stamp = loaded, owners, stamp
+
+    async def _current(self) -> None:
+        """Read the stored personas again if another worker imported or deleted one since they were read."""
+        if self.store.cache.stamp(PERSONAS) != self._stamp:
+            await self._reload()
 
     async def list(self) -> list[Persona]:
+        await self._current()
         files = await asyncio.to_thread(self.library.list)
         known = {p.id for p in files}
         return files + [p for i, p in sorted(self._stored.items()) if i not in known]
 
     async def get(self, id_or_name: str) -> Persona:
+        if self.store.cache.shared is not None:  # (several workers: the check costs a coroutine on every request)
+            await self._current()
         if id_or_name in self._stored:
             return self._stored[id_or_name]
         recent = self._recent.get(id_or_name)
@@ -160,10 +174,12 @@ class PersonaCatalog:
             self._stored[persona.id] = persona
             self._owners[persona.id] = owner
             self._forget()
+            self.store.cache.committed(PERSONAS)
         return persona
 
     async def delete(self, persona_id: str, *, owner: str) -> None:
         async with self._changing:
+            await self._current()
             if not self.is_stored(persona_id):
                 if persona_id not in {p.id for p in await asyncio.to_thread(self.library.list)}:
                     raise PersonaNotFound(f"no persona {persona_id!r}")
@@ -178,6 +194,7 @@ class PersonaCatalog:
             self._stored.pop(persona_id, None)
             self._owners.pop(persona_id, None)
             self._forget()
+            self.store.cache.committed(PERSONAS)
 
     async def _reload(self) -> None:
         await self.load()
