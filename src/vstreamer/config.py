@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     first_token_timeout: float = Field(60.0, gt=0)
     stall_timeout: float = Field(30.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)
+    stream_batch_ms: float = Field(40.0, ge=0, le=1000)
+    """Under load, an LLM server's reply after its first text is read at most this often (what came meanwhile goes on
+    as one piece): each read costs the gateway its parse, moderation, persona watch and write whatever it carries,
+    and a GPU sends a token every 10-20 ms per stream. 0: every token as it comes."""
+    stream_batch_after: int = Field(16, ge=0)
+    """The load from which ``stream_batch_ms`` applies: requests in flight to the LLM server (below it, every token
+    goes on as it comes)."""
     fallback: Literal["none", "local"] = "none"
     """Backend to use while the primary one is down (``local``: the embedded model)."""
     circuit_threshold: int = Field(3, ge=1)

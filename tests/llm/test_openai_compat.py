@@ -874,3 +874,44 @@ async def test_an_api_key_echoed_in_an_error_event_is_hidden() -> None:
         with pytest.raises(BackendResponseError, match=r"invalid key \*\*\* for") as info:
             await deltas_of(backend)
     assert "SECRET0123" not in str(info.value)
+
+
+async def _timed_texts(backend: OpenAICompatBackend) -> list[tuple[float, str]]:
+    loop = asyncio.get_running_loop()
+    return [(loop.time(), d.text) async for d in backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5))
+            if isinstance(d, TextDelta)]  # fmt: skip
+
+
+#: A reply whose pieces come 50 ms apart (each its own read), as a GPU server's tokens do.
+PACED = [sse({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}), *map(text_event, "abcdef"),
+         FINISH + b"data: [DONE]\n\n"]  # fmt: skip
+
+
+async def test_under_load_text_after_the_first_is_read_in_batches() -> None:
+    interval = 0.12
+    async with scripted_backend(list(PACED), batch_interval=interval, batch_after=0) as (backend, _):
+        texts = await _timed_texts(backend)
+    assert "".join(t for _, t in texts) == "abcdef"  # nothing lost, nothing twice, in order
+    assert texts[0][1] == "a"  # the first text is never held
+    assert len(texts) < 6  # the pieces that came meanwhile went on together
+    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(texts)]
+    assert all(gap >= interval - 0.005 for gap in gaps), gaps
+
+
+async def test_below_the_load_every_piece_goes_on_as_it_comes() -> None:
+    async with scripted_backend(list(PACED), batch_interval=0.12, batch_after=1) as (backend, _):
+        texts = await _timed_texts(backend)  # one request in flight: not more than batch_after
+    assert [t for _, t in texts] == list("abcdef")
+
+
+async def test_a_batched_stream_still_times_out_when_it_stalls() -> None:
+    async with stalling_server(send_first_chunk=True) as url:
+        backend = backend_for(url, stall_timeout=0.3, max_retries=0, batch_interval=0.05, batch_after=0)
+        received: list[str] = []
+        started = time.perf_counter()
+        with pytest.raises(BackendTimeout, match="mid-stream"):
+            async for delta in backend.stream(LONG_PROMPT, SamplingParams(max_tokens=5)):
+                if isinstance(delta, TextDelta):
+                    received.append(delta.text)
+        assert received == ["Hi"] and time.perf_counter() - started < 3
+        await backend.aclose()

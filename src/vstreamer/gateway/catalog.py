@@ -63,7 +63,8 @@ class PersonaCatalog:
         return files + [p for i, p in sorted(self._stored.items()) if i not in known]
 
     async def get(self, id_or_name: str) -> Persona:
-        if self.store.cache.shared is not None:  # (several workers: the check costs a coroutine on every request)
+        # Several workers: another may have imported or deleted one (checked only then: it costs a coroutine).
+        if self.store.cache.shared is not None:
             await self._current()
         if id_or_name in self._stored:
             return self._stored[id_or_name]

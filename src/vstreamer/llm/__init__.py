@@ -62,6 +62,8 @@ def _create(settings: Settings, backend: str) -> LLMBackend:
             stall_timeout=settings.stall_timeout,
             max_retries=settings.max_retries,
             prompt_roles=settings.prompt_roles,
+            batch_interval=settings.stream_batch_ms / 1000,
+            batch_after=settings.stream_batch_after,
         )
     from vstreamer.llm.local import LocalBackend
     from vstreamer.llm.models import resolve_model_path

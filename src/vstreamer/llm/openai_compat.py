@@ -100,6 +100,8 @@ class _StreamState:
     timeout after the last progress (an event, not a read: comments and bytes trickling in do not count)."""
     retry_after: float = 0.0
     """How long the server asked to wait before the next try (``Retry-After`` of a 429 or 503), if it did."""
+    last_text: float = 0.0
+    """When the last text was taken (loop time)."""
 
     @property
     def where(self) -> str:
@@ -151,6 +153,11 @@ class OpenAICompatBackend:
     shorter than the server's own (5 s for vLLM's uvicorn and llama.cpp's server) so that a request never picks
     a connection the server is closing.
 
+    Under load (more than ``batch_after`` requests in flight), a reply's text after its first is read no more often
+    than every ``batch_interval`` seconds: each read costs its parse and everything downstream (moderation, the
+    persona watch, a write to the client) whatever it carries, and a GPU server sends each stream a token every
+    10-20 ms. The first text is never held.
+
     ``prompt_roles`` (see :mod:`vstreamer.llm.roles`): ``strict`` arranges every prompt for a strict chat template,
     ``system`` sends prompts as built, and ``auto`` too until the server refuses one for its roles: that request is
     sent again at once, arranged (nothing was generated yet), and once an arranged one is answered, every prompt is.
@@ -172,8 +179,12 @@ class OpenAICompatBackend:
         max_connections: int = 1024,
         keepalive_timeout: float = 4.0,
         prompt_roles: PromptRoles = "auto",
+        batch_interval: float = 0.0,
+        batch_after: int = 16,
     ) -> None:
         self.model = model
+        self.batch_interval = batch_interval
+        self.batch_after = batch_after
         self.prompt_roles = prompt_roles
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
@@ -334,9 +345,20 @@ class OpenAICompatBackend:
                 response.close()
 
     async def _next_text(self, response: Response, state: _StreamState) -> str | None:
-        """The text of the next network read that carries some; ``None`` once the stream is over."""
+        """The text of the next network read that carries some; ``None`` once the stream is over. Under load (more
+        than ``batch_after`` requests in flight), after the first text, no sooner than ``batch_interval`` after the
+        last: what arrived meanwhile is one piece, checked and sent once."""
         if state.parts:  # the last text was the last progress; the time the caller kept it does not count
-            state.deadline = asyncio.get_running_loop().time() + self.stall_timeout
+            loop = asyncio.get_running_loop()
+            if (
+                self.batch_interval
+                and self._pool().busy > self.batch_after
+                and not (state.pending or state.unread)
+            ):
+                wait = state.last_text + self.batch_interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            state.deadline = loop.time() + self.stall_timeout
         while not state.done:
             # The reply's first text goes out once its first words are taken: the rest of a burst waits for the
             # next call, so that text is not held back by decoding and moderating all of it.
@@ -375,6 +397,7 @@ class OpenAICompatBackend:
                 state.done = True
             if text:
                 state.parts.append(text)
+                state.last_text = asyncio.get_running_loop().time()
                 return text
         return None
 
