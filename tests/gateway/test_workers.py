@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,6 +145,29 @@ def test_a_worker_that_dies_is_started_again(workers: tuple[GatewayServer, list[
     for pid in _children(server.process.pid):  # each of them serves
         with only(pid, _children(server.process.pid)):
             assert chat(server, "还在吗").status_code == 200
+
+
+def test_workers_stop_when_their_parent_is_killed_outright(workers: tuple[GatewayServer, list[int]]) -> None:
+    server, pids = workers
+    assert server.process is not None
+    server.process.kill()
+    server.process.wait(10)
+    for _ in range(100):
+        if not [pid for pid in pids if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"workers left running without their parent: {pids}")
+    with socket.socket() as probe:  # nobody holds the port any more
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", server.port))
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return "gone"
 
 
 def test_the_embedded_model_is_refused_several_workers(tmp_path: Path) -> None:

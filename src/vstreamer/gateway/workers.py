@@ -6,16 +6,21 @@ the compiled lexicons, the persona files) and forks: the workers share those pag
 queue hands each connection to one of them. Each keeps its own session cache, true to what the others commit
 through a table of change counters in shared memory (:mod:`vstreamer.store.shared`); metrics add up across them.
 
-SIGTERM or SIGINT to the parent stops every worker gracefully. A worker that exits on its own is started again,
-unless it did so soon after its start (it would only fail again): then the others are stopped too.
+SIGTERM or SIGINT to the parent stops every worker gracefully (the workers have a process group of their own, so
+a terminal's Ctrl-C reaches the parent alone, which passes it on once). A worker that exits on its own is started
+again, unless it did so soon after its start (it would only fail again): then the others are stopped too. A worker
+whose parent dies (killed outright) is stopped by the kernel, not left holding the port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -39,11 +44,15 @@ def run_workers(
     stopping = False
     status = 0
 
+    parent = os.getpid()
+
     def start(index: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker: the parent's handlers are not its own (uvicorn sets its own)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.setpgid(0, 0)
+            _stop_with(parent)
             code = 1
             try:
                 code = serve(index)
@@ -52,6 +61,9 @@ def run_workers(
             finally:
                 os._exit(code)
         workers[pid] = (index, time.monotonic())
+        if stopping:  # a signal came while it forked
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -90,3 +102,16 @@ def run_workers(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when its parent dies (Linux); exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request above took effect
+        os._exit(0)
