@@ -111,6 +111,21 @@ def test_a_persona_imported_through_one_worker_is_served_by_the_other(
         assert httpx.get(f"{server.url}/v1/models/aria", timeout=30).status_code == 404
 
 
+def test_workers_over_postgresql_with_their_caches_on(start_gateway, upstream: str, postgres) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """One host's workers over PostgreSQL may cache sessions too: the table is the same."""
+    server = start_gateway({
+        "VSTREAMER_BACKEND": "openai", "VSTREAMER_BASE_URL": upstream, "VSTREAMER_MODEL": "m",
+        "VSTREAMER_GATEWAY_WORKERS": "2", "VSTREAMER_SESSION_CACHE": "100",
+        "VSTREAMER_DATABASE_URL": postgres.create_database("gateway_workers"),
+    })  # fmt: skip
+    a, b = _children(server.process.pid)
+    for text, worker in (("一", a), ("二", b), ("三", a)):
+        with only(worker, [a, b]):
+            _turn(server, text)
+    users = [[content for role, content in prompt if role == "user"] for prompt in _Upstream.prompts]
+    assert users == [["一"], ["一", "二"], ["一", "二", "三"]]
+
+
 def test_metrics_add_up_across_workers_and_sigterm_stops_them_all(
     workers: tuple[GatewayServer, list[int]],
 ) -> None:
