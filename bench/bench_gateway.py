@@ -168,11 +168,12 @@ async def ttft_rounds(paths: list[Target], requests: int, rounds: int) -> dict[s
 
 
 async def throughput(path: Target, concurrency: int, requests: int) -> float:
-    """Streamed requests/s of ``concurrency`` streams, each a client of its own (lean: its own connection)."""
-    clients = [Client(path, concurrency) for _ in range(concurrency)] if CLIENT == "lean" else []
-    if not clients:
-        shared = Client(path, concurrency)
-        clients = [shared] * concurrency
+    """Streamed requests/s of ``concurrency`` streams: lean, each on a connection of its own; aiohttp, all through one
+    session's pool of that many connections."""
+    if CLIENT == "lean":
+        clients = [Client(path) for _ in range(concurrency)]
+    else:
+        clients = [Client(path, concurrency)] * concurrency
     try:
         await asyncio.gather(*(client.stream(f"bench-{i}") for i, client in enumerate(clients)))  # warm-up
         left = requests
